@@ -1,0 +1,1 @@
+"""Orchestration: screening every frame, events, explanations (the LLM agent builds on this)."""

@@ -1,0 +1,150 @@
+"""Screening: score every frame cheaply, smooth, and group anomalous frames into events.
+
+Memory stays bounded whatever the video's length: per frame only its score and compact evidence
+(boxes and measurements) are kept; the heavy parts (image and anomaly map) are kept for at most
+``max_keyframes`` of the highest-scoring frames above the threshold, which become the events' keyframes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from anomalens.events import group_events, smooth
+from anomalens.prompts import load as load_prompts
+from anomalens.draw import overlay
+from anomalens.progress import track
+from anomalens.report import GroundTruth, Report, compact_map
+from anomalens.types import Event, Evidence
+from anomalens.video import Frame, FrameSource
+
+
+class FrameScorer(Protocol):
+    def score(self, frame: Frame) -> Evidence: ...
+
+
+@dataclass
+class ScreeningResult:
+    frame_indices: np.ndarray  # (T,) source frame index of each analysed frame
+    raw_scores: np.ndarray  # (T,)
+    scores: np.ndarray  # (T,) smoothed; compared with threshold
+    threshold: float
+    fps: float
+    source_name: str
+    source_size: tuple[int, int]  # (width, height) of the source frames
+    events: list[Event]
+    evidence: dict[str, Evidence]  # evidence cited by events (keyframe evidence keeps its anomaly map)
+    keyframes: dict[str, tuple[Frame, Evidence]] = field(default_factory=dict)  # event id -> peak frame
+    seconds: float = 0.0
+
+
+def screen(
+    source: FrameSource,
+    scorer: FrameScorer,
+    *,
+    threshold: float = 1.0,
+    smooth_width: int = 5,
+    min_event_frames: int = 3,
+    max_gap: int = 5,
+    max_keyframes: int = 50,
+    progress: bool = True,
+) -> ScreeningResult:
+    """Score every frame of ``source`` with ``scorer`` and return events above ``threshold``."""
+    started = time.perf_counter()
+    indices, raw, compact = [], [], []
+    # The best frame of each run of above-threshold frames; a min-heap keeps the strongest runs' peaks.
+    peaks: list[tuple[float, int, Frame, Evidence]] = []
+    run_best: tuple[float, int, Frame, Evidence] | None = None
+
+    def keep(item: tuple[float, int, Frame, Evidence]) -> None:
+        if len(peaks) < max_keyframes:
+            heapq.heappush(peaks, item)
+        elif item[0] > peaks[0][0]:
+            heapq.heapreplace(peaks, item)
+
+    for frame in track(source, f"screening {source.name}", total=len(source), enabled=progress):
+        evidence = scorer.score(frame)
+        score = float(evidence.frame_score or 0.0)
+        indices.append(frame.index)
+        raw.append(score)
+        compact.append(evidence.model_copy(update={"anomaly_map": None, "masks": None}))
+        if score > threshold:
+            if run_best is None or score > run_best[0]:
+                run_best = (score, frame.index, frame, evidence)
+        elif run_best is not None:
+            keep(run_best)
+            run_best = None
+    if run_best is not None:
+        keep(run_best)
+
+    frame_indices = np.asarray(indices, dtype=np.int64)
+    raw_scores = np.asarray(raw)
+    scores = smooth(raw_scores, smooth_width)
+    events = group_events(frame_indices, scores, threshold, source.fps, min_frames=min_event_frames, max_gap=max_gap)
+    evidence: dict[str, Evidence] = {}
+    keyframes: dict[str, tuple[Frame, Evidence]] = {}
+    for event in events:
+        inside = [ev for ev in compact if event.start_frame <= ev.frame_index <= event.end_frame]
+        cited = [ev for ev in inside if (ev.frame_score or 0.0) > threshold] or inside
+        event.evidence_ids = [ev.id for ev in cited]
+        evidence.update({ev.id: ev for ev in cited})
+        candidates = [p for p in peaks if event.start_frame <= p[1] <= event.end_frame]
+        if candidates:
+            _, _, frame, full = max(candidates, key=lambda p: p[0])
+        else:  # its peak frame was not among the kept ones: decode it again, evidence without a map
+            full = max(inside, key=lambda ev: ev.frame_score or 0.0)
+            frame = source.read(full.frame_index)
+        event.peak_frame = full.frame_index
+        event.summary = describe(full)
+        evidence[full.id] = full
+        keyframes[event.id] = (frame, full)
+    return ScreeningResult(
+        frame_indices, raw_scores, scores, threshold, source.fps, source.name, source.source_size, events,
+        evidence, keyframes, seconds=time.perf_counter() - started,
+    )
+
+
+def describe(evidence: Evidence) -> str:
+    """Deterministic explanation of one keyframe: a sentence per cue beyond its normal maximum."""
+    templates = load_prompts("cues")
+    sentences = []
+    for name, template in templates.items():
+        value, ratio = evidence.measurement(name), evidence.measurement(f"{name}_ratio")
+        if value is not None and ratio is not None and ratio.value > 1.0:
+            sentences.append(template.format(value=value.value, unit=value.unit, ratio=ratio.value))
+    return " ".join(sentences) or "The frame score exceeds the threshold, but no single cue does on its own."
+
+
+def build_report(
+    result: ScreeningResult,
+    *,
+    title: str,
+    scorer: str,
+    ground_truth: GroundTruth | None = None,
+    metrics: dict[str, float] | None = None,
+) -> tuple[Report, dict[str, np.ndarray]]:
+    """The report for a screening run and its keyframe pictures (raw frame | frame with overlays)."""
+    keyframes = {
+        event_id: np.hstack([frame.image, overlay(frame.image, evidence, frame.scale)])
+        for event_id, (frame, evidence) in result.keyframes.items()
+    }
+    report = Report(
+        title=title,
+        input=result.source_name,
+        fps=result.fps,
+        source_size=result.source_size,
+        scorer=scorer,
+        threshold=result.threshold,
+        frame_indices=result.frame_indices.tolist(),
+        scores=[round(float(s), 4) for s in result.scores],
+        events=result.events,
+        evidence=[compact_map(ev) for ev in result.evidence.values()],
+        ground_truth=ground_truth,
+        metrics=metrics or {},
+        seconds=result.seconds,
+    )
+    return report, keyframes

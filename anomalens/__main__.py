@@ -1,0 +1,3 @@
+from anomalens.cli import main
+
+main()

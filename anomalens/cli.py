@@ -1,0 +1,162 @@
+"""The ``anomalens`` command. Each command imports what it needs when it runs, so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from anomalens import __version__
+from anomalens.errors import AnomalensError
+
+app = typer.Typer(
+    help="Find anomalies in video and images and explain them with verified evidence.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for the scene, report.json and report.html")] = Path(
+        "demo"
+    ),
+    seed: Annotated[int, typer.Option(help="seed of the synthetic scene")] = 0,
+) -> None:
+    """Run the main job end to end on a synthetic walkway scene with known anomalies."""
+    from anomalens.eval.demo import run_demo
+
+    result = run_demo(out_dir, seed=seed)
+    m = result.metrics
+    out.print(
+        f"{result.events} events; found {m['true_events_found']:.0f} of {m['true_events']:.0f} true events, "
+        f"{m['false_events']:.0f} false; frame AUROC {m['frame_auc']:.3f}"
+    )
+    out.print(f"report: {result.report_html}\njson:   {result.report_json}")
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="folder to write the scene into")],
+    anomaly: Annotated[
+        Optional[list[str]], typer.Option(help="KIND@FRAME, repeatable, e.g. cyclist@40 (kinds: see below)")
+    ] = None,
+    frames: Annotated[int, typer.Option(help="number of frames")] = 300,
+    seed: Annotated[int, typer.Option(help="seed of the people and noise")] = 0,
+    camera_seed: Annotated[int, typer.Option(help="seed of the place; equal seeds show the same place")] = 0,
+    as_frames: Annotated[bool, typer.Option("--as-frames", help="write PNG frames instead of video.avi")] = False,
+) -> None:
+    """Write a synthetic walkway scene with ground truth (labels.json, masks.npz, events.json).
+
+    Anomaly kinds: cyclist, lawn_crossing, wrong_way, loitering, left_object, crowd.
+    """
+    from anomalens.eval.synthetic import ANOMALY_KINDS, Anomaly, SceneSpec, write_scene
+
+    anomalies = []
+    for item in anomaly or []:
+        kind, _, start = item.partition("@")
+        if kind not in ANOMALY_KINDS or not start.isdigit():
+            raise AnomalensError(f"--anomaly {item!r}: expected KIND@FRAME with KIND one of {', '.join(ANOMALY_KINDS)}")
+        anomalies.append(Anomaly(kind, int(start)))
+    try:
+        spec = SceneSpec(n_frames=frames, seed=seed, camera_seed=camera_seed, anomalies=tuple(anomalies))
+    except ValueError as error:
+        raise AnomalensError(str(error)) from None
+    files = write_scene(spec, out_dir, as_frames=as_frames)
+    out.print(f"video: {files.video}\nlabels: {files.labels}\nmasks: {files.masks}\nevents: {files.events}")
+
+
+def _extras() -> dict[str, list[str]]:
+    """Extra name -> distributions it installs, read from the installed package's metadata."""
+    extras: dict[str, list[str]] = {}
+    for requirement in metadata.metadata("anomalens").get_all("Requires-Dist") or []:
+        name, _, marker = requirement.partition(";")
+        if "extra ==" in marker:
+            extra = marker.split("extra ==")[1].strip().strip("'\"")
+            dist = name.strip().split("[")[0]
+            for stop in "<>=!~ ":
+                dist = dist.split(stop)[0]
+            extras.setdefault(extra, []).append(dist)
+    return extras
+
+
+def _installed(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@app.command()
+def doctor() -> None:
+    """Report which extras, backends, weights and data are available on this machine."""
+    from anomalens import registry
+    from anomalens.config import load_settings
+
+    settings = load_settings()
+    out.print(f"anomalens {__version__} · Python {platform.python_version()} · {platform.machine()}")
+
+    extras = Table(title="extras (pip install 'anomalens[NAME]')")
+    for column in ("extra", "ok", "packages"):
+        extras.add_column(column)
+    for extra, dists in sorted(_extras().items()):
+        versions = {d: _installed(d) for d in dists}
+        ok = all(versions.values())
+        extras.add_row(
+            extra, "yes" if ok else "no", ", ".join(f"{d} {v}" if v else f"{d} (missing)" for d, v in versions.items())
+        )
+    out.print(extras)
+
+    backends = Table(title="backends")
+    for column in ("name", "ok", "what"):
+        backends.add_column(column)
+    for backend in registry.BACKENDS.values():
+        missing = backend.missing()
+        backends.add_row(backend.name, "yes" if not missing else f"needs {', '.join(missing)}", backend.summary)
+    out.print(backends)
+
+    store = settings.model_dir
+    weights = sorted(p.name for p in store.iterdir()) if store.is_dir() else []
+    out.print(f"model store: {store} ({', '.join(weights) if weights else 'no weights yet'})")
+    data = settings.data_dir
+    out.print(f"benchmark data: {data.resolve()} ({'present' if data.is_dir() else 'absent'})")
+    if _installed("torch"):
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
+        out.print(f"GPU: {gpu}")
+    else:
+        out.print("GPU: not checked (torch is not installed)")
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    if version:
+        out.print(__version__)
+        raise typer.Exit()
+
+
+def _warn_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    warnings.showwarning = _warn_one_line
+    try:
+        app()
+    except AnomalensError as error:
+        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        sys.exit(2)

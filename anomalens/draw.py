@@ -1,0 +1,34 @@
+"""Overlays for people to look at: boxes, masks and heat maps drawn onto frames."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from anomalens.types import Evidence
+
+BOX_COLOR = (0, 0, 255)  # BGR red
+
+
+def overlay(image: np.ndarray, evidence: Evidence, scale: float, alpha: float = 0.45) -> np.ndarray:
+    """Return a copy of ``image`` (analysis resolution, BGR) with the evidence drawn on it.
+
+    ``scale`` is analysis pixels per source pixel (``Frame.scale``); boxes and masks are in source pixels.
+    """
+    out = image.copy()
+    h, w = out.shape[:2]
+    if evidence.anomaly_map is not None and evidence.anomaly_map.max() > 0:
+        heat = cv2.resize(evidence.anomaly_map.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        norm = np.clip(heat / max(float(heat.max()), 1.0), 0, 1)
+        colored = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+        where = norm > 0.05
+        out[where] = (alpha * colored[where] + (1 - alpha) * out[where]).astype(np.uint8)
+    if evidence.masks is not None:
+        for mask in evidence.masks:
+            small = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+            out[small] = (0.5 * out[small] + 0.5 * np.array(BOX_COLOR)).astype(np.uint8)
+    for (x1, y1, x2, y2), score in zip(evidence.boxes * scale, evidence.scores):
+        if score <= 0:
+            continue
+        cv2.rectangle(out, (int(x1), int(y1)), (int(np.ceil(x2)), int(np.ceil(y2))), BOX_COLOR, 1)
+    return out

@@ -1,0 +1,69 @@
+"""Per-frame scores -> smoothed scores -> ``Event`` time ranges (pure functions)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anomalens.types import Event
+
+
+def smooth(scores: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average over ``width`` frames (odd; edges use the frames that exist)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if width <= 1 or scores.size == 0:
+        return scores.copy()
+    if width % 2 == 0:
+        raise ValueError(f"smoothing width must be odd, got {width}")
+    kernel = np.ones(width)
+    total = np.convolve(scores, kernel, mode="same")
+    count = np.convolve(np.ones_like(scores), kernel, mode="same")
+    return total / count
+
+
+def group_events(
+    frame_indices: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    fps: float,
+    *,
+    min_frames: int = 1,
+    max_gap: int = 0,
+    prefix: str = "event",
+) -> list[Event]:
+    """Group frames whose score exceeds ``threshold`` into events.
+
+    ``frame_indices`` are the source frame indices of ``scores`` (increasing, possibly strided). Runs of
+    above-threshold samples separated by at most ``max_gap`` below-threshold samples are merged; runs
+    shorter than ``min_frames`` samples are dropped.
+    """
+    frame_indices = np.asarray(frame_indices)
+    scores = np.asarray(scores, dtype=np.float64)
+    if frame_indices.shape != scores.shape:
+        raise ValueError(f"{len(frame_indices)} frame indices but {len(scores)} scores")
+    above = np.flatnonzero(scores > threshold)
+    if above.size == 0:
+        return []
+    runs: list[list[int]] = [[above[0], above[0]]]
+    for i in above[1:]:
+        if i - runs[-1][1] - 1 <= max_gap:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    events = []
+    for first, last in runs:
+        if last - first + 1 < min_frames:
+            continue
+        peak = first + int(np.argmax(scores[first : last + 1]))
+        start, end = int(frame_indices[first]), int(frame_indices[last])
+        events.append(
+            Event(
+                id=f"{prefix}-{len(events) + 1}",
+                start_frame=start,
+                end_frame=end,
+                start_s=start / fps,
+                end_s=end / fps,
+                peak_frame=int(frame_indices[peak]),
+                score=float(scores[peak]),
+            )
+        )
+    return events

@@ -1,0 +1,64 @@
+"""Backends by name (``"kind:name"`` -> ``"module:attribute"``), imported only when first used.
+
+Registering costs nothing: the module named in an entry is imported by ``load``. Unknown names list what
+exists; a backend whose optional dependencies are missing names the ``pip install`` that adds them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from anomalens.errors import BackendNotFound, MissingExtra
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # "kind:name", e.g. "scorer:occupancy"
+    target: str  # "module:attribute"
+    requires: tuple[str, ...] = ()  # importable top-level modules it needs
+    extra: str | None = None  # the pip extra that provides them
+    summary: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.name.split(":", 1)[0]
+
+    def missing(self) -> list[str]:
+        """Required modules that are not installed (checked without importing them)."""
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend(
+            "scorer:occupancy",
+            "anomalens.tools.occupancy:OccupancyScorer",
+            summary="foreground occupancy novelty, static objects and crowding vs. the scene's normal footage",
+        ),
+    )
+}
+
+
+def get(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        kind = name.split(":", 1)[0]
+        same_kind = [n for n in BACKENDS if n.startswith(kind + ":")]
+        known = same_kind or list(BACKENDS)
+        raise BackendNotFound(f"unknown backend {name!r}; available: {', '.join(sorted(known))}") from None
+
+
+def load(name: str) -> Any:
+    """Import and return the class or function registered under ``name``."""
+    backend = get(name)
+    missing = backend.missing()
+    if missing:
+        install = f"pip install 'anomalens[{backend.extra}]'" if backend.extra else f"pip install {' '.join(missing)}"
+        raise MissingExtra(f"backend {name!r} needs {', '.join(missing)}: {install}")
+    module, attribute = backend.target.split(":")
+    return getattr(importlib.import_module(module), attribute)

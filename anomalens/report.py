@@ -1,0 +1,209 @@
+"""Reports: ``report.json`` for machines and a self-contained ``report.html`` for people.
+
+The HTML holds a score timeline (threshold, events and any ground truth marked), a table of events and,
+per event, its keyframe beside the same frame with boxes and the anomaly heat map drawn.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from anomalens import __version__
+from anomalens.types import Event, Evidence
+
+MAP_SIDE_IN_JSON = 64  # anomaly maps are stored downscaled in report.json; the HTML draws full ones
+
+
+class GroundTruthEvent(BaseModel):
+    kind: str
+    start_frame: int
+    end_frame: int
+    why: str = ""
+
+
+class GroundTruth(BaseModel):
+    labels: list[int]  # one 0/1 per source frame
+    events: list[GroundTruthEvent] = Field(default_factory=list)
+
+
+class Report(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str
+    input: str
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    anomalens_version: str = __version__
+    fps: float
+    source_size: tuple[int, int]
+    scorer: str
+    explainer: str = "deterministic"
+    threshold: float
+    frame_indices: list[int]
+    scores: list[float]
+    events: list[Event]
+    evidence: list[Evidence]
+    ground_truth: GroundTruth | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def compact_map(evidence: Evidence) -> Evidence:
+    """Evidence with its anomaly map shrunk to at most ``MAP_SIDE_IN_JSON`` pixels a side (id unchanged)."""
+    amap = evidence.anomaly_map
+    if amap is None or max(amap.shape) <= MAP_SIDE_IN_JSON:
+        return evidence
+    factor = MAP_SIDE_IN_JSON / max(amap.shape)
+    size = (max(1, round(amap.shape[1] * factor)), max(1, round(amap.shape[0] * factor)))
+    return evidence.model_copy(update={"anomaly_map": cv2.resize(amap, size, interpolation=cv2.INTER_AREA)})
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write via a temporary file in the same folder, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "w" if isinstance(data, str) else "wb"
+    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp.name, 0o666 & ~umask)  # temporary files are created 0600; reports are for sharing
+    os.replace(tmp.name, path)
+
+
+def write_report(report: Report, keyframes: dict[str, np.ndarray], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.html``; ``keyframes`` maps event id -> BGR image to show."""
+    out = Path(out_dir)
+    json_path, html_path = out / "report.json", out / "report.html"
+    atomic_write(json_path, report.model_dump_json(indent=1))
+    atomic_write(html_path, render_html(report, keyframes))
+    return json_path, html_path
+
+
+def _jpeg_data_uri(image: np.ndarray) -> str:
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise ValueError("could not encode keyframe as JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.tobytes()).decode()
+
+
+def _runs(labels: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (start, end) index runs where ``labels`` is true."""
+    padded = np.concatenate([[0], np.asarray(labels, dtype=np.int8), [0]])
+    change = np.flatnonzero(np.diff(padded))
+    return [(int(s), int(e) - 1) for s, e in zip(change[0::2], change[1::2])]
+
+
+def timeline_svg(report: Report, width: int = 960, height: int = 190) -> str:
+    """Score over time with the threshold (dashed), events (red bands) and ground truth (grey strip)."""
+    left, right, top, bottom = 44, 10, 10, 44
+    plot_w, plot_h = width - left - right, height - top - bottom
+    frames = np.asarray(report.frame_indices, dtype=np.float64)
+    scores = np.asarray(report.scores, dtype=np.float64)
+    last = max(float(frames[-1]) if frames.size else 1.0, 1.0)
+    top_score = max(float(scores.max()) if scores.size else 0.0, 2.0 * report.threshold, 1e-6)
+
+    def x(frame: float) -> float:
+        return left + plot_w * frame / last
+
+    def y(score: float) -> float:
+        return top + plot_h * (1.0 - min(score, top_score) / top_score)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" class="timeline">']
+    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#ccc"/>')
+    for event in report.events:
+        x0, x1 = x(event.start_frame), x(event.end_frame)
+        parts.append(
+            f'<a href="#{event.id}"><rect x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 1.5):.1f}" height="{plot_h}" '
+            f'fill="#e53935" fill-opacity="0.18"><title>{html.escape(event.id)}: frames {event.start_frame}-'
+            f"{event.end_frame}</title></rect></a>"
+        )
+    if report.ground_truth is not None:
+        gy = top + plot_h + 6
+        parts.append(f'<text x="{left - 4}" y="{gy + 7}" font-size="10" text-anchor="end">truth</text>')
+        for start, end in _runs(np.asarray(report.ground_truth.labels)):
+            parts.append(
+                f'<rect x="{x(start):.1f}" y="{gy}" width="{max(x(end) - x(start), 1.5):.1f}" height="8" fill="#555">'
+                f"<title>ground truth: frames {start}-{end}</title></rect>"
+            )
+    if frames.size:
+        points = " ".join(f"{x(f):.1f},{y(s):.1f}" for f, s in zip(frames, scores))
+        parts.append(f'<polyline points="{points}" fill="none" stroke="#1565c0" stroke-width="1.3"/>')
+    ty = y(report.threshold)
+    parts.append(
+        f'<line x1="{left}" x2="{left + plot_w}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#e53935" stroke-dasharray="5,4"/>'
+        f'<text x="{left + plot_w - 4}" y="{ty - 4:.1f}" font-size="10" text-anchor="end" fill="#e53935">'
+        f"threshold {report.threshold:.2f}</text>"
+    )
+    seconds = last / report.fps
+    step = next(s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600) if seconds / s <= 12)
+    for k in range(int(seconds // step) + 1):
+        tx = x(k * step * report.fps)
+        parts.append(
+            f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}" stroke="#888"/>'
+            f'<text x="{tx:.1f}" y="{height - 14}" font-size="10" text-anchor="middle">{k * step}s</text>'
+        )
+    parts.append(f'<text x="{left - 4}" y="{top + 8}" font-size="10" text-anchor="end">{top_score:.1f}</text>')
+    parts.append(f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end">0</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1000px}
+h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px} .meta{color:#666;font-size:13px}
+table{border-collapse:collapse;font-size:13px} td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}
+.event{border:1px solid #ddd;border-radius:6px;padding:10px 14px;margin:14px 0}
+.event img{width:100%;image-rendering:pixelated;border:1px solid #ccc}
+.metrics span{display:inline-block;margin-right:18px}
+"""
+
+
+def render_html(report: Report, keyframes: dict[str, np.ndarray]) -> str:
+    esc = html.escape
+    width, height = report.source_size
+    rows = "".join(
+        f'<tr><td><a href="#{esc(e.id)}">{esc(e.id)}</a></td><td>{e.start_s:.1f}-{e.end_s:.1f} s</td>'
+        f"<td>{e.start_frame}-{e.end_frame}</td><td>{e.score:.2f}</td><td>{esc(e.summary)}</td></tr>"
+        for e in report.events
+    )
+    sections = []
+    for event in report.events:
+        image = keyframes.get(event.id)
+        picture = f'<img src="{_jpeg_data_uri(image)}" alt="keyframe of {esc(event.id)}">' if image is not None else ""
+        sections.append(
+            f'<div class="event" id="{esc(event.id)}"><h3>{esc(event.id)}: {event.start_s:.1f}-{event.end_s:.1f} s '
+            f"(frames {event.start_frame}-{event.end_frame}, peak {event.peak_frame}, score {event.score:.2f})</h3>"
+            f"<p>{esc(event.summary)}</p>{picture}"
+            f'<p class="meta">left: frame {event.peak_frame}; right: boxes and anomaly heat map. '
+            f"Evidence: {len(event.evidence_ids)} frames cited.</p></div>"
+        )
+    truth = ""
+    if report.ground_truth is not None and report.ground_truth.events:
+        truth_rows = "".join(
+            f"<tr><td>{esc(g.kind)}</td><td>{g.start_frame}-{g.end_frame}</td><td>{esc(g.why)}</td></tr>"
+            for g in report.ground_truth.events
+        )
+        truth = f"<h2>Ground truth</h2><table><tr><th>kind</th><th>frames</th><th>why</th></tr>{truth_rows}</table>"
+    metrics = "".join(f"<span><b>{esc(k)}</b> {v:.3g}</span>" for k, v in report.metrics.items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(report.title)}</title>
+<style>{_STYLE}</style></head><body>
+<h1>{esc(report.title)}</h1>
+<p class="meta">{esc(report.input)} · {width}x{height} · {report.fps:g} fps · {len(report.scores)} frames analysed
+in {report.seconds:.1f} s · scorer {esc(report.scorer)} · explanations: {esc(report.explainer)} ·
+anomalens {esc(report.anomalens_version)} · {esc(report.created)}</p>
+<p class="metrics">{metrics}</p>
+<h2>Anomaly score over time</h2>{timeline_svg(report)}
+<h2>Events ({len(report.events)})</h2>
+{"<table><tr><th>event</th><th>time</th><th>frames</th><th>score</th><th>why</th></tr>" + rows + "</table>"
+ if report.events else "<p>No anomalous events: every frame stayed below the threshold.</p>"}
+{"".join(sections)}
+{truth}
+</body></html>
+"""

@@ -1,0 +1,299 @@
+"""The central types every layer shares.
+
+Conventions (stated once, here):
+
+- **Coordinates** are pixels of the *source* frame (the decoded video frame or image at its native size,
+  before any analysis downscaling), origin at the top-left corner, x to the right, y down. Boxes are
+  ``xyxy`` floats with ``0 <= x1 <= x2 <= width`` and ``0 <= y1 <= y2 <= height``. Tools that work at a
+  reduced analysis resolution map their output back with the frame's ``scale`` before building evidence.
+- **Time** is a 0-based frame index into the source (counted before any stride) plus seconds from the
+  start of the source, ``time_s = frame_index / fps``. Frame ranges are inclusive at both ends.
+- **Masks** are boolean ``(N, H, W)`` at source-frame resolution, one per box. **Anomaly maps** are float
+  ``(h, w)`` covering the whole frame at any resolution (resize to the frame to overlay); larger is more
+  anomalous.
+- **Units** travel with every number in ``Measurement.unit``: ``px``, ``px^2``, ``px/frame``, ``px/s``,
+  ``deg`` (image-plane direction, 0 = +x, counter-clockwise positive as seen on screen, i.e. y up), ``s``,
+  ``frames``, ``count``, ``ratio``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from anomalens.arrays import FloatArray, IntArray, MapArray, MaskArray
+
+_ARRAYS = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+
+def _unique(ids: list[str], what: str) -> None:
+    seen: set[str] = set()
+    dupes = sorted({i for i in ids if i in seen or seen.add(i)})
+    if dupes:
+        raise ValueError(f"duplicate {what} ids: {', '.join(dupes)}")
+
+
+class Source(BaseModel):
+    """Which tool produced a piece of evidence, with what, and how long it took."""
+
+    model_config = ConfigDict(extra="forbid")
+    tool: str
+    backend: str = ""
+    weights: str | None = None
+    latency_s: float = Field(default=0.0, ge=0)
+
+
+class Measurement(BaseModel):
+    """A named number with its unit; ``object_index`` points into the evidence's arrays, if per-object."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    value: float
+    unit: str
+    object_index: int | None = Field(default=None, ge=0)
+
+
+class Evidence(BaseModel):
+    """What every tool returns: per-object arrays of equal length N, plus frame-level fields.
+
+    Shapes: ``boxes`` (N, 4) float xyxy source pixels; ``scores`` (N,); ``labels`` N strings;
+    ``track_ids`` (N,) int or None; ``masks`` (N, H, W) bool at ``frame_size`` or None;
+    ``anomaly_map`` (h, w) float or None. ``frame_size`` is ``(width, height)`` of the source frame and is
+    required whenever boxes, masks or a map are present. ``id`` is derived from the content when omitted,
+    so the same evidence gets the same id in every run.
+    """
+
+    model_config = _ARRAYS
+    id: str = ""
+    source: Source
+    frame_index: int | None = Field(default=None, ge=0)
+    time_s: float | None = Field(default=None, ge=0)
+    frame_size: tuple[int, int] | None = None
+    boxes: FloatArray = Field(default_factory=lambda: np.zeros((0, 4)))
+    scores: FloatArray = Field(default_factory=lambda: np.zeros(0))
+    labels: list[str] = Field(default_factory=list)
+    track_ids: IntArray | None = None
+    masks: MaskArray | None = None
+    anomaly_map: MapArray | None = None
+    frame_score: float | None = None
+    measurements: list[Measurement] = Field(default_factory=list)
+
+    @field_validator("frame_size")
+    @classmethod
+    def _positive_size(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
+        if size is not None and min(size) <= 0:
+            raise ValueError(f"frame_size must be positive (width, height), got {size}")
+        return size
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Evidence:
+        boxes = self.boxes.reshape(-1, 4) if self.boxes.size == 0 else self.boxes
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must have shape (N, 4), got {self.boxes.shape}")
+        self.boxes = boxes
+        n = len(boxes)
+        lengths = {"scores": len(self.scores), "labels": len(self.labels)}
+        if self.track_ids is not None:
+            lengths["track_ids"] = len(self.track_ids)
+        if self.masks is not None:
+            if self.masks.ndim != 3:
+                raise ValueError(f"masks must have shape (N, H, W), got {self.masks.shape}")
+            lengths["masks"] = len(self.masks)
+        wrong = {k: v for k, v in lengths.items() if v != n}
+        if wrong:
+            raise ValueError(f"{n} boxes but " + ", ".join(f"{v} {k}" for k, v in wrong.items()))
+        needs_size = n > 0 or self.masks is not None or self.anomaly_map is not None
+        if needs_size and self.frame_size is None:
+            raise ValueError("frame_size (width, height) is required with boxes, masks or an anomaly_map")
+        if n:
+            width, height = self.frame_size
+            x1, y1, x2, y2 = boxes.T
+            eps = 1e-6
+            if (x1 > x2 + eps).any() or (y1 > y2 + eps).any():
+                raise ValueError("boxes must be xyxy with x1 <= x2 and y1 <= y2")
+            if (boxes.min() < -eps) or (x2 > width + eps).any() or (y2 > height + eps).any():
+                raise ValueError(f"boxes must lie inside the {width}x{height} frame (clip them first)")
+        if self.masks is not None and n and self.masks.shape[1:] != (self.frame_size[1], self.frame_size[0]):
+            raise ValueError(f"masks are {self.masks.shape[1:]} (H, W) but the frame is {self.frame_size} (W, H)")
+        if self.anomaly_map is not None and self.anomaly_map.ndim != 2:
+            raise ValueError(f"anomaly_map must be 2-D (h, w), got {self.anomaly_map.shape}")
+        for m in self.measurements:
+            if m.object_index is not None and m.object_index >= n:
+                raise ValueError(f"measurement {m.name!r} points at object {m.object_index} of {n}")
+        if not self.id:
+            self.id = self._content_id()
+        return self
+
+    def _content_id(self) -> str:
+        digest = hashlib.sha1()
+        digest.update(self.source.tool.encode())
+        digest.update(repr((self.frame_index, self.labels, self.frame_score)).encode())
+        digest.update(np.round(self.boxes, 2).tobytes())
+        digest.update(np.round(self.scores, 4).tobytes())
+        for m in self.measurements:
+            digest.update(f"{m.name}={m.value:.6g}{m.unit}@{m.object_index}".encode())
+        frame = "x" if self.frame_index is None else self.frame_index
+        return f"ev-{self.source.tool}-{frame}-{digest.hexdigest()[:8]}"
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def measurement(self, name: str, object_index: int | None = None) -> Measurement | None:
+        return next(
+            (m for m in self.measurements if m.name == name and m.object_index == object_index), None
+        )
+
+
+class Track(BaseModel):
+    """One object followed over frames; ``boxes[k]`` is its box in ``frames[k]`` (source pixels)."""
+
+    model_config = _ARRAYS
+    id: int = Field(ge=0)
+    label: str = "object"
+    frames: list[int]
+    boxes: FloatArray
+    evidence_ids: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Track:
+        if not self.frames:
+            raise ValueError(f"track {self.id} has no frames")
+        if any(b <= a for a, b in zip(self.frames, self.frames[1:])):
+            raise ValueError(f"track {self.id}: frames must be strictly increasing")
+        if self.boxes.shape != (len(self.frames), 4):
+            raise ValueError(f"track {self.id}: {len(self.frames)} frames but boxes {self.boxes.shape}")
+        return self
+
+
+class Event(BaseModel):
+    """A time range of anomalous activity (inclusive frame range) with what supports it."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    start_frame: int = Field(ge=0)
+    end_frame: int = Field(ge=0)
+    start_s: float = Field(ge=0)
+    end_s: float = Field(ge=0)
+    peak_frame: int = Field(ge=0)
+    score: float
+    evidence_ids: list[str] = Field(default_factory=list)
+    track_ids: list[int] = Field(default_factory=list)
+    rule_ids: list[str] = Field(default_factory=list)
+    summary: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Event:
+        if self.end_frame < self.start_frame or self.end_s < self.start_s:
+            raise ValueError(f"event {self.id} ends before it starts")
+        if not self.start_frame <= self.peak_frame <= self.end_frame:
+            raise ValueError(f"event {self.id}: peak frame {self.peak_frame} outside its range")
+        return self
+
+
+Fact = Literal["class", "area", "width", "height", "aspect", "speed", "direction", "zone", "dwell", "count", "time"]
+Operator = Literal["<=", ">=", "<", ">", "==", "!=", "between", "in", "not_in"]
+
+
+class Predicate(BaseModel):
+    """A machine-checkable condition over one fact, e.g. ``speed <= 2.4 px/frame where zone == walkway``.
+
+    ``between`` takes ``[low, high]`` (inclusive); ``in``/``not_in`` take a list; ``where`` limits the
+    predicate to objects whose facts equal the given values (e.g. ``{"zone": "walkway"}``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    fact: Fact
+    op: Operator
+    value: float | str | list[float] | list[str]
+    unit: str | None = None
+    where: dict[str, float | str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> Predicate:
+        if self.op == "between":
+            if not (isinstance(self.value, list) and len(self.value) == 2 and self.value[0] <= self.value[1]):
+                raise ValueError("'between' needs value [low, high] with low <= high")
+        elif self.op in ("in", "not_in"):
+            if not isinstance(self.value, list):
+                raise ValueError(f"'{self.op}' needs a list value")
+        elif self.op in ("<=", ">=", "<", ">") and not isinstance(self.value, (int, float)):
+            raise ValueError(f"'{self.op}' needs a number value")
+        return self
+
+
+class Rule(BaseModel):
+    """A human sentence, the predicate that normal footage satisfies, and where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    sentence: str
+    predicate: Predicate
+    margin: float = Field(default=0.0, ge=0)
+    stats: dict[str, float] = Field(default_factory=dict)
+    enabled: bool = True
+
+
+class Rulebook(BaseModel):
+    """A versioned set of rules for one scene; YAML I/O lives in ``anomalens.rules``."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: Literal[1] = 1
+    scene: str = ""
+    induced_from: list[str] = Field(default_factory=list)
+    rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Rulebook:
+        _unique([r.id for r in self.rules], "rule")
+        return self
+
+    def get(self, rule_id: str) -> Rule:
+        for rule in self.rules:
+            if rule.id == rule_id:
+                return rule
+        raise KeyError(f"no rule {rule_id!r} (rules: {', '.join(r.id for r in self.rules)})")
+
+
+class Verdict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["supported", "unsupported", "unverifiable"]
+    reason: str = ""
+
+
+class Claim(BaseModel):
+    """One checkable statement; it must cite at least one evidence id."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    text: str
+    kind: Literal["object", "attribute", "count", "measurement", "spatial", "temporal", "rule", "other"]
+    evidence_ids: list[str] = Field(min_length=1)
+    value: float | None = None
+    unit: str | None = None
+    frames: tuple[int, int] | None = None
+    verdict: Verdict | None = None
+
+
+class Explanation(BaseModel):
+    """Structured answer for one event; the prose is rendered from supported claims only."""
+
+    model_config = ConfigDict(extra="forbid")
+    event_id: str
+    generator: str
+    claims: list[Claim]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Explanation:
+        _unique([c.id for c in self.claims], "claim")
+        return self
+
+    @property
+    def supported(self) -> list[Claim]:
+        return [c for c in self.claims if c.verdict is not None and c.verdict.status == "supported"]
+
+    @property
+    def prose(self) -> str:
+        return " ".join(c.text.rstrip(".") + "." for c in self.supported)

@@ -1,0 +1,263 @@
+"""One streaming frame reader over video files, frame folders, single images and lists of images.
+
+Frames are decoded one at a time (bounded memory whatever the length of the input), optionally
+subsampled (``stride`` or ``target_fps``), restricted to a frame range, and downscaled so that their
+longer side is at most ``max_side``; each ``Frame`` keeps the ``scale`` that maps analysis pixels back to
+source pixels (``source = analysis / scale``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from anomalens.errors import MediaError, MediaWarning
+
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own stderr chatter; we raise clear errors
+import cv2  # noqa: E402
+
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+DEFAULT_IMAGE_FPS = 25.0
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame.
+
+    ``image`` is ``(h, w, 3)`` uint8 BGR at analysis resolution; ``scale`` is analysis pixels per source
+    pixel (1.0 when not downscaled); ``source_size`` is the source frame's ``(width, height)``.
+    """
+
+    index: int
+    time_s: float
+    image: np.ndarray
+    scale: float
+    source_size: tuple[int, int]
+    path: str | None = None
+
+    def to_source(self, boxes: np.ndarray) -> np.ndarray:
+        """Map ``(N, 4)`` xyxy boxes from analysis pixels to source pixels, clipped to the frame."""
+        out = np.asarray(boxes, dtype=np.float64) / self.scale
+        width, height = self.source_size
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+        return out
+
+
+def natural_key(path: Path) -> list:
+    """Sort key that orders ``frame2.png`` before ``frame10.png``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise MediaError(path, "no such file or folder")
+    if path.is_dir():
+        return
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except PermissionError:
+        raise MediaError(path, "permission denied (cannot read the file)") from None
+    except OSError as error:
+        raise MediaError(path, f"cannot be read ({error.strerror or error})") from None
+    if path.stat().st_size == 0:
+        raise MediaError(path, "file is empty (0 bytes)")
+
+
+class FrameSource:
+    """Frames from ``inputs``: a video file, a folder of images, one image, or a list of images.
+
+    Args:
+        inputs: path or list of image paths. Folders are read in natural order.
+        stride: keep every ``stride``-th frame. Not combinable with ``target_fps``.
+        target_fps: keep frames at about this rate (``stride = round(fps / target_fps)``).
+        max_side: downscale so the longer side is at most this many pixels (never upscales).
+        start, stop: source frame range ``[start, stop)``; the video is seeked, not decoded from 0.
+        fps: frame rate of image inputs (videos report their own).
+    """
+
+    def __init__(
+        self,
+        inputs: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        stride: int | None = None,
+        target_fps: float | None = None,
+        max_side: int | None = None,
+        start: int = 0,
+        stop: int | None = None,
+        fps: float = DEFAULT_IMAGE_FPS,
+    ):
+        if stride is not None and target_fps is not None:
+            raise ValueError("give stride or target_fps, not both")
+        if stride is not None and stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        if target_fps is not None and target_fps <= 0:
+            raise ValueError(f"target_fps must be > 0, got {target_fps}")
+        if max_side is not None and max_side < 16:
+            raise ValueError(f"max_side must be >= 16 pixels, got {max_side}")
+        if start < 0 or (stop is not None and stop < start):
+            raise ValueError(f"invalid frame range [{start}, {stop})")
+        self.max_side = max_side
+        self.start, self.stop = start, stop
+        self._images: list[Path] | None = None
+        self._video: Path | None = None
+
+        if isinstance(inputs, (str, os.PathLike)):
+            path = Path(inputs)
+            _check_readable(path)
+            if path.is_dir():
+                self._images = self._folder_images(path)
+                self.name = str(path)
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                self._images = [path]
+                self.name = str(path)
+            elif path.suffix.lower() in VIDEO_SUFFIXES:
+                self._video = path
+                self.name = str(path)
+            else:
+                raise MediaError(
+                    path,
+                    f"unsupported file type '{path.suffix or '(none)'}' "
+                    f"(videos: {' '.join(VIDEO_SUFFIXES)}; images: {' '.join(IMAGE_SUFFIXES)})",
+                )
+        else:
+            paths = [Path(p) for p in inputs]
+            if not paths:
+                raise MediaError("<image list>", "the list of images is empty")
+            for p in paths:
+                _check_readable(p)
+                if p.is_dir() or p.suffix.lower() not in IMAGE_SUFFIXES:
+                    raise MediaError(p, f"a list of inputs may hold only images ({' '.join(IMAGE_SUFFIXES)})")
+            self._images = paths
+            self.name = f"{paths[0]} (+{len(paths) - 1} images)"
+
+        if self._video is not None:
+            self.fps, self.declared_frames, self.source_size = self._probe_video(self._video)
+        else:
+            self.fps = float(fps)
+            self.declared_frames = len(self._images)
+            self.source_size = self._probe_image(self._images[0])
+        self.stride = stride or (max(1, round(self.fps / target_fps)) if target_fps else 1)
+
+    @staticmethod
+    def _folder_images(folder: Path) -> list[Path]:
+        images = sorted(
+            (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key
+        )
+        if not images:
+            raise MediaError(folder, f"folder contains no images ({' '.join(IMAGE_SUFFIXES)})")
+        return images
+
+    @staticmethod
+    def _probe_video(path: Path) -> tuple[float, int, tuple[int, int]]:
+        capture = cv2.VideoCapture(str(path))
+        try:
+            if not capture.isOpened():
+                raise MediaError(path, "cannot be decoded: corrupt file or unsupported codec")
+            ok, image = capture.read()
+            if not ok or image is None:
+                raise MediaError(path, "no decodable frames (0 frames)")
+            fps = capture.get(cv2.CAP_PROP_FPS)
+            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+            return (fps if fps and fps > 0 else DEFAULT_IMAGE_FPS), max(count, 1), (image.shape[1], image.shape[0])
+        finally:
+            capture.release()
+
+    @staticmethod
+    def _read_image(path: Path) -> np.ndarray:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise MediaError(path, "cannot be decoded as an image (corrupt or unsupported)")
+        return image
+
+    def _probe_image(self, path: Path) -> tuple[int, int]:
+        image = self._read_image(path)
+        return image.shape[1], image.shape[0]
+
+    @property
+    def is_video(self) -> bool:
+        return self._video is not None
+
+    @property
+    def effective_fps(self) -> float:
+        return self.fps / self.stride
+
+    def _range(self) -> range:
+        stop = self.declared_frames if self.stop is None else min(self.stop, self.declared_frames)
+        return range(self.start, stop, self.stride)
+
+    def __len__(self) -> int:
+        """Frames this source will yield (from the container's frame count for videos)."""
+        return len(self._range())
+
+    def _frame(self, index: int, image: np.ndarray, path: Path | None) -> Frame:
+        height, width = image.shape[:2]
+        scale = 1.0
+        if self.max_side is not None and max(width, height) > self.max_side:
+            scale = self.max_side / max(width, height)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        return Frame(index, index / self.fps, image, scale, (width, height), None if path is None else str(path))
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self._images is not None:
+            for index in self._range():
+                path = self._images[index]
+                yield self._frame(index, self._read_image(path), path)
+            return
+        yield from self._iter_video()
+
+    def _iter_video(self) -> Iterator[Frame]:
+        wanted = self._range()
+        capture = cv2.VideoCapture(str(self._video))
+        try:
+            if self.start:
+                capture.set(cv2.CAP_PROP_POS_FRAMES, self.start)
+            index = self.start
+            # Read to the end rather than trusting the container's frame count, which can be low.
+            while self.stop is None or index < self.stop:
+                if (index - self.start) % self.stride:
+                    if not capture.grab():
+                        break
+                else:
+                    ok, image = capture.read()
+                    if not ok or image is None:
+                        break
+                    yield self._frame(index, image, None)
+                index += 1
+            if index < wanted.stop:
+                warnings.warn(
+                    f"{self._video}: decoding stopped at frame {index} of {self.declared_frames} declared "
+                    f"(truncated or corrupt); kept the {len(range(self.start, index, self.stride))} frames read",
+                    MediaWarning,
+                    stacklevel=2,
+                )
+        finally:
+            capture.release()
+
+    def read(self, index: int) -> Frame:
+        """Decode the single source frame ``index`` (seeks; for keyframes and chat look-ups)."""
+        if not 0 <= index < self.declared_frames:
+            raise MediaError(self.name, f"frame {index} is outside 0..{self.declared_frames - 1}")
+        if self._images is not None:
+            path = self._images[index]
+            return self._frame(index, self._read_image(path), path)
+        capture = cv2.VideoCapture(str(self._video))
+        try:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+            ok, image = capture.read()
+        finally:
+            capture.release()
+        if not ok or image is None:
+            raise MediaError(self._video, f"frame {index} cannot be decoded")
+        return self._frame(index, image, None)

@@ -1,0 +1,1 @@
+"""Rule handling built on the ``Rule``/``Rulebook`` types of ``anomalens.types``."""

@@ -1,0 +1,50 @@
+import pytest
+
+from anomalens import registry
+from anomalens.config import load_settings
+from anomalens.errors import BackendNotFound, ConfigError, MissingExtra
+
+
+def test_load_imports_the_registered_class():
+    from anomalens.tools.occupancy import OccupancyScorer
+
+    assert registry.load("scorer:occupancy") is OccupancyScorer
+
+
+def test_unknown_backend_lists_what_exists():
+    with pytest.raises(BackendNotFound, match="unknown backend 'scorer:nope'; available: scorer:occupancy"):
+        registry.get("scorer:nope")
+
+
+def test_missing_extra_names_the_pip_install(monkeypatch):
+    fake = registry.Backend("detector:fake", "fake_module:Fake", requires=("surely_not_installed_pkg",), extra="clip")
+    monkeypatch.setitem(registry.BACKENDS, fake.name, fake)
+    with pytest.raises(MissingExtra, match=r"needs surely_not_installed_pkg: pip install 'anomalens\[clip\]'"):
+        registry.load("detector:fake")
+
+
+def test_settings_layer_file_environment_and_arguments(tmp_path, monkeypatch):
+    config = tmp_path / "anomalens.toml"
+    config.write_text('max_side = 480\nmodel_dir = "/models"\n')
+    monkeypatch.setenv("ANOMALENS_MAX_SIDE", "320")
+    settings = load_settings(config)
+    assert settings.max_side == 320 and str(settings.model_dir) == "/models"
+    assert load_settings(config, max_side=800).max_side == 800
+
+
+def test_bad_settings_name_the_file_and_field(tmp_path, monkeypatch):
+    monkeypatch.delenv("ANOMALENS_MAX_SIDE", raising=False)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max_side = 4\n")
+    with pytest.raises(ConfigError, match=r"bad.toml: max_side: Input should be greater than or equal to 16"):
+        load_settings(bad)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("max_side = = 4\n")
+    with pytest.raises(ConfigError, match="broken.toml: invalid TOML"):
+        load_settings(broken)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "none.toml")
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("max_sid = 4\n")
+    with pytest.raises(ConfigError, match="max_sid: Extra inputs are not permitted"):
+        load_settings(unknown)
