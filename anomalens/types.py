@@ -19,6 +19,7 @@ Conventions (stated once, here):
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from typing import Literal
 
 import numpy as np
@@ -30,8 +31,7 @@ _ARRAYS = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
 
 def _unique(ids: list[str], what: str) -> None:
-    seen: set[str] = set()
-    dupes = sorted({i for i in ids if i in seen or seen.add(i)})
+    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dupes:
         raise ValueError(f"duplicate {what} ids: {', '.join(dupes)}")
 
