@@ -10,16 +10,17 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
 from anomalens.events import group_events, smooth
-from anomalens.prompts import load as load_prompts
+from anomalens.agents.explain import broken_rules, explain_event
 from anomalens.draw import overlay
 from anomalens.progress import track
 from anomalens.report import GroundTruth, Report, compact_map
-from anomalens.types import Event, Evidence
+from anomalens.tools.scene import Scene, SceneScorer
+from anomalens.types import Event, Evidence, Rulebook
 from anomalens.video import Frame, FrameSource
 
 
@@ -47,13 +48,20 @@ def screen(
     scorer: FrameScorer,
     *,
     threshold: float = 1.0,
-    smooth_width: int = 5,
+    smooth_seconds: float = 1.0,
     min_event_frames: int = 3,
     max_gap: int = 5,
     max_keyframes: int = 50,
+    rulebook: Rulebook | None = None,
+    observe: Callable[[Frame, Evidence], None] | None = None,
     progress: bool = True,
 ) -> ScreeningResult:
-    """Score every frame of ``source`` with ``scorer`` and return events above ``threshold``."""
+    """Score every frame of ``source`` with ``scorer`` and return events above ``threshold``.
+
+    Each event cites the evidence of its frames above the threshold, lists the rules broken and the
+    tracks that broke them, and gets a deterministic explanation (rule sentences from ``rulebook``).
+    ``observe(frame, evidence)`` sees every frame's full evidence as it is scored (evaluation uses it).
+    """
     started = time.perf_counter()
     indices, raw, compact = [], [], []
     # The best frame of each run of above-threshold frames; a min-heap keeps the strongest runs' peaks.
@@ -68,6 +76,8 @@ def screen(
 
     for frame in track(source, f"screening {source.name}", total=len(source), enabled=progress):
         evidence = scorer.score(frame)
+        if observe is not None:
+            observe(frame, evidence)
         score = float(evidence.frame_score or 0.0)
         indices.append(frame.index)
         raw.append(score)
@@ -83,7 +93,7 @@ def screen(
 
     frame_indices = np.asarray(indices, dtype=np.int64)
     raw_scores = np.asarray(raw)
-    scores = smooth(raw_scores, smooth_width)
+    scores = smooth(raw_scores, max(1, round(smooth_seconds * source.effective_fps)) | 1)  # odd width
     events = group_events(frame_indices, scores, threshold, source.fps, min_frames=min_event_frames, max_gap=max_gap)
     evidence: dict[str, Evidence] = {}
     keyframes: dict[str, tuple[Frame, Evidence]] = {}
@@ -99,7 +109,12 @@ def screen(
             full = max(inside, key=lambda ev: ev.frame_score or 0.0)
             frame = source.read(full.frame_index)
         event.peak_frame = full.frame_index
-        event.summary = describe(full)
+        breaches = [(ev, b) for ev in cited for b in broken_rules(ev)]
+        event.rule_ids = sorted({rule_id for _, (rule_id, _, _) in breaches})
+        event.track_ids = sorted(
+            {int(ev.track_ids[i]) for ev, (_, _, i) in breaches if i is not None and ev.track_ids is not None}
+        )
+        event.summary = explain_event(event, cited, full, rulebook)
         evidence[full.id] = full
         keyframes[event.id] = (frame, full)
     return ScreeningResult(
@@ -108,22 +123,12 @@ def screen(
     )
 
 
-def describe(evidence: Evidence) -> str:
-    """Deterministic explanation of one keyframe: a sentence per cue beyond its normal maximum."""
-    templates = load_prompts("cues")
-    sentences = []
-    for name, template in templates.items():
-        value, ratio = evidence.measurement(name), evidence.measurement(f"{name}_ratio")
-        if value is not None and ratio is not None and ratio.value > 1.0:
-            sentences.append(template.format(value=value.value, unit=value.unit, ratio=ratio.value))
-    return " ".join(sentences) or "The frame score exceeds the threshold, but no single cue does on its own."
-
-
 def build_report(
     result: ScreeningResult,
     *,
     title: str,
     scorer: str,
+    rulebook: Rulebook | None = None,
     ground_truth: GroundTruth | None = None,
     metrics: dict[str, float] | None = None,
 ) -> tuple[Report, dict[str, np.ndarray]]:
@@ -143,8 +148,32 @@ def build_report(
         scores=[round(float(s), 4) for s in result.scores],
         events=result.events,
         evidence=[compact_map(ev) for ev in result.evidence.values()],
+        rulebook=rulebook,
         ground_truth=ground_truth,
         metrics=metrics or {},
         seconds=result.seconds,
     )
     return report, keyframes
+
+
+def audit(
+    source: FrameSource,
+    scene: Scene,
+    *,
+    title: str | None = None,
+    ground_truth: GroundTruth | None = None,
+    metrics: Callable[[ScreeningResult], dict[str, float]] | None = None,
+    progress: bool = True,
+) -> tuple[ScreeningResult, Report, dict[str, np.ndarray]]:
+    """Screen ``source`` (opened with ``scene.open``) against a learned scene and build its report."""
+    scorer = SceneScorer(scene, source.fps)
+    result = screen(source, scorer, rulebook=scene.rulebook, progress=progress)
+    report, keyframes = build_report(
+        result,
+        title=title or f"anomalens audit: {source.name}",
+        scorer="scene rules + motion (trained on " + ", ".join(scene.sources) + ")",
+        rulebook=scene.rulebook,
+        ground_truth=ground_truth,
+        metrics=metrics(result) if metrics else None,
+    )
+    return result, report, keyframes

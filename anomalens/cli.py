@@ -46,6 +46,44 @@ def demo(
     out.print(f"report: {result.report_html}\njson:   {result.report_json}")
 
 
+@app.command("induce-rules")
+def induce_rules(
+    normal: Annotated[list[Path], typer.Argument(help="normal videos or frame folders of one camera view")],
+    out_dir: Annotated[Path, typer.Option("--out", help="scene folder to write (scene.json, motion.npz, rules.yaml)")],
+    max_side: Annotated[int, typer.Option(help="longest side of the analysis resolution, px")] = 640,
+    fps: Annotated[Optional[float], typer.Option(help="frame rate of frame folders (videos report their own)")] = None,
+) -> None:
+    """Learn what is normal for a scene and write it as an editable rulebook."""
+    from anomalens.tools.scene import learn_scene
+
+    scene = learn_scene([str(p) for p in normal], max_side=max_side, fps=fps)
+    folder = scene.save(out_dir)
+    out.print(f"{len(scene.rulebook.rules)} rules -> {folder / 'rules.yaml'} (edit freely)")
+    for rule in scene.rulebook.rules:
+        out.print(f"  {rule.id}: {rule.sentence}", highlight=False)
+
+
+@app.command()
+def audit(
+    video: Annotated[Path, typer.Argument(help="video, frame folder or image to audit")],
+    scene_dir: Annotated[Path, typer.Option("--scene", help="scene folder written by induce-rules")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for report.json and report.html")],
+    fps: Annotated[Optional[float], typer.Option(help="frame rate of a frame folder (default: the scene's)")] = None,
+) -> None:
+    """Audit footage against a scene's rules: events, evidence, explanations, report."""
+    from anomalens.agents.screening import audit as run_audit
+    from anomalens.report import write_report
+    from anomalens.tools.scene import Scene
+
+    scene = Scene.load(scene_dir)
+    result, report, keyframes = run_audit(scene.open(video, fps=fps), scene)
+    json_path, html_path = write_report(report, keyframes, out_dir)
+    out.print(f"{len(result.events)} events in {len(result.scores)} frames")
+    for event in result.events:
+        out.print(f"  {event.id} {event.start_s:.1f}-{event.end_s:.1f} s: {', '.join(event.rule_ids) or 'motion'}")
+    out.print(f"report: {html_path}\njson:   {json_path}")
+
+
 @app.command()
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="folder to write the scene into")],
@@ -75,6 +113,30 @@ def synth(
         raise AnomalensError(str(error)) from None
     files = write_scene(spec, out_dir, as_frames=as_frames)
     out.print(f"video: {files.video}\nlabels: {files.labels}\nmasks: {files.masks}\nevents: {files.events}")
+
+
+eval_app = typer.Typer(help="Benchmarks on labelled data; each writes its metrics as JSON.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("ped2")
+def eval_ped2(
+    data: Annotated[Path, typer.Option(help="UCSD Ped2 folder (train/, test/, test_masks/, labels.json)")] = Path(
+        "../shared/data/ucsd_ped2"
+    ),
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+) -> None:
+    """Learn Ped2's scene from its training videos, audit its test videos, print frame/pixel/region metrics."""
+    import json
+
+    from anomalens.eval.ped2 import run_ped2
+    from anomalens.files import atomic_write
+
+    metrics = run_ped2(data)
+    text = json.dumps(metrics, indent=2)
+    if json_path is not None:
+        atomic_write(json_path, text)
+    out.print(text, highlight=False)
 
 
 def _extras() -> dict[str, list[str]]:

@@ -10,10 +10,13 @@ from anomalens.types import Evidence
 BOX_COLOR = (0, 0, 255)  # BGR red
 
 
-def overlay(image: np.ndarray, evidence: Evidence, scale: float, alpha: float = 0.45) -> np.ndarray:
+def overlay(
+    image: np.ndarray, evidence: Evidence, scale: float, min_score: float = 1.0, alpha: float = 0.45
+) -> np.ndarray:
     """Return a copy of ``image`` (analysis resolution, BGR) with the evidence drawn on it.
 
     ``scale`` is analysis pixels per source pixel (``Frame.scale``); boxes and masks are in source pixels.
+    Only objects scoring above ``min_score`` get their mask tinted and their box drawn.
     """
     out = image.copy()
     h, w = out.shape[:2]
@@ -23,12 +26,11 @@ def overlay(image: np.ndarray, evidence: Evidence, scale: float, alpha: float = 
         colored = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
         where = norm > 0.05
         out[where] = (alpha * colored[where] + (1 - alpha) * out[where]).astype(np.uint8)
+    chosen = evidence.scores > min_score
     if evidence.masks is not None:
-        for mask in evidence.masks:
+        for mask in evidence.masks[chosen]:
             small = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
             out[small] = (0.5 * out[small] + 0.5 * np.array(BOX_COLOR)).astype(np.uint8)
-    for (x1, y1, x2, y2), score in zip(evidence.boxes * scale, evidence.scores):
-        if score <= 0:
-            continue
+    for x1, y1, x2, y2 in evidence.boxes[chosen] * scale:
         cv2.rectangle(out, (int(x1), int(y1)), (int(np.ceil(x2)), int(np.ceil(y2))), BOX_COLOR, 1)
     return out

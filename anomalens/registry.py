@@ -16,7 +16,7 @@ from anomalens.errors import BackendNotFound, MissingExtra
 
 @dataclass(frozen=True)
 class Backend:
-    name: str  # "kind:name", e.g. "scorer:occupancy"
+    name: str  # "kind:name", e.g. "scorer:scene"
     target: str  # "module:attribute"
     requires: tuple[str, ...] = ()  # importable top-level modules it needs
     extra: str | None = None  # the pip extra that provides them
@@ -35,9 +35,9 @@ BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
         Backend(
-            "scorer:occupancy",
-            "anomalens.tools.occupancy:OccupancyScorer",
-            summary="foreground occupancy novelty, static objects and crowding vs. the scene's normal footage",
+            "scorer:scene",
+            "anomalens.tools.scene:SceneScorer",
+            summary="scene-trained motion (background, DIS flow, tracks) checked against the induced rulebook",
         ),
     )
 }

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,7 +16,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from anomalens import __version__
-from anomalens.types import Event, Evidence
+from anomalens.files import atomic_write
+from anomalens.types import Event, Evidence, Rulebook
 
 MAP_SIDE_IN_JSON = 64  # anomaly maps are stored downscaled in report.json; the HTML draws full ones
 
@@ -50,6 +49,7 @@ class Report(BaseModel):
     scores: list[float]
     events: list[Event]
     evidence: list[Evidence]
+    rulebook: Rulebook | None = None
     ground_truth: GroundTruth | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     seconds: float = 0.0
@@ -63,18 +63,6 @@ def compact_map(evidence: Evidence) -> Evidence:
     factor = MAP_SIDE_IN_JSON / max(amap.shape)
     size = (max(1, round(amap.shape[1] * factor)), max(1, round(amap.shape[0] * factor)))
     return evidence.model_copy(update={"anomaly_map": cv2.resize(amap, size, interpolation=cv2.INTER_AREA)})
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write via a temporary file in the same folder, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "w" if isinstance(data, str) else "wb"
-    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp.name, 0o666 & ~umask)  # temporary files are created 0600; reports are for sharing
-    os.replace(tmp.name, path)
 
 
 def write_report(report: Report, keyframes: dict[str, np.ndarray], out_dir: str | Path) -> tuple[Path, Path]:
@@ -184,6 +172,28 @@ def render_html(report: Report, keyframes: dict[str, np.ndarray]) -> str:
             f'<p class="meta">left: frame {event.peak_frame}; right: boxes and anomaly heat map. '
             f"Evidence: {len(event.evidence_ids)} frames cited.</p></div>"
         )
+    broken = ""
+    if report.rulebook is not None:
+        worst: dict[str, tuple[float, set[str]]] = {}
+        by_id = {ev.id: ev for ev in report.evidence}
+        for event in report.events:
+            for evidence_id in event.evidence_ids:
+                for m in by_id[evidence_id].measurements:
+                    if m.name.startswith("rule:"):
+                        rule_id = m.name[5:]
+                        severity, events = worst.get(rule_id, (0.0, set()))
+                        worst[rule_id] = (max(severity, m.value), events | {event.id})
+        rule_rows = "".join(
+            f"<tr><td>{esc(r.id)}</td><td>{esc(r.sentence)}</td><td>{esc(r.predicate.fact)} {esc(r.predicate.op)} "
+            f"{esc(str(r.predicate.value))} {esc(r.predicate.unit or '')}</td>"
+            f"<td>{', '.join(sorted(worst[r.id][1]))}</td><td>{worst[r.id][0]:.2f}x</td></tr>"
+            for r in report.rulebook.rules
+            if r.id in worst
+        )
+        broken = (
+            f"<h2>Rules broken ({len(worst)} of {len(report.rulebook.rules)})</h2><table><tr><th>rule</th>"
+            f"<th>sentence</th><th>predicate</th><th>events</th><th>worst</th></tr>{rule_rows}</table>"
+        )
     truth = ""
     if report.ground_truth is not None and report.ground_truth.events:
         truth_rows = "".join(
@@ -203,6 +213,7 @@ anomalens {esc(report.anomalens_version)} · {esc(report.created)}</p>
 <h2>Events ({len(report.events)})</h2>
 {"<table><tr><th>event</th><th>time</th><th>frames</th><th>score</th><th>why</th></tr>" + rows + "</table>"
  if report.events else "<p>No anomalous events: every frame stayed below the threshold.</p>"}
+{broken}
 {"".join(sections)}
 {truth}
 </body></html>

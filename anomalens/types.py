@@ -193,7 +193,9 @@ class Event(BaseModel):
         return self
 
 
-Fact = Literal["class", "area", "width", "height", "aspect", "speed", "direction", "zone", "dwell", "count", "time"]
+Fact = Literal[
+    "class", "area", "width", "height", "aspect", "speed", "direction", "zone", "dwell", "count", "occupancy", "time"
+]
 Operator = Literal["<=", ">=", "<", ">", "==", "!=", "between", "in", "not_in"]
 
 

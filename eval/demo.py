@@ -8,13 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from anomalens.agents.screening import build_report, screen
+from anomalens.agents.screening import ScreeningResult, audit
 from anomalens.eval.metrics import roc_auc
 from anomalens.eval.synthetic import Anomaly, SceneSpec, write_scene
-from anomalens.progress import track
 from anomalens.report import GroundTruth, GroundTruthEvent, write_report
-from anomalens.tools.occupancy import OccupancyScorer
-from anomalens.video import FrameSource
+from anomalens.tools.scene import learn_scene
 
 DEMO_ANOMALIES = (
     Anomaly("cyclist", 15),
@@ -25,7 +23,7 @@ DEMO_ANOMALIES = (
     Anomaly("left_object", 620),
 )
 DEMO_FRAMES = 800
-NORMAL_FRAMES = 300
+NORMAL_FRAMES = 600
 
 
 @dataclass
@@ -36,43 +34,40 @@ class DemoResult:
     events: int
 
 
-def ground_truth_metrics(result, labels: np.ndarray, truth: list[GroundTruthEvent]) -> dict[str, float]:
+def ground_truth_metrics(result: ScreeningResult, labels: np.ndarray, truth: list[GroundTruthEvent]) -> dict[str, float]:
     """Frame AUROC of the smoothed scores and how many true events an event overlaps."""
-    hit = [any(e.start_frame <= g.end_frame and g.start_frame <= e.end_frame for e in result.events) for g in truth]
-    false = [
-        e for e in result.events if not any(e.start_frame <= g.end_frame and g.start_frame <= e.end_frame for g in truth)
-    ]
+
+    def overlaps(e, g) -> bool:
+        return e.start_frame <= g.end_frame and g.start_frame <= e.end_frame
+
     return {
         "frame_auc": roc_auc(labels[result.frame_indices], result.scores),
-        "true_events_found": float(sum(hit)),
+        "true_events_found": float(sum(any(overlaps(e, g) for e in result.events) for g in truth)),
         "true_events": float(len(truth)),
-        "false_events": float(len(false)),
+        "false_events": float(sum(not any(overlaps(e, g) for g in truth) for e in result.events)),
     }
 
 
 def run_demo(out_dir: str | Path, seed: int = 0, progress: bool = True) -> DemoResult:
-    """Render a normal clip and a test clip of one walkway, learn the scene, screen the test, report."""
+    """Render a normal clip and a test clip of one walkway, learn the scene, audit the test clip, report."""
     out = Path(out_dir)
-    scene = out / "scene"
-    normal = write_scene(SceneSpec(n_frames=NORMAL_FRAMES, seed=2 * seed + 1, camera_seed=seed), scene / "normal")
+    scene_files = out / "scene"
+    normal = write_scene(SceneSpec(n_frames=NORMAL_FRAMES, seed=2 * seed + 1, camera_seed=seed), scene_files / "normal")
     test = write_scene(
-        SceneSpec(n_frames=DEMO_FRAMES, seed=2 * seed + 2, camera_seed=seed, anomalies=DEMO_ANOMALIES), scene / "test"
+        SceneSpec(n_frames=DEMO_FRAMES, seed=2 * seed + 2, camera_seed=seed, anomalies=DEMO_ANOMALIES),
+        scene_files / "test",
     )
-    normal_frames = FrameSource(normal.video)
-    scorer = OccupancyScorer().fit(
-        track(normal_frames, "learning the scene", total=len(normal_frames), enabled=progress)
-    )
-    result = screen(FrameSource(test.video), scorer, progress=progress)
-
+    scene = learn_scene([normal.video], progress=progress)
+    scene.save(out / "learned")
     labels = np.asarray(json.loads(test.labels.read_text())["labels"])
     truth = [GroundTruthEvent(**e) for e in json.loads(test.events.read_text())]
-    metrics = ground_truth_metrics(result, labels, truth)
-    report, keyframes = build_report(
-        result,
+    result, report, keyframes = audit(
+        scene.open(test.video),
+        scene,
         title="anomalens demo: synthetic walkway",
-        scorer="occupancy (scene-trained on the normal clip)",
         ground_truth=GroundTruth(labels=labels.tolist(), events=truth),
-        metrics=metrics,
+        metrics=lambda r: ground_truth_metrics(r, labels, truth),
+        progress=progress,
     )
     json_path, html_path = write_report(report, keyframes, out)
-    return DemoResult(json_path, html_path, metrics, len(result.events))
+    return DemoResult(json_path, html_path, report.metrics, len(result.events))

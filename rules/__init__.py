@@ -1,1 +1,1 @@
-"""Rule handling built on the ``Rule``/``Rulebook`` types of ``anomalens.types``."""
+"""Rulebook YAML I/O (``io``) and the rule engine (``engine``) over ``anomalens.types.Rule``/``Rulebook``."""

@@ -37,5 +37,5 @@ def walkway(tmp_path_factory):
         Anomaly("crowd", 480),
         Anomaly("left_object", 560),
     )
-    test = write_scene(SceneSpec(n_frames=700, seed=12, camera_seed=5, anomalies=anomalies), root / "test")
+    test = write_scene(SceneSpec(n_frames=800, seed=12, camera_seed=5, anomalies=anomalies), root / "test")
     return normal, test

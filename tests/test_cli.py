@@ -10,7 +10,7 @@ from anomalens.cli import app
 from anomalens.report import Report
 
 runner = CliRunner()
-COMMANDS = ["demo", "synth", "doctor"]
+COMMANDS = ["demo", "induce-rules", "audit", "synth", "doctor"]
 
 
 def test_every_command_has_help():
@@ -65,7 +65,7 @@ def test_synth_writes_ground_truth_and_bad_arguments_get_one_line_errors(tmp_pat
 def test_doctor_lists_extras_backends_and_data():
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 0, result.output
-    for word in ("extras", "clip", "vllm", "llamacpp", "scorer:occupancy", "model store", "benchmark data"):
+    for word in ("extras", "clip", "vllm", "llamacpp", "scorer:scene", "model store", "benchmark data"):
         assert word in result.output
 
 
@@ -75,3 +75,38 @@ def test_version(flag):
 
     result = runner.invoke(app, [flag])
     assert result.exit_code == 0 and __version__ in result.output
+
+
+def run(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "anomalens", *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+def test_induce_rules_then_audit(walkway, tmp_path):
+    normal, test = walkway
+    learned = run("induce-rules", normal.video, "--out", tmp_path / "scene")
+    assert learned.returncode == 0, learned.stderr
+    assert (tmp_path / "scene" / "rules.yaml").is_file() and "rules ->" in learned.stdout
+    audited = run("audit", test.video, "--scene", tmp_path / "scene", "--out", tmp_path / "report")
+    assert audited.returncode == 0, audited.stderr
+    report = Report.model_validate_json((tmp_path / "report" / "report.json").read_text())
+    assert report.events and report.rulebook is not None
+    assert f"{len(report.events)} events" in audited.stdout
+    missing = run("audit", test.video, "--scene", tmp_path / "nowhere", "--out", tmp_path / "r2")
+    assert missing.returncode == 2 and "not a scene folder" in missing.stderr and "Traceback" not in missing.stderr
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00" * 1000)
+    bad = run("audit", corrupt, "--scene", tmp_path / "scene", "--out", tmp_path / "r3")
+    assert bad.returncode == 2 and str(corrupt) in bad.stderr and "corrupt" in bad.stderr
+
+
+@pytest.mark.data
+def test_eval_ped2_writes_every_metric(shared_data, tmp_path):
+    result = run("eval", "ped2", "--data", shared_data / "ucsd_ped2", "--json", tmp_path / "ped2.json", timeout=600)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "ped2.json").read_text())
+    for key in ("frame_auc", "frame_aupr", "frame_f1", "pixel_auroc", "rbdc", "tbdc", "pipeline_fps", "decode_fps", "seconds"):
+        assert key in metrics
+    assert metrics["frames"] == 2010
+    for key in ("frame_auc", "frame_aupr", "frame_f1", "pixel_auroc", "rbdc", "tbdc"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["frame_auc"] > 0.7 and metrics["pixel_auroc"] > 0.8  # far better than chance

@@ -40,3 +40,54 @@ def test_roc_auc_matches_scikit_learn_with_ties():
     assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
     with pytest.raises(ValueError, match="both normal and anomalous"):
         roc_auc([1, 1], [0.1, 0.2])
+
+
+def test_average_precision_and_best_f1_match_scikit_learn():
+    from sklearn.metrics import average_precision_score, f1_score
+
+    from anomalens.eval.metrics import average_precision, best_f1
+
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        labels = rng.integers(0, 2, 150)
+        labels[:2] = [0, 1]
+        scores = np.round(rng.normal(labels * 0.8, 1.0), 1)
+        assert average_precision(labels, scores) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+        f1, threshold = best_f1(labels, scores)
+        brute = max(f1_score(labels, scores >= t) for t in np.unique(scores))
+        assert f1 == pytest.approx(brute, abs=1e-12)
+        assert f1_score(labels, scores >= threshold) == pytest.approx(f1, abs=1e-12)
+
+
+def test_macro_auc_skips_single_class_videos():
+    from anomalens.eval.metrics import macro_auc
+
+    mean, per_video = macro_auc(
+        {"a": (np.array([0, 1, 1]), np.array([0.1, 0.9, 0.8])), "b": (np.array([1, 1]), np.array([0.2, 0.3])),
+         "c": (np.array([0, 1]), np.array([0.7, 0.2]))}
+    )
+    assert per_video == {"a": 1.0, "c": 0.0} and mean == 0.5
+
+
+def test_rbdc_tbdc_on_a_hand_computed_case():
+    from anomalens.eval.metrics import rbdc_tbdc
+
+    box = np.array([[0, 0, 10, 10]], float)
+    far = np.array([[50, 50, 60, 60]], float)
+    truth = [(box, np.array([0])), (box, np.array([0])), (np.zeros((0, 4)), np.zeros(0, int)), (far, np.array([1]))]
+    # frame 0: a hit at 0.9; frame 1: a miss (wrong place) at 0.8; frame 2: a false positive at 0.7;
+    # frame 3: a hit of the second track at 0.6.
+    detections = [
+        (box, np.array([0.9])),
+        (far, np.array([0.8])),
+        (box, np.array([0.7])),
+        (far, np.array([0.6])),
+    ]
+    rbdc, tbdc = rbdc_tbdc(detections, truth)
+    # Thresholds: 0.9 -> regions 1/3, fpr 0; 0.8 -> 1/3, fpr 1/4; 0.7 -> 1/3, fpr 2/4; 0.6 -> 2/3, fpr 2/4.
+    # Area for fpr in [0, 1]: rate 1/3 from 0 to 0.5, then flat at 2/3 from 0.5 to 1.
+    assert rbdc == pytest.approx(0.5 * (1 / 3) + 0.5 * (2 / 3))
+    # Tracks: track 0 is detected from the first threshold (1 of its 2 regions >= 10%), track 1 at 0.6.
+    assert tbdc == pytest.approx(0.5 * 0.5 + 0.5 * 1.0)
+    with pytest.raises(ValueError, match="frames of detections"):
+        rbdc_tbdc(detections[:2], truth)

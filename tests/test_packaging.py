@@ -1,6 +1,7 @@
 """The package installs under one name, imports lazily, and builds a wheel that works on its own."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,7 +15,12 @@ MODULES = SUBPACKAGES + [
     "anomalens.types",
     "anomalens.report",
     "anomalens.agents.screening",
-    "anomalens.tools.occupancy",
+    "anomalens.agents.explain",
+    "anomalens.tools.motion",
+    "anomalens.tools.scene",
+    "anomalens.tools.rule_induction",
+    "anomalens.rules.engine",
+    "anomalens.rules.io",
     "anomalens.eval.synthetic",
     "anomalens.eval.demo",
 ]
@@ -56,8 +62,18 @@ def test_importing_the_package_loads_no_heavy_library(tmp_path):
 
 
 def test_wheel_holds_only_anomalens_and_works_without_the_source_tree(tmp_path):
+    # Build from a copy of the tracked files: an in-tree build/ from an earlier run could leak stale modules.
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    untracked = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    tree = tmp_path / "tree"
+    for name in tracked + untracked:
+        if (REPO / name).is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, tree / name)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(tree)],
         capture_output=True, text=True,
     )
     assert build.returncode == 0, build.stderr[-2000:]
@@ -65,7 +81,7 @@ def test_wheel_holds_only_anomalens_and_works_without_the_source_tree(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"anomalens"}
-    assert "anomalens/prompts/cues.yaml" in names and "anomalens/tools/occupancy.py" in names
+    assert "anomalens/prompts/explain.yaml" in names and "anomalens/tools/motion.py" in names
     assert not any(n.startswith("anomalens/tests") for n in names)
 
     target = tmp_path / "site"
@@ -77,7 +93,7 @@ def test_wheel_holds_only_anomalens_and_works_without_the_source_tree(tmp_path):
     code = (
         "import importlib, anomalens.prompts as p;"
         f"files = [importlib.import_module(m).__file__ for m in {MODULES!r}];"
-        "print(all(f.startswith(" + repr(str(target)) + ") for f in files), sorted(p.load('cues')))"
+        "print(all(f.startswith(" + repr(str(target)) + ") for f in files), sorted(p.load('explain')))"
     )
     out = run_python(code, cwd=tmp_path, env={"PYTHONPATH": str(target)})
-    assert out.startswith("True") and "novel_area" in out
+    assert out.startswith("True") and "object_rule" in out

@@ -6,13 +6,13 @@ from anomalens.errors import BackendNotFound, ConfigError, MissingExtra
 
 
 def test_load_imports_the_registered_class():
-    from anomalens.tools.occupancy import OccupancyScorer
+    from anomalens.tools.scene import SceneScorer
 
-    assert registry.load("scorer:occupancy") is OccupancyScorer
+    assert registry.load("scorer:scene") is SceneScorer
 
 
 def test_unknown_backend_lists_what_exists():
-    with pytest.raises(BackendNotFound, match="unknown backend 'scorer:nope'; available: scorer:occupancy"):
+    with pytest.raises(BackendNotFound, match="unknown backend 'scorer:nope'; available: scorer:scene"):
         registry.get("scorer:nope")
 
 

@@ -1,0 +1,69 @@
+"""Rulebook YAML: written for people to read and edit, read back with errors that name file, line, field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from anomalens.errors import ConfigError
+from anomalens.files import atomic_write
+from anomalens.types import Rulebook
+
+HEADER = """\
+# anomalens rulebook: what is normal for this scene, learned from normal footage.
+# Edit freely: change a limit (predicate.value), disable a rule (enabled: false), or delete it.
+# Each rule: id, sentence (what people read), predicate (what the engine checks: fact op value, limited
+# to objects matching `where`), margin (slack added beyond the normal extreme), stats (what it came from).
+# Units: px and px^2 of the source frame, px/frame for speed, s for dwell, compass sectors for direction,
+# zones r{row}c{col} of a grid over the frame.
+"""
+
+
+def save_rulebook(rulebook: Rulebook, path: str | Path) -> Path:
+    path = Path(path)
+    body = yaml.safe_dump(rulebook.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=110)
+    atomic_write(path, HEADER + body)
+    return path
+
+
+def _line_of(node: yaml.Node | None, location: tuple) -> int | None:
+    """1-based line of the YAML node at a pydantic error location (the deepest that exists)."""
+    line = None if node is None else node.start_mark.line + 1
+    for key in location:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(key)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            node = None
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def load_rulebook(path: str | Path) -> Rulebook:
+    """Read a rulebook; malformed YAML or fields raise ``ConfigError`` naming file, line and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: rulebook not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {error.problem or error.context}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a rulebook is a mapping with a 'rules' list, got {type(data).__name__}")
+    try:
+        return Rulebook.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = tuple(first["loc"])
+        line = _line_of(yaml.compose(text), location)
+        field = ".".join(str(p) for p in location) or "(top level)"
+        raise ConfigError(f"{path}:{line}: {field}: {first['msg']}") from None

@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+import yaml
+
+from anomalens.errors import ConfigError
+from anomalens.rules.engine import CATEGORICAL_SEVERITY, RuleIndex, applies, check, severity
+from anomalens.rules.io import load_rulebook, save_rulebook
+from anomalens.tools.rule_induction import MARGIN, QUANTILE, induce_rules, induce_validated
+from anomalens.types import Predicate, Rule, Rulebook
+
+
+def book() -> Rulebook:
+    return Rulebook(
+        scene="unit",
+        rules=[
+            Rule(id="speed-r1c1", sentence="In zone r1c1, objects move at most 2 px/frame.",
+                 predicate=Predicate(fact="speed", op="<=", value=2.0, unit="px/frame", where={"zone": "r1c1"})),
+            Rule(id="direction-r1c1", sentence="In zone r1c1, objects move only E.",
+                 predicate=Predicate(fact="direction", op="in", value=["E", "still"], where={"zone": "r1c1"})),
+            Rule(id="empty-r0c0", sentence="Nothing enters zone r0c0.", predicate=Predicate(fact="zone", op="!=", value="r0c0")),
+            Rule(id="count", sentence="At most 5 objects.", predicate=Predicate(fact="count", op="<=", value=5.0)),
+        ],
+    )
+
+
+def test_yaml_round_trip_is_readable_and_exact(tmp_path):
+    path = save_rulebook(book(), tmp_path / "rules.yaml")
+    text = path.read_text()
+    assert text.startswith("# anomalens rulebook") and "sentence: In zone r1c1, objects move at most 2 px/frame." in text
+    assert load_rulebook(path) == book()
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - id: a\n    sentence: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"rules.yaml:4: invalid YAML"):
+        load_rulebook(path)
+
+
+def test_bad_field_names_file_line_and_field(tmp_path):
+    path = save_rulebook(book(), tmp_path / "rules.yaml")
+    text = path.read_text().replace("op: <=\n    value: 2.0", "op: about\n    value: 2.0", 1)
+    path.write_text(text)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "op: about" in l)
+    with pytest.raises(ConfigError) as info:
+        load_rulebook(path)
+    assert str(info.value).startswith(f"{path}:{line}: rules.0.predicate.op:")
+    path.write_text("- just a list\n")
+    with pytest.raises(ConfigError, match="a rulebook is a mapping"):
+        load_rulebook(path)
+    with pytest.raises(ConfigError, match="rulebook not found"):
+        load_rulebook(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "op, bound, value, expected",
+    [
+        ("<=", 2.0, 3.0, 1.5),
+        ("<=", 2.0, 1.0, 0.5),
+        (">=", 4.0, 2.0, 2.0),
+        ("between", [2.0, 4.0], 8.0, 2.0),
+        ("between", [2.0, 4.0], 1.0, 2.0),
+        ("between", [2.0, 4.0], 3.0, 0.75),
+        ("in", ["E", "still"], "W", CATEGORICAL_SEVERITY),
+        ("in", ["E", "still"], "E", 0.0),
+        ("not_in", ["r0c0"], "r0c0", CATEGORICAL_SEVERITY),
+        ("!=", "r0c0", "r1c1", 0.0),
+    ],
+)
+def test_severity_grades_each_operator(op, bound, value, expected):
+    fact = "direction" if isinstance(value, str) else "speed"
+    assert severity(Predicate(fact=fact, op=op, value=bound), value) == pytest.approx(expected)
+
+
+def test_where_limits_rules_and_categorical_rules_wait_for_established_tracks():
+    rules = book()
+    index = RuleIndex(rules)
+    fast_west = {"zone": "r1c1", "speed": 3.0, "direction": "W", "count": 7.0, "established": True}
+    results = {c.rule.id: c for c in check(index.object_rules(fast_west), fast_west)}
+    assert set(results) == {"speed-r1c1", "direction-r1c1", "empty-r0c0"}
+    assert results["speed-r1c1"].violated and results["direction-r1c1"].violated and not results["empty-r0c0"].violated
+    assert [c.rule.id for c in check(index.frame_rules, fast_west)] == ["count"]
+    young = fast_west | {"established": False}
+    assert {c.rule.id for c in check(index.object_rules(young), young)} == {"speed-r1c1"}
+    elsewhere = {"zone": "r2c2", "speed": 9.0}
+    assert not applies(rules.get("speed-r1c1").predicate, elsewhere)
+    disabled = Rulebook(rules=[r.model_copy(update={"enabled": False}) for r in rules.rules])
+    assert check(disabled.rules, fast_west) == []
+
+
+def objects(n, rng, zone="r1c1", direction="E", speed=(1.0, 2.0)):
+    return [
+        {"zone": zone, "speed": float(s), "area": 100.0 + float(s), "direction": direction, "count": 3.0,
+         "occupancy": 0.01, "dwell": 0.5, "established": True}
+        for s in rng.uniform(*speed, n)
+    ]
+
+
+def test_induced_limits_follow_the_normal_extreme_plus_margin():
+    rng = np.random.default_rng(0)
+    normal = objects(200, rng) + objects(50, rng, zone="r2c2", direction="W")
+    rules = induce_rules(normal, ["r0c0", "r1c1", "r2c2"])
+    speeds = np.array([o["speed"] for o in normal if o["zone"] == "r1c1"])
+    assert rules.get("speed-r1c1").predicate.value == pytest.approx(np.quantile(speeds, QUANTILE) * (1 + MARGIN), abs=1e-3)
+    assert rules.get("direction-r1c1").predicate.value == ["E", "still"]
+    assert rules.get("direction-r2c2").predicate.value == ["W", "still"]
+    assert rules.get("empty-r0c0").predicate.value == "r0c0"
+    assert rules.get("dwell").predicate.value == 2.0  # the floor: normal objects dwell 0.5 s
+    with pytest.raises(ValueError, match="need at least 30"):
+        induce_rules(normal[:5], ["r1c1"])
+
+
+def test_validation_drops_categorical_rules_that_held_out_footage_breaks():
+    rng = np.random.default_rng(1)
+    # Zone r2c2: fold A sees only E, fold B only W -> its direction rule does not generalise.
+    first = objects(100, rng) + objects(40, rng, zone="r2c2", direction="E")
+    second = objects(100, rng) + objects(40, rng, zone="r2c2", direction="W")
+    rules = induce_validated((first, second), ["r0c0", "r1c1", "r2c2"])
+    ids = {r.id for r in rules.rules}
+    assert "direction-r1c1" in ids and "empty-r0c0" in ids
+    assert "direction-r2c2" not in ids
+    assert all("held_out_rate" in r.stats for r in rules.rules)
+    yaml.safe_dump(rules.model_dump(mode="json"))  # stays plain data

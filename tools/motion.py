@@ -1,0 +1,382 @@
+"""Motion perception trained on a scene's normal footage: background, foreground objects, optical flow,
+tracks, and per-object facts.
+
+Per frame (at analysis resolution, in time order):
+
+1. foreground = pixels far from the scene's median background (noise level learned from normal frames);
+2. objects = connected foreground regions of at least ``min_area`` pixels;
+3. dense optical flow (OpenCV DIS, at half resolution) between the previous and this frame, computed
+   only when there are objects: a still scene costs a background difference and nothing more;
+4. each object's speed and heading = the mean flow over its pixels; tracks link objects across frames
+   (greedy IoU matching of flow-shifted boxes), which gives dwell time;
+5. per-object facts for the rule engine (``FACTS``) and an ``Evidence`` with boxes, masks and measurements in
+   source pixels.
+
+A per-cell flow-magnitude map normalised by normal footage (``flow_novelty``) is returned as the evidence's
+anomaly map: it catches motion the blobs miss (e.g. a fast object merged with a group).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from anomalens.errors import AnomalensError
+from anomalens.geometry import box_iou
+from anomalens.types import Evidence, Measurement, Source, Track
+from anomalens.video import Frame
+
+FLOW_SCALE = 0.5  # optical flow runs at half the analysis resolution: 4x cheaper, ample for speeds
+HEADING_SECONDS = 0.5  # headings average a track's last half second; younger tracks are not "established"
+SECTORS = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")
+STILL = "still"
+FACT_UNITS = {
+    "area": "px^2",
+    "width": "px",
+    "height": "px",
+    "aspect": "ratio",
+    "speed": "px/frame",
+    "direction": "sector",
+    "zone": "zone",
+    "dwell": "s",
+    "count": "count",
+    "occupancy": "ratio",
+    "time": "s",
+}
+
+
+def heading(dx: float, dy: float, speed: float, still_below: float) -> str:
+    """Compass sector of an image-plane motion (y down on screen, so north is up), or ``still``."""
+    if speed < still_below:
+        return STILL
+    angle = np.degrees(np.arctan2(-dy, dx)) % 360.0
+    return SECTORS[int(((angle + 22.5) % 360.0) // 45.0)]
+
+
+@dataclass
+class SceneGeometry:
+    """Analysis frame size and the zone grid laid over it (zones are named ``r{row}c{col}``)."""
+
+    width: int
+    height: int
+    rows: int = 4
+    cols: int = 4
+
+    def zone(self, x: float, y: float) -> str:
+        row = min(self.rows - 1, max(0, int(y * self.rows / self.height)))
+        col = min(self.cols - 1, max(0, int(x * self.cols / self.width)))
+        return f"r{row}c{col}"
+
+    @property
+    def zones(self) -> list[str]:
+        return [f"r{r}c{c}" for r in range(self.rows) for c in range(self.cols)]
+
+    def zone_box(self, name: str) -> tuple[float, float, float, float]:
+        """``(x1, y1, x2, y2)`` of a zone in analysis pixels."""
+        row, col = int(name[1 : name.index("c")]), int(name[name.index("c") + 1 :])
+        w, h = self.width / self.cols, self.height / self.rows
+        return col * w, row * h, (col + 1) * w, (row + 1) * h
+
+
+@dataclass
+class _TrackState:
+    id: int
+    box: np.ndarray  # analysis px
+    frames: list[int] = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)  # source px
+    feet: list[tuple[float, float]] = field(default_factory=list)  # analysis px
+    shifts: list[tuple[float, float]] = field(default_factory=list)  # mean flow per frame, analysis px
+    missed: int = 0
+
+
+@dataclass
+class FrameFacts:
+    """One frame's objects: their facts (one dict per object), boxes, masks and tracks.
+
+    ``evidence()`` turns them into the ``Evidence`` that carries them (built once, by whoever scores them).
+    """
+
+    frame: Frame
+    objects: list[dict]
+    boxes: np.ndarray  # (N, 4) xyxy, source pixels
+    masks: list[np.ndarray]  # one (h, w) bool mask per object, analysis resolution
+    track_ids: list[int]
+    flow_novelty: np.ndarray  # (rows, cols) of the flow grid, 1.0 = the normal maximum
+    flow: np.ndarray | None  # (h, w, 2) motion in analysis px/frame, None when nothing moved
+    seconds: float  # time spent analysing the frame
+
+    def source_masks(self) -> np.ndarray:
+        """The object masks as ``(N, H, W)`` bool at source resolution."""
+        width, height = self.frame.source_size
+        if not self.masks:
+            return np.zeros((0, height, width), dtype=bool)
+        if self.frame.scale == 1.0:
+            return np.stack(self.masks)
+        return np.stack(
+            [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0 for m in self.masks]
+        )
+
+    def evidence(
+        self,
+        source: Source,
+        scores: np.ndarray | None = None,
+        anomaly_map: np.ndarray | None = None,
+        frame_score: float | None = None,
+        extra: list[Measurement] = (),
+    ) -> Evidence:
+        """Evidence with the objects' boxes, masks, tracks and measured facts (``FACT_UNITS``)."""
+        objects = self.objects
+        # Trusted numbers from this module: constructed without re-validation (hundreds per frame).
+        measurements = [
+            Measurement.model_construct(name=name, value=float(obj[name]), unit=FACT_UNITS[name], object_index=i)
+            for i, obj in enumerate(objects)
+            for name in ("area", "speed", "dwell", "aspect")
+        ]
+        measurements += [
+            Measurement.model_construct(name="count", value=float(len(objects)), unit="count", object_index=None),
+            Measurement.model_construct(
+                name="occupancy", value=objects[0]["occupancy"] if objects else 0.0, unit="ratio", object_index=None
+            ),
+            Measurement.model_construct(
+                name="flow_novelty", value=float(self.flow_novelty.max(initial=0.0)), unit="ratio", object_index=None
+            ),
+            *extra,
+        ]
+        return Evidence(
+            source=source,
+            frame_index=self.frame.index,
+            time_s=self.frame.time_s,
+            frame_size=self.frame.source_size,
+            boxes=self.boxes,
+            scores=np.zeros(len(objects)) if scores is None else scores,
+            labels=[
+                f"{o['class']} {'standing still' if o['direction'] == STILL else 'moving ' + o['direction']} "
+                f"in zone {o['zone']}"
+                for o in objects
+            ],
+            track_ids=np.array(self.track_ids, dtype=np.int64),
+            masks=self.source_masks(),
+            anomaly_map=self.flow_novelty if anomaly_map is None else anomaly_map,
+            frame_score=frame_score,
+            measurements=measurements,
+        )
+
+
+class MotionModel:
+    """Scene background, noise level and normal flow magnitudes, learned from normal frames.
+
+    Args:
+        flow_cell: side of the flow-novelty grid cells, analysis pixels.
+        min_area: smallest object, analysis px^2.
+        still_below: speeds under this (px/frame, analysis) have no heading.
+    """
+
+    def __init__(self, flow_cell: int = 24, min_area: int = 20, still_below: float = 0.6):
+        self.flow_cell, self.min_area, self.still_below = flow_cell, min_area, still_below
+        self.background: np.ndarray | None = None
+
+    def fit_background(self, frames: Iterable[Frame], max_frames: int = 200) -> MotionModel:
+        grays = [_gray(f.image) for f in frames]
+        if len(grays) < 10:
+            raise AnomalensError(f"need at least 10 normal frames to learn the background, got {len(grays)}")
+        if len({g.shape for g in grays}) > 1:
+            raise AnomalensError("normal frames differ in size; use footage of one camera view")
+        step = max(1, len(grays) // max_frames)
+        stack = np.stack(grays[::step]).astype(np.float32)
+        self.background = np.median(stack, axis=0)
+        residual = np.abs(stack - self.background)
+        sigma = 1.4826 * float(np.median(residual))  # robust: moving objects are a minority of pixels
+        self.fg_threshold = max(12.0, 5.0 * sigma)
+        height, width = self.background.shape
+        self.geometry = SceneGeometry(width, height)
+        self.flow_reference = np.ones(self._grid_shape(), dtype=np.float32)
+        return self
+
+    def fit_flow(self, flow_maxima: np.ndarray) -> None:
+        """Set the per-cell normal flow level from per-frame cell magnitudes ``(T, rows, cols)``."""
+        self.flow_reference = np.quantile(flow_maxima, 0.999, axis=0).astype(np.float32) + 0.2
+
+    def _grid_shape(self) -> tuple[int, int]:
+        h, w = self.background.shape
+        return max(1, h // self.flow_cell), max(1, w // self.flow_cell)
+
+    def state(self) -> dict:
+        return {
+            "background": self.background,
+            "fg_threshold": self.fg_threshold,
+            "flow_reference": self.flow_reference,
+            "flow_cell": self.flow_cell,
+            "min_area": self.min_area,
+            "still_below": self.still_below,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> MotionModel:
+        model = cls(int(state["flow_cell"]), int(state["min_area"]), float(state["still_below"]))
+        model.background = np.asarray(state["background"], dtype=np.float32)
+        model.fg_threshold = float(state["fg_threshold"])
+        model.flow_reference = np.asarray(state["flow_reference"], dtype=np.float32)
+        model.geometry = SceneGeometry(model.background.shape[1], model.background.shape[0])
+        return model
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+
+class MotionAnalyzer:
+    """Streams frames of one video through a fitted ``MotionModel``; call ``analyze`` in time order."""
+
+    def __init__(self, model: MotionModel, fps: float):
+        if model.background is None:
+            raise AnomalensError("the motion model has no background: fit it on normal footage first")
+        self.model, self.fps = model, fps
+        self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+        self._previous: np.ndarray | None = None
+        self._tracks: list[_TrackState] = []
+        self._finished: list[_TrackState] = []
+        self._next_id = 0
+
+    def analyze(self, frame: Frame) -> FrameFacts:
+        started = time.perf_counter()
+        model = self.model
+        gray = _gray(frame.image)
+        if gray.shape != model.background.shape:
+            raise AnomalensError(
+                f"frame {frame.index} is {gray.shape[1]}x{gray.shape[0]} but the scene was learned at "
+                f"{model.background.shape[1]}x{model.background.shape[0]} (same camera, same --max-side?)"
+            )
+        mask = (np.abs(gray.astype(np.float32) - model.background) > model.fg_threshold).astype(np.uint8)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._kernel)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        keep = [j for j in range(1, count) if stats[j, cv2.CC_STAT_AREA] >= model.min_area]
+
+        rows, cols = model._grid_shape()
+        novelty = np.zeros((rows, cols), dtype=np.float32)
+        flow = None
+        small = cv2.resize(gray, None, fx=FLOW_SCALE, fy=FLOW_SCALE, interpolation=cv2.INTER_AREA)
+        if keep and self._previous is not None:  # the cascade: flow only where something is there
+            # Backward flow (this frame -> previous) at reduced resolution, negated and scaled back to
+            # analysis pixels: motion defined at this frame's pixels.
+            flow = -self._flow.calc(small, self._previous, None)
+            flow = cv2.resize(flow, (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_LINEAR) / FLOW_SCALE
+            magnitude = cv2.magnitude(flow[..., 0], flow[..., 1])
+            c = model.flow_cell
+            novelty = cv2.resize(magnitude[: rows * c, : cols * c], (cols, rows), interpolation=cv2.INTER_AREA)
+            novelty /= model.flow_reference
+        self._previous = small
+
+        boxes, objects, masks = [], [], []
+        occupancy = float(mask.mean())
+        for j in keep:
+            x, y, w, h, area = stats[j]
+            pixels = labels[y : y + h, x : x + w] == j
+            if flow is not None:
+                dx, dy = cv2.mean(flow[y : y + h, x : x + w], mask=pixels.view(np.uint8))[:2]
+            else:
+                dx = dy = 0.0
+            speed = float(np.hypot(dx, dy))
+            boxes.append((x, y, x + w, y + h))
+            full = np.zeros(mask.shape, dtype=bool)
+            full[y : y + h, x : x + w] = pixels
+            masks.append(full)
+            objects.append(
+                {
+                    "class": "object",
+                    "area": float(area) / frame.scale**2,
+                    "width": float(w) / frame.scale,
+                    "height": float(h) / frame.scale,
+                    "aspect": float(h) / float(w),
+                    "speed": speed / frame.scale,
+                    "zone": model.geometry.zone(x + w / 2.0, y + h),
+                    "_shift": (dx, dy),
+                }
+            )
+        analysis_boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+        source_boxes = frame.to_source(analysis_boxes)
+        states = self._track(frame, analysis_boxes, source_boxes, objects)
+        window = max(2, round(HEADING_SECONDS * self.fps))
+        for obj, state in zip(objects, states):
+            obj.pop("_shift")
+            # Heading from the track's recent motion, not one frame's flow: steadier, and none until the
+            # track is old enough to have one.
+            recent = np.array(state.shifts[-window:])
+            dx, dy = recent.mean(axis=0)
+            obj["direction"] = heading(dx, dy, float(np.hypot(dx, dy)), model.still_below)
+            obj["age"] = float(len(state.frames))
+            obj["established"] = len(state.frames) >= window
+            obj["dwell"] = self._dwell(state) / self.fps
+            obj["count"] = float(len(objects))
+            obj["occupancy"] = occupancy
+            obj["time"] = frame.time_s
+        track_ids = [state.id for state in states]
+        return FrameFacts(
+            frame, objects, source_boxes, masks, track_ids, novelty, flow, time.perf_counter() - started
+        )
+
+    def _track(
+        self, frame: Frame, boxes: np.ndarray, source_boxes: np.ndarray, objects: list[dict]
+    ) -> list[_TrackState]:
+        """Greedy IoU matching of this frame's boxes to the tracks' flow-shifted last boxes.
+
+        Returns the track of each object, in the objects' order."""
+        ids = [-1] * len(boxes)
+        if self._tracks and len(boxes):
+            predicted = np.array([t.box for t in self._tracks])
+            shifted = boxes - np.array([[o["_shift"][0], o["_shift"][1]] * 2 for o in objects])
+            overlap = box_iou(shifted, predicted)
+            while overlap.size and overlap.max() > 0.2:
+                i, k = np.unravel_index(int(np.argmax(overlap)), overlap.shape)
+                ids[i] = k
+                overlap[i, :] = 0
+                overlap[:, k] = 0
+        matched = set()
+        states = []
+        for i, k in enumerate(ids):
+            if k >= 0:
+                state = self._tracks[k]
+                matched.add(k)
+            else:
+                state = _TrackState(self._next_id, boxes[i])
+                self._next_id += 1
+            state.box, state.missed = boxes[i], 0
+            x1, y1, x2, y2 = boxes[i]
+            state.frames.append(frame.index)
+            state.boxes.append(source_boxes[i])
+            state.feet.append(((x1 + x2) / 2.0, y2))
+            state.shifts.append(objects[i]["_shift"])
+            states.append(state)
+        for k, state in enumerate(self._tracks):
+            if k not in matched:
+                state.missed += 1
+                if state.missed <= 2:  # survive short occlusions
+                    states.append(state)
+                else:
+                    self._finished.append(state)
+        self._tracks = states
+        return states[: len(boxes)]
+
+    @staticmethod
+    def _dwell(state: _TrackState) -> int:
+        """Frames the track has stayed within half its height of where it is now."""
+        x, y = state.feet[-1]
+        radius = max(3.0, 0.5 * (state.box[3] - state.box[1]))
+        frames = 0
+        for fx, fy in reversed(state.feet):
+            if np.hypot(fx - x, fy - y) > radius:
+                break
+            frames += 1
+        return frames
+
+    def tracks(self) -> list[Track]:
+        """Every track seen so far (source-pixel boxes)."""
+        return [
+            Track(id=s.id, frames=s.frames, boxes=np.array(s.boxes))
+            for s in sorted(self._finished + self._tracks, key=lambda s: s.id)
+        ]

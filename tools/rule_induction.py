@@ -1,0 +1,144 @@
+"""Induce a scene's rulebook from the facts of objects seen in normal footage.
+
+Every constant here is fixed a priori (never tuned on test labels): a rule's limit is the normal extreme
+(a high quantile, robust to a stray detection) plus ``MARGIN``; zones, directions and sizes need
+``MIN_SUPPORT`` observations before a zone-specific rule is written.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from anomalens.rules.engine import CATEGORICAL_OPS, RuleIndex, check
+from anomalens.tools.motion import SECTORS, STILL
+from anomalens.types import Predicate, Rule, Rulebook
+
+MARGIN = 0.25  # limits sit 25% beyond the normal extreme
+QUANTILE = 0.995  # the "normal extreme" of a per-zone distribution
+MIN_SUPPORT = 30  # observations a zone needs before it gets its own speed/size/direction rule
+DIRECTION_SHARE = 0.01  # headings rarer than this in a zone count as never seen there
+MIN_DWELL_S = 2.0  # a dwell rule never fires below this, however briskly normal footage moves
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    return {
+        "n": float(values.size),
+        "median": round(float(np.median(values)), 3),
+        "p99.5": round(float(np.quantile(values, QUANTILE)), 3),
+        "max": round(float(values.max()), 3),
+    }
+
+
+def induce_rules(objects: list[dict], zones: list[str], *, scene: str = "", sources: list[str] | None = None) -> Rulebook:
+    """Rules that every object in ``objects`` (facts from normal footage) satisfies, with margin."""
+    if len(objects) < MIN_SUPPORT:
+        raise ValueError(f"only {len(objects)} objects in the normal footage; need at least {MIN_SUPPORT} to induce rules")
+    rules: list[Rule] = []
+    by_zone: dict[str, list[dict]] = defaultdict(list)
+    for obj in objects:
+        by_zone[obj["zone"]].append(obj)
+
+    def upper(rule_id: str, fact: str, unit: str, values: np.ndarray, where: dict, sentence: str) -> None:
+        limit = float(np.quantile(values, QUANTILE)) * (1 + MARGIN)
+        rules.append(
+            Rule(
+                id=rule_id,
+                sentence=sentence.format(limit=limit, unit=unit),
+                predicate=Predicate(fact=fact, op="<=", value=round(limit, 3), unit=unit, where=where),
+                margin=MARGIN,
+                stats=_stats(values),
+            )
+        )
+
+    for zone in zones:  # one rule per empty zone, so that each is validated (and edited) on its own
+        if zone not in by_zone:
+            rules.append(
+                Rule(
+                    id=f"empty-{zone}",
+                    sentence=f"Nothing enters zone {zone} in normal footage.",
+                    predicate=Predicate(fact="zone", op="!=", value=zone),
+                    stats={"objects_seen": 0.0},
+                )
+            )
+    speeds = np.array([o["speed"] for o in objects])
+    upper("speed-any", "speed", "px/frame", speeds, {}, "Nothing anywhere moves faster than {limit:.2f} {unit}.")
+    for zone in zones:
+        members = by_zone.get(zone, [])
+        if len(members) < MIN_SUPPORT:
+            continue
+        speed = np.array([o["speed"] for o in members])
+        area = np.array([o["area"] for o in members])
+        upper(f"speed-{zone}", "speed", "px/frame", speed, {"zone": zone},
+              f"In zone {zone}, objects move at most {{limit:.2f}} {{unit}}.")
+        upper(f"size-{zone}", "area", "px^2", area, {"zone": zone},
+              f"In zone {zone}, objects are at most {{limit:.0f}} {{unit}} in size.")
+        headings = Counter(o["direction"] for o in members if o["direction"] != STILL)
+        moving = sum(headings.values())
+        if moving >= MIN_SUPPORT:
+            allowed = [s for s in SECTORS if headings[s] / moving >= DIRECTION_SHARE]
+            if len(allowed) < len(SECTORS):
+                rules.append(
+                    Rule(
+                        id=f"direction-{zone}",
+                        sentence=f"In zone {zone}, objects move only {', '.join(allowed)} (or stand still).",
+                        predicate=Predicate(fact="direction", op="in", value=[*allowed, STILL], where={"zone": zone}),
+                        stats={f"share_{s}": round(headings[s] / moving, 4) for s in SECTORS} | {"n": float(moving)},
+                    )
+                )
+    counts = np.array([o["count"] for o in objects])
+    occupancy = np.array([o["occupancy"] for o in objects])
+    dwell = np.array([o["dwell"] for o in objects])
+    upper("count", "count", "count", counts, {}, "At most {limit:.0f} separate objects are in view at once.")
+    upper("occupancy", "occupancy", "ratio", occupancy, {}, "Objects cover at most {limit:.1%} of the view.")
+    dwell_limit = max(float(np.quantile(dwell, QUANTILE)) * (1 + MARGIN), MIN_DWELL_S)
+    rules.append(
+        Rule(
+            id="dwell",
+            sentence=f"Nothing stays in one place for more than {dwell_limit:.1f} s.",
+            predicate=Predicate(fact="dwell", op="<=", value=round(dwell_limit, 3), unit="s"),
+            margin=MARGIN,
+            stats=_stats(dwell),
+        )
+    )
+    return Rulebook(scene=scene, induced_from=sources or [], rules=rules)
+
+
+MAX_HELD_OUT_RATE = 0.005  # a categorical rule that held-out normal footage breaks more often is dropped
+
+
+def held_out_rates(rulebook: Rulebook, objects: list[dict]) -> dict[str, float]:
+    """Share of ``objects`` (normal footage the rules were not induced from) breaking each rule."""
+    index = RuleIndex(rulebook)
+    broken: Counter = Counter()
+    checked: Counter = Counter()
+    for obj in objects:
+        for result in check(index.object_rules(obj) + index.frame_rules, obj):
+            checked[result.rule.id] += 1
+            broken[result.rule.id] += result.violated
+    return {rule.id: broken[rule.id] / checked[rule.id] if checked[rule.id] else 0.0 for rule in rulebook.rules}
+
+
+def induce_validated(folds: tuple[list[dict], list[dict]], zones: list[str], **meta) -> Rulebook:
+    """Induce from both folds together, keeping only categorical rules that generalise across them.
+
+    Rules induced on each fold are checked on the other; a categorical rule (``in``/``not_in``: zones,
+    directions) broken by more than ``MAX_HELD_OUT_RATE`` of held-out normal objects describes noise, not
+    the scene, and is dropped. Numeric limits carry their margin; their held-out rate is recorded in
+    ``stats["held_out_rate"]`` for every rule kept.
+    """
+    first, second = folds
+    rates: dict[str, float] = {}
+    for train, held_out in ((first, second), (second, first)):
+        for rule_id, rate in held_out_rates(induce_rules(train, zones), held_out).items():
+            rates[rule_id] = max(rates.get(rule_id, 0.0), rate)
+    rulebook = induce_rules(first + second, zones, **meta)
+    kept = []
+    for rule in rulebook.rules:
+        rate = rates.get(rule.id)  # None: the rule exists only with both folds' support
+        categorical = rule.predicate.op in CATEGORICAL_OPS
+        if categorical and (rate is None or rate > MAX_HELD_OUT_RATE):
+            continue
+        kept.append(rule.model_copy(update={"stats": rule.stats | {"held_out_rate": round(rate or 0.0, 5)}}))
+    return rulebook.model_copy(update={"rules": kept})

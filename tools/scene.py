@@ -1,0 +1,178 @@
+"""A learned scene (motion model + rulebook) and the scorer that audits footage against it.
+
+A scene folder holds ``scene.json`` (analysis size, frame rate, sources), ``motion.npz`` (background,
+noise level, normal flow) and ``rules.yaml`` (the editable rulebook).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anomalens.errors import AnomalensError, ConfigError
+from anomalens.files import atomic_write
+from anomalens.progress import track
+from anomalens.rules.engine import RULE_PREFIX, RuleIndex, check
+from anomalens.rules.io import load_rulebook, save_rulebook
+from anomalens.tools.motion import MotionAnalyzer, MotionModel
+from anomalens.tools.rule_induction import induce_validated
+from anomalens.types import Evidence, Measurement, Rulebook, Source
+from anomalens.video import Frame, FrameSource
+
+SCENE_VERSION = 1
+
+
+@dataclass
+class Scene:
+    model: MotionModel
+    rulebook: Rulebook
+    analysis_size: tuple[int, int]  # (width, height)
+    max_side: int | None
+    fps: float
+    sources: list[str]
+
+    def open(self, path: str | Path, fps: float | None = None, **options) -> FrameSource:
+        """Frames of ``path`` at this scene's analysis resolution (image inputs at ``fps`` or the scene's)."""
+        return FrameSource(path, max_side=self.max_side, fps=fps or self.fps, **options)
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **self.model.state())
+        atomic_write(folder / "motion.npz", buffer.getvalue())
+        save_rulebook(self.rulebook, folder / "rules.yaml")
+        meta = {
+            "version": SCENE_VERSION,
+            "analysis_size": list(self.analysis_size),
+            "max_side": self.max_side,
+            "fps": self.fps,
+            "sources": self.sources,
+        }
+        atomic_write(folder / "scene.json", json.dumps(meta, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Scene:
+        folder = Path(folder)
+        meta_path = folder / "scene.json"
+        if not meta_path.is_file():
+            raise ConfigError(f"{folder}: not a scene folder (no scene.json); create one with `anomalens induce-rules`")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("version") != SCENE_VERSION:
+            raise ConfigError(f"{meta_path}: scene version {meta.get('version')}, this anomalens reads {SCENE_VERSION}")
+        with np.load(folder / "motion.npz") as state:
+            model = MotionModel.from_state(dict(state))
+        return cls(
+            model=model,
+            rulebook=load_rulebook(folder / "rules.yaml"),
+            analysis_size=tuple(meta["analysis_size"]),
+            max_side=meta["max_side"],
+            fps=float(meta["fps"]),
+            sources=list(meta["sources"]),
+        )
+
+
+def _spread(sources: Sequence[FrameSource], limit: int) -> Iterator[Frame]:
+    """At most about ``limit`` frames spread evenly over all sources."""
+    total = sum(len(s) for s in sources)
+    step = max(1, total // limit)
+    for k, frame in enumerate(itertools.chain.from_iterable(sources)):
+        if k % step == 0:
+            yield frame
+
+
+def learn_scene(
+    inputs: Sequence[str | Path], *, max_side: int | None = 640, fps: float | None = None, progress: bool = True
+) -> Scene:
+    """Learn background, normal motion and rules from normal footage (videos or frame folders of one view)."""
+    if not inputs:
+        raise AnomalensError("give at least one normal video or frame folder")
+    options = {"max_side": max_side} | ({"fps": fps} if fps else {})
+    sources = [FrameSource(p, **options) for p in inputs]
+    sizes = {tuple(s.source_size) for s in sources}
+    if len(sizes) > 1:
+        raise AnomalensError(f"normal footage comes in several frame sizes {sorted(sizes)}: use one camera view")
+    model = MotionModel().fit_background(
+        track(_spread(sources, 200), "learning the background", enabled=progress)
+    )
+    per_source: list[list[dict]] = []
+    cells: list[np.ndarray] = []
+    for source in sources:
+        analyzer = MotionAnalyzer(model, source.fps)
+        per_source.append([])
+        for frame in track(source, f"learning motion: {source.name}", total=len(source), enabled=progress):
+            facts = analyzer.analyze(frame)
+            per_source[-1].extend(facts.objects)
+            if facts.flow_novelty.any():
+                cells.append(facts.flow_novelty)  # the reference is still 1: these are raw magnitudes
+    if cells:
+        model.fit_flow(np.stack(cells))
+    # Two folds for validating rules on footage they were not induced from: alternate sources, or the two
+    # halves of a single source.
+    if len(per_source) > 1:
+        folds = ([o for s in per_source[0::2] for o in s], [o for s in per_source[1::2] for o in s])
+    else:
+        half = len(per_source[0]) // 2
+        folds = (per_source[0][:half], per_source[0][half:])
+    try:
+        rulebook = induce_validated(
+            folds, model.geometry.zones, scene=Path(str(inputs[0])).name, sources=[str(p) for p in inputs]
+        )
+    except ValueError as error:
+        raise AnomalensError(f"cannot learn the scene: {error}") from None
+    height, width = model.background.shape
+    return Scene(model, rulebook, (width, height), max_side, sources[0].fps, [str(p) for p in inputs])
+
+
+class SceneScorer:
+    """Scores frames of one video against a scene: rule severities of every object and flow novelty.
+
+    ``score(frame).frame_score`` is the largest of the objects' rule severities and the flow novelty;
+    1.0 is the edge of normal. Each object's score is its largest severity, and every rule an object breaks
+    is recorded as a measurement ``rule:<id>`` (the severity) for that object.
+    """
+
+    def __init__(self, scene: Scene, fps: float):
+        self.scene = scene
+        self.rules = RuleIndex(scene.rulebook)
+        self.analyzer = MotionAnalyzer(scene.model, fps)
+
+    def score(self, frame: Frame) -> Evidence:
+        started = time.perf_counter()
+        facts = self.analyzer.analyze(frame)
+        object_scores = np.zeros(len(facts.objects))
+        broken: list[Measurement] = []
+        for i, obj in enumerate(facts.objects):
+            for result in check(self.rules.object_rules(obj), obj):
+                object_scores[i] = max(object_scores[i], result.severity)
+                if result.violated:
+                    broken.append(
+                        Measurement(name=RULE_PREFIX + result.rule.id, value=result.severity, unit="ratio", object_index=i)
+                    )
+        frame_severity = 0.0
+        if facts.objects:  # frame facts (count, occupancy) are the same for every object: check them once
+            for result in check(self.rules.frame_rules, facts.objects[0]):
+                frame_severity = max(frame_severity, result.severity)
+                if result.violated:
+                    broken.append(Measurement(name=RULE_PREFIX + result.rule.id, value=result.severity, unit="ratio"))
+        novelty = facts.flow_novelty
+        h, w = frame.image.shape[:2]
+        anomaly_map = cv2.resize(novelty, (w, h), interpolation=cv2.INTER_NEAREST)
+        for i, mask in enumerate(facts.masks):
+            anomaly_map[mask] = np.maximum(anomaly_map[mask], object_scores[i])
+        return facts.evidence(
+            Source(tool="scene", backend="motion+rules", latency_s=time.perf_counter() - started),
+            scores=object_scores,
+            anomaly_map=anomaly_map,
+            frame_score=float(max(object_scores.max(initial=0.0), frame_severity, novelty.max(initial=0.0))),
+            extra=broken,
+        )
