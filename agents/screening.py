@@ -123,6 +123,10 @@ def screen(
     )
 
 
+def _separator(image: np.ndarray) -> np.ndarray:
+    return np.full((image.shape[0], 6, 3), 255, dtype=np.uint8)
+
+
 def build_report(
     result: ScreeningResult,
     *,
@@ -134,7 +138,7 @@ def build_report(
 ) -> tuple[Report, dict[str, np.ndarray]]:
     """The report for a screening run and its keyframe pictures (raw frame | frame with overlays)."""
     keyframes = {
-        event_id: np.hstack([frame.image, overlay(frame.image, evidence, frame.scale)])
+        event_id: np.hstack([frame.image, _separator(frame.image), overlay(frame.image, evidence, frame.scale)])
         for event_id, (frame, evidence) in result.keyframes.items()
     }
     report = Report(

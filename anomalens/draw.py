@@ -21,10 +21,11 @@ def overlay(
     out = image.copy()
     h, w = out.shape[:2]
     if evidence.anomaly_map is not None and evidence.anomaly_map.max() > 0:
-        heat = cv2.resize(evidence.anomaly_map.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-        norm = np.clip(heat / max(float(heat.max()), 1.0), 0, 1)
+        # Maps are in "times the normal extreme" units: tint from half the edge of normal upwards.
+        heat = cv2.resize(evidence.anomaly_map.astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST)
+        norm = np.clip(heat / max(float(heat.max()), 2.0), 0, 1)
         colored = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
-        where = norm > 0.05
+        where = heat >= 0.5
         out[where] = (alpha * colored[where] + (1 - alpha) * out[where]).astype(np.uint8)
     chosen = evidence.scores > min_score
     if evidence.masks is not None:

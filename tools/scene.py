@@ -1,7 +1,7 @@
 """A learned scene (motion model + rulebook) and the scorer that audits footage against it.
 
 A scene folder holds ``scene.json`` (analysis size, frame rate, sources), ``motion.npz`` (background,
-noise level, normal flow) and ``rules.yaml`` (the editable rulebook).
+noise level, normal flow, the motion reconstruction model) and ``rules.yaml`` (the editable rulebook).
 """
 
 from __future__ import annotations
@@ -23,16 +23,19 @@ from anomalens.progress import track
 from anomalens.rules.engine import RULE_PREFIX, RuleIndex, check
 from anomalens.rules.io import load_rulebook, save_rulebook
 from anomalens.tools.motion import MotionAnalyzer, MotionModel
+from anomalens.tools.reconstruction import FlowPatchPCA
 from anomalens.tools.rule_induction import induce_validated
 from anomalens.types import Evidence, Measurement, Rulebook, Source
 from anomalens.video import Frame, FrameSource
 
 SCENE_VERSION = 1
+MAX_PATCH_FRAMES = 4000  # frames of motion patches kept for fitting the reconstruction detector
 
 
 @dataclass
 class Scene:
     model: MotionModel
+    reconstruction: FlowPatchPCA
     rulebook: Rulebook
     analysis_size: tuple[int, int]  # (width, height)
     max_side: int | None
@@ -47,7 +50,7 @@ class Scene:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **self.model.state())
+        np.savez_compressed(buffer, **self.model.state(), **self.reconstruction.state())
         atomic_write(folder / "motion.npz", buffer.getvalue())
         save_rulebook(self.rulebook, folder / "rules.yaml")
         meta = {
@@ -69,10 +72,11 @@ class Scene:
         meta = json.loads(meta_path.read_text())
         if meta.get("version") != SCENE_VERSION:
             raise ConfigError(f"{meta_path}: scene version {meta.get('version')}, this anomalens reads {SCENE_VERSION}")
-        with np.load(folder / "motion.npz") as state:
-            model = MotionModel.from_state(dict(state))
+        with np.load(folder / "motion.npz") as npz:
+            state = dict(npz)
         return cls(
-            model=model,
+            model=MotionModel.from_state(state),
+            reconstruction=FlowPatchPCA.from_state(state),
             rulebook=load_rulebook(folder / "rules.yaml"),
             analysis_size=tuple(meta["analysis_size"]),
             max_side=meta["max_side"],
@@ -106,16 +110,24 @@ def learn_scene(
     )
     per_source: list[list[dict]] = []
     cells: list[np.ndarray] = []
+    reconstruction = FlowPatchPCA(cell=model.flow_cell)
+    patches: list[np.ndarray] = []
+    keep_every = max(1, sum(len(s) for s in sources) // MAX_PATCH_FRAMES)  # bounds memory on long footage
     for source in sources:
         analyzer = MotionAnalyzer(model, source.fps)
         per_source.append([])
-        for frame in track(source, f"learning motion: {source.name}", total=len(source), enabled=progress):
+        for k, frame in enumerate(
+            track(source, f"learning motion: {source.name}", total=len(source), enabled=progress)
+        ):
             facts = analyzer.analyze(frame)
             per_source[-1].extend(facts.objects)
-            if facts.flow_novelty.any():
+            if facts.flow is not None:
                 cells.append(facts.flow_novelty)  # the reference is still 1: these are raw magnitudes
+                if k % keep_every == 0:
+                    patches.append(reconstruction.features(facts.flow))
     if cells:
         model.fit_flow(np.stack(cells))
+    reconstruction.fit(patches)
     # Two folds for validating rules on footage they were not induced from: alternate sources, or the two
     # halves of a single source.
     if len(per_source) > 1:
@@ -130,14 +142,14 @@ def learn_scene(
     except ValueError as error:
         raise AnomalensError(f"cannot learn the scene: {error}") from None
     height, width = model.background.shape
-    return Scene(model, rulebook, (width, height), max_side, sources[0].fps, [str(p) for p in inputs])
+    return Scene(model, reconstruction, rulebook, (width, height), max_side, sources[0].fps, [str(p) for p in inputs])
 
 
 class SceneScorer:
-    """Scores frames of one video against a scene: rule severities of every object and flow novelty.
+    """Scores frames of one video against a scene: rule severities, flow novelty, motion reconstruction.
 
-    ``score(frame).frame_score`` is the largest of the objects' rule severities and the flow novelty;
-    1.0 is the edge of normal. Each object's score is its largest severity, and every rule an object breaks
+    ``score(frame).frame_score`` is the largest of the objects' rule severities, the flow novelty and the
+    reconstruction residual ratio; 1.0 is the edge of normal for each. Each object's score is its largest severity, and every rule an object breaks
     is recorded as a measurement ``rule:<id>`` (the severity) for that object.
     """
 
@@ -165,14 +177,22 @@ class SceneScorer:
                 if result.violated:
                     broken.append(Measurement(name=RULE_PREFIX + result.rule.id, value=result.severity, unit="ratio"))
         novelty = facts.flow_novelty
+        residual = (
+            self.scene.reconstruction.score(facts.flow) if facts.flow is not None else np.zeros_like(novelty)
+        )
         h, w = frame.image.shape[:2]
-        anomaly_map = cv2.resize(novelty, (w, h), interpolation=cv2.INTER_NEAREST)
+        # Grid cues cover the frame's top-left rows*cell x cols*cell; the remainder stays 0.
+        grid = np.maximum(novelty, residual)
+        anomaly_map = np.zeros((h, w), dtype=np.float32)
+        cell = self.scene.model.flow_cell
+        rows, cols = grid.shape
+        anomaly_map[: rows * cell, : cols * cell] = np.kron(grid, np.ones((cell, cell), dtype=np.float32))
         for i, mask in enumerate(facts.masks):
             anomaly_map[mask] = np.maximum(anomaly_map[mask], object_scores[i])
         return facts.evidence(
             Source(tool="scene", backend="motion+rules", latency_s=time.perf_counter() - started),
             scores=object_scores,
             anomaly_map=anomaly_map,
-            frame_score=float(max(object_scores.max(initial=0.0), frame_severity, novelty.max(initial=0.0))),
-            extra=broken,
+            frame_score=float(max(object_scores.max(initial=0.0), frame_severity, grid.max(initial=0.0))),
+            extra=[Measurement(name="reconstruction", value=float(residual.max(initial=0.0)), unit="ratio"), *broken],
         )
