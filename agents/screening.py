@@ -20,7 +20,7 @@ from anomalens.draw import overlay
 from anomalens.progress import track
 from anomalens.report import GroundTruth, Report, compact_map
 from anomalens.tools.scene import Scene, SceneScorer
-from anomalens.types import Event, Evidence, Rulebook
+from anomalens.types import Event, Evidence, Rulebook, Track
 from anomalens.video import Frame, FrameSource
 
 
@@ -133,6 +133,7 @@ def build_report(
     title: str,
     scorer: str,
     rulebook: Rulebook | None = None,
+    tracks: list[Track] = (),
     ground_truth: GroundTruth | None = None,
     metrics: dict[str, float] | None = None,
 ) -> tuple[Report, dict[str, np.ndarray]]:
@@ -152,6 +153,7 @@ def build_report(
         scores=[round(float(s), 4) for s in result.scores],
         events=result.events,
         evidence=[compact_map(ev) for ev in result.evidence.values()],
+        tracks=[t for t in tracks if any(t.id in e.track_ids for e in result.events)],
         rulebook=rulebook,
         ground_truth=ground_truth,
         metrics=metrics or {},
@@ -177,6 +179,7 @@ def audit(
         title=title or f"anomalens audit: {source.name}",
         scorer="scene rules + motion (trained on " + ", ".join(scene.sources) + ")",
         rulebook=scene.rulebook,
+        tracks=scorer.analyzer.tracks(),
         ground_truth=ground_truth,
         metrics=metrics(result) if metrics else None,
     )

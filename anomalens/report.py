@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from anomalens import __version__
 from anomalens.files import atomic_write
-from anomalens.types import Event, Evidence, Rulebook
+from anomalens.types import Event, Evidence, Rulebook, Track
 
 MAP_SIDE_IN_JSON = 64  # anomaly maps are stored downscaled in report.json; the HTML draws full ones
 
@@ -49,6 +49,7 @@ class Report(BaseModel):
     scores: list[float]
     events: list[Event]
     evidence: list[Evidence]
+    tracks: list[Track] = Field(default_factory=list)  # the tracks events cite, with every box over time
     rulebook: Rulebook | None = None
     ground_truth: GroundTruth | None = None
     metrics: dict[str, float] = Field(default_factory=dict)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from anomalens.agents.screening import audit, build_report, screen
+from anomalens.agents.screening import audit, screen
 from anomalens.errors import AnomalensError, ConfigError
 from anomalens.eval.synthetic import load_masks
 from anomalens.report import Report, write_report
@@ -113,15 +113,18 @@ def test_editing_the_rulebook_changes_the_audit(walkway, learned, tmp_path):
     assert dwell_breaches(edited) == 0
 
 
-def test_audit_report_has_rule_table_keyframes_and_tracks(audited, tmp_path):
-    scene, result, _, _, _ = audited
-    report, keyframes = build_report(result, title="t", scorer="scene", rulebook=scene.rulebook)
+def test_audit_report_has_rule_table_keyframes_and_tracks(walkway, learned, tmp_path):
+    _, test = walkway
+    scene = Scene.load(learned)
+    result, report, keyframes = audit(scene.open(test.video), scene, progress=False)
     _, html_path = write_report(report, keyframes, tmp_path)
     html = html_path.read_text()
     assert "Rules broken" in html and html.count("<img") == len(result.events)
     back = Report.model_validate_json((tmp_path / "report.json").read_text())
     assert back.rulebook == scene.rulebook
-    assert any(e.track_ids for e in back.events)
+    cited = {i for e in back.events for i in e.track_ids}
+    assert cited and {t.id for t in back.tracks} == cited
+    assert all(len(t.frames) == len(t.boxes) >= 1 for t in back.tracks)
     for event in result.events:
         frame, evidence = result.keyframes[event.id]
         assert evidence.masks is not None and len(evidence.masks) == len(evidence.boxes)
