@@ -121,3 +121,18 @@ def test_validation_drops_categorical_rules_that_held_out_footage_breaks():
     assert "direction-r2c2" not in ids
     assert all("held_out_rate" in r.stats for r in rules.rules)
     yaml.safe_dump(rules.model_dump(mode="json"))  # stays plain data
+
+
+def test_unvisited_zones_that_look_like_walked_ground_get_no_empty_rule():
+    from anomalens.tools.motion import SceneGeometry, walkable_zones
+
+    rng = np.random.default_rng(0)
+    background = np.full((80, 80), 150.0) + rng.normal(0, 2, (80, 80))  # paving everywhere...
+    background[:, 40:] = 60.0 + rng.normal(0, 15, (80, 40))  # ...but a dark, rough lawn on the right
+    geometry = SceneGeometry(80, 80, rows=2, cols=2)
+    feet = np.column_stack([rng.uniform(5, 35, 200), rng.uniform(5, 38, 200)])  # people seen top-left only
+    walkable = walkable_zones(background, geometry, feet)
+    assert walkable == {"r0c0", "r1c0"}  # r1c0 was never entered but is paved like r0c0
+    normal = objects(40, rng, zone="r0c0")
+    ids = {r.id for r in induce_rules(normal, geometry.zones, walkable=walkable).rules}
+    assert {"empty-r0c1", "empty-r1c1"} <= ids and "empty-r1c0" not in ids

@@ -82,6 +82,31 @@ class SceneGeometry:
         return col * w, row * h, (col + 1) * w, (row + 1) * h
 
 
+def walkable_zones(background: np.ndarray, geometry: SceneGeometry, feet: np.ndarray, share: float = 0.5) -> set[str]:
+    """Zones whose background looks like the ground objects were seen standing on.
+
+    The ground's look is the brightness and local texture (7x7 standard deviation) of the background
+    under every observed foot; a zone is walkable when at least ``share`` of its pixels fall inside the
+    2nd-98th percentile ranges of both. A zone nobody entered but that looks like the walked ground is
+    presumably just unvisited; one that looks different (a lawn beside a path) is kept off-limits.
+    """
+    gray = background.astype(np.float32)
+    mean = cv2.blur(gray, (7, 7))
+    texture = np.sqrt(np.maximum(cv2.blur(gray * gray, (7, 7)) - mean * mean, 0.0))
+    h, w = gray.shape
+    xs = np.clip(feet[:, 0].astype(int), 0, w - 1)
+    ys = np.clip(feet[:, 1].astype(int) - 1, 0, h - 1)  # the pixel just above the box's bottom edge
+    lo_m, hi_m = np.quantile(mean[ys, xs], [0.02, 0.98])
+    lo_t, hi_t = np.quantile(texture[ys, xs], [0.02, 0.98])
+    looks_walked = (mean >= lo_m) & (mean <= hi_m) & (texture >= lo_t) & (texture <= hi_t)
+    walkable = set()
+    for zone in geometry.zones:
+        x1, y1, x2, y2 = (int(round(v)) for v in geometry.zone_box(zone))
+        if looks_walked[y1:y2, x1:x2].mean() >= share:
+            walkable.add(zone)
+    return walkable
+
+
 @dataclass
 class _TrackState:
     id: int
@@ -295,6 +320,7 @@ class MotionAnalyzer:
                     "aspect": float(h) / float(w),
                     "speed": speed / frame.scale,
                     "zone": model.geometry.zone(x + w / 2.0, y + h),
+                    "foot": (x + w / 2.0, float(y + h)),  # analysis px; where the object stands
                     "_shift": (dx, dy),
                 }
             )

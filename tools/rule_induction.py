@@ -31,8 +31,18 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def induce_rules(objects: list[dict], zones: list[str], *, scene: str = "", sources: list[str] | None = None) -> Rulebook:
-    """Rules that every object in ``objects`` (facts from normal footage) satisfies, with margin."""
+def induce_rules(
+    objects: list[dict],
+    zones: list[str],
+    *,
+    walkable: set[str] = frozenset(),
+    scene: str = "",
+    sources: list[str] | None = None,
+) -> Rulebook:
+    """Rules that every object in ``objects`` (facts from normal footage) satisfies, with margin.
+
+    Zones nobody entered get an "empty" rule unless they are in ``walkable`` (they look like the ground
+    people were seen on, see ``tools.motion.walkable_zones``)."""
     if len(objects) < MIN_SUPPORT:
         raise ValueError(f"only {len(objects)} objects in the normal footage; need at least {MIN_SUPPORT} to induce rules")
     rules: list[Rule] = []
@@ -53,11 +63,11 @@ def induce_rules(objects: list[dict], zones: list[str], *, scene: str = "", sour
         )
 
     for zone in zones:  # one rule per empty zone, so that each is validated (and edited) on its own
-        if zone not in by_zone:
+        if zone not in by_zone and zone not in walkable:
             rules.append(
                 Rule(
                     id=f"empty-{zone}",
-                    sentence=f"Nothing enters zone {zone} in normal footage.",
+                    sentence=f"Nothing enters zone {zone}, which does not look like where things move.",
                     predicate=Predicate(fact="zone", op="!=", value=zone),
                     stats={"objects_seen": 0.0},
                 )
@@ -120,7 +130,9 @@ def held_out_rates(rulebook: Rulebook, objects: list[dict]) -> dict[str, float]:
     return {rule.id: broken[rule.id] / checked[rule.id] if checked[rule.id] else 0.0 for rule in rulebook.rules}
 
 
-def induce_validated(folds: tuple[list[dict], list[dict]], zones: list[str], **meta) -> Rulebook:
+def induce_validated(
+    folds: tuple[list[dict], list[dict]], zones: list[str], *, walkable: set[str] = frozenset(), **meta
+) -> Rulebook:
     """Induce from both folds together, keeping only categorical rules that generalise across them.
 
     Rules induced on each fold are checked on the other; a categorical rule (``in``/``not_in``: zones,
@@ -131,9 +143,9 @@ def induce_validated(folds: tuple[list[dict], list[dict]], zones: list[str], **m
     first, second = folds
     rates: dict[str, float] = {}
     for train, held_out in ((first, second), (second, first)):
-        for rule_id, rate in held_out_rates(induce_rules(train, zones), held_out).items():
+        for rule_id, rate in held_out_rates(induce_rules(train, zones, walkable=walkable), held_out).items():
             rates[rule_id] = max(rates.get(rule_id, 0.0), rate)
-    rulebook = induce_rules(first + second, zones, **meta)
+    rulebook = induce_rules(first + second, zones, walkable=walkable, **meta)
     kept = []
     for rule in rulebook.rules:
         rate = rates.get(rule.id)  # None: the rule exists only with both folds' support

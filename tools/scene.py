@@ -22,7 +22,7 @@ from anomalens.files import atomic_write
 from anomalens.progress import track
 from anomalens.rules.engine import RULE_PREFIX, RuleIndex, check
 from anomalens.rules.io import load_rulebook, save_rulebook
-from anomalens.tools.motion import MotionAnalyzer, MotionModel
+from anomalens.tools.motion import MotionAnalyzer, MotionModel, walkable_zones
 from anomalens.tools.reconstruction import FlowPatchPCA
 from anomalens.tools.rule_induction import induce_validated
 from anomalens.types import Evidence, Measurement, Rulebook, Source
@@ -136,8 +136,13 @@ def learn_scene(
         half = len(per_source[0]) // 2
         folds = (per_source[0][:half], per_source[0][half:])
     try:
+        feet = np.array([o["foot"] for objects in per_source for o in objects]).reshape(-1, 2)
         rulebook = induce_validated(
-            folds, model.geometry.zones, scene=Path(str(inputs[0])).name, sources=[str(p) for p in inputs]
+            folds,
+            model.geometry.zones,
+            walkable=walkable_zones(model.background, model.geometry, feet) if len(feet) else set(),
+            scene=Path(str(inputs[0])).name,
+            sources=[str(p) for p in inputs],
         )
     except ValueError as error:
         raise AnomalensError(f"cannot learn the scene: {error}") from None
