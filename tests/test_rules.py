@@ -124,14 +124,14 @@ def test_validation_drops_categorical_rules_that_held_out_footage_breaks():
 
 
 def test_unvisited_zones_that_look_like_walked_ground_get_no_empty_rule():
-    from anomalens.tools.motion import SceneGeometry, walkable_zones
+    from anomalens.tools.motion import SceneGeometry, ground_mask, walkable_zones
 
     rng = np.random.default_rng(0)
     background = np.full((80, 80), 150.0) + rng.normal(0, 2, (80, 80))  # paving everywhere...
     background[:, 40:] = 60.0 + rng.normal(0, 15, (80, 40))  # ...but a dark, rough lawn on the right
     geometry = SceneGeometry(80, 80, rows=2, cols=2)
     feet = np.column_stack([rng.uniform(5, 35, 200), rng.uniform(5, 38, 200)])  # people seen top-left only
-    walkable = walkable_zones(background, geometry, feet)
+    walkable = walkable_zones(ground_mask(background, feet), geometry)
     assert walkable == {"r0c0", "r1c0"}  # r1c0 was never entered but is paved like r0c0
     normal = objects(40, rng, zone="r0c0")
     ids = {r.id for r in induce_rules(normal, geometry.zones, walkable=walkable).rules}

@@ -31,6 +31,7 @@ from anomalens.types import Evidence, Measurement, Source, Track
 from anomalens.video import Frame
 
 FLOW_SCALE = 0.5  # optical flow runs at half the analysis resolution: 4x cheaper, ample for speeds
+MIN_ACTIVE = 30  # frames with motion a grid cell needs before its own normal level is trusted
 HEADING_SECONDS = 0.5  # headings average a track's last half second; younger tracks are not "established"
 SECTORS = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")
 STILL = "still"
@@ -82,29 +83,63 @@ class SceneGeometry:
         return col * w, row * h, (col + 1) * w, (row + 1) * h
 
 
-def walkable_zones(background: np.ndarray, geometry: SceneGeometry, feet: np.ndarray, share: float = 0.5) -> set[str]:
-    """Zones whose background looks like the ground objects were seen standing on.
+def ground_mask(background: np.ndarray, feet: np.ndarray) -> np.ndarray:
+    """Pixels whose background looks like the ground objects were seen standing on: ``(h, w)`` bool.
 
     The ground's look is the brightness and local texture (7x7 standard deviation) of the background
-    under every observed foot; a zone is walkable when at least ``share`` of its pixels fall inside the
-    2nd-98th percentile ranges of both. A zone nobody entered but that looks like the walked ground is
-    presumably just unvisited; one that looks different (a lawn beside a path) is kept off-limits.
-    """
+    under every observed foot (``feet`` is ``(N, 2)`` x, y in analysis pixels); a pixel looks walked when
+    both fall inside the 2nd-98th percentile ranges seen under feet."""
     gray = background.astype(np.float32)
     mean = cv2.blur(gray, (7, 7))
     texture = np.sqrt(np.maximum(cv2.blur(gray * gray, (7, 7)) - mean * mean, 0.0))
+    if len(feet) == 0:
+        return np.zeros(gray.shape, dtype=bool)
     h, w = gray.shape
     xs = np.clip(feet[:, 0].astype(int), 0, w - 1)
     ys = np.clip(feet[:, 1].astype(int) - 1, 0, h - 1)  # the pixel just above the box's bottom edge
     lo_m, hi_m = np.quantile(mean[ys, xs], [0.02, 0.98])
     lo_t, hi_t = np.quantile(texture[ys, xs], [0.02, 0.98])
-    looks_walked = (mean >= lo_m) & (mean <= hi_m) & (texture >= lo_t) & (texture <= hi_t)
+    return (mean >= lo_m) & (mean <= hi_m) & (texture >= lo_t) & (texture <= hi_t)
+
+
+def walkable_zones(ground: np.ndarray, geometry: SceneGeometry, share: float = 0.5) -> set[str]:
+    """Zones at least ``share`` of whose pixels look like walked ground (see ``ground_mask``).
+
+    A zone nobody entered but that looks like the walked ground is presumably just unvisited; one that
+    looks different (a lawn beside a path) is kept off-limits."""
     walkable = set()
     for zone in geometry.zones:
         x1, y1, x2, y2 = (int(round(v)) for v in geometry.zone_box(zone))
-        if looks_walked[y1:y2, x1:x2].mean() >= share:
+        if ground[y1:y2, x1:x2].mean() >= share:
             walkable.add(zone)
     return walkable
+
+
+def walkable_cells(ground: np.ndarray, cell: int, share: float = 0.5) -> np.ndarray:
+    """``(rows, cols)`` bool: grid cells of side ``cell`` at least ``share`` walked-looking."""
+    rows, cols = ground.shape[0] // cell, ground.shape[1] // cell
+    fraction = cv2.resize(ground[: rows * cell, : cols * cell].astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA)
+    return fraction >= share
+
+
+def pooled_reference(
+    values: np.ndarray, walkable: np.ndarray | None = None, quantile: float = 0.999, active: float = 0.3
+) -> np.ndarray:
+    """Per-cell normal level of ``(T, rows, cols)`` values, for cells where little happened borrowed.
+
+    A cell's own ``quantile`` is trusted where its values exceeded ``active`` in at least ``MIN_ACTIVE``
+    frames. Elsewhere a quiet cell that looks like walked ground (``walkable``) borrows the level of all
+    active cells: nothing moved there during training by chance, and the first passer-by is not an
+    anomaly. A quiet cell that does not look walkable keeps its own near-zero level: motion there is new.
+    """
+    own = np.quantile(values, quantile, axis=0).astype(np.float32)
+    busy = (values > active).sum(axis=0) >= MIN_ACTIVE
+    if walkable is None or not busy.any():
+        return own
+    shared = np.float32(np.quantile(values[:, busy], quantile))
+    borrow = ~busy & walkable
+    own[borrow] = np.maximum(own[borrow], shared)
+    return own
 
 
 @dataclass
@@ -221,9 +256,9 @@ class MotionModel:
         self.flow_reference = np.ones(self._grid_shape(), dtype=np.float32)
         return self
 
-    def fit_flow(self, flow_maxima: np.ndarray) -> None:
+    def fit_flow(self, cell_magnitudes: np.ndarray, walkable: np.ndarray | None = None) -> None:
         """Set the per-cell normal flow level from per-frame cell magnitudes ``(T, rows, cols)``."""
-        self.flow_reference = np.quantile(flow_maxima, 0.999, axis=0).astype(np.float32) + 0.2
+        self.flow_reference = pooled_reference(cell_magnitudes, walkable) + 0.2
 
     def _grid_shape(self) -> tuple[int, int]:
         h, w = self.background.shape

@@ -4,7 +4,8 @@ The frame is cut into square cells; each cell's optical flow, averaged down to `
 (``2 * patch**2`` numbers), is projected on the principal components of moving cells in normal footage. What
 the components cannot reconstruct (the residual norm) is unusual motion *pattern* (a rigid glide, a swerve,
 a fast wheel) rather than only unusual speed. Each cell's residual is divided by that cell's 99.9th
-percentile on normal footage, so 1.0 is the edge of normal everywhere in the view.
+percentile on normal footage (see ``tools.motion.pooled_reference`` for quiet cells), so 1.0 is the edge of
+normal everywhere in the view.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 
 from anomalens.errors import AnomalensError
+from anomalens.tools.motion import pooled_reference
 
 MOVING = 0.05  # px/frame: cells slower than this on average are not motion patches
 MAX_FIT_PATCHES = 60_000  # PCA is fitted on at most this many moving patches (evenly subsampled)
@@ -50,8 +52,10 @@ class FlowPatchPCA:
         projected = centred @ self.basis.T @ self.basis
         return np.linalg.norm(centred - projected, axis=-1)
 
-    def fit(self, features: Sequence[np.ndarray]) -> FlowPatchPCA:
-        """Fit on per-frame patch vectors ``(rows, cols, d)`` from normal footage (frames with motion)."""
+    def fit(self, features: Sequence[np.ndarray], walkable: np.ndarray | None = None) -> FlowPatchPCA:
+        """Fit on per-frame patch vectors ``(rows, cols, d)`` from normal footage (frames with motion).
+
+        ``walkable`` (rows, cols) marks quiet cells that borrow the busy cells' level (``pooled_reference``)."""
         if not features:
             raise AnomalensError("no motion in the normal footage: the reconstruction detector has nothing to learn")
         stack = np.stack(features).astype(np.float32)  # (T, rows, cols, d)
@@ -63,7 +67,7 @@ class FlowPatchPCA:
         self.mean = moving.mean(axis=0)
         _, _, vt = np.linalg.svd(moving - self.mean, full_matrices=False)
         self.basis = vt[: self.components]
-        self.reference = np.quantile(self._residual(stack), 0.999, axis=0) + MOVING
+        self.reference = pooled_reference(self._residual(stack), walkable, active=MOVING) + MOVING
         return self
 
     def score(self, flow: np.ndarray) -> np.ndarray:

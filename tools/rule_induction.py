@@ -76,7 +76,9 @@ def induce_rules(
     upper("speed-any", "speed", "px/frame", speeds, {}, "Nothing anywhere moves faster than {limit:.2f} {unit}.")
     for zone in zones:
         members = by_zone.get(zone, [])
-        if len(members) < MIN_SUPPORT:
+        # Support counts established tracks only: a zone that saw nothing but flickering noise blobs would
+        # otherwise get limits that the first real passer-by breaks many times over.
+        if sum(bool(o.get("established", True)) for o in members) < MIN_SUPPORT:
             continue
         speed = np.array([o["speed"] for o in members])
         area = np.array([o["area"] for o in members])

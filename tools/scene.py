@@ -22,7 +22,7 @@ from anomalens.files import atomic_write
 from anomalens.progress import track
 from anomalens.rules.engine import RULE_PREFIX, RuleIndex, check
 from anomalens.rules.io import load_rulebook, save_rulebook
-from anomalens.tools.motion import MotionAnalyzer, MotionModel, walkable_zones
+from anomalens.tools.motion import MotionAnalyzer, MotionModel, ground_mask, walkable_cells, walkable_zones
 from anomalens.tools.reconstruction import FlowPatchPCA
 from anomalens.tools.rule_induction import induce_validated
 from anomalens.types import Evidence, Measurement, Rulebook, Source
@@ -125,9 +125,12 @@ def learn_scene(
                 cells.append(facts.flow_novelty)  # the reference is still 1: these are raw magnitudes
                 if k % keep_every == 0:
                     patches.append(reconstruction.features(facts.flow))
+    feet = np.array([o["foot"] for objects in per_source for o in objects]).reshape(-1, 2)
+    ground = ground_mask(model.background, feet)
+    quiet_but_walkable = walkable_cells(ground, model.flow_cell)
     if cells:
-        model.fit_flow(np.stack(cells))
-    reconstruction.fit(patches)
+        model.fit_flow(np.stack(cells), quiet_but_walkable)
+    reconstruction.fit(patches, quiet_but_walkable)
     # Two folds for validating rules on footage they were not induced from: alternate sources, or the two
     # halves of a single source.
     if len(per_source) > 1:
@@ -136,11 +139,10 @@ def learn_scene(
         half = len(per_source[0]) // 2
         folds = (per_source[0][:half], per_source[0][half:])
     try:
-        feet = np.array([o["foot"] for objects in per_source for o in objects]).reshape(-1, 2)
         rulebook = induce_validated(
             folds,
             model.geometry.zones,
-            walkable=walkable_zones(model.background, model.geometry, feet) if len(feet) else set(),
+            walkable=walkable_zones(ground, model.geometry),
             scene=Path(str(inputs[0])).name,
             sources=[str(p) for p in inputs],
         )
