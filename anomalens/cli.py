@@ -50,13 +50,16 @@ def demo(
 def induce_rules(
     normal: Annotated[list[Path], typer.Argument(help="normal videos or frame folders of one camera view")],
     out_dir: Annotated[Path, typer.Option("--out", help="scene folder to write (scene.json, motion.npz, rules.yaml)")],
-    max_side: Annotated[int, typer.Option(help="longest side of the analysis resolution, px")] = 640,
+    max_side: Annotated[
+        Optional[int], typer.Option(help="longest side of the analysis resolution, px [default: settings, 640]")
+    ] = None,
     fps: Annotated[Optional[float], typer.Option(help="frame rate of frame folders (videos report their own)")] = None,
 ) -> None:
     """Learn what is normal for a scene and write it as an editable rulebook."""
+    from anomalens.config import load_settings
     from anomalens.tools.scene import learn_scene
 
-    scene = learn_scene([str(p) for p in normal], max_side=max_side, fps=fps)
+    scene = learn_scene([str(p) for p in normal], max_side=max_side or load_settings().max_side, fps=fps)
     folder = scene.save(out_dir)
     out.print(f"{len(scene.rulebook.rules)} rules -> {folder / 'rules.yaml'} (edit freely)")
     for rule in scene.rulebook.rules:

@@ -20,7 +20,7 @@ from anomalens.events import smooth
 from anomalens.progress import track
 from anomalens.rules.engine import RULE_PREFIX
 from anomalens.tools.scene import SceneScorer, learn_scene
-from anomalens.video import FrameSource, natural_key
+from anomalens.video import natural_key
 
 PED2_FPS = 10.0
 PIXEL_GRID = (90, 60)
