@@ -155,8 +155,8 @@ class SceneScorer:
     """Scores frames of one video against a scene: rule severities, flow novelty, motion reconstruction.
 
     ``score(frame).frame_score`` is the largest of the objects' rule severities, the flow novelty and the
-    reconstruction residual ratio; 1.0 is the edge of normal for each. Each object's score is its largest severity, and every rule an object breaks
-    is recorded as a measurement ``rule:<id>`` (the severity) for that object.
+    reconstruction residual ratio; 1.0 is the edge of normal for each. Each object's score is its largest
+    severity, and every rule an object breaks is recorded as a measurement ``rule:<id>`` (the severity).
     """
 
     def __init__(self, scene: Scene, fps: float):
