@@ -51,3 +51,20 @@ def test_fit_and_score_refuse_what_they_cannot_use():
         model.fit([])
     with pytest.raises(AnomalensError, match="moving patches"):
         model.fit([model.features(np.zeros((48, 48, 2), np.float32))])
+
+
+def test_quiet_cells_borrow_the_busy_level_only_where_the_ground_looks_walked():
+    from anomalens.tools.motion import MIN_ACTIVE, pooled_reference
+
+    rng = np.random.default_rng(0)
+    values = np.zeros((200, 1, 3), np.float32)
+    values[:, 0, 0] = rng.uniform(0.5, 2.0, 200)  # a busy cell
+    values[: MIN_ACTIVE - 1, 0, 1] = 0.4  # quiet: too few active frames to trust its own level
+    values[:5, 0, 2] = 0.4  # quiet too
+    walkable = np.array([[True, True, False]])
+    reference = pooled_reference(values, walkable)
+    busy_level = np.quantile(values[:, 0, 0], 0.999)
+    assert reference[0, 0] == pytest.approx(busy_level, rel=1e-5)
+    assert reference[0, 1] == pytest.approx(busy_level, rel=1e-5)  # looks walked: borrows
+    assert reference[0, 2] == pytest.approx(np.quantile(values[:, 0, 2], 0.999))  # lawn: stays strict
+    np.testing.assert_allclose(pooled_reference(values), np.quantile(values, 0.999, axis=0), rtol=1e-6)
