@@ -7,9 +7,10 @@ Per frame (at analysis resolution, in time order):
 2. objects = connected foreground regions of at least ``min_area`` pixels;
 3. dense optical flow (OpenCV DIS, at half resolution) between the previous and this frame, computed
    only when there are objects: a still scene costs a background difference and nothing more;
-4. each object's speed and heading = the mean flow over its pixels; tracks link objects across frames
-   (greedy IoU matching of flow-shifted boxes), which gives dwell time;
-5. per-object facts for the rule engine (``FACTS``) and an ``Evidence`` with boxes, masks and measurements in
+4. each object's speed = the mean flow over its pixels; tracks link objects across frames (greedy IoU
+   matching of flow-shifted boxes), which gives headings (averaged over the track's last half second),
+   dwell time and whether a track is established (old enough to judge);
+5. per-object facts for the rule engine (``FACT_UNITS``) and an ``Evidence`` with boxes, masks and measurements in
    source pixels.
 
 A per-cell flow-magnitude map normalised by normal footage (``flow_novelty``) is returned as the evidence's
@@ -370,7 +371,6 @@ class MotionAnalyzer:
             recent = np.array(state.shifts[-window:])
             dx, dy = recent.mean(axis=0)
             obj["direction"] = heading(dx, dy, float(np.hypot(dx, dy)), model.still_below)
-            obj["age"] = float(len(state.frames))
             obj["established"] = len(state.frames) >= window
             obj["dwell"] = self._dwell(state) / self.fps
             obj["count"] = float(len(objects))
