@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from anomalens.prompts import load as load_prompts
 from anomalens.rules.engine import RULE_PREFIX
+
 from anomalens.types import Event, Evidence, Rulebook
 
 _MEASURED = {"speed": "px/frame", "area": "px^2", "dwell": "s"}

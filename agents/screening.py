@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
-
-from anomalens.events import group_events, smooth
 from anomalens.agents.explain import broken_rules, explain_event
+from anomalens.tools.scene import Scene, SceneScorer
+
 from anomalens.draw import overlay
+from anomalens.events import group_events, smooth
 from anomalens.progress import track
 from anomalens.report import GroundTruth, Report, compact_map
-from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.types import Event, Evidence, Rulebook, Track
 from anomalens.video import Frame, FrameSource
 

@@ -12,19 +12,26 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from anomalens.agents.screening import screen
-from anomalens.errors import AnomalensError
-from anomalens.eval.metrics import average_precision, best_f1, macro_auc, rbdc_tbdc, roc_auc
-from anomalens.events import smooth
-from anomalens.progress import track
+from anomalens.eval.metrics import (
+    average_precision,
+    best_f1,
+    macro_auc,
+    rbdc_tbdc,
+    roc_auc,
+)
 from anomalens.rules.engine import RULE_PREFIX
 from anomalens.tools.scene import SceneScorer, learn_scene
+
+from anomalens.errors import AnomalensError
+from anomalens.events import smooth
+from anomalens.geometry import box_iou
+from anomalens.progress import track
 from anomalens.video import natural_key
 
 PED2_FPS = 10.0
-PIXEL_GRID = (90, 60)
-CUES = ("rules", "flow_novelty", "reconstruction")  # each cue's own frame AUROC is reported beside the fusion  # pixel AUROC on a 1/4-resolution grid: 10.9 M pixels instead of 174 M
+PIXEL_GRID = (90, 60)  # pixel AUROC on a 1/4-resolution grid: 10.9 M pixels instead of 174 M
+CUES = ("rules", "flow_novelty", "reconstruction")  # each cue's own frame AUROC is reported beside the fusion
 
 
 def _videos(folder: Path) -> list[Path]:
@@ -36,8 +43,6 @@ def _videos(folder: Path) -> list[Path]:
 
 def truth_regions(masks: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per frame: boxes of the mask's connected regions and track ids linking overlapping regions over time."""
-    from anomalens.geometry import box_iou
-
     out, previous, next_id = [], (np.zeros((0, 4)), np.zeros(0, dtype=int)), 0
     for mask in masks:
         count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
@@ -119,7 +124,9 @@ def run_ped2(data: str | Path, *, progress: bool = True) -> dict:
         "frame_f1": f1,
         "frame_f1_threshold": f1_threshold,
         "frame_f1_at_1": _f1_at(all_labels, all_scores, 1.0),
-        "pixel_auroc": roc_auc(np.concatenate([p.ravel() for p in pixel_truth]), np.concatenate([p.ravel() for p in pixel_scores])),
+        "pixel_auroc": roc_auc(
+            np.concatenate([p.ravel() for p in pixel_truth]), np.concatenate([p.ravel() for p in pixel_scores])
+        ),
         "cue_frame_auc": {name: roc_auc(all_labels, np.concatenate(parts)) for name, parts in cues.items()},
         "rbdc": rbdc,
         "tbdc": tbdc,

@@ -1,11 +1,22 @@
 import numpy as np
 import pytest
 import yaml
+from anomalens.rules.engine import (
+    CATEGORICAL_SEVERITY,
+    RuleIndex,
+    applies,
+    check,
+    severity,
+)
+from anomalens.rules.io import load_rulebook, save_rulebook
+from anomalens.tools.rule_induction import (
+    MARGIN,
+    QUANTILE,
+    induce_rules,
+    induce_validated,
+)
 
 from anomalens.errors import ConfigError
-from anomalens.rules.engine import CATEGORICAL_SEVERITY, RuleIndex, applies, check, severity
-from anomalens.rules.io import load_rulebook, save_rulebook
-from anomalens.tools.rule_induction import MARGIN, QUANTILE, induce_rules, induce_validated
 from anomalens.types import Predicate, Rule, Rulebook
 
 

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 import yaml
-
 from anomalens.agents.screening import audit, screen
-from anomalens.errors import AnomalensError, ConfigError
 from anomalens.eval.synthetic import load_masks
-from anomalens.report import Report, write_report
 from anomalens.rules.engine import RULE_PREFIX
 from anomalens.tools.scene import Scene, SceneScorer, learn_scene
+
+from anomalens.errors import AnomalensError, ConfigError
+from anomalens.report import Report, write_report
 from anomalens.video import FrameSource
 
 # The rule family that should explain each anomaly kind.

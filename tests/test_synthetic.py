@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-
 from anomalens.eval.synthetic import (
     ANOMALY_KINDS,
     CYCLIST_SPEED,
@@ -15,6 +14,7 @@ from anomalens.eval.synthetic import (
     load_masks,
     write_scene,
 )
+
 from anomalens.video import FrameSource
 
 

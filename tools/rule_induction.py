@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import numpy as np
-
 from anomalens.rules.engine import CATEGORICAL_OPS, RuleIndex, check
 from anomalens.tools.motion import SECTORS, STILL
+
 from anomalens.types import Predicate, Rule, Rulebook
 
 MARGIN = 0.25  # limits sit 25% beyond the normal extreme

@@ -15,15 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from anomalens.rules.engine import RULE_PREFIX, RuleIndex, check
+from anomalens.rules.io import load_rulebook, save_rulebook
+from anomalens.tools.motion import (
+    MotionAnalyzer,
+    MotionModel,
+    ground_mask,
+    walkable_cells,
+    walkable_zones,
+)
+from anomalens.tools.reconstruction import FlowPatchPCA
+from anomalens.tools.rule_induction import induce_validated
 
 from anomalens.errors import AnomalensError, ConfigError
 from anomalens.files import atomic_write
 from anomalens.progress import track
-from anomalens.rules.engine import RULE_PREFIX, RuleIndex, check
-from anomalens.rules.io import load_rulebook, save_rulebook
-from anomalens.tools.motion import MotionAnalyzer, MotionModel, ground_mask, walkable_cells, walkable_zones
-from anomalens.tools.reconstruction import FlowPatchPCA
-from anomalens.tools.rule_induction import induce_validated
 from anomalens.types import Evidence, Measurement, Rulebook, Source
 from anomalens.video import Frame, FrameSource
 
