@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 from anomalens.prompts import load as load_prompts
-from anomalens.rules.engine import RULE_PREFIX
-
 from anomalens.types import Event, Evidence, Rulebook
 
 _MEASURED = {"speed": "px/frame", "area": "px^2", "dwell": "s"}
-
-
-def broken_rules(evidence: Evidence) -> list[tuple[str, float, int | None]]:
-    """``(rule id, severity, object index or None)`` for every rule this evidence records as broken."""
-    return [
-        (m.name[len(RULE_PREFIX) :], m.value, m.object_index)
-        for m in evidence.measurements
-        if m.name.startswith(RULE_PREFIX)
-    ]
 
 
 MAX_RULES = 3  # the explanation names the worst few; the report's rule table lists every broken rule
@@ -27,7 +16,7 @@ def explain_event(event: Event, cited: list[Evidence], keyframe: Evidence, ruleb
     text = load_prompts("explain")
     worst: dict[str, tuple[float, Evidence, int | None]] = {}
     for evidence in cited:
-        for rule_id, severity, index in broken_rules(evidence):
+        for rule_id, severity, index in evidence.broken_rules():
             if rule_id not in worst or severity > worst[rule_id][0]:
                 worst[rule_id] = (severity, evidence, index)
     sentences = [

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
-from anomalens.agents.explain import broken_rules, explain_event
-from anomalens.tools.scene import Scene, SceneScorer
 
+from anomalens.agents.explain import explain_event
 from anomalens.draw import overlay
 from anomalens.events import group_events, smooth
 from anomalens.progress import track
 from anomalens.report import GroundTruth, Report, compact_map
+from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.types import Event, Evidence, Rulebook, Track
 from anomalens.video import Frame, FrameSource
 
@@ -109,7 +109,7 @@ def screen(
             full = max(inside, key=lambda ev: ev.frame_score or 0.0)
             frame = source.read(full.frame_index)
         event.peak_frame = full.frame_index
-        breaches = [(ev, b) for ev in cited for b in broken_rules(ev)]
+        breaches = [(ev, b) for ev in cited for b in ev.broken_rules()]
         event.rule_ids = sorted({rule_id for _, (rule_id, _, _) in breaches})
         event.track_ids = sorted(
             {int(ev.track_ids[i]) for ev, (_, _, i) in breaches if i is not None and ev.track_ids is not None}

@@ -124,18 +124,20 @@ app.add_typer(eval_app, name="eval")
 
 @eval_app.command("ped2")
 def eval_ped2(
-    data: Annotated[Path, typer.Option(help="UCSD Ped2 folder (train/, test/, test_masks/, labels.json)")] = Path(
-        "../shared/data/ucsd_ped2"
-    ),
+    data: Annotated[
+        Optional[Path],
+        typer.Option(help="UCSD Ped2 folder (train/, test/, test_masks/, labels.json) [default: DATA_DIR/ucsd_ped2]"),
+    ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
 ) -> None:
     """Learn Ped2's scene from its training videos, audit its test videos, print frame/pixel/region metrics."""
     import json
 
+    from anomalens.config import load_settings
     from anomalens.eval.ped2 import run_ped2
     from anomalens.files import atomic_write
 
-    metrics = run_ped2(data)
+    metrics = run_ped2(data or load_settings().data_dir / "ucsd_ped2")
     text = json.dumps(metrics, indent=2)
     if json_path is not None:
         atomic_write(json_path, text)

@@ -179,11 +179,9 @@ def render_html(report: Report, keyframes: dict[str, np.ndarray]) -> str:
         by_id = {ev.id: ev for ev in report.evidence}
         for event in report.events:
             for evidence_id in event.evidence_ids:
-                for m in by_id[evidence_id].measurements:
-                    if m.name.startswith("rule:"):
-                        rule_id = m.name[5:]
-                        severity, events = worst.get(rule_id, (0.0, set()))
-                        worst[rule_id] = (max(severity, m.value), events | {event.id})
+                for rule_id, value, _ in by_id[evidence_id].broken_rules():
+                    severity, events = worst.get(rule_id, (0.0, set()))
+                    worst[rule_id] = (max(severity, value), events | {event.id})
         rule_rows = "".join(
             f"<tr><td>{esc(r.id)}</td><td>{esc(r.sentence)}</td><td>{esc(r.predicate.fact)} {esc(r.predicate.op)} "
             f"{esc(str(r.predicate.value))} {esc(r.predicate.unit or '')}</td>"

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from anomalens.arrays import FloatArray, IntArray, MapArray, MaskArray
 
 _ARRAYS = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+RULE_PREFIX = "rule:"  # evidence records a broken rule as measurement ``rule:<id>`` = its severity
 
 
 def _unique(ids: list[str], what: str) -> None:
@@ -140,6 +141,14 @@ class Evidence(BaseModel):
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+    def broken_rules(self) -> list[tuple[str, float, int | None]]:
+        """``(rule id, severity, object index or None)`` for every rule this evidence records as broken."""
+        return [
+            (m.name[len(RULE_PREFIX) :], m.value, m.object_index)
+            for m in self.measurements
+            if m.name.startswith(RULE_PREFIX)
+        ]
 
     def measurement(self, name: str, object_index: int | None = None) -> Measurement | None:
         return next(

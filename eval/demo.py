@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from anomalens.agents.screening import ScreeningResult, audit
 from anomalens.eval.metrics import roc_auc
 from anomalens.eval.synthetic import Anomaly, SceneSpec, write_scene
-from anomalens.tools.scene import learn_scene
-
 from anomalens.report import GroundTruth, GroundTruthEvent, write_report
+from anomalens.tools.scene import learn_scene
 
 DEMO_ANOMALIES = (
     Anomaly("cyclist", 15),

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from anomalens.agents.screening import screen
+from anomalens.errors import AnomalensError
 from anomalens.eval.metrics import (
     average_precision,
     best_f1,
@@ -20,13 +22,10 @@ from anomalens.eval.metrics import (
     rbdc_tbdc,
     roc_auc,
 )
-from anomalens.rules.engine import RULE_PREFIX
-from anomalens.tools.scene import SceneScorer, learn_scene
-
-from anomalens.errors import AnomalensError
 from anomalens.events import smooth
 from anomalens.geometry import box_iou
 from anomalens.progress import track
+from anomalens.tools.scene import SceneScorer, learn_scene
 from anomalens.video import natural_key
 
 PED2_FPS = 10.0
@@ -141,7 +140,7 @@ def run_ped2(data: str | Path, *, progress: bool = True) -> dict:
 
 def cue_values(evidence) -> dict[str, float]:
     """The fused score's parts for one frame: rule severities (objects and frame), flow novelty, reconstruction."""
-    frame_rules = [m.value for m in evidence.measurements if m.name.startswith(RULE_PREFIX) and m.object_index is None]
+    frame_rules = [severity for _, severity, index in evidence.broken_rules() if index is None]
     return {
         "rules": max([float(evidence.scores.max(initial=0.0)), *frame_rules]),
         "flow_novelty": evidence.measurement("flow_novelty").value,

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from anomalens.types import Predicate, Rule, Rulebook
 
-RULE_PREFIX = "rule:"  # evidence records a broken rule as measurement ``rule:<id>`` = its severity
 FRAME_FACTS = frozenset({"count", "occupancy", "time"})  # facts of the whole frame, not of one object
 CATEGORICAL_OPS = frozenset({"in", "not_in", "==", "!="})
 CATEGORICAL_SEVERITY = 2.0  # a broken categorical rule counts like a value at twice its bound
@@ -23,7 +22,6 @@ _TINY = 1e-9
 @dataclass(frozen=True)
 class Check:
     rule: Rule
-    value: float | str
     severity: float
 
     @property
@@ -56,7 +54,7 @@ def severity(predicate: Predicate, value: float | str) -> float:
 def check(rules: Iterable[Rule], facts: Mapping[str, float | str]) -> list[Check]:
     """Every enabled rule in ``rules`` that applies to ``facts``, with its severity."""
     return [
-        Check(rule, facts[rule.predicate.fact], severity(rule.predicate, facts[rule.predicate.fact]))
+        Check(rule, severity(rule.predicate, facts[rule.predicate.fact]))
         for rule in rules
         if rule.enabled and applies(rule.predicate, facts)
     ]

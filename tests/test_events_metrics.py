@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from anomalens.eval.metrics import roc_auc
 from sklearn.metrics import roc_auc_score
 
+from anomalens.eval.metrics import roc_auc
 from anomalens.events import group_events, smooth
 
 
@@ -43,8 +43,9 @@ def test_roc_auc_matches_scikit_learn_with_ties():
 
 
 def test_average_precision_and_best_f1_match_scikit_learn():
-    from anomalens.eval.metrics import average_precision, best_f1
     from sklearn.metrics import average_precision_score, f1_score
+
+    from anomalens.eval.metrics import average_precision, best_f1
 
     rng = np.random.default_rng(3)
     for _ in range(10):

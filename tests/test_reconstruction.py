@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from anomalens.tools.reconstruction import FlowPatchPCA
 
 from anomalens.errors import AnomalensError
+from anomalens.tools.reconstruction import FlowPatchPCA
 
 
 def flows(n, rng, vertical=False):

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import yaml
+
+from anomalens.errors import ConfigError
 from anomalens.rules.engine import (
     CATEGORICAL_SEVERITY,
     RuleIndex,
@@ -15,8 +17,6 @@ from anomalens.tools.rule_induction import (
     induce_rules,
     induce_validated,
 )
-
-from anomalens.errors import ConfigError
 from anomalens.types import Predicate, Rule, Rulebook
 
 

@@ -6,13 +6,12 @@ import json
 import numpy as np
 import pytest
 import yaml
-from anomalens.agents.screening import audit, screen
-from anomalens.eval.synthetic import load_masks
-from anomalens.rules.engine import RULE_PREFIX
-from anomalens.tools.scene import Scene, SceneScorer, learn_scene
 
+from anomalens.agents.screening import audit, screen
 from anomalens.errors import AnomalensError, ConfigError
+from anomalens.eval.synthetic import load_masks
 from anomalens.report import Report, write_report
+from anomalens.tools.scene import Scene, SceneScorer, learn_scene
 from anomalens.video import FrameSource
 
 # The rule family that should explain each anomaly kind.
@@ -67,12 +66,12 @@ def test_each_anomaly_is_detected_localised_and_explained_by_its_rule(audited, k
     ious = []
     for t in range(gt["start_frame"], gt["end_frame"] + 1):
         evidence = seen[t]
-        for m in evidence.measurements:
-            if m.name.startswith(RULE_PREFIX) and m.name[len(RULE_PREFIX):].startswith(family):
-                if m.object_index is None:  # frame-level rule (crowding): localised by all objects
+        for rule_id, _, index in evidence.broken_rules():
+            if rule_id.startswith(family):
+                if index is None:  # frame-level rule (crowding): localised by all objects
                     predicted = evidence.masks.any(axis=0)
                 else:
-                    predicted = evidence.masks[m.object_index]
+                    predicted = evidence.masks[index]
                 union = (predicted | masks[t]).sum()
                 ious.append((predicted & masks[t]).sum() / union if union else 0.0)
     assert ious, f"no rule starting with {family} is broken during the {kind}"

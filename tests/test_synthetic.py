@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+
 from anomalens.eval.synthetic import (
     ANOMALY_KINDS,
     CYCLIST_SPEED,
@@ -14,7 +15,6 @@ from anomalens.eval.synthetic import (
     load_masks,
     write_scene,
 )
-
 from anomalens.video import FrameSource
 
 

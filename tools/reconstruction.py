@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-from anomalens.tools.motion import pooled_reference
 
 from anomalens.errors import AnomalensError
+from anomalens.tools.motion import pooled_reference
 
 MOVING = 0.05  # px/frame: cells slower than this on average are not motion patches
 MAX_FIT_PATCHES = 60_000  # PCA is fitted on at most this many moving patches (evenly subsampled)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import numpy as np
+
 from anomalens.rules.engine import CATEGORICAL_OPS, RuleIndex, check
 from anomalens.tools.motion import SECTORS, STILL
-
 from anomalens.types import Predicate, Rule, Rulebook
 
 MARGIN = 0.25  # limits sit 25% beyond the normal extreme
@@ -137,8 +137,8 @@ def induce_validated(
 ) -> Rulebook:
     """Induce from both folds together, keeping only categorical rules that generalise across them.
 
-    Rules induced on each fold are checked on the other; a categorical rule (``in``/``not_in``: zones,
-    directions) broken by more than ``MAX_HELD_OUT_RATE`` of held-out normal objects describes noise, not
+    Rules induced on each fold are checked on the other; a categorical rule (empty zones, directions)
+    broken by more than ``MAX_HELD_OUT_RATE`` of held-out normal objects describes noise, not
     the scene, and is dropped. Numeric limits carry their margin; their held-out rate is recorded in
     ``stats["held_out_rate"]`` for every rule kept.
     """

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from anomalens.rules.engine import RULE_PREFIX, RuleIndex, check
+
+from anomalens.errors import AnomalensError, ConfigError
+from anomalens.files import atomic_write
+from anomalens.progress import track
+from anomalens.rules.engine import RuleIndex, check
 from anomalens.rules.io import load_rulebook, save_rulebook
 from anomalens.tools.motion import (
     MotionAnalyzer,
@@ -26,11 +30,7 @@ from anomalens.tools.motion import (
 )
 from anomalens.tools.reconstruction import FlowPatchPCA
 from anomalens.tools.rule_induction import induce_validated
-
-from anomalens.errors import AnomalensError, ConfigError
-from anomalens.files import atomic_write
-from anomalens.progress import track
-from anomalens.types import Evidence, Measurement, Rulebook, Source
+from anomalens.types import RULE_PREFIX, Evidence, Measurement, Rulebook, Source
 from anomalens.video import Frame, FrameSource
 
 SCENE_VERSION = 1
