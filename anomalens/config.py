@@ -16,6 +16,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "ANOMALENS_"
+# The embedded LLM, chosen by quality and latency on a 2-core CPU (`anomalens eval llm`; see README).
+DEFAULT_LLM = "qwen2.5-coder-1.5b"
 
 
 class Settings(BaseModel):
@@ -27,6 +29,12 @@ class Settings(BaseModel):
         default=Path("~/.cache/anomalens/models").expanduser(), description="local model store"
     )
     max_side: int = Field(default=640, ge=16, description="longest side of the analysis resolution, px")
+    llm: str = Field(default="llamacpp", description="LLM backend: llamacpp, openai, transformers, vllm")
+    llm_model: str = Field(
+        default=DEFAULT_LLM, description="model: a store name, a GGUF file or model folder, or a server's model id"
+    )
+    llm_base_url: str | None = Field(default=None, description="base URL of an OpenAI-compatible server")
+    llm_api_key: str | None = Field(default=None, description="API key of that server (local servers need none)")
 
 
 def load_settings(path: str | os.PathLike | None = None, **overrides) -> Settings:

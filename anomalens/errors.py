@@ -32,3 +32,11 @@ class BackendNotFound(AnomalensError):
 
 class MissingExtra(AnomalensError):
     """A backend whose optional dependencies are not installed; the message names the pip command."""
+
+
+class ModelStoreError(AnomalensError):
+    """A model is unknown, absent, or failed verification (checksum, header) while being fetched."""
+
+
+class LLMError(AnomalensError):
+    """An LLM backend failed: unreachable server, model cannot load, or output stayed malformed."""

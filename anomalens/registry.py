@@ -39,6 +39,39 @@ BACKENDS: dict[str, Backend] = {
             "anomalens.tools.scene:SceneScorer",
             summary="scene-trained motion (background, DIS flow, tracks) checked against the induced rulebook",
         ),
+        Backend(
+            "llm:llamacpp",
+            "anomalens.agents.llm.llamacpp:LlamaCppLLM",
+            requires=("llama_cpp",),
+            extra="llamacpp",
+            summary="GGUF models in-process on the CPU (llama-cpp-python), grammar-constrained JSON; the embedded default",
+        ),
+        Backend(
+            "llm:openai",
+            "anomalens.agents.llm.openai_http:OpenAICompatibleLLM",
+            requires=("openai",),
+            extra="openai",
+            summary="any OpenAI-compatible server: vLLM serve, llama.cpp server, Ollama, hosted APIs",
+        ),
+        Backend(
+            "llm:transformers",
+            "anomalens.agents.llm.hf:TransformersLLM",
+            requires=("torch", "transformers"),
+            extra="hf",
+            summary="transformers in-process: model folder or GGUF file; accelerate/bitsandbytes on GPU",
+        ),
+        Backend(
+            "llm:vllm",
+            "anomalens.agents.llm.vllm_local:VLLMLocalLLM",
+            requires=("vllm",),
+            extra="vllm",
+            summary="vLLM in-process (CUDA GPU only)",
+        ),
+        Backend(
+            "llm:scripted",
+            "anomalens.agents.llm.scripted:ScriptedLLM",
+            summary="replays a script of replies and tool calls (tests)",
+        ),
     )
 }
 

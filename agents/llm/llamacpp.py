@@ -1,0 +1,76 @@
+"""llama.cpp in-process (llama-cpp-python): GGUF models on the CPU, the embedded default.
+
+Replies with a schema, and tool turns (through the JSON reply protocol), are grammar-constrained, so
+even a small model always produces parseable JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from anomalens.agents.llm.base import (
+    LLM,
+    ChatResult,
+    Message,
+    parse_protocol_reply,
+    protocol_messages,
+    protocol_schema,
+)
+from anomalens.errors import LLMError
+
+
+class LlamaCppLLM(LLM):
+    backend = "llamacpp"
+
+    def __init__(self, model: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None, seed: int = 0):
+        from llama_cpp import Llama
+
+        from anomalens.modelstore import resolve
+
+        path = resolve(model, fmt="gguf")
+        self.model = str(model)
+        try:
+            self._llama = Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), seed=seed, verbose=False
+            )
+        except ValueError as error:  # llama-cpp-python reports unloadable files as ValueError
+            raise LLMError(f"{path}: llama.cpp could not load this model ({error})") from None
+
+    def _chat(self, messages, tools, forced, schema, max_tokens, temperature) -> ChatResult:
+        if any(m.images for m in messages):
+            raise LLMError(f"{self.model} is a text-only model: pass frames through tools, not as images")
+        if tools:
+            messages, schema = protocol_messages(messages, tools), protocol_schema(tools, forced)
+        started = time.perf_counter()
+        first_token: float | None = None
+        pieces: list[str] = []
+        stream = self._llama.create_chat_completion(
+            messages=[_plain(m) for m in messages],
+            max_tokens=max_tokens,
+            temperature=temperature,
+            response_format={"type": "json_object", "schema": schema} if schema else None,
+            stream=True,
+        )
+        finish = None
+        for chunk in stream:
+            choice = chunk["choices"][0]
+            finish = choice.get("finish_reason") or finish
+            piece = choice["delta"].get("content")
+            if piece:
+                first_token = first_token if first_token is not None else time.perf_counter() - started
+                pieces.append(piece)
+        text = "".join(pieces)
+        completion = len(pieces)  # llama-cpp-python streams one chunk per generated token
+        # The context now holds the prompt and every reply token that was fed back: all of them, except the
+        # last when generation stopped at max_tokens (it was sampled, never evaluated).
+        prompt = self._llama.n_tokens - completion + (finish == "length")
+        result = parse_protocol_reply(text, tools) if tools else ChatResult(text=text)
+        result.prompt_tokens, result.completion_tokens, result.first_token_seconds = prompt, completion, first_token
+        return result
+
+
+def _plain(message: Message) -> dict[str, Any]:
+    return {"role": message.role, "content": message.content}
