@@ -200,7 +200,9 @@ def models_list() -> None:
     from anomalens import modelstore
 
     table = Table(title=f"model store: {modelstore.model_dir()}")
-    for column in ("name", "kind", "size", "present", "license", "what"):
+    # Names are what people type next: never cut them, however narrow the terminal.
+    table.add_column("name", no_wrap=True, min_width=max(len(name) for name in modelstore.catalog()))
+    for column in ("kind", "size", "present", "license", "what"):
         table.add_column(column)
     for entry in modelstore.catalog().values():
         here = modelstore.present(entry.name)

@@ -159,3 +159,45 @@ def test_vllm_in_process_says_what_to_do_without_a_gpu():
 
     with pytest.raises(LLMError, match="vllm in-process backend .*--llm openai"):
         VLLMLocalLLM("smollm2-135m")
+
+
+@pytest.mark.slow
+def test_the_default_embedded_llm_judges_and_calls_tools():
+    """What the README's set-up gives a user: the default backend and model, from default settings."""
+    from anomalens.config import DEFAULT_LLM
+    from anomalens.eval.llm_bench import Judgement, case_messages, prompt_set
+    from tests.conftest import stored_model
+
+    stored_model(DEFAULT_LLM)
+    llm = open_llm()
+    assert (llm.backend, llm.model) == ("llamacpp", DEFAULT_LLM)
+    cases = prompt_set()
+    answer = ask_structured(llm, case_messages(cases["cases"][0]), Judgement, max_tokens=160)
+    assert answer.value.reason.strip() and answer.value.rule in (None, "R1", "R2", "R3", "R4", "R5", "R6", "R7")
+    tools = [ToolSpec(**t) for t in cases["tools"]]
+    result = llm.chat([Message(role="user", content="Look up rule R2.")], tools=tools, tool_choice="lookup_rule")
+    assert result.tool_calls and all(c.name == "lookup_rule" for c in result.tool_calls)
+    assert isinstance(result.tool_calls[0].arguments["rule_id"], str)
+
+
+def test_openai_backend_sends_frames_as_image_parts_to_multimodal_models(tmp_path):
+    import base64
+
+    import cv2
+    import numpy as np
+
+    frame = np.random.default_rng(1).integers(0, 255, (6, 9, 3), dtype=np.uint8)
+    vision = open_llm("openai", "some-vlm", base_url="http://127.0.0.1:9/v1", multimodal=True)
+    wire = vision._wire(Message(role="user", content="what is here?", images=[frame]))
+    text, image = wire["content"]
+    assert text == {"type": "text", "text": "what is here?"} and image["type"] == "image_url"
+    header, payload = image["image_url"]["url"].split(",", 1)
+    assert header == "data:image/png;base64"
+    decoded = cv2.imdecode(np.frombuffer(base64.b64decode(payload), np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), frame)  # lossless, RGB kept
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(LLMError, match="broken.png: not a readable image"):
+        vision._wire(Message(role="user", content="x", images=[tmp_path / "broken.png"]))
+    text_only = open_llm("openai", "some-llm", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(LLMError, match="configured text-only"):
+        text_only._wire(Message(role="user", content="x", images=[frame]))

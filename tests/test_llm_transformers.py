@@ -87,6 +87,8 @@ def test_clear_errors_for_what_cannot_work(tiny_chat_model, tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(LLMError, match="transformers could not load this model"):
         open_llm("transformers", str(tmp_path))
+    with pytest.raises(LLMError, match="not in the Hugging Face cache; nothing is downloaded"):
+        open_llm("transformers", "nobody/no-such-model")
 
 
 def test_real_gguf_through_transformers_agrees_with_llama_cpp(smollm2):
@@ -99,3 +101,90 @@ def test_real_gguf_through_transformers_agrees_with_llama_cpp(smollm2):
     cpp = open_llm("llamacpp", str(smollm2), n_ctx=512).chat(messages, max_tokens=6)
     assert hf.prompt_tokens == cpp.prompt_tokens and hf.completion_tokens == cpp.completion_tokens == 6
     assert hf.text.strip() == cpp.text.strip() != ""
+
+
+@pytest.fixture(scope="module")
+def tiny_vision_model(tmp_path_factory):
+    """A tiny random Qwen2-VL (vision tower + language model) with its real processor, saved as a folder."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    pytest.importorskip("torchvision", reason="Qwen2-VL's image processor needs torchvision")
+    folder = tmp_path_factory.mktemp("tiny-qwen2-vl")
+    vision = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<|im_start|>", "<|im_end|>", *vision],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(["what is in this picture of a walkway"] * 20, trainer)
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+        "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<unk>"
+    )
+    processor = transformers.Qwen2VLProcessor(
+        image_processor=transformers.Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
+        video_processor=transformers.Qwen2VLVideoProcessor(),
+        tokenizer=tokenizer,
+        chat_template=template,
+    )
+    ids = dict(zip(vision, tokenizer.convert_tokens_to_ids(vision)))
+    config = transformers.Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=None,
+        ),
+        vision_config=dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=32,
+            num_heads=4,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    transformers.Qwen2VLForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_multimodal_model_sees_frames_as_images(tiny_vision_model, tmp_path):
+    import cv2
+
+    llm = open_llm("transformers", str(tiny_vision_model))
+    assert llm.multimodal
+    frame = np.random.default_rng(0).integers(0, 255, (100, 120, 3), dtype=np.uint8)
+    path = tmp_path / "frame.png"
+    cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    question = "what is in this picture"
+    text_only = llm.chat([Message(role="user", content=question)], max_tokens=4)
+    with_array = llm.chat([Message(role="user", content=question, images=[frame])], max_tokens=4)
+    with_file = llm.chat([Message(role="user", content=question, images=[path])], max_tokens=4)
+    # Qwen2-VL resizes 100x120 to 112x112 (its pixel budget): 8x8 patches of 14 px, merged 2x2 -> 16 tokens,
+    # plus the vision start/end markers.
+    assert with_array.prompt_tokens == text_only.prompt_tokens + 16 + 2
+    assert with_file.text == with_array.text and with_file.prompt_tokens == with_array.prompt_tokens
+    assert 1 <= with_array.completion_tokens <= 4

@@ -41,7 +41,8 @@ class TransformersLLM(LLM):
 
         self.model = str(model)
         path = resolve(model)
-        options: dict[str, Any] = {"dtype": dtype}
+        # Never download at run time: a name that is not a local path must already be in the HF cache.
+        options: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
         if path.is_file():  # a GGUF file: transformers reads config, tokenizer and weights from it
             source, options["gguf_file"] = str(path.parent), path.name
         else:
@@ -55,20 +56,26 @@ class TransformersLLM(LLM):
             )
         if device_map is not None or cuda:
             options["device_map"] = device_map or "auto"  # accelerate spreads layers over GPUs and CPU
+        files = {"gguf_file": options.get("gguf_file"), "local_files_only": True}
         try:
-            config = transformers.AutoConfig.from_pretrained(source, gguf_file=options.get("gguf_file"))
+            config = transformers.AutoConfig.from_pretrained(source, **files)
             self.multimodal = type(config) in transformers.AutoModelForImageTextToText._model_mapping
             if self.multimodal:
-                self._processor = transformers.AutoProcessor.from_pretrained(source)
+                self._processor = transformers.AutoProcessor.from_pretrained(source, local_files_only=True)
                 self._tokenizer = self._processor.tokenizer
                 self._model = transformers.AutoModelForImageTextToText.from_pretrained(source, **options)
             else:
                 self._processor = None
-                self._tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=options.get("gguf_file"))
+                self._tokenizer = transformers.AutoTokenizer.from_pretrained(source, **files)
                 self._model = transformers.AutoModelForCausalLM.from_pretrained(source, **options)
         except (OSError, ValueError) as error:
-            raise LLMError(f"{path}: transformers could not load this model ({str(error).splitlines()[0]})") from None
-        if self._tokenizer.chat_template is None:
+            where = (
+                "" if path.exists() else " (not a local path, and not in the Hugging Face cache; nothing is downloaded)"
+            )
+            raise LLMError(
+                f"{path}: transformers could not load this model{where}: {str(error).splitlines()[0]}"
+            ) from None
+        if (self._processor or self._tokenizer).chat_template is None:
             raise LLMError(f"{path}: the tokenizer has no chat template, so it is not a chat model")
         self._model.eval()
 
