@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict
 
 from anomalens.errors import ModelStoreError
+from anomalens.files import atomic_write
 
 CHUNK = 1 << 20
 
@@ -135,7 +136,7 @@ def pull(
         if target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         os.replace(assembled, target)
-    (target.parent / "manifest.json").write_text(json.dumps(entry.model_dump(), indent=2))
+    atomic_write(target.parent / "manifest.json", json.dumps(entry.model_dump(), indent=2))
     return target
 
 

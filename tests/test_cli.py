@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -112,33 +113,25 @@ def test_eval_ped2_writes_every_metric(shared_data, tmp_path):
     assert metrics["frame_auc"] > 0.7 and metrics["pixel_auroc"] > 0.8  # far better than chance
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "anomalens", *args], capture_output=True, text=True, timeout=600,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def test_models_list_shows_what_is_present(tmp_path):
     from anomalens import modelstore
 
-    empty = run_cli("models", "list", env={"ANOMALENS_MODEL_DIR": str(tmp_path)})
+    empty_store = {**os.environ, "ANOMALENS_MODEL_DIR": str(tmp_path)}
+    empty = run("models", "list", env=empty_store)
     assert empty.returncode == 0
     for entry in modelstore.catalog().values():
         assert entry.name in empty.stdout and entry.license in empty.stdout
     assert " yes " not in empty.stdout  # nothing in an empty store
-    missing = run_cli("ask", "hi", "--model", "smollm2-135m", env={"ANOMALENS_MODEL_DIR": str(tmp_path)})
+    missing = run("ask", "hi", "--model", "smollm2-135m", env=empty_store)
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1 and "anomalens models pull smollm2-135m" in missing.stderr
-    unknown = run_cli("models", "pull", "gpt-17")
+    unknown = run("models", "pull", "gpt-17")
     assert unknown.returncode == 2 and "unknown model 'gpt-17'; known:" in unknown.stderr
 
 
 def test_ask_answers_with_the_embedded_llm(smollm2):
     pytest.importorskip("llama_cpp", reason="the llamacpp extra is not installed")
-    result = run_cli("ask", "Name a colour.", "--model", str(smollm2), "--max-tokens", "8")
+    result = run("ask", "Name a colour.", "--model", str(smollm2), "--max-tokens", "8")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() and "tokens in" in result.stderr and "tokens/s" in result.stderr
 
@@ -146,7 +139,7 @@ def test_ask_answers_with_the_embedded_llm(smollm2):
 def test_eval_llm_measures_a_model(smollm2, tmp_path):
     pytest.importorskip("llama_cpp", reason="the llamacpp extra is not installed")
     out = tmp_path / "llm.json"
-    result = run_cli("eval", "llm", "--model", str(smollm2), "--json", str(out))
+    result = run("eval", "llm", "--model", str(smollm2), "--json", str(out))
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(out.read_text())
     from anomalens.eval.llm_bench import prompt_set

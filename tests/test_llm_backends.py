@@ -67,6 +67,17 @@ def test_llamacpp_tool_calls_through_the_json_protocol(llamacpp):
     assert not free.text.lstrip().startswith('{"tool_calls"')
 
 
+def test_llamacpp_errors_name_the_model_and_the_problem(smollm2, tmp_path):
+    from tests.conftest import write_gguf
+
+    header_only = write_gguf(tmp_path / "header-only.gguf", {"general.architecture": "llama"})
+    with pytest.raises(LLMError, match="header-only.gguf: llama.cpp could not load this model"):
+        open_llm("llamacpp", str(header_only))
+    small = open_llm("llamacpp", str(smollm2), n_ctx=64)
+    with pytest.raises(LLMError, match=r"does not fit the context of \d+ tokens with 16 left for the reply"):
+        small.chat([Message(role="user", content="word " * 200)], max_tokens=16)
+
+
 def test_text_only_models_refuse_images(llamacpp):
     import numpy as np
 
@@ -201,3 +212,18 @@ def test_openai_backend_sends_frames_as_image_parts_to_multimodal_models(tmp_pat
     text_only = open_llm("openai", "some-llm", base_url="http://127.0.0.1:9/v1")
     with pytest.raises(LLMError, match="configured text-only"):
         text_only._wire(Message(role="user", content="x", images=[frame]))
+
+
+def test_settings_choose_the_backend_and_its_server(monkeypatch):
+    from anomalens.agents.llm.openai_http import OpenAICompatibleLLM
+
+    monkeypatch.setenv("ANOMALENS_LLM", "openai")
+    monkeypatch.setenv("ANOMALENS_LLM_MODEL", "Qwen/Qwen2.5-VL-7B-Instruct")
+    monkeypatch.setenv("ANOMALENS_LLM_BASE_URL", "http://gpu-box:8000/v1")
+    llm = open_llm()
+    assert isinstance(llm, OpenAICompatibleLLM)
+    assert (llm.model, llm.base_url) == ("Qwen/Qwen2.5-VL-7B-Instruct", "http://gpu-box:8000/v1")
+    monkeypatch.delenv("ANOMALENS_LLM_BASE_URL")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(LLMError, match="no base URL"):
+        open_llm()

@@ -8,7 +8,7 @@ import json
 import pytest
 from pydantic import BaseModel
 
-from anomalens.agents.llm import Message, ToolCall, ToolSpec, ask_structured
+from anomalens.agents.llm import Message, ToolCall, ToolSpec, ask_structured, open_llm
 from anomalens.agents.llm.base import extract_json, parse_protocol_reply, protocol_messages, protocol_schema
 from anomalens.agents.llm.scripted import ScriptedLLM
 from anomalens.errors import LLMError
@@ -123,6 +123,8 @@ def test_scripted_backend_replays_tool_calls_and_checks_them():
     assert llm.chat([Message(role="user", content="go")], tools=[SPEED]).text == "done"
     with pytest.raises(LLMError, match="ran out of replies after 2"):
         llm.chat([Message(role="user", content="again")])
+    echo = open_llm("scripted", script=[lambda messages: f"you said {messages[-1].content}"])
+    assert echo.chat([Message(role="user", content="hi")]).text == "you said hi"  # a step can be a function
     bad = ScriptedLLM([[{"id": "c1", "name": "delete_files", "arguments": {}}]])
     with pytest.raises(LLMError, match="not offered: delete_files"):
         bad.chat([Message(role="user", content="go")], tools=[SPEED])

@@ -17,36 +17,46 @@ CHATML = (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_chat_model(tmp_path_factory):
-    """A 2-layer Llama with random weights and a byte-level BPE tokenizer trained here, saved as a folder."""
-    import torch
+def chatml_tokenizer(text: str, extra_special: tuple[str, ...] = (), **options):
+    """A byte-level BPE tokenizer trained here on ``text``, with ChatML's turn markers as special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"],
+        special_tokens=["<unk>", "<|im_start|>", "<|im_end|>", *extra_special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    bpe.train_from_iterator(["a person walks on the walkway at two metres per second"] * 20, trainer)
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=bpe, unk_token="<unk>", eos_token="<|im_end|>", chat_template=CHATML
+    bpe.train_from_iterator([text] * 20, trainer)
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", eos_token="<|im_end|>", **options
     )
-    config = transformers.LlamaConfig(
+
+
+def tiny_text_config(tokenizer) -> dict:
+    """A 2-layer, 32-wide language model over ``tokenizer``'s vocabulary."""
+    return dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory):
+    """A 2-layer Llama with random weights and a byte-level BPE tokenizer trained here, saved as a folder."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = chatml_tokenizer("a person walks on the walkway at two metres per second", chat_template=CHATML)
+    config = transformers.LlamaConfig(**tiny_text_config(tokenizer), max_position_embeddings=256)
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -107,28 +117,16 @@ def test_real_gguf_through_transformers_agrees_with_llama_cpp(smollm2):
 def tiny_vision_model(tmp_path_factory):
     """A tiny random Qwen2-VL (vision tower + language model) with its real processor, saved as a folder."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     pytest.importorskip("torchvision", reason="Qwen2-VL's image processor needs torchvision")
     folder = tmp_path_factory.mktemp("tiny-qwen2-vl")
-    vision = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<unk>", "<|im_start|>", "<|im_end|>", *vision],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(["what is in this picture of a walkway"] * 20, trainer)
+    vision = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+    tokenizer = chatml_tokenizer("what is in this picture of a walkway", vision, pad_token="<unk>")
     template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
         "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
         "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=bpe, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<unk>"
     )
     processor = transformers.Qwen2VLProcessor(
         image_processor=transformers.Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
@@ -139,16 +137,9 @@ def tiny_vision_model(tmp_path_factory):
     ids = dict(zip(vision, tokenizer.convert_tokens_to_ids(vision)))
     config = transformers.Qwen2VLConfig(
         text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **tiny_text_config(tokenizer),
             max_position_embeddings=512,
             rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=None,
         ),
         vision_config=dict(
             depth=2,

@@ -55,13 +55,19 @@ class LlamaCppLLM(LLM):
             stream=True,
         )
         finish = None
-        for chunk in stream:
-            choice = chunk["choices"][0]
-            finish = choice.get("finish_reason") or finish
-            piece = choice["delta"].get("content")
-            if piece:
-                first_token = first_token if first_token is not None else time.perf_counter() - started
-                pieces.append(piece)
+        try:
+            for chunk in stream:
+                choice = chunk["choices"][0]
+                finish = choice.get("finish_reason") or finish
+                piece = choice["delta"].get("content")
+                if piece:
+                    first_token = first_token if first_token is not None else time.perf_counter() - started
+                    pieces.append(piece)
+        except ValueError as error:  # llama-cpp-python's way of saying the prompt does not fit the context
+            raise LLMError(
+                f"{self.model}: the conversation does not fit the context of {self._llama.n_ctx()} tokens with"
+                f" {max_tokens} left for the reply (load with a larger n_ctx, or shorten it): {error}"
+            ) from None
         text = "".join(pieces)
         completion = len(pieces)  # llama-cpp-python streams one chunk per generated token
         # The context now holds the prompt and every reply token that was fed back: all of them, except the

@@ -1,7 +1,8 @@
 """Any OpenAI-compatible chat server: vLLM serve, llama.cpp's server, Ollama, hosted APIs.
 
-Base URL and key come from arguments, else ``ANOMALENS_LLM_BASE_URL``/``OPENAI_BASE_URL`` and
-``ANOMALENS_LLM_API_KEY``/``OPENAI_API_KEY``. Tools use the server's native tool calling; frames go as image
+Base URL and key come from the arguments (``open_llm`` passes the settings' ``llm_base_url``/``llm_api_key``,
+i.e. ``ANOMALENS_LLM_BASE_URL``/``ANOMALENS_LLM_API_KEY``), else the OpenAI client's ``OPENAI_BASE_URL`` and
+``OPENAI_API_KEY``. Tools use the server's native tool calling; frames go as image
 parts when the model is multimodal. Reply schemas go as ``response_format``; servers spell it differently
 (OpenAI, vLLM and llama.cpp's server take ``json_schema``; llama-cpp-python's server only ``json_object`` with
 a schema), so a server that rejects one spelling gets the next, and the one it accepts is remembered.
@@ -33,11 +34,11 @@ class OpenAICompatibleLLM(LLM):
     ):
         import openai
 
-        base_url = base_url or os.environ.get("ANOMALENS_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
             raise LLMError("openai backend: no base URL (pass base_url or set ANOMALENS_LLM_BASE_URL)")
         # Local servers accept any key; the client refuses to start without one.
-        api_key = api_key or os.environ.get("ANOMALENS_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
+        api_key = api_key or os.environ.get("OPENAI_API_KEY") or "none"
         self.model, self.base_url, self.multimodal = model, base_url, multimodal
         self._openai = openai
         self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=retries)
