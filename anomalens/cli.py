@@ -171,7 +171,7 @@ def eval_llm(
         llm = open_llm(backend, name)
         load_seconds = time.perf_counter() - started
         results.append({"load_seconds": load_seconds, **bench(llm)})
-        del llm
+        del llm  # free one model before the next loads
     table = Table(title="LLMs on the anomaly-reasoning prompt set")
     for column in ("model", "accuracy", "valid 1st", "valid w/ retry", "tool calls", "1st token s", "tok/s", "s/case"):
         table.add_column(column)
