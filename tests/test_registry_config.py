@@ -26,6 +26,7 @@ def test_missing_extra_names_the_pip_install(monkeypatch):
 def test_settings_layer_file_environment_and_arguments(tmp_path, monkeypatch):
     config = tmp_path / "anomalens.toml"
     config.write_text('max_side = 480\nmodel_dir = "/models"\n')
+    monkeypatch.delenv("ANOMALENS_MODEL_DIR", raising=False)  # the caller's own store must not leak in
     monkeypatch.setenv("ANOMALENS_MAX_SIDE", "320")
     settings = load_settings(config)
     assert settings.max_side == 320 and str(settings.model_dir) == "/models"
