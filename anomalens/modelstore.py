@@ -99,6 +99,9 @@ def resolve(model: str | Path, *, fmt: Literal["gguf", "dir"] | None = None, roo
         return path
     name = str(model)
     if name in catalog():
+        entry = get(name)
+        if fmt is not None and entry.format != fmt:
+            raise ModelStoreError(f"model {name!r} ({entry.kind}) is stored as {entry.format}; this needs {fmt}")
         if present(name, root):
             return location(name, root)
         raise ModelStoreError(

@@ -111,6 +111,8 @@ def test_resolve_paths_names_and_errors(index, tmp_path):
     assert modelstore.resolve("org/some-hf-id") == Path("org/some-hf-id")  # left to a warm HF cache
     with pytest.raises(ModelStoreError, match="unknown model 'nope'; known: tiny"):
         modelstore.get("nope")
+    with pytest.raises(ModelStoreError, match=r"model 'tiny' \(llm\) is stored as gguf; this needs dir"):
+        modelstore.resolve("tiny", fmt="dir")
 
 
 def test_gguf_header_reader(tmp_path):

@@ -194,11 +194,15 @@ def protocol_messages(messages: list[Message], tools: list[ToolSpec]) -> list[Me
             )
         else:
             rendered.append(message)
-    if rendered and rendered[0].role == "system":
-        rendered[0] = Message(role="system", content=rendered[0].content + "\n\n" + instructions)
-    else:
-        rendered.insert(0, Message(role="system", content=instructions))
-    return rendered
+    return with_system(rendered, instructions)
+
+
+def with_system(messages: list[Message], instructions: str) -> list[Message]:
+    """``messages`` with ``instructions`` appended to the system turn (one is added first if there is none)."""
+    if messages and messages[0].role == "system":
+        first = messages[0].model_copy(update={"content": messages[0].content + "\n\n" + instructions})
+        return [first, *messages[1:]]
+    return [Message(role="system", content=instructions), *messages]
 
 
 def parse_protocol_reply(text: str, tools: list[ToolSpec]) -> ChatResult:

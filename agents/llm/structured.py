@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from anomalens.agents.llm.base import LLM, ChatResult, Message, extract_json
+from anomalens.agents.llm.base import LLM, ChatResult, Message, extract_json, with_system
 from anomalens.errors import LLMError
 from anomalens.prompts import load as load_prompts
 
@@ -50,11 +50,7 @@ def ask_structured(
     # The format goes in the system turn, before the question: calls that share it then share a prompt
     # prefix, which llama.cpp and vLLM reuse instead of recomputing.
     instruction = text["json_reply"].format(schema=json.dumps(schema))
-    conversation = list(messages)
-    if conversation and conversation[0].role == "system":
-        conversation[0] = conversation[0].model_copy(update={"content": conversation[0].content + "\n\n" + instruction})
-    else:
-        conversation.insert(0, Message(role="system", content=instruction))
+    conversation = with_system(messages, instruction)
     results: list[ChatResult] = []
     error = ""
     for attempt in range(1, attempts + 1):
