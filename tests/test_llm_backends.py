@@ -168,7 +168,7 @@ def test_openai_backend_names_an_unreachable_server():
 def test_vllm_in_process_says_what_to_do_without_a_gpu():
     from anomalens.agents.llm.vllm_local import VLLMLocalLLM
 
-    with pytest.raises(LLMError, match="vllm in-process backend .*--llm openai"):
+    with pytest.raises(LLMError, match="vllm in-process backend .*ANOMALENS_LLM=openai"):
         VLLMLocalLLM("smollm2-135m")
 
 

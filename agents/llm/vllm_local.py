@@ -15,7 +15,10 @@ from anomalens.agents.llm.base import (
 )
 from anomalens.errors import LLMError
 
-FALLBACK = "run `vllm serve MODEL` on a GPU machine and use --llm openai with its URL, or --llm llamacpp on a CPU"
+FALLBACK = (
+    "run `vllm serve MODEL` on a GPU machine and set ANOMALENS_LLM=openai and ANOMALENS_LLM_BASE_URL to it;"
+    " on a CPU use ANOMALENS_LLM=llamacpp"
+)
 
 
 class VLLMLocalLLM(LLM):
