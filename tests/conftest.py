@@ -10,15 +10,22 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def absent(message: str, in_ci: str = "") -> None:
+    """Skip the test for something missing here; under ``CI=true`` its absence is a failure."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + in_ci)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (or ``$ANOMALENS_DATA_DIR``); skipped when absent, a failure under ``CI=true``."""
     path = Path(os.environ.get("ANOMALENS_DATA_DIR", REPO.parent / "shared" / "data"))
     if not (path / "README.md").is_file():
-        message = f"benchmark data not found at {path} (set ANOMALENS_DATA_DIR)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + "; CI must have ../shared/data beside the checkout")
-        pytest.skip(message)
+        absent(
+            f"benchmark data not found at {path} (set ANOMALENS_DATA_DIR)",
+            in_ci="; CI must have ../shared/data beside the checkout",
+        )
     return path
 
 
@@ -89,10 +96,7 @@ def stored_model(name: str) -> Path:
 
     if not modelstore.present(name):
         where = modelstore.location(name).parent
-        message = f"model {name!r} is not in the store ({where}): anomalens models pull {name}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        absent(f"model {name!r} is not in the store ({where}): anomalens models pull {name}")
     return modelstore.location(name)
 
 
