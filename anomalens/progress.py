@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
@@ -29,3 +31,19 @@ def track(items: Iterable[T], description: str, total: int | None = None, enable
         for item in items:
             yield item
             progress.advance(task)
+
+
+@contextmanager
+def byte_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """A bar counted in bytes; yields ``advance(nbytes, description=None)`` (a no-op when not ``enabled``)."""
+    if not enabled:
+        yield lambda nbytes, description=None: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=_console, transient=False) as progress:
+        task = progress.add_task(description, total=total)
+
+        def advance(nbytes: int, description: str | None = None) -> None:
+            progress.update(task, advance=nbytes, **({"description": description} if description else {}))
+
+        yield advance
