@@ -10,17 +10,19 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 
 from anomalens.agents.explain import explain_event
+from anomalens.agents.llm import LLM
 from anomalens.draw import overlay
 from anomalens.events import group_events, smooth
 from anomalens.progress import track
 from anomalens.report import GroundTruth, Report, compact_map
 from anomalens.tools.scene import Scene, SceneScorer
-from anomalens.types import Event, Evidence, Rulebook, Track
+from anomalens.types import Event, Evidence, Explanation, Rulebook, Track
 from anomalens.video import Frame, FrameSource
 
 
@@ -169,18 +171,44 @@ def audit(
     title: str | None = None,
     ground_truth: GroundTruth | None = None,
     metrics: Callable[[ScreeningResult], dict[str, float]] | None = None,
+    llm: LLM | None = None,
+    explainer: str = "deterministic",
+    captions: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[ScreeningResult, Report, dict[str, np.ndarray]]:
-    """Screen ``source`` (opened with ``scene.open``) against a learned scene and build its report."""
+    """Screen ``source`` (opened with ``scene.open``) against a learned scene and build its report.
+
+    With ``llm``, the agent explains each event (its verified prose replaces the deterministic summary when
+    it verified anything) and ``captions`` (a replayed caption file) are among its tools. Without, the
+    report names ``explainer`` (the deterministic explainer, and why) as the author of the explanations.
+    """
     scorer = SceneScorer(scene, source.fps)
     result = screen(source, scorer, rulebook=scene.rulebook, progress=progress)
+    tracks = scorer.analyzer.tracks()
+    explanations: list[Explanation] = []
+    if llm is not None and result.events:
+        from anomalens.agents.graph import explain_events
+        from anomalens.agents.index import index_from_screening
+
+        index = index_from_screening(result, tracks=tracks, rulebook=scene.rulebook, captions_file=captions)
+        for explanation in explain_events(llm, index, progress=progress):
+            explanations.append(explanation)
+            event = next(e for e in result.events if e.id == explanation.event_id)
+            if explanation.supported:
+                event.summary = explanation.prose
+            for claim in explanation.claims:  # captions the agent cited go into the report with the rest
+                for evidence_id in claim.evidence_ids:
+                    if evidence_id not in result.evidence and (cited := index.get(evidence_id)) is not None:
+                        result.evidence[evidence_id] = cited
     report, keyframes = build_report(
         result,
         title=title or f"anomalens audit: {source.name}",
         scorer="scene rules + motion (trained on " + ", ".join(scene.sources) + ")",
         rulebook=scene.rulebook,
-        tracks=scorer.analyzer.tracks(),
+        tracks=tracks,
         ground_truth=ground_truth,
         metrics=metrics(result) if metrics else None,
     )
+    report.explainer = f"agent ({llm.backend}:{llm.model})" if llm is not None else explainer
+    report.explanations = explanations
     return result, report, keyframes

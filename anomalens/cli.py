@@ -25,6 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True, soft_wrap=True)
+EXPLAINER_HELP = "agent, deterministic or auto (the agent when the configured LLM loads) [default: settings, auto]"
 out = Console(soft_wrap=True)
 
 
@@ -34,11 +35,15 @@ def demo(
         "demo"
     ),
     seed: Annotated[int, typer.Option(help="seed of the synthetic scene")] = 0,
+    explainer: Annotated[Optional[str], typer.Option(help=EXPLAINER_HELP)] = None,
 ) -> None:
     """Run the main job end to end on a synthetic walkway scene with known anomalies."""
+    from anomalens.agents.graph import open_explainer
     from anomalens.eval.demo import run_demo
 
-    result = run_demo(out_dir, seed=seed)
+    llm, who = open_explainer(explainer)
+    console.print(f"explanations: {who}", highlight=False)
+    result = run_demo(out_dir, seed=seed, llm=llm, explainer=who)
     m = result.metrics
     out.print(
         f"{result.events} events; found {m['true_events_found']:.0f} of {m['true_events']:.0f} true events, "
@@ -73,19 +78,71 @@ def audit(
     scene_dir: Annotated[Path, typer.Option("--scene", help="scene folder written by induce-rules")],
     out_dir: Annotated[Path, typer.Option("--out", help="folder for report.json and report.html")],
     fps: Annotated[Optional[float], typer.Option(help="frame rate of a frame folder (default: the scene's)")] = None,
+    explainer: Annotated[Optional[str], typer.Option(help=EXPLAINER_HELP)] = None,
+    captions: Annotated[
+        Optional[Path], typer.Option(help="replayed captions for the agent: a text file (line k = frame k) or JSONL")
+    ] = None,
 ) -> None:
     """Audit footage against a scene's rules: events, evidence, explanations, report."""
+    from anomalens.agents.graph import open_explainer
     from anomalens.agents.screening import audit as run_audit
     from anomalens.report import write_report
     from anomalens.tools.scene import Scene
 
     scene = Scene.load(scene_dir)
-    result, report, keyframes = run_audit(scene.open(video, fps=fps), scene)
+    source = scene.open(video, fps=fps)  # before the LLM loads: a bad input fails fast
+    llm, who = open_explainer(explainer)
+    console.print(f"explanations: {who}", highlight=False)
+    result, report, keyframes = run_audit(source, scene, llm=llm, explainer=who, captions=captions)
     json_path, html_path = write_report(report, keyframes, out_dir)
     out.print(f"{len(result.events)} events in {len(result.scores)} frames")
     for event in result.events:
         out.print(f"  {event.id} {event.start_s:.1f}-{event.end_s:.1f} s: {', '.join(event.rule_ids) or 'motion'}")
     out.print(f"report: {html_path}\njson:   {json_path}")
+
+
+@app.command()
+def chat(
+    video: Annotated[Path, typer.Argument(help="video, frame folder or image to talk about")],
+    scene_dir: Annotated[
+        Optional[Path], typer.Option("--scene", help="scene folder from induce-rules [default: learn from the video]")
+    ] = None,
+    session: Annotated[Optional[str], typer.Option(help="resume this session (its id is printed at the start)")] = None,
+    captions: Annotated[
+        Optional[Path], typer.Option(help="replayed captions: a text file (line k = frame k) or JSONL")
+    ] = None,
+    fps: Annotated[Optional[float], typer.Option(help="frame rate of a frame folder")] = None,
+) -> None:
+    """Ask questions about a video; answers cite frames and are verified. Sessions persist (--session ID)."""
+    from anomalens.agents.chat import ChatSession, video_index
+    from anomalens.agents.llm import open_llm
+    from anomalens.config import load_settings
+
+    settings = load_settings()
+    index = video_index(video, scene_dir=scene_dir, captions=captions, cache_dir=settings.chat_dir, fps=fps)
+    llm = open_llm(settings=settings)
+    talk = ChatSession(index, llm, settings.chat_dir / "sessions.sqlite", session)
+    console.print(
+        f"session {talk.session} ({len(talk.history)} earlier turns) · {index.video}: {index.frames} frames,"
+        f" {len(index.events)} events · {llm.backend}:{llm.model} · empty line or Ctrl-D ends; resume with"
+        f" --session {talk.session}",
+        highlight=False,
+    )
+    for turn in talk.history:
+        out.print(f"> {turn['question']}\n{turn['answer'] or '(no verified answer)'}", highlight=False)
+    while True:
+        try:
+            question = input("> ")
+        except EOFError:
+            break
+        if not question.strip():
+            break
+        answer = talk.ask(question)
+        out.print(answer.prose or "I found no evidence I could verify for an answer.", highlight=False)
+        dropped = len(answer.claims) - len(answer.supported)
+        if dropped:
+            console.print(f"({dropped} claim(s) failed verification and were left out)", highlight=False)
+    talk.close()
 
 
 @app.command()

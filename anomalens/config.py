@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -35,6 +36,13 @@ class Settings(BaseModel):
     )
     llm_base_url: str | None = Field(default=None, description="base URL of an OpenAI-compatible server")
     llm_api_key: str | None = Field(default=None, description="API key of that server (local servers need none)")
+    explainer: Literal["auto", "agent", "deterministic"] = Field(
+        default="auto", description="who explains events: the agent (needs an LLM), the deterministic explainer, or"
+        " auto (the agent when the configured LLM is available)"
+    )
+    chat_dir: Path = Field(
+        default=Path("~/.cache/anomalens/chat").expanduser(), description="chat sessions and per-video indexes"
+    )
 
 
 def load_settings(path: str | os.PathLike | None = None, **overrides) -> Settings:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from anomalens import __version__
 from anomalens.files import atomic_write
-from anomalens.types import Event, Evidence, Rulebook, Track
+from anomalens.types import Event, Evidence, Explanation, Rulebook, Track
 
 MAP_SIDE_IN_JSON = 64  # anomaly maps are stored downscaled in report.json; the HTML draws full ones
 
@@ -44,6 +44,7 @@ class Report(BaseModel):
     source_size: tuple[int, int]
     scorer: str
     explainer: str = "deterministic"
+    explanations: list[Explanation] = Field(default_factory=list)  # the agent's, one per event it explained
     threshold: float
     frame_indices: list[int]
     scores: list[float]
@@ -151,7 +152,41 @@ table{border-collapse:collapse;font-size:13px} td,th{border-bottom:1px solid #dd
 .event{border:1px solid #ddd;border-radius:6px;padding:10px 14px;margin:14px 0}
 .event img{width:100%;image-rendering:pixelated;border:1px solid #ccc}
 .metrics span{display:inline-block;margin-right:18px}
+.claims td{vertical-align:top} .supported{color:#2e7d32;font-weight:600} .unsupported,.unverifiable{color:#c62828}
+.claims .said{color:#222} .claims .unsaid{color:#888;font-style:italic}
 """
+
+
+def _claims_table(explanation: Explanation | None, evidence: dict[str, Evidence]) -> str:
+    """The agent's claims for one event: verdict, what was claimed, why the verifier decided so, evidence."""
+    if explanation is None:
+        return ""
+    esc = html.escape
+    rows = []
+    # Claims of the first draft that failed were revised or dropped: they are shown too, as not said.
+    dropped = [c for c in explanation.first_draft if c.verdict is not None and c.verdict.status != "supported"]
+    for claim in explanation.claims + (dropped if explanation.rounds else []):
+        status = claim.verdict.status if claim.verdict else "unchecked"
+        if status == "supported":
+            said = f'<span class="said">{esc(claim.text)}</span>'
+        else:
+            fields = claim.model_dump(exclude={"id", "text", "kind", "evidence_ids", "verdict"}, exclude_none=True)
+            said = f'<span class="unsaid">not said: {esc(claim.kind)} {esc(str(fields))}</span>'
+        cited = ", ".join(
+            f"{esc(i)}" + (f" (frame {evidence[i].frame_index})" if i in evidence else " (missing)")
+            for i in claim.evidence_ids
+        )
+        reason = esc(claim.verdict.reason) if claim.verdict else ""
+        rows.append(f'<tr><td class="{status}">{status}</td><td>{said}</td><td>{reason}</td><td>{cited}</td></tr>')
+    header = (
+        f'<p class="meta">{esc(explanation.generator)}: {len(explanation.supported)} claims verified and said,'
+        f" {len(rows) - len(explanation.supported)} not said ({explanation.llm_calls} LLM calls,"
+        f" {explanation.rounds} revision(s), {explanation.seconds:.1f} s)</p>"
+    )
+    return (
+        f'{header}<table class="claims"><tr><th>verdict</th><th>claim</th><th>verifier</th><th>evidence</th></tr>'
+        f"{''.join(rows)}</table>"
+    )
 
 
 def render_html(report: Report, keyframes: dict[str, np.ndarray]) -> str:
@@ -163,13 +198,15 @@ def render_html(report: Report, keyframes: dict[str, np.ndarray]) -> str:
         for e in report.events
     )
     sections = []
+    explained = {x.event_id: x for x in report.explanations}
+    evidence_by_id = {ev.id: ev for ev in report.evidence}
     for event in report.events:
         image = keyframes.get(event.id)
         picture = f'<img src="{_jpeg_data_uri(image)}" alt="keyframe of {esc(event.id)}">' if image is not None else ""
         sections.append(
             f'<div class="event" id="{esc(event.id)}"><h3>{esc(event.id)}: {event.start_s:.1f}-{event.end_s:.1f} s '
             f"(frames {event.start_frame}-{event.end_frame}, peak {event.peak_frame}, score {event.score:.2f})</h3>"
-            f"<p>{esc(event.summary)}</p>{picture}"
+            f"<p>{esc(event.summary)}</p>{_claims_table(explained.get(event.id), evidence_by_id)}{picture}"
             f'<p class="meta">left: frame {event.peak_frame}; right: boxes and anomaly heat map. '
             f"Evidence: {len(event.evidence_ids)} frames cited.</p></div>"
         )

@@ -81,6 +81,7 @@ class Evidence(BaseModel):
     anomaly_map: MapArray | None = None
     frame_score: float | None = None
     measurements: list[Measurement] = Field(default_factory=list)
+    text: str | None = None  # a description of the frame (a caption): data, never instructions
 
     @field_validator("frame_size")
     @classmethod
@@ -131,7 +132,7 @@ class Evidence(BaseModel):
     def _content_id(self) -> str:
         digest = hashlib.sha1()
         digest.update(self.source.tool.encode())
-        digest.update(repr((self.frame_index, self.labels, self.frame_score)).encode())
+        digest.update(repr((self.frame_index, self.labels, self.frame_score, self.text)).encode())
         digest.update(np.round(self.boxes, 2).tobytes())
         digest.update(np.round(self.scores, 4).tobytes())
         for m in self.measurements:
@@ -274,16 +275,34 @@ class Verdict(BaseModel):
     reason: str = ""
 
 
+ClaimKind = Literal["object", "attribute", "count", "measurement", "spatial", "temporal", "rule", "other"]
+Relation = Literal["left_of", "right_of", "above", "below"]
+
+
 class Claim(BaseModel):
-    """One checkable statement; it must cite at least one evidence id."""
+    """One checkable statement; it must cite at least one evidence id.
+
+    The fields a claim fills depend on its ``kind``: ``rule`` names ``rule_id`` (and ``track_id`` when an
+    object broke it); ``measurement`` names ``quantity`` with ``value`` and ``unit`` (of ``track_id``, or of
+    the frame); ``count`` gives ``value`` (objects in the cited frame); ``object``/``attribute`` give the
+    ``term`` seen (e.g. "bicycle", "moving west"); ``spatial`` gives a ``term`` ("zone r2c1") or a
+    ``relation`` of ``track_id`` to ``other_track_id``; ``temporal`` gives ``frames``. ``text`` is rendered
+    from these fields, so it never says more than what is checked.
+    """
 
     model_config = ConfigDict(extra="forbid")
     id: str
-    text: str
-    kind: Literal["object", "attribute", "count", "measurement", "spatial", "temporal", "rule", "other"]
+    text: str = ""
+    kind: ClaimKind
     evidence_ids: list[str] = Field(min_length=1)
+    rule_id: str | None = None
+    track_id: int | None = None
+    quantity: str | None = None
     value: float | None = None
     unit: str | None = None
+    term: str | None = None
+    relation: Relation | None = None
+    other_track_id: int | None = None
     frames: tuple[int, int] | None = None
     verdict: Verdict | None = None
 
@@ -292,9 +311,13 @@ class Explanation(BaseModel):
     """Structured answer for one event; the prose is rendered from supported claims only."""
 
     model_config = ConfigDict(extra="forbid")
-    event_id: str
-    generator: str
-    claims: list[Claim]
+    event_id: str  # the event explained, or the question's id in a chat
+    generator: str  # "deterministic" or "agent (<backend>:<model>)"
+    claims: list[Claim]  # the final claims with their verdicts; only supported ones are said
+    first_draft: list[Claim] = Field(default_factory=list)  # the first draft with its verdicts, before revision
+    rounds: int = 0  # revision rounds the verifier asked for
+    llm_calls: int = 0
+    seconds: float = 0.0
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Explanation:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomalens.agents.llm import LLM
 from anomalens.agents.screening import ScreeningResult, audit
 from anomalens.eval.metrics import roc_auc
 from anomalens.eval.synthetic import Anomaly, SceneSpec, write_scene
@@ -48,8 +49,15 @@ def ground_truth_metrics(result: ScreeningResult, labels: np.ndarray, truth: lis
     }
 
 
-def run_demo(out_dir: str | Path, seed: int = 0, progress: bool = True) -> DemoResult:
-    """Render a normal clip and a test clip of one walkway, learn the scene, audit the test clip, report."""
+def run_demo(
+    out_dir: str | Path,
+    seed: int = 0,
+    progress: bool = True,
+    llm: LLM | None = None,
+    explainer: str = "deterministic",
+) -> DemoResult:
+    """Render a normal clip and a test clip of one walkway, learn the scene, audit the test clip, report
+    (events explained by the agent with ``llm``, else by the deterministic explainer)."""
     out = Path(out_dir)
     scene_files = out / "scene"
     normal = write_scene(SceneSpec(n_frames=NORMAL_FRAMES, seed=2 * seed + 1, camera_seed=seed), scene_files / "normal")
@@ -67,6 +75,8 @@ def run_demo(out_dir: str | Path, seed: int = 0, progress: bool = True) -> DemoR
         title="anomalens demo: synthetic walkway",
         ground_truth=GroundTruth(labels=labels.tolist(), events=truth),
         metrics=lambda r: ground_truth_metrics(r, labels, truth),
+        llm=llm,
+        explainer=explainer,
         progress=progress,
     )
     json_path, html_path = write_report(report, keyframes, out)

@@ -126,7 +126,7 @@ def test_scripted_backend_replays_tool_calls_and_checks_them():
     echo = open_llm("scripted", script=[lambda messages: f"you said {messages[-1].content}"])
     assert echo.chat([Message(role="user", content="hi")]).text == "you said hi"  # a step can be a function
     bad = ScriptedLLM([[{"id": "c1", "name": "delete_files", "arguments": {}}]])
-    with pytest.raises(LLMError, match="not offered: delete_files"):
+    with pytest.raises(LLMError, match="not offered or not allowed: delete_files"):
         bad.chat([Message(role="user", content="go")], tools=[SPEED])
 
 
@@ -140,13 +140,27 @@ def test_chat_refuses_empty_conversations_and_tools_with_a_schema():
         llm.chat([Message(role="user", content="x")], tools=[SPEED], tool_choice="detect")
 
 
-def test_a_forced_tool_narrows_the_protocol_to_calls_of_that_tool():
+def test_a_forced_tool_narrows_the_reply_but_every_tool_stays_described():
     llm = ScriptedLLM([[{"id": "c1", "name": "measure_speed", "arguments": {"track": 1}}]])
     other = ToolSpec(name="detect", description="Find objects.")
     llm.chat([Message(role="user", content="go")], tools=[SPEED, other], tool_choice="measure_speed")
-    assert llm.calls[0]["forced"] and [t.name for t in llm.calls[0]["tools"]] == ["measure_speed"]
-    forced = protocol_schema([SPEED], forced=True)
-    assert forced["required"] == ["tool_calls"] and "anyOf" not in forced
+    assert llm.calls[0]["choice"] == "measure_speed" and [t.name for t in llm.calls[0]["tools"]] == [
+        "measure_speed", "detect"
+    ]
+    narrowed = protocol_schema([SPEED, other], "measure_speed")
+    names = [c["properties"]["name"]["const"] for c in narrowed["properties"]["tool_calls"]["items"]["anyOf"]]
+    assert narrowed["required"] == ["tool_calls"] and "anyOf" not in narrowed and names == ["measure_speed"]
+    required = protocol_schema([SPEED, other], "required")
+    assert len(required["properties"]["tool_calls"]["items"]["anyOf"]) == 2 and "anyOf" not in required
+    # The prompt is the same whichever tool is forced: calls share their prefix (llama.cpp reuses it).
+    go = [Message(role="system", content="s"), Message(role="user", content="go")]
+    assert protocol_messages(go, [SPEED, other], "measure_speed") == protocol_messages(go, [SPEED, other], "required")
+    assert "detect" in protocol_messages(go, [SPEED, other], "measure_speed")[0].content
+    assert '"answer"' in protocol_messages(go, [SPEED, other])[0].content  # a text answer only when not forced
+    assert '"answer"' not in protocol_messages(go, [SPEED, other], "required")[0].content
+    bad = ScriptedLLM([[{"id": "c1", "name": "detect", "arguments": {}}]])
+    with pytest.raises(LLMError, match="not allowed: detect"):
+        bad.chat(go, tools=[SPEED, other], tool_choice="measure_speed")
 
 
 def test_tokens_per_second_counts_decode_time_only():

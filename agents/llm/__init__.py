@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from anomalens.agents.llm.base import LLM, ChatResult, Message, ToolCall, ToolSpec
+from anomalens.agents.llm.base import LLM, ChatResult, Message, ToolCall, ToolSpec, tool_parameters
 from anomalens.agents.llm.structured import Structured, ask_structured
 
-__all__ = ["LLM", "ChatResult", "Message", "Structured", "ToolCall", "ToolSpec", "ask_structured", "open_llm"]
+__all__ = [
+    "LLM", "ChatResult", "Message", "Structured", "ToolCall", "ToolSpec", "ask_structured", "open_llm", "tool_parameters"
+]
 
 
 def open_llm(backend: str | None = None, model: str | None = None, *, settings: Any = None, **options: Any) -> LLM:

@@ -56,6 +56,28 @@ class ToolSpec(BaseModel):
         return {"type": "function", "function": self.model_dump()}
 
 
+def tool_parameters(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema, self-contained (references inlined), without titles and null defaults: a tool's
+    schema is embedded in larger ones (the reply protocol's), where ``$defs`` would not resolve, and the model
+    reads it, where every token costs time."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def clean(node: Any, names: bool = False) -> Any:  # names: ``node`` maps property names to schemas
+        if isinstance(node, dict):
+            if "$ref" in node and not names:
+                return clean(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {
+                k: clean(v, names=(k == "properties" and not names)) for k, v in node.items()
+                if names or not (k == "title" or (k == "default" and v is None))
+            }
+        if isinstance(node, list):
+            return [clean(item) for item in node]
+        return node
+
+    return clean(schema)
+
+
 class ChatResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = ""
@@ -95,28 +117,32 @@ class LLM(ABC):
     ) -> ChatResult:
         """Answer ``messages``; with ``schema`` the reply text is JSON meant to match it (validate it with
         ``ask_structured``); with ``tools`` the model may answer with ``tool_calls`` instead of text, and with
-        ``tool_choice`` (a tool's name) it must call that tool."""
+        ``tool_choice`` (a tool's name) it must call that tool, or with ``"required"`` one of them."""
         if not messages:
             raise LLMError(f"{self.backend}:{self.model}: chat needs at least one message")
         if tools and schema:
             raise LLMError("pass tools or a reply schema, not both: a tool call is itself a structured reply")
         tools = tools or []
-        if tool_choice is not None:
-            tools = [t for t in tools if t.name == tool_choice]
-            if not tools:
-                raise LLMError(f"tool_choice {tool_choice!r} is not among the tools offered")
+        if tool_choice not in (None, "required", *(t.name for t in tools)):
+            raise LLMError(f"tool_choice {tool_choice!r} is not among the tools offered")
         started = time.perf_counter()
-        result = self._chat(messages, tools, tool_choice is not None, schema, max_tokens, temperature)
+        result = self._chat(messages, tools, tool_choice, schema, max_tokens, temperature)
         result.seconds = time.perf_counter() - started
         result.backend, result.model = self.backend, self.model
         return result
+
+    def warm(
+        self, messages: list[Message], tools: list[ToolSpec] | None = None, tool_choice: str | None = None
+    ) -> None:
+        """Precompute the prompt prefix that later calls with these ``tools`` and ``tool_choice`` will share;
+        backends that keep no cache do nothing."""
 
     @abstractmethod
     def _chat(
         self,
         messages: list[Message],
         tools: list[ToolSpec],
-        forced: bool,  # the model must call (one of) ``tools``
+        choice: str | None,  # None: may answer in text; "required": must call a tool; a name: must call it
         schema: dict[str, Any] | None,
         max_tokens: int,
         temperature: float,
@@ -153,36 +179,52 @@ def image_data_url(image: Any) -> str:
 
 # --- the JSON reply protocol for backends without native tool calling -------------------------------
 
+MAX_PROTOCOL_CALLS = 3  # tool calls per reply: small models otherwise repeat one call until max_tokens
 
-def protocol_schema(tools: list[ToolSpec], forced: bool = False) -> dict[str, Any]:
-    """JSON schema of a reply that calls tools or (unless ``forced``) answers: constrained decoders enforce it."""
+
+def protocol_schema(tools: list[ToolSpec], choice: str | None = None) -> dict[str, Any]:
+    """JSON schema of a reply that calls tools (only ``choice``, when it names one) or, when ``choice`` is
+    None, answers in text: constrained decoders enforce it."""
+    callable_tools = [t for t in tools if choice in (None, "required", t.name)]
     call = {
         "anyOf": [
             {
                 "type": "object",
                 "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
                 "required": ["name", "arguments"],
+                "additionalProperties": False,
             }
-            for tool in tools
+            for tool in callable_tools
         ]
     }
     calls = {
         "type": "object",
-        "properties": {"tool_calls": {"type": "array", "items": call, "minItems": 1}},
+        "properties": {"tool_calls": {"type": "array", "items": call, "minItems": 1, "maxItems": MAX_PROTOCOL_CALLS}},
         "required": ["tool_calls"],
+        "additionalProperties": False,
     }
-    if forced:
+    if choice is not None:
         return calls
-    return {"anyOf": [calls, {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}]}
+    answer = {
+        "type": "object",
+        "properties": {"answer": {"type": "string"}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    return {"anyOf": [calls, answer]}
 
 
-def protocol_messages(messages: list[Message], tools: list[ToolSpec]) -> list[Message]:
-    """``messages`` with the tools described in the system turn and tool traffic written as plain turns."""
+def protocol_messages(messages: list[Message], tools: list[ToolSpec], choice: str | None = None) -> list[Message]:
+    """``messages`` with the tools described in the system turn and tool traffic written as plain turns.
+
+    Every tool is described whatever ``choice`` allows (the schema narrows the reply), so calls that offer
+    the same tools share their prompt prefix; a text answer is offered only when ``choice`` is None."""
     text = load_prompts("llm")
     catalogue = "\n".join(
         f"- {t.name}: {t.description} Arguments (JSON schema): {json.dumps(t.parameters)}" for t in tools
     )
-    instructions = text["tools"].format(tools=catalogue)
+    answer = "" if choice is not None else text["tools_answer"] + "\n"
+    instructions = text["tools"].format(tools=catalogue, answer=answer)
     rendered: list[Message] = []
     for message in messages:
         if message.role == "assistant" and message.tool_calls:

@@ -79,14 +79,14 @@ class TransformersLLM(LLM):
             raise LLMError(f"{path}: the tokenizer has no chat template, so it is not a chat model")
         self._model.eval()
 
-    def _chat(self, messages, tools, forced, schema, max_tokens, temperature) -> ChatResult:
+    def _chat(self, messages, tools, choice, schema, max_tokens, temperature) -> ChatResult:
         import torch
 
         images = [image for m in messages for image in m.images]
         if images and not self.multimodal:
             raise LLMError(f"{self.model} is a text-only model: pass frames through tools, not as images")
         if tools:
-            messages = protocol_messages(messages, tools)
+            messages = protocol_messages(messages, tools, choice)
         # No constrained decoding here: the reply schema is in the prompt and ask_structured validates/retries.
         inputs = self._inputs(messages, images).to(self._model.device)
         first = _FirstTokenClock()

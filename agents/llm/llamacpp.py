@@ -6,6 +6,8 @@ even a small model always produces parseable JSON.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from anomalens.agents.llm.base import (
     LLM,
     ChatResult,
     Message,
+    ToolSpec,
     parse_protocol_reply,
     protocol_messages,
     protocol_schema,
@@ -39,11 +42,31 @@ class LlamaCppLLM(LLM):
         except ValueError as error:  # llama-cpp-python reports unloadable files as ValueError
             raise LLMError(f"{path}: llama.cpp could not load this model ({error})") from None
 
-    def _chat(self, messages, tools, forced, schema, max_tokens, temperature) -> ChatResult:
+    @functools.lru_cache(maxsize=16)  # converting a schema takes a while; the agent reuses a few
+    def _grammar(self, schema: str) -> Any:
+        # Built here rather than through response_format, which silently falls back to any JSON when the
+        # schema cannot be converted: a reply would then look constrained without being so.
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        try:
+            return LlamaGrammar.from_json_schema(schema, verbose=False)
+        except Exception as error:  # the converter raises assertion and value errors alike
+            raise LLMError(f"llama.cpp cannot turn this reply schema into a grammar: {error}") from None
+
+    def warm(
+        self, messages: list[Message], tools: list[ToolSpec] | None = None, tool_choice: str | None = None
+    ) -> None:
+        """Evaluate ``messages`` (as a later call will render them) so their tokens stay in the context: the
+        next prompt that starts the same way only computes what follows."""
+        if tools:
+            messages = protocol_messages(messages, tools, tool_choice)
+        self._llama.create_chat_completion(messages=[_plain(m) for m in messages], max_tokens=1)
+
+    def _chat(self, messages, tools, choice, schema, max_tokens, temperature) -> ChatResult:
         if any(m.images for m in messages):
             raise LLMError(f"{self.model} is a text-only model: pass frames through tools, not as images")
         if tools:
-            messages, schema = protocol_messages(messages, tools), protocol_schema(tools, forced)
+            messages, schema = protocol_messages(messages, tools, choice), protocol_schema(tools, choice)
         started = time.perf_counter()
         first_token: float | None = None
         pieces: list[str] = []
@@ -51,7 +74,7 @@ class LlamaCppLLM(LLM):
             messages=[_plain(m) for m in messages],
             max_tokens=max_tokens,
             temperature=temperature,
-            response_format={"type": "json_object", "schema": schema} if schema else None,
+            grammar=self._grammar(json.dumps(schema, sort_keys=True)) if schema else None,
             stream=True,
         )
         finish = None

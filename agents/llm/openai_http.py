@@ -44,7 +44,7 @@ class OpenAICompatibleLLM(LLM):
         self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=retries)
         self._styles = ["json_schema", "json_object"]
 
-    def _chat(self, messages, tools, forced, schema, max_tokens, temperature) -> ChatResult:
+    def _chat(self, messages, tools, choice, schema, max_tokens, temperature) -> ChatResult:
         request: dict[str, Any] = {
             "model": self.model,
             "messages": [self._wire(m) for m in messages],
@@ -56,8 +56,10 @@ class OpenAICompatibleLLM(LLM):
         if tools:
             request["tools"] = [t.openai() for t in tools]
             # "auto" is OpenAI's default, but some servers (llama-cpp-python's) ignore tools unless it is sent.
-            forced_choice = {"type": "function", "function": {"name": tools[0].name}}
-            request["tool_choice"] = forced_choice if forced else "auto"
+            if choice in (None, "required"):
+                request["tool_choice"] = choice or "auto"
+            else:
+                request["tool_choice"] = {"type": "function", "function": {"name": choice}}
         if not schema:
             return self._stream(request)
         while True:

@@ -22,8 +22,8 @@ class ScriptedLLM(LLM):
         self.multimodal = multimodal
         self.calls: list[dict[str, Any]] = []
 
-    def _chat(self, messages, tools, forced, schema, max_tokens, temperature) -> ChatResult:
-        self.calls.append({"messages": list(messages), "tools": list(tools), "forced": forced, "schema": schema})
+    def _chat(self, messages, tools, choice, schema, max_tokens, temperature) -> ChatResult:
+        self.calls.append({"messages": list(messages), "tools": list(tools), "choice": choice, "schema": schema})
         if not self.script:
             raise LLMError(f"scripted LLM {self.model!r} ran out of replies after {len(self.calls) - 1} call(s)")
         step = self.script.pop(0)
@@ -32,9 +32,10 @@ class ScriptedLLM(LLM):
         if isinstance(step, str):
             return ChatResult(text=step, prompt_tokens=_words(messages), completion_tokens=len(step.split()))
         calls = [c if isinstance(c, ToolCall) else ToolCall(**c) for c in step]
-        unknown = [c.name for c in calls if c.name not in {t.name for t in tools}]
+        allowed = {t.name for t in tools if choice in (None, "required", t.name)}
+        unknown = [c.name for c in calls if c.name not in allowed]
         if unknown:
-            raise LLMError(f"script calls tools that were not offered: {', '.join(unknown)}")
+            raise LLMError(f"script calls tools that were not offered or not allowed: {', '.join(unknown)}")
         return ChatResult(tool_calls=calls, prompt_tokens=_words(messages))
 
 

@@ -53,13 +53,13 @@ class VLLMLocalLLM(LLM):
             max_model_len=max_model_len,
         )
 
-    def _chat(self, messages, tools, forced, schema, max_tokens, temperature) -> ChatResult:
+    def _chat(self, messages, tools, choice, schema, max_tokens, temperature) -> ChatResult:
         from vllm.sampling_params import StructuredOutputsParams
 
         if any(m.images for m in messages) and not self.multimodal:
             raise LLMError(f"{self.model} is configured text-only: pass frames through tools, not as images")
         if tools:
-            messages, schema = protocol_messages(messages, tools), protocol_schema(tools, forced)
+            messages, schema = protocol_messages(messages, tools, choice), protocol_schema(tools, choice)
         params = self._vllm.SamplingParams(
             max_tokens=max_tokens,
             temperature=temperature,

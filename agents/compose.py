@@ -1,0 +1,68 @@
+"""From the LLM's draft to ``Claim`` objects, and from verified claims to prose.
+
+The prose of a claim is rendered from its checked fields (``prompts/claims.yaml``), never copied from the
+LLM, so no unverified word reaches the reader.
+"""
+
+from __future__ import annotations
+
+from anomalens.agents.index import VideoIndex
+from anomalens.agents.toolbox import OBJECT_QUANTITIES, DraftClaim
+from anomalens.prompts import load as load_prompts
+from anomalens.types import Claim
+
+
+def claims_from_draft(drafts: list[DraftClaim], index: VideoIndex, first_id: int = 1) -> list[Claim]:
+    """Claims citing evidence ids (handles resolved; an unknown handle stays as written, for the verifier)."""
+    return [
+        Claim(
+            id=f"c{k}",
+            kind=d.kind,
+            evidence_ids=[index.resolve(handle) for handle in d.cite],
+            rule_id=d.rule,
+            track_id=d.track,
+            quantity=d.quantity,
+            value=d.value,
+            unit=d.unit,
+            term=d.term,
+            relation=d.relation,
+            other_track_id=d.other_track,
+            frames=tuple(d.frames) if d.frames else None,
+        )
+        for k, d in enumerate(drafts, first_id)
+    ]
+
+
+def render(claim: Claim, index: VideoIndex) -> str:
+    """One sentence saying what ``claim`` states (and what the verifier checked)."""
+    text = load_prompts("claims")
+    cited = [ev for ev_id in claim.evidence_ids if (ev := index.get(ev_id)) is not None]
+    frame = cited[0].frame_index if cited else None
+    when = f"at {frame / index.fps:.1f} s (frame {frame})" if frame is not None else ""
+    subject = f"Track {claim.track_id}" if claim.track_id is not None else "The scene"
+    if claim.kind == "measurement" and claim.track_id is None and claim.quantity in OBJECT_QUANTITIES:
+        subject = "An object"
+    if claim.kind in ("object", "attribute") and claim.track_id is None and cited and cited[0].text is not None:
+        subject = text["caption_subject"].format(frame=frame)
+    fields = claim.model_dump() | {"subject": subject, "when": when, "value": _number(claim.value)}
+    if claim.kind == "measurement" and claim.unit is None:  # the verifier compared in the measured unit
+        fields["unit"] = next((m.unit for ev in cited for m in ev.measurements if m.name == claim.quantity), "")
+    if claim.kind == "rule":
+        sentence = "?"
+        if index.rulebook is not None and claim.rule_id in {r.id for r in index.rulebook.rules}:
+            sentence = index.rulebook.get(claim.rule_id).sentence.rstrip(".")
+        return text["rule"].format(**fields, sentence=sentence)
+    if claim.kind == "spatial":
+        if claim.relation is not None:
+            return text["spatial_relation"].format(**fields | {"relation": claim.relation.replace("_", " ")})
+        return text["spatial_term"].format(**fields)
+    if claim.kind == "temporal":
+        first, last = claim.frames
+        return text["temporal"].format(first=first, last=last, start_s=first / index.fps, end_s=last / index.fps)
+    return text[claim.kind].format(**fields)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"

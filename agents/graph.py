@@ -1,0 +1,382 @@
+"""The agent as an explicit LangGraph ``StateGraph``: act with tools, compose claims, verify, revise, render.
+
+One graph serves both jobs. Explaining events: ``select_event`` takes the next event from the queue and
+states its facts; chat: ``ask`` states the user's question (with the conversation so far). Then:
+
+    act --(data tool calls)--> tools --> act
+    act --(answer call)--> compose --> verify --(all supported, or rounds used up)--> render
+                                        verify --(some unsupported)--> revise --> act
+    act/compose --(malformed reply)--> act, until the step budget is spent --> give_up
+
+``render`` keeps only supported claims and writes their prose from their checked fields; it then selects
+the next event or ends. Nodes are ``State -> partial State``; the state holds plain JSON values only, so any
+LangGraph checkpointer (SQLite for chat sessions) can persist it.
+
+Tool argument errors go back to the LLM as the tool's result; anything else a tool raises propagates.
+Caption text and tool output reach the LLM only as tool results, marked as data.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import time
+from collections.abc import Iterator, Sequence
+from typing import Annotated, Any, TypedDict
+
+from pydantic import ValidationError
+
+from anomalens.agents.compose import claims_from_draft, render
+from anomalens.agents.index import VideoIndex
+from anomalens.agents.llm import LLM, Message, ToolCall
+from anomalens.agents.toolbox import ANSWER_TOOL, Answer, ToolArgumentError, Toolbox
+from anomalens.agents.verify import Grounder, Verifier
+from anomalens.prompts import load as load_prompts
+from anomalens.types import Claim, Explanation
+
+MAX_STEPS = 6  # LLM calls per event or question, all rounds together
+MAX_ROUNDS = 1  # revisions the verifier may ask for
+MAX_TOOL_ROUNDS = 1  # rounds of data-tool calls before an answer is required: small models loop otherwise
+MAX_TOKENS = 320  # longest reply: four claims fit in about 200 tokens
+HISTORY_TURNS = 3  # earlier questions and answers a chat question carries
+
+
+class AgentState(TypedDict, total=False):
+    queue: list[str]  # events still to explain
+    event_id: str | None  # the event being explained (None in a chat turn)
+    question: str | None  # the chat question being answered
+    messages: list[dict]  # the working conversation of this event or question
+    claims: list[dict]  # the current draft, with verdicts once verified
+    kept: list[dict]  # claims verified in earlier rounds: a revision only redoes the others
+    first_draft: list[dict]  # the first draft with its verdicts (what verification changed is measured on it)
+    rounds: int
+    tool_rounds: int
+    steps: int
+    llm_calls: int
+    started: float
+    explanations: Annotated[list[dict], operator.add]
+    history: Annotated[list[dict], operator.add]  # chat memory: question, answer prose, explanation
+
+
+def _dump(messages: Sequence[Message]) -> list[dict]:
+    return [m.model_dump(exclude={"images"}) for m in messages]
+
+
+def _load(messages: Sequence[dict]) -> list[Message]:
+    return [Message(**m) for m in messages]
+
+
+def _answer_call(state: AgentState) -> ToolCall | None:
+    last = _load(state["messages"][-1:])
+    calls = last[0].tool_calls if last and last[0].role == "assistant" else []
+    return next((c for c in calls if c.name == ANSWER_TOOL), None)
+
+
+class Agent:
+    """The nodes and routes of the graph, over one video's index, with one LLM."""
+
+    def __init__(
+        self,
+        llm: LLM,
+        index: VideoIndex,
+        *,
+        chat: bool = False,
+        grounders: Sequence[Grounder] = (),
+        max_steps: int = MAX_STEPS,
+        max_rounds: int = MAX_ROUNDS,
+        max_tool_rounds: int = MAX_TOOL_ROUNDS,
+        max_tokens: int = MAX_TOKENS,
+    ):
+        self.llm, self.index = llm, index
+        self.toolbox = Toolbox(index, chat=chat)
+        self.verifier = Verifier(index, grounders)
+        self.max_steps, self.max_rounds, self.max_tokens = max_steps, max_rounds, max_tokens
+        self.max_tool_rounds = max_tool_rounds
+        self.text = load_prompts("agent")
+        self.generator = f"agent ({llm.backend}:{llm.model})"
+
+    def warm(self) -> None:
+        """Let the LLM precompute the prompt prefix every call shares (the system turn and the tools)."""
+        self.llm.warm([Message(role="system", content=self.text["system"])], self.toolbox.specs, tool_choice="required")
+
+    # --- entry nodes ---------------------------------------------------------------------------------
+
+    def _fresh(self, user: str) -> dict[str, Any]:
+        messages = [Message(role="system", content=self.text["system"]), Message(role="user", content=user)]
+        return {
+            "messages": _dump(messages),
+            "claims": [],
+            "kept": [],
+            "first_draft": [],
+            "rounds": 0,
+            "tool_rounds": 0,
+            "steps": 0,
+            "llm_calls": 0,
+            "started": time.time(),
+        }
+
+    def select_event(self, state: AgentState) -> dict[str, Any]:
+        event_id, *rest = state["queue"]
+        return {
+            "queue": rest,
+            "event_id": event_id,
+            **self._fresh(self.text["event"].format(digest=self.toolbox.digest(event_id))),
+        }
+
+    def ask(self, state: AgentState) -> dict[str, Any]:
+        turns = state.get("history", [])[-HISTORY_TURNS:]
+        history = ""
+        if turns:
+            history = self.text["history"].format(
+                turns="\n".join(f"Q: {t['question']}\nA: {t['answer'] or '(no verified answer)'}" for t in turns)
+            )
+        user = self.text["question"].format(
+            overview=self.toolbox.overview(), history=history, question=state["question"]
+        )
+        return {"event_id": None, **self._fresh(user)}
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def act(self, state: AgentState) -> dict[str, Any]:
+        # Data tools until the budget of tool rounds is spent or an answer was tried; then only the answer.
+        exploring = state["tool_rounds"] < self.max_tool_rounds and state["rounds"] == 0
+        result = self.llm.chat(
+            _load(state["messages"]),
+            tools=self.toolbox.specs,
+            tool_choice="required" if exploring else ANSWER_TOOL,
+            max_tokens=self.max_tokens,
+        )
+        if result.tool_calls:
+            new = [Message(role="assistant", tool_calls=result.tool_calls)]
+        else:
+            new = [
+                Message(role="assistant", content=result.text),
+                Message(role="user", content=self.text["not_a_call"]),
+            ]
+        return {
+            "messages": state["messages"] + _dump(new),
+            "steps": state["steps"] + 1,
+            "llm_calls": state["llm_calls"] + 1,
+        }
+
+    def run_tools(self, state: AgentState) -> dict[str, Any]:
+        calls = _load(state["messages"][-1:])[0].tool_calls
+        replies, seen = [], {}
+        for call in calls:
+            key = (call.name, json.dumps(call.arguments, sort_keys=True))
+            if key in seen:  # small models repeat a call: answer it once
+                content = f"(same as {seen[key]})"
+            else:
+                seen[key] = call.id
+                try:
+                    content = self.toolbox.call(call)
+                except ToolArgumentError as error:
+                    content = f"error: {error}"
+            replies.append(Message(role="tool", name=call.name, tool_call_id=call.id, content=content))
+        return {"messages": state["messages"] + _dump(replies), "tool_rounds": state["tool_rounds"] + 1}
+
+    def compose(self, state: AgentState) -> dict[str, Any]:
+        call = _answer_call(state)
+        try:
+            answer = Answer.model_validate(call.arguments)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:4])
+            reply = Message(
+                role="tool",
+                name=ANSWER_TOOL,
+                tool_call_id=call.id,
+                content=self.text["bad_answer"].format(error=problems),
+            )
+            return {"messages": state["messages"] + _dump([reply]), "claims": []}
+        kept = [Claim(**c) for c in state["kept"]]
+        claims = kept + claims_from_draft(answer.claims, self.index, first_id=len(kept) + 1)
+        return {"claims": [c.model_dump() for c in claims]}
+
+    def verify(self, state: AgentState) -> dict[str, Any]:
+        event = self.index.event(state["event_id"]) if state.get("event_id") else None
+        checked = []
+        for data in state["claims"]:
+            claim = Claim(**data)
+            checked.append(claim.model_copy(update={"verdict": self.verifier.verify(claim, event)}).model_dump())
+        update: dict[str, Any] = {"claims": checked}
+        if state["rounds"] == 0:
+            update["first_draft"] = checked
+        return update
+
+    def revise(self, state: AgentState) -> dict[str, Any]:
+        call = _answer_call(state)
+        kept = [c for c in state["claims"] if c["verdict"]["status"] == "supported"]
+        failed = [Claim(**c) for c in state["claims"] if c["verdict"]["status"] != "supported"]
+        lines = "\n".join(
+            f"- {json.dumps(self._as_drafted(c), separators=(',', ':'))}: {c.verdict.status}: {c.verdict.reason}"
+            for c in failed
+        )
+        reply = Message(
+            role="tool", name=ANSWER_TOOL, tool_call_id=call.id, content=self.text["verdicts"].format(verdicts=lines)
+        )
+        return {"messages": state["messages"] + _dump([reply]), "rounds": state["rounds"] + 1, "kept": kept}
+
+    def _as_drafted(self, claim: Claim) -> dict[str, Any]:
+        """A claim in the form the LLM writes it (handles, short keys), to show it what failed."""
+        handles = [self.index.handle(ev) if (ev := self.index.get(i)) else i for i in claim.evidence_ids]
+        fields = {
+            "rule": claim.rule_id,
+            "track": claim.track_id,
+            "quantity": claim.quantity,
+            "value": claim.value,
+            "term": claim.term,
+            "relation": claim.relation,
+            "other_track": claim.other_track_id,
+            "frames": list(claim.frames) if claim.frames else None,
+        }
+        return {"kind": claim.kind, "cite": handles} | {k: v for k, v in fields.items() if v is not None}
+
+    def render(self, state: AgentState) -> dict[str, Any]:
+        claims = [Claim(**c) for c in state["claims"]]
+        claims = [c.model_copy(update={"text": render(c, self.index)}) for c in claims]
+        return self._finish(state, claims)
+
+    def give_up(self, state: AgentState) -> dict[str, Any]:
+        """The step budget ran out without a verified answer: nothing is said (the draft stays on record)."""
+        claims = [Claim(**c) for c in state.get("claims", []) if c.get("verdict")]
+        return self._finish(state, [c for c in claims if c.verdict.status != "supported"])
+
+    def _finish(self, state: AgentState, claims: list[Claim]) -> dict[str, Any]:
+        explanation = Explanation(
+            event_id=state.get("event_id") or f"question-{len(state.get('history', [])) + 1}",
+            generator=self.generator,
+            claims=claims,
+            first_draft=[Claim(**c) for c in state.get("first_draft", [])],
+            rounds=state["rounds"],
+            llm_calls=state["llm_calls"],
+            seconds=time.time() - state["started"],
+        )
+        update: dict[str, Any] = {"explanations": [explanation.model_dump(mode="json")]}
+        if state.get("question"):
+            turn = {
+                "question": state["question"],
+                "answer": explanation.prose,
+                "explanation": explanation.model_dump(mode="json"),
+            }
+            update |= {"history": [turn], "question": None}
+        return update
+
+    # --- routes --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def start_route(state: AgentState) -> str:
+        return "ask" if state.get("question") else "select_event"
+
+    def after_act(self, state: AgentState) -> str:
+        if _answer_call(state) is not None:
+            return "compose"
+        last = state["messages"][-1]
+        if last["role"] == "assistant" and state["steps"] < self.max_steps:
+            return "tools"
+        return "act" if state["steps"] < self.max_steps else "give_up"
+
+    def after_compose(self, state: AgentState) -> str:
+        if state["messages"][-1]["role"] != "tool":  # the answer was well-formed
+            return "verify"
+        return "act" if state["steps"] < self.max_steps else "give_up"
+
+    def after_tools(self, state: AgentState) -> str:
+        return "act" if state["steps"] < self.max_steps else "give_up"
+
+    def after_verify(self, state: AgentState) -> str:
+        unsupported = any(c["verdict"]["status"] != "supported" for c in state["claims"])
+        if unsupported and state["rounds"] < self.max_rounds and state["steps"] < self.max_steps:
+            return "revise"
+        return "render"
+
+    @staticmethod
+    def next_event(state: AgentState) -> str:
+        return "select_event" if state.get("queue") else "end"
+
+
+def build_graph(agent: Agent, checkpointer: Any = None):
+    """The compiled ``StateGraph`` (with ``checkpointer``, state persists per ``thread_id``)."""
+    from langgraph.graph import END, START, StateGraph
+
+    graph = StateGraph(AgentState)
+    for name, node in (
+        ("select_event", agent.select_event),
+        ("ask", agent.ask),
+        ("act", agent.act),
+        ("tools", agent.run_tools),
+        ("compose", agent.compose),
+        ("verify", agent.verify),
+        ("revise", agent.revise),
+        ("render", agent.render),
+        ("give_up", agent.give_up),
+    ):
+        graph.add_node(name, node)
+    graph.add_conditional_edges(START, agent.start_route, ["ask", "select_event"])
+    graph.add_edge("select_event", "act")
+    graph.add_edge("ask", "act")
+    graph.add_conditional_edges("act", agent.after_act, ["compose", "tools", "act", "give_up"])
+    graph.add_conditional_edges("tools", agent.after_tools, ["act", "give_up"])
+    graph.add_conditional_edges("compose", agent.after_compose, ["verify", "act", "give_up"])
+    graph.add_conditional_edges("verify", agent.after_verify, ["revise", "render"])
+    graph.add_edge("revise", "act")
+    for finished in ("render", "give_up"):
+        graph.add_conditional_edges(finished, agent.next_event, {"select_event": "select_event", "end": END})
+    return graph.compile(checkpointer=checkpointer)
+
+
+def explain_events(
+    llm: LLM,
+    index: VideoIndex,
+    *,
+    event_ids: Sequence[str] | None = None,
+    grounders: Sequence[Grounder] = (),
+    progress: bool = True,
+) -> Iterator[Explanation]:
+    """Explain each event of ``index`` (or ``event_ids``) with the agent; yields explanations as they finish."""
+    from anomalens.progress import track
+
+    queue = list(event_ids) if event_ids is not None else [e.id for e in index.events]
+    if not queue:
+        return
+    agent = Agent(llm, index, grounders=grounders)
+    agent.warm()
+    graph = build_graph(agent)
+    # Each event takes about a dozen graph steps; the default limit of 25 would stop the queue.
+    config = {"recursion_limit": 10 + len(queue) * (4 * MAX_STEPS + 4)}
+    updates = graph.stream({"queue": queue}, config, stream_mode="updates")
+    finished = (
+        Explanation.model_validate(item)
+        for update in updates
+        for node, values in update.items()
+        if node in ("render", "give_up")
+        for item in values["explanations"]
+    )
+    yield from track(
+        finished, f"explaining {len(queue)} event(s) with {llm.backend}:{llm.model}", total=len(queue), enabled=progress
+    )
+
+
+def open_explainer(choice: str | None = None, settings: Any = None) -> tuple[LLM | None, str]:
+    """The LLM that explains events, or None, and a line saying who explains them.
+
+    ``choice`` (default: ``Settings.explainer``): ``agent`` needs the configured LLM and fails if it cannot
+    load; ``deterministic`` never loads one; ``auto`` uses the agent when the LLM loads, and says why not
+    otherwise.
+    """
+    from anomalens.agents.llm import open_llm
+    from anomalens.config import load_settings
+    from anomalens.errors import AnomalensError
+
+    settings = settings or load_settings()
+    choice = choice or settings.explainer
+    if choice not in ("auto", "agent", "deterministic"):
+        raise AnomalensError(f"explainer {choice!r}: choose auto, agent or deterministic")
+    if choice == "deterministic":
+        return None, "deterministic"
+    try:
+        llm = open_llm(settings=settings)
+    except AnomalensError as error:
+        if choice == "agent":
+            raise
+        return None, f"deterministic (no LLM: {error})"
+    return llm, f"agent ({llm.backend}:{llm.model})"

@@ -1,0 +1,69 @@
+"""Replayed captions: frame descriptions computed once (by a VLM, here or elsewhere) and read back as evidence.
+
+Captioning every frame with a VLM is what makes dense-captioning systems slow; users cache the output and
+replay it. Two layouts are read:
+
+- a text file with one caption per line, line ``k`` (0-based) describing frame ``k`` (the layout of the
+  CogVLM captions in ``../shared/data/vlm_captions``);
+- a JSONL file with one ``{"frame": k, "caption": "..."}`` object per line (frames may be sparse).
+
+Caption text is data, never instructions: it reaches the LLM only inside tool results.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from anomalens.errors import AnomalensError
+from anomalens.types import Evidence, Source
+
+
+class ReplayedCaptions:
+    """Captions keyed by source frame index; ``evidence(k)`` returns frame ``k``'s caption as ``Evidence``."""
+
+    def __init__(self, captions: dict[int, str], origin: str, fps: float | None = None):
+        self.captions = captions
+        self.origin = origin
+        self.fps = fps
+
+    @classmethod
+    def load(cls, path: str | Path, fps: float | None = None) -> ReplayedCaptions:
+        path = Path(path)
+        if not path.is_file():
+            raise AnomalensError(f"{path}: caption file not found")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if path.suffix == ".jsonl":
+            captions = {}
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                    captions[int(item["frame"])] = str(item["caption"])
+                except (ValueError, KeyError, TypeError) as error:
+                    raise AnomalensError(
+                        f'{path}:{number}: expected {{"frame": <int>, "caption": "<text>"}} ({error})'
+                    ) from None
+        else:
+            captions = {k: line.strip() for k, line in enumerate(lines)}
+        if not captions:
+            raise AnomalensError(f"{path}: no captions in the file")
+        return cls(captions, str(path), fps)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __contains__(self, frame_index: int) -> bool:
+        return frame_index in self.captions
+
+    def evidence(self, frame_index: int) -> Evidence:
+        if frame_index not in self.captions:
+            first, last = min(self.captions), max(self.captions)
+            raise KeyError(f"no caption for frame {frame_index} (captions cover frames {first}-{last})")
+        return Evidence(
+            source=Source(tool="caption", backend="replay", weights=Path(self.origin).name),
+            frame_index=frame_index,
+            time_s=frame_index / self.fps if self.fps else None,
+            text=self.captions[frame_index],
+        )
