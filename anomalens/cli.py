@@ -202,6 +202,30 @@ def eval_ped2(
     out.print(text, highlight=False)
 
 
+@eval_app.command("explanations")
+def eval_explanations(
+    data: Annotated[
+        Optional[Path], typer.Option(help="the shared data folder (ucsd_ped2/, vlm_captions/) [default: DATA_DIR]")
+    ] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+    max_events: Annotated[Optional[int], typer.Option(help="explain at most this many events (a quick look)")] = None,
+) -> None:
+    """Explain Ped2's detected events with the agent (CogVLM captions replayed) and judge every claim."""
+    import json
+
+    from anomalens.agents.llm import open_llm
+    from anomalens.config import load_settings
+    from anomalens.eval.explanations import run_explanations
+    from anomalens.files import atomic_write
+
+    settings = load_settings()
+    metrics = run_explanations(data or settings.data_dir, open_llm(settings=settings), max_events=max_events)
+    text = json.dumps(metrics, indent=2)
+    if json_path is not None:
+        atomic_write(json_path, text)
+    out.print(text, highlight=False)
+
+
 @eval_app.command("llm")
 def eval_llm(
     model: Annotated[

@@ -369,3 +369,23 @@ def test_chat_tools_find_captions_and_list_events(index):
     found = next(m.content for m in llm.calls[1]["messages"] if m.name == "find")
     assert found.startswith("70 frames mention bicycle: frames 0-69")
     assert reply.prose == "The caption of frame 0 says: bicycle at 0.0 s (frame 0)."
+
+
+@pytest.mark.slow
+def test_the_embedded_llm_explains_an_event_on_the_cpu(index):
+    """The default GGUF model drives the real graph: grammar-constrained tool calls, verification, prose."""
+    from anomalens.agents.llm import open_llm
+    from anomalens.config import DEFAULT_LLM
+    from tests.conftest import stored_model
+
+    stored_model(DEFAULT_LLM)
+    llm = open_llm()
+    injected = next(e for e in index.events if e.peak_frame > 100)
+    explanations = run(llm, index, events=[first_event(index).id, injected.id])
+    for explanation in explanations:
+        assert explanation.generator == f"agent (llamacpp:{DEFAULT_LLM})" and 1 <= explanation.llm_calls <= MAX_STEPS
+        assert all(c.verdict is not None for c in explanation.claims + explanation.first_draft)
+        said = [c.text for c in explanation.supported]
+        assert explanation.prose == " ".join(t.rstrip(".") + "." for t in said)
+        assert INJECTION not in explanation.prose
+    assert explanations[0].supported, "the model should state at least one verified fact about the cyclist"

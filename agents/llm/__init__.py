@@ -8,7 +8,15 @@ from anomalens.agents.llm.base import LLM, ChatResult, Message, ToolCall, ToolSp
 from anomalens.agents.llm.structured import Structured, ask_structured
 
 __all__ = [
-    "LLM", "ChatResult", "Message", "Structured", "ToolCall", "ToolSpec", "ask_structured", "open_llm", "tool_parameters"
+    "LLM",
+    "ChatResult",
+    "Message",
+    "Structured",
+    "ToolCall",
+    "ToolSpec",
+    "ask_structured",
+    "open_llm",
+    "tool_parameters",
 ]
 
 

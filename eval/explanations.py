@@ -1,0 +1,187 @@
+"""Explanation quality on UCSD Ped2: the agent explains the events screening finds, and an independent
+checker judges every claim against the raw evidence, the caption files and the ground truth.
+
+The checker shares no code with the agent's verifier: it reads measurements, rule records, labels and
+caption lines itself, and it is stricter where ground truth exists (a temporal claim must overlap frames
+labelled anomalous). ``unsupported_before`` is its verdict on the agent's first drafts, ``unsupported_after``
+on what the agent finally said; the gap is what verification bought.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anomalens.errors import AnomalensError
+from anomalens.types import Claim, Evidence, Explanation
+
+PED2_FPS = 10.0
+TOLERANCE = 0.10  # relative, for numbers
+TEMPORAL_IOU = 0.5
+
+
+def _words(text: str) -> set[str]:
+    words = set(re.findall(r"[a-z0-9]+", text.lower()))
+    return words | {w[:-1] for w in words if w.endswith("s")}
+
+
+def judge(claim: Claim, evidence: dict[str, Evidence], captions: list[str], labels: np.ndarray) -> bool:
+    """True when ``claim`` holds by the raw records (and, for time ranges, by the ground truth)."""
+    cited = [evidence.get(i) for i in claim.evidence_ids]
+    if not cited or any(ev is None for ev in cited):
+        return False
+
+    def objects(ev: Evidence) -> list[int]:
+        ids = [] if ev.track_ids is None else [int(t) for t in ev.track_ids]
+        return [k for k, t in enumerate(ids) if claim.track_id is None or t == claim.track_id]
+
+    if claim.kind == "rule":
+        name = f"rule:{claim.rule_id}"
+        return any(
+            m.name == name and m.value > 1.0 and (claim.track_id is None or m.object_index in objects(ev))
+            for ev in cited
+            for m in ev.measurements
+        )
+    if claim.kind == "measurement":
+        for ev in cited:
+            for m in ev.measurements:
+                if m.name != claim.quantity or (claim.track_id is not None and m.object_index not in objects(ev)):
+                    continue
+                value = m.value * (PED2_FPS if (m.unit, claim.unit) == ("px/frame", "px/s") else 1.0)
+                if claim.unit not in (None, m.unit, "px/s"):
+                    continue
+                if abs(value - (claim.value or 0.0)) <= max(TOLERANCE * abs(value), 0.25):
+                    return True
+        return False
+    if claim.kind == "count":
+        return any(ev.text is None and len(ev.boxes) == round(claim.value or -1) for ev in cited)
+    if claim.kind in ("object", "attribute") or (claim.kind == "spatial" and claim.relation is None):
+        wanted = _words(claim.term or "")
+        for ev in cited:
+            if ev.text is not None and ev.frame_index < len(captions):
+                if wanted and wanted <= _words(captions[ev.frame_index]):
+                    return True
+            if any(wanted and wanted <= _words(ev.labels[k]) for k in objects(ev)):
+                return True
+        return False
+    if claim.kind == "spatial":
+        for ev in cited:
+            ids = [] if ev.track_ids is None else [int(t) for t in ev.track_ids]
+            if claim.track_id in ids and claim.other_track_id in ids:
+                a, b = ev.boxes[ids.index(claim.track_id)], ev.boxes[ids.index(claim.other_track_id)]
+                centre_a, centre_b = (a[:2] + a[2:]) / 2, (b[:2] + b[2:]) / 2
+                return {
+                    "left_of": centre_a[0] < centre_b[0],
+                    "right_of": centre_a[0] > centre_b[0],
+                    "above": centre_a[1] < centre_b[1],
+                    "below": centre_a[1] > centre_b[1],
+                }[claim.relation]
+        return False
+    if claim.kind == "temporal" and claim.frames is not None:
+        first, last = claim.frames
+        return bool(labels[max(first, 0) : last + 1].any())
+    return False
+
+
+def box_mask_iou(box: np.ndarray, mask: np.ndarray) -> float:
+    """IoU of a filled xyxy box with a boolean mask (same image)."""
+    x1, y1, x2, y2 = np.round(box).astype(int)
+    region = np.zeros_like(mask)
+    region[max(y1, 0) : y2, max(x1, 0) : x2] = True
+    union = np.logical_or(region, mask).sum()
+    return float(np.logical_and(region, mask).sum() / union) if union else 0.0
+
+
+def run_explanations(data: str | Path, llm, *, max_events: int | None = None, progress: bool = True) -> dict:
+    """Learn Ped2's scene, screen its test videos, explain every event with ``llm``, judge the claims."""
+    from anomalens.agents.graph import explain_events
+    from anomalens.agents.index import index_from_screening
+    from anomalens.agents.screening import screen
+    from anomalens.eval.ped2 import _videos
+    from anomalens.tools.scene import SceneScorer, learn_scene
+
+    data = Path(data)
+    ped2, caption_dir = data / "ucsd_ped2", data / "vlm_captions" / "ped2" / "captions"
+    if not (ped2 / "labels.json").is_file() or not caption_dir.is_dir():
+        raise AnomalensError(f"{data}: needs ucsd_ped2/ and vlm_captions/ped2/ (see its README.md)")
+    labels = json.loads((ped2 / "labels.json").read_text())
+    started = time.perf_counter()
+    scene = learn_scene([str(v) for v in _videos(ped2 / "train")], fps=PED2_FPS, progress=progress)
+    drafted, said, per_video_iou, localization = [], [], {}, []
+    explanations: list[Explanation] = []
+    remaining = max_events
+    for video in _videos(ped2 / "test"):
+        if remaining is not None and remaining <= 0:
+            break
+        truth = np.asarray(labels[video.name], dtype=bool)
+        captions_file = caption_dir / f"test_{video.name}.txt"
+        captions = captions_file.read_text().splitlines()
+        source = scene.open(video)
+        scorer = SceneScorer(scene, source.fps)
+        result = screen(source, scorer, rulebook=scene.rulebook, progress=False)
+        index = index_from_screening(
+            result, tracks=scorer.analyzer.tracks(), rulebook=scene.rulebook, captions_file=captions_file
+        )
+        event_ids = [e.id for e in result.events][:remaining]
+        if remaining is not None:
+            remaining -= len(event_ids)
+        found = list(explain_events(llm, index, event_ids=event_ids, progress=progress))
+        explanations += found
+        records = {**{ev.id: ev for ev in index.evidence}}
+        for explanation in found:
+            for claim in explanation.claims + explanation.first_draft:  # captions the agent read
+                for evidence_id in claim.evidence_ids:
+                    if (ev := index.get(evidence_id)) is not None:
+                        records[ev.id] = ev
+        predicted = np.zeros(len(truth), dtype=bool)
+        for explanation in found:
+            drafted += [judge(c, records, captions, truth) for c in explanation.first_draft]
+            said += [judge(c, records, captions, truth) for c in explanation.supported]
+            if explanation.supported:
+                event = index.event(explanation.event_id)
+                predicted[event.start_frame : event.end_frame + 1] = True
+            localization += _localization(explanation, records, ped2 / "test_masks" / video.name)
+        union = np.logical_or(predicted, truth).sum()
+        per_video_iou[video.name] = float(np.logical_and(predicted, truth).sum() / union) if union else 1.0
+    events = len(explanations)
+    return {
+        "dataset": "ucsd_ped2",
+        "llm": f"{llm.backend}:{llm.model}",
+        "events": events,
+        "claims": len(drafted),
+        "claims_said": len(said),
+        "unsupported_before": 1.0 - float(np.mean(drafted)) if drafted else None,
+        "unsupported_after": 1.0 - float(np.mean(said)) if said else None,
+        "events_with_a_verified_claim": sum(bool(x.supported) for x in explanations),
+        "temporal_iou_per_video": per_video_iou,
+        "temporal_iou_ok_fraction": float(np.mean([v >= TEMPORAL_IOU for v in per_video_iou.values()])),
+        "localization_iou": float(np.mean(localization)) if localization else None,
+        "localization_regions": len(localization),
+        "llm_calls": sum(x.llm_calls for x in explanations),
+        "seconds_per_event": float(np.mean([x.seconds for x in explanations])) if explanations else None,
+        "max_seconds_per_event": max((x.seconds for x in explanations), default=None),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _localization(explanation: Explanation, records: dict[str, Evidence], masks: Path) -> list[float]:
+    """IoU with the ground-truth mask of every object region a said claim points at (track + cited frame)."""
+    scores = []
+    for claim in explanation.supported:
+        if claim.track_id is None:
+            continue
+        for evidence_id in claim.evidence_ids:
+            ev = records[evidence_id]
+            ids = [] if ev.track_ids is None else [int(t) for t in ev.track_ids]
+            mask_path = masks / f"{ev.frame_index:03d}.png"
+            if claim.track_id not in ids or not mask_path.is_file():
+                continue
+            mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127
+            if mask.any():
+                scores.append(box_mask_iou(ev.boxes[ids.index(claim.track_id)], mask))
+    return scores
