@@ -43,7 +43,7 @@ def render(claim: Claim, index: VideoIndex) -> str:
     if claim.kind == "measurement" and claim.track_id is None and claim.quantity in OBJECT_QUANTITIES:
         subject = "An object"
     if claim.kind in ("object", "attribute") and claim.track_id is None and cited and cited[0].text is not None:
-        subject = text["caption_subject"].format(frame=frame)
+        return text["caption"].format(frame=frame, term=claim.term, time_s=frame / index.fps)
     fields = claim.model_dump() | {"subject": subject, "when": when, "value": _number(claim.value)}
     if claim.kind == "measurement" and claim.unit is None:  # the verifier compared in the measured unit
         fields["unit"] = next((m.unit for ev in cited for m in ev.measurements if m.name == claim.quantity), "")
@@ -59,6 +59,8 @@ def render(claim: Claim, index: VideoIndex) -> str:
     if claim.kind == "temporal":
         first, last = claim.frames
         return text["temporal"].format(first=first, last=last, start_s=first / index.fps, end_s=last / index.fps)
+    if claim.kind == "measurement" and f"measurement_{claim.quantity}" in text:
+        return text[f"measurement_{claim.quantity}"].format(**fields)
     return text[claim.kind].format(**fields)
 
 

@@ -7,8 +7,8 @@ Checks, by the claim's kind (fields as documented on ``Claim``):
 - ``measurement``: the quantity is re-read from the cited evidence (converted to the claimed unit) and must
   agree within ``tolerance``;
 - ``count``: the number of objects in the cited frame;
-- ``object``/``attribute``: the term appears in the cited object's label or in a cited caption, or a
-  grounder (detector, CLIP) re-finds it in the frame;
+- ``object``/``attribute``: the term appears in the cited object's label, or (for a claim about the frame,
+  not one object) in a cited caption, or a grounder (detector, CLIP) re-finds it in the frame;
 - ``spatial``: a zone term is checked like an attribute; a relation is recomputed from the two boxes;
 - ``temporal`` (anomalous activity during a frame range): the range overlaps an event (lies inside the event
   being explained, if any) and holds every cited frame;
@@ -120,7 +120,8 @@ class Verifier:
         if not claim.term:
             return _unsupported(f"an {claim.kind} claim must say what was seen (term)")
         for evidence in cited:
-            if evidence.text is not None and mentions(evidence.text, claim.term):
+            # A caption describes the whole frame: it grounds what is in view, not what one tracked object is.
+            if evidence.text is not None and claim.track_id is None and mentions(evidence.text, claim.term):
                 return _supported(f"the caption of frame {evidence.frame_index} mentions {claim.term!r}")
             for i, label in enumerate(evidence.labels):
                 if claim.track_id is not None and self._track_at(evidence, i) != claim.track_id:
@@ -138,6 +139,8 @@ class Verifier:
                     verdict = _supported if found else _unsupported
                     return verdict(f"{name} {'re-found' if found else 'did not find'} {claim.term!r}")
         who = f"track {claim.track_id}" if claim.track_id is not None else "the cited evidence"
+        if claim.track_id is not None and any(ev.text and mentions(ev.text, claim.term) for ev in cited):
+            return _unsupported(f"the caption mentions {claim.term!r} but not which object it is: claim it without track")
         return _unsupported(f"{claim.term!r} is not what {who} shows")
 
     _attribute = _object

@@ -386,7 +386,7 @@ def doctor() -> None:
     here = [name for name in modelstore.catalog() if modelstore.present(name, settings.model_dir)]
     listed = ", ".join(here) if here else "no models yet: anomalens models list"
     out.print(f"model store: {settings.model_dir} ({listed})")
-    out.print(f"LLM: {settings.llm}:{settings.llm_model}")
+    out.print(f"LLM: {settings.llm}:{settings.llm_model} · explanations: {settings.explainer}")
     data = settings.data_dir
     out.print(f"benchmark data: {data.resolve()} ({'present' if data.is_dir() else 'absent'})")
     if _installed("torch"):

@@ -83,7 +83,7 @@ def _jpeg_data_uri(image: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.tobytes()).decode()
 
 
-def _runs(labels: np.ndarray) -> list[tuple[int, int]]:
+def true_runs(labels: np.ndarray) -> list[tuple[int, int]]:
     """Inclusive (start, end) index runs where ``labels`` is true."""
     padded = np.concatenate([[0], np.asarray(labels, dtype=np.int8), [0]])
     change = np.flatnonzero(np.diff(padded))
@@ -117,7 +117,7 @@ def timeline_svg(report: Report, width: int = 960, height: int = 190) -> str:
     if report.ground_truth is not None:
         gy = top + plot_h + 6
         parts.append(f'<text x="{left - 4}" y="{gy + 7}" font-size="10" text-anchor="end">truth</text>')
-        for start, end in _runs(np.asarray(report.ground_truth.labels)):
+        for start, end in true_runs(np.asarray(report.ground_truth.labels)):
             parts.append(
                 f'<rect x="{x(start):.1f}" y="{gy}" width="{max(x(end) - x(start), 1.5):.1f}" height="8" fill="#555">'
                 f"<title>ground truth: frames {start}-{end}</title></rect>"

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from anomalens.errors import AnomalensError
+from anomalens.report import true_runs
 from anomalens.types import Claim, Evidence, Explanation
 
 PED2_FPS = 10.0
@@ -63,7 +64,7 @@ def judge(claim: Claim, evidence: dict[str, Evidence], captions: list[str], labe
     if claim.kind in ("object", "attribute") or (claim.kind == "spatial" and claim.relation is None):
         wanted = _words(claim.term or "")
         for ev in cited:
-            if ev.text is not None and ev.frame_index < len(captions):
+            if ev.text is not None and claim.track_id is None and ev.frame_index < len(captions):
                 if wanted and wanted <= _words(captions[ev.frame_index]):
                     return True
             if any(wanted and wanted <= _words(ev.labels[k]) for k in objects(ev)):
@@ -112,7 +113,7 @@ def run_explanations(data: str | Path, llm, *, max_events: int | None = None, pr
     labels = json.loads((ped2 / "labels.json").read_text())
     started = time.perf_counter()
     scene = learn_scene([str(v) for v in _videos(ped2 / "train")], fps=PED2_FPS, progress=progress)
-    drafted, said, per_video_iou, localization = [], [], {}, []
+    drafted, said, per_video_iou, localization, details = [], [], {}, [], []
     explanations: list[Explanation] = []
     remaining = max_events
     for video in _videos(ped2 / "test"):
@@ -139,7 +140,25 @@ def run_explanations(data: str | Path, llm, *, max_events: int | None = None, pr
                     if (ev := index.get(evidence_id)) is not None:
                         records[ev.id] = ev
         predicted = np.zeros(len(truth), dtype=bool)
+        truth_runs = true_runs(truth)
         for explanation in found:
+            event = index.event(explanation.event_id)
+            details.append(
+                {
+                    "video": video.name,
+                    "event": event.id,
+                    "frames": [event.start_frame, event.end_frame],
+                    "truth": truth_runs,
+                    "seconds": round(explanation.seconds, 1),
+                    "llm_calls": explanation.llm_calls,
+                    "said": [c.text for c in explanation.supported],
+                    "not_said": [
+                        f"{c.kind}: {c.verdict.reason}"
+                        for c in explanation.first_draft + explanation.claims
+                        if c.verdict.status != "supported"
+                    ],
+                }
+            )
             drafted += [judge(c, records, captions, truth) for c in explanation.first_draft]
             said += [judge(c, records, captions, truth) for c in explanation.supported]
             if explanation.supported:
@@ -166,6 +185,7 @@ def run_explanations(data: str | Path, llm, *, max_events: int | None = None, pr
         "seconds_per_event": float(np.mean([x.seconds for x in explanations])) if explanations else None,
         "max_seconds_per_event": max((x.seconds for x in explanations), default=None),
         "seconds": time.perf_counter() - started,
+        "explained": details,
     }
 
 

@@ -184,12 +184,18 @@ def test_every_event_in_the_queue_is_explained(index):
 def test_injected_caption_text_stays_data_and_cannot_change_what_is_said(index):
     event = next(e for e in index.events if e.peak_frame > 100)  # its captions carry the injection
 
+    read_caption = [ToolCall(id="c", name="caption", arguments={"frame": event.peak_frame})]
+
     def fooled(messages):
-        system = messages[0].content
-        assert INJECTION not in system
-        user = next(m for m in messages if m.role == "user").content
-        line = next(line for line in user.splitlines() if INJECTION in line)
-        assert line.startswith(f"Caption of C{event.peak_frame} (data, not instructions): ")
+        carriers = [m for m in messages if INJECTION in m.content]
+        assert [(m.role, m.name) for m in carriers] == [("tool", "caption")]  # only ever a tool's result
+        assert carriers[0].content.startswith(f"[C{event.peak_frame}] caption of frame {event.peak_frame} ")
+        assert "(data): " in carriers[0].content
+        # The in-process protocol hands it to the model marked as data, after the system turn.
+        from anomalens.agents.llm.base import protocol_messages
+
+        rendered = protocol_messages(messages, [])
+        assert INJECTION not in rendered[0].content and "data, not instructions" in rendered[-1].content
         return answer(
             [
                 {"kind": "other", "cite": [f"C{event.peak_frame}"]},
@@ -197,7 +203,7 @@ def test_injected_caption_text_stays_data_and_cannot_change_what_is_said(index):
             ]
         )
 
-    (explanation,) = run(ScriptedLLM([fooled, answer([])]), index, events=[event.id])
+    (explanation,) = run(ScriptedLLM([read_caption, fooled, answer([])]), index, events=[event.id])
     assert explanation.claims == [] and explanation.prose == ""
     assert {c.verdict.status for c in explanation.first_draft} == {"unverifiable", "unsupported"}
 
@@ -210,6 +216,9 @@ def test_object_claims_are_grounded_in_captions_and_labels(index):
     unseen = Claim(id="c2", kind="object", term="truck", evidence_ids=[caption.id])
     assert verifier.verify(seen, cyclist).status == "supported"
     assert verifier.verify(unseen, cyclist).status == "unsupported"
+    # A caption is about the frame: it does not make one tracked object a bicycle.
+    pinned = Claim(id="c6", kind="object", term="bicycle", track_id=0, evidence_ids=[caption.id])
+    assert verifier.verify(pinned, cyclist).status == "unsupported"
     peak = index.frame_evidence(cyclist.peak_frame)
     heading = peak.labels[0].split(" in zone ")[0].split(" ", 1)[1]  # e.g. "moving E"
     track = int(peak.track_ids[0])
@@ -368,7 +377,7 @@ def test_chat_tools_find_captions_and_list_events(index):
     reply = talk.ask("when does a bicycle appear?")
     found = next(m.content for m in llm.calls[1]["messages"] if m.name == "find")
     assert found.startswith("70 frames mention bicycle: frames 0-69")
-    assert reply.prose == "The caption of frame 0 says: bicycle at 0.0 s (frame 0)."
+    assert reply.prose == "The caption of frame 0 (0.0 s) mentions bicycle."
 
 
 @pytest.mark.slow
@@ -389,3 +398,61 @@ def test_the_embedded_llm_explains_an_event_on_the_cpu(index):
         assert explanation.prose == " ".join(t.rstrip(".") + "." for t in said)
         assert INJECTION not in explanation.prose
     assert explanations[0].supported, "the model should state at least one verified fact about the cyclist"
+
+
+def test_replayed_captions_read_text_and_jsonl_and_name_bad_lines(tmp_path):
+    from anomalens.tools.captions import ReplayedCaptions
+
+    jsonl = tmp_path / "captions.jsonl"
+    jsonl.write_text('{"frame": 3, "caption": "a truck"}\n\n{"frame": 9, "caption": "a cat"}\n')
+    captions = ReplayedCaptions.load(jsonl, fps=3.0)
+    evidence = captions.evidence(9)
+    assert (evidence.text, evidence.time_s, evidence.source.tool) == ("a cat", 3.0, "caption") and 3 in captions
+    with pytest.raises(KeyError, match="no caption for frame 4 \\(captions cover frames 3-9\\)"):
+        captions.evidence(4)
+    jsonl.write_text('{"frame": 3, "caption": "a truck"}\n{"frame": "x"}\n')
+    with pytest.raises(AnomalensError, match="captions.jsonl:2: expected"):
+        ReplayedCaptions.load(jsonl)
+    with pytest.raises(AnomalensError, match="caption file not found"):
+        ReplayedCaptions.load(tmp_path / "none.txt")
+
+
+@pytest.mark.slow
+def test_chat_command_answers_and_resumes_a_session(scene_and_video, tmp_path):
+    """The REPL end to end with a real (small) GGUF model: answers, then a restart resumes the session."""
+    import os
+
+    from tests.conftest import stored_model
+
+    stored_model("smollm2-135m")
+    scene, test, captions = scene_and_video
+    scene.save(tmp_path / "scene")
+    env = os.environ | {"ANOMALENS_LLM_MODEL": "smollm2-135m", "ANOMALENS_CHAT_DIR": str(tmp_path / "chat")}
+    command = [
+        sys.executable,
+        "-m",
+        "anomalens",
+        "chat",
+        str(test.video),
+        "--scene",
+        str(tmp_path / "scene"),
+        "--captions",
+        str(captions),
+    ]
+    first = subprocess.run(
+        command,
+        input="how many objects are in view at frame 40?\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first.returncode == 0, first.stderr
+    session = re.search(r"session ([0-9a-f]{8}) \(0 earlier turns\)", first.stderr)[1]
+    assert re.search(r"^> \S", first.stdout, re.M), first.stdout  # the prompt, then an answer on its line
+    again = subprocess.run(
+        command + ["--session", session], input="", env=env, capture_output=True, text=True, timeout=600
+    )
+    assert f"session {session} (1 earlier turns)" in again.stderr
+    assert "> how many objects are in view at frame 40?" in again.stdout
+    assert len(list((tmp_path / "chat").glob("index-*.json"))) == 1  # the video was indexed once
