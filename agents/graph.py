@@ -232,16 +232,19 @@ class Agent:
         return {"kind": claim.kind, "cite": handles} | {k: v for k, v in fields.items() if v is not None}
 
     def render(self, state: AgentState) -> dict[str, Any]:
-        claims = [Claim(**c) for c in state["claims"]]
-        claims = [c.model_copy(update={"text": render(c, self.index)}) for c in claims]
-        return self._finish(state, claims)
+        return self._finish(state)
 
     def give_up(self, state: AgentState) -> dict[str, Any]:
-        """The step budget ran out without a verified answer: nothing is said (the draft stays on record)."""
-        claims = [Claim(**c) for c in state.get("claims", []) if c.get("verdict")]
-        return self._finish(state, [c for c in claims if c.verdict.status != "supported"])
+        """The step budget ran out: what was verified before is said, an unverified draft is not."""
+        return self._finish(state)
 
-    def _finish(self, state: AgentState, claims: list[Claim]) -> dict[str, Any]:
+    def _finish(self, state: AgentState) -> dict[str, Any]:
+        """The explanation: verified claims get their sentence (the prose), the others stay on record unsaid."""
+        claims = [Claim(**c) for c in state["claims"] if c.get("verdict")]
+        claims = [
+            c.model_copy(update={"text": render(c, self.index)}) if c.verdict.status == "supported" else c
+            for c in claims
+        ]
         explanation = Explanation(
             event_id=state.get("event_id") or f"question-{len(state.get('history', [])) + 1}",
             generator=self.generator,
@@ -251,15 +254,11 @@ class Agent:
             llm_calls=state["llm_calls"],
             seconds=time.time() - state["started"],
         )
-        update: dict[str, Any] = {"explanations": [explanation.model_dump(mode="json")]}
-        if state.get("question"):
-            turn = {
-                "question": state["question"],
-                "answer": explanation.prose,
-                "explanation": explanation.model_dump(mode="json"),
-            }
-            update |= {"history": [turn], "question": None}
-        return update
+        if not state.get("question"):
+            return {"explanations": [explanation.model_dump(mode="json")]}
+        turn = {"question": state["question"], "answer": explanation.prose}
+        turn["explanation"] = explanation.model_dump(mode="json")
+        return {"history": [turn], "question": None}
 
     # --- routes --------------------------------------------------------------------------------------
 

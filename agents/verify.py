@@ -140,7 +140,7 @@ class Verifier:
                     return verdict(f"{name} {'re-found' if found else 'did not find'} {claim.term!r}")
         who = f"track {claim.track_id}" if claim.track_id is not None else "the cited evidence"
         if claim.track_id is not None and any(ev.text and mentions(ev.text, claim.term) for ev in cited):
-            return _unsupported(f"the caption mentions {claim.term!r} but not which object it is: claim it without track")
+            return _unsupported(f"the caption mentions {claim.term!r}, not which object it is: claim it without track")
         return _unsupported(f"{claim.term!r} is not what {who} shows")
 
     _attribute = _object
