@@ -12,7 +12,7 @@ from anomalens.prompts import load as load_prompts
 from anomalens.types import Claim
 
 
-def claims_from_draft(drafts: list[DraftClaim], index: VideoIndex, first_id: int = 1) -> list[Claim]:
+def claims_from_draft(drafts: list[DraftClaim], index: VideoIndex) -> list[Claim]:
     """Claims citing evidence ids (handles resolved; an unknown handle stays as written, for the verifier)."""
     return [
         Claim(
@@ -29,7 +29,7 @@ def claims_from_draft(drafts: list[DraftClaim], index: VideoIndex, first_id: int
             other_track_id=d.other_track,
             frames=tuple(d.frames) if d.frames else None,
         )
-        for k, d in enumerate(drafts, first_id)
+        for k, d in enumerate(drafts, 1)
     ]
 
 

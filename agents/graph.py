@@ -188,9 +188,8 @@ class Agent:
                 content=self.text["bad_answer"].format(error=problems),
             )
             return {"messages": state["messages"] + _dump([reply]), "claims": []}
-        kept = [Claim(**c) for c in state["kept"]]
-        claims = kept + claims_from_draft(answer.claims, self.index, first_id=len(kept) + 1)
-        return {"claims": [c.model_dump() for c in claims]}
+        claims = [Claim(**c) for c in state["kept"]] + claims_from_draft(answer.claims, self.index)
+        return {"claims": [c.model_copy(update={"id": f"c{k}"}).model_dump() for k, c in enumerate(claims, 1)]}
 
     def verify(self, state: AgentState) -> dict[str, Any]:
         event = self.index.event(state["event_id"]) if state.get("event_id") else None

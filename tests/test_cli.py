@@ -26,10 +26,13 @@ def test_every_command_has_help():
 def test_demo_writes_reports_that_open(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "anomalens", "demo", "--out", str(out)], capture_output=True, text=True, timeout=300
+        # The agent's path is the README's set-up command's (and tests/test_agent.py's): here, the rest of it.
+        [sys.executable, "-m", "anomalens", "demo", "--out", str(out), "--explainer", "deterministic"],
+        capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
     report = Report.model_validate_json((out / "report.json").read_text())
+    assert report.explainer == "deterministic" and report.explanations == []
     assert report.events and report.ground_truth is not None
     assert report.metrics["frame_auc"] > 0.7
     assert report.metrics["true_events_found"] >= 3
@@ -87,8 +90,12 @@ def test_induce_rules_then_audit(walkway, tmp_path):
     learned = run("induce-rules", normal.video, "--out", tmp_path / "scene")
     assert learned.returncode == 0, learned.stderr
     assert (tmp_path / "scene" / "rules.yaml").is_file() and "rules ->" in learned.stdout
-    audited = run("audit", test.video, "--scene", tmp_path / "scene", "--out", tmp_path / "report")
+    # The agent explains events in tests/test_agent.py and in the README's set-up command (the demo).
+    audited = run(
+        "audit", test.video, "--scene", tmp_path / "scene", "--out", tmp_path / "report", "--explainer", "deterministic"
+    )
     assert audited.returncode == 0, audited.stderr
+    assert "explanations: deterministic" in audited.stderr
     report = Report.model_validate_json((tmp_path / "report" / "report.json").read_text())
     assert report.events and report.rulebook is not None
     assert f"{len(report.events)} events" in audited.stdout

@@ -179,7 +179,7 @@ def image_data_url(image: Any) -> str:
 
 # --- the JSON reply protocol for backends without native tool calling -------------------------------
 
-MAX_PROTOCOL_CALLS = 3  # tool calls per reply: small models otherwise repeat one call until max_tokens
+MAX_PROTOCOL_CALLS = 2  # tool calls per reply: small models otherwise repeat one call until max_tokens
 
 
 def protocol_schema(tools: list[ToolSpec], choice: str | None = None) -> dict[str, Any]:
