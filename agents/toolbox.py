@@ -213,96 +213,14 @@ class Toolbox:
         ranked = sorted(worst.items(), key=lambda item: -item[1][0])
         facts: list[tuple[dict[str, Any], str]] = []  # candidate claims, with what they mean
         for rule_id, (severity, evidence, i) in ranked[:MAX_BREACHES]:
-            handle = index.handle(evidence)
-            sentence = self._rule_sentence(rule_id).rstrip(".")
-            track = self._track(evidence, i) if i is not None else None
-            facts.append(
-                (
-                    {"kind": "rule", "cite": [handle], "rule": rule_id}
-                    | ({"track": track} if track is not None else {}),
-                    f"{severity:.1f}x the limit of: {sentence}",
-                )
-            )
-            if i is None:
-                continue
-            fact = index.rulebook.get(rule_id).predicate.fact if index.rulebook and rule_id in self._rule_ids else ""
-            if fact in OBJECT_QUANTITIES and (m := evidence.measurement(fact, i)) is not None:
-                facts.append(
-                    (
-                        {
-                            "kind": "measurement",
-                            "cite": [handle],
-                            "quantity": fact,
-                            "value": round(m.value, 2),
-                            "track": track,
-                        },
-                        m.unit,
-                    )
-                )
-            label = evidence.labels[i]
-            if fact == "zone":
-                zone = "zone " + label.split(" in zone ")[-1]
-                facts.append(({"kind": "spatial", "cite": [handle], "term": zone, "track": track}, ""))
-            facts.append(
-                (
-                    {
-                        "kind": "attribute",
-                        "cite": [handle],
-                        "term": label.split(" in zone ")[0].split(" ", 1)[-1],
-                        "track": track,
-                    },
-                    "",
-                )
-            )
+            facts += self._breach_facts(rule_id, severity, evidence, i)
         try:
-            peak = index.frame_evidence(event.peak_frame)
-        except KeyError:
-            peak = None
-        if peak is not None:
-            handle = index.handle(peak)
-            novelty = peak.measurement("flow_novelty")
-            if novelty is not None and novelty.value > 1.0:
-                facts.append(
-                    (
-                        {
-                            "kind": "measurement",
-                            "cite": [handle],
-                            "quantity": "flow_novelty",
-                            "value": round(novelty.value, 2),
-                        },
-                        "times the fastest motion normal there",
-                    )
-                )
-            if len(peak):  # the most anomalous object at the peak, whether or not it broke a rule
-                i = int(np.argmax(peak.scores))
-                track = self._track(peak, i)
-                speed = peak.measurement("speed", i)
-                facts.append(
-                    (
-                        {
-                            "kind": "measurement",
-                            "cite": [handle],
-                            "quantity": "speed",
-                            "value": round(speed.value, 2),
-                            "track": track,
-                        },
-                        speed.unit,
-                    )
-                )
-                heading = peak.labels[i].split(" in zone ")[0].split(" ", 1)[-1]
-                facts.append(({"kind": "attribute", "cite": [handle], "term": heading, "track": track}, ""))
-            facts.append(({"kind": "count", "cite": [handle], "value": len(peak)}, "objects"))
+            facts += self._peak_facts(index.frame_evidence(event.peak_frame))
+        except KeyError:  # the peak frame's evidence was not kept
+            pass
         if len(cited) > 1:
-            facts.append(
-                (
-                    {
-                        "kind": "temporal",
-                        "cite": [index.handle(cited[0]), index.handle(cited[-1])],
-                        "frames": [event.start_frame, event.end_frame],
-                    },
-                    "",
-                )
-            )
+            span = {"frames": [event.start_frame, event.end_frame]}
+            facts.append(({"kind": "temporal", "cite": [index.handle(cited[0]), index.handle(cited[-1])]} | span, ""))
         seen: set[str] = set()
         lines.append("Facts that may explain it; answer with the 2 or 3 that explain it best, copied exactly:")
         for claim, meaning in facts:
@@ -313,6 +231,45 @@ class Toolbox:
         if index.captions is not None:
             lines.append(f"A caption of each frame can be read with the tool caption (e.g. frame {event.peak_frame}).")
         return "\n".join(lines)
+
+    def _breach_facts(
+        self, rule_id: str, severity: float, evidence: Evidence, i: int | None
+    ) -> list[tuple[dict[str, Any], str]]:
+        """A broken rule as claims: the rule, and for an object its measured value, zone and heading."""
+        handle = self.index.handle(evidence)
+        sentence = self._rule_sentence(rule_id).rstrip(".")
+        if i is None:
+            return [({"kind": "rule", "cite": [handle], "rule": rule_id}, f"{severity:.1f}x the limit of: {sentence}")]
+        track = self._track(evidence, i)
+        facts = [({"kind": "rule", "cite": [handle], "rule": rule_id, "track": track},
+                  f"{severity:.1f}x the limit of: {sentence}")]
+        fact = self.index.rulebook.get(rule_id).predicate.fact if rule_id in self._rule_ids else ""
+        heading, zone = label_parts(evidence.labels[i])
+        if fact in OBJECT_QUANTITIES and (m := evidence.measurement(fact, i)) is not None:
+            value = {"quantity": fact, "value": round(m.value, 2), "track": track}
+            facts.append(({"kind": "measurement", "cite": [handle]} | value, m.unit))
+        if fact == "zone":
+            facts.append(({"kind": "spatial", "cite": [handle], "term": zone, "track": track}, ""))
+        facts.append(({"kind": "attribute", "cite": [handle], "term": heading, "track": track}, ""))
+        return facts
+
+    def _peak_facts(self, peak: Evidence) -> list[tuple[dict[str, Any], str]]:
+        """The peak frame as claims: unusual motion, its most anomalous object (rules broken or not), the count."""
+        handle = self.index.handle(peak)
+        facts = []
+        novelty = peak.measurement("flow_novelty")
+        if novelty is not None and novelty.value > 1.0:
+            value = {"quantity": "flow_novelty", "value": round(novelty.value, 2)}
+            facts.append(({"kind": "measurement", "cite": [handle]} | value, "times the fastest motion normal there"))
+        if len(peak):
+            i = int(np.argmax(peak.scores))
+            track, speed = self._track(peak, i), peak.measurement("speed", i)
+            value = {"quantity": "speed", "value": round(speed.value, 2), "track": track}
+            facts.append(({"kind": "measurement", "cite": [handle]} | value, speed.unit))
+            heading, _ = label_parts(peak.labels[i])
+            facts.append(({"kind": "attribute", "cite": [handle], "term": heading, "track": track}, ""))
+        facts.append(({"kind": "count", "cite": [handle], "value": len(peak)}, "objects"))
+        return facts
 
     @staticmethod
     def _track(evidence: Evidence, i: int) -> int | None:
@@ -425,6 +382,12 @@ class Toolbox:
             f"frames {a}-{b} ({a / self.index.fps:.1f}-{b / self.index.fps:.1f} s) [C{a}]" for a, b in runs[:MAX_LISTED]
         )
         return f"{len(hits)} frames mention {' '.join(words)}: {shown}"
+
+
+def label_parts(label: str) -> tuple[str, str]:
+    """``("moving E", "zone r2c1")`` from a motion label such as ``"object moving E in zone r2c1"``."""
+    what, _, zone = label.partition(" in zone ")
+    return what.split(" ", 1)[-1], f"zone {zone}" if zone else ""
 
 
 def mentions(text: str, term: str) -> bool:
