@@ -16,6 +16,7 @@ from typing import Any
 from anomalens.agents.graph import Agent, build_graph
 from anomalens.agents.index import VideoIndex, index_from_screening
 from anomalens.agents.llm import LLM
+from anomalens.errors import MediaError
 from anomalens.types import Explanation
 
 RECURSION_LIMIT = 60  # graph steps per question: far above what the step budget allows
@@ -73,14 +74,14 @@ def video_index(
     from anomalens.tools.scene import Scene, SceneScorer, learn_scene
 
     path = Path(video)
-    key = hashlib.sha1()
-    for part in (path, Path(scene_dir) / "rules.yaml" if scene_dir else None, captions):
-        if part is not None:
-            stat = Path(part).stat() if Path(part).exists() else None
-            key.update(
-                f"{Path(part).resolve()}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}".encode()
-            )
-    key.update(f"|fps={fps}".encode())
+    key = hashlib.sha1(f"fps={fps}".encode())
+    for part in (path, Path(scene_dir) / "rules.yaml" if scene_dir else None, Path(captions) if captions else None):
+        if part is None:
+            continue
+        if not part.exists():
+            raise MediaError(part, "not found")
+        stat = part.stat()  # an edited rulebook or caption file, or a replaced video, means a new index
+        key.update(f"|{part.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     cached = Path(cache_dir) / f"index-{key.hexdigest()[:16]}.json"
     if cached.is_file():
         return VideoIndex.load(cached)

@@ -456,3 +456,10 @@ def test_chat_command_answers_and_resumes_a_session(scene_and_video, tmp_path):
     assert f"session {session} (1 earlier turns)" in again.stderr
     assert "> how many objects are in view at frame 40?" in again.stdout
     assert len(list((tmp_path / "chat").glob("index-*.json"))) == 1  # the video was indexed once
+
+
+def test_chat_index_refuses_missing_inputs_by_name(tmp_path):
+    from anomalens.agents.chat import video_index
+
+    with pytest.raises(AnomalensError, match="nowhere.avi: not found"):
+        video_index(tmp_path / "nowhere.avi", cache_dir=tmp_path)
