@@ -37,7 +37,7 @@ from anomalens.types import Claim, Explanation
 MAX_STEPS = 6  # LLM calls per event or question, all rounds together
 MAX_ROUNDS = 1  # revisions the verifier may ask for
 MAX_TOOL_ROUNDS = 1  # rounds of data-tool calls before an answer is required: small models loop otherwise
-MAX_TOKENS = 320  # longest reply: four claims fit in about 200 tokens
+MAX_TOKENS = 320  # longest reply: three claims fit in about 150 tokens
 HISTORY_TURNS = 3  # earlier questions and answers a chat question carries
 
 

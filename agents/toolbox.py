@@ -26,7 +26,7 @@ from anomalens.types import ClaimKind, Evidence, Relation
 FRAME_QUANTITIES = ("count", "occupancy", "flow_novelty", "reconstruction")
 OBJECT_QUANTITIES = ("speed", "area", "dwell", "aspect")
 ANSWER_TOOL = "answer"
-MAX_CLAIMS = 4
+MAX_CLAIMS = 3  # per answer: each costs about 3 s of generation on 2 cores (the budget is 20 s an event)
 MAX_LISTED = 8  # longest list a tool returns (events, objects, frames): the LLM's context is small
 MAX_BREACHES = 2  # rule breaches an event's digest details
 
