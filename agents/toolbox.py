@@ -202,7 +202,7 @@ class Toolbox:
         event = index.event(event_id)
         lines = [
             f"Event {event.id}: frames {event.start_frame}-{event.end_frame} ({event.start_s:.1f}-{event.end_s:.1f} s),"
-            f" peak F{event.peak_frame}, score {event.score:.2f} (threshold {index.threshold:.2f})."
+            f" peak F{event.peak_frame}."
         ]
         cited = [ev for ev_id in event.evidence_ids if (ev := index.get(ev_id)) is not None]
         worst: dict[str, tuple[float, Evidence, int | None]] = {}
@@ -235,26 +235,40 @@ class Toolbox:
     def _breach_facts(
         self, rule_id: str, severity: float, evidence: Evidence, i: int | None
     ) -> list[tuple[dict[str, Any], str]]:
-        """A broken rule as claims: the rule, and for an object its measured value, zone and heading."""
+        """A broken rule as claims: the rule, and for an object the measured value or zone the rule is about."""
         handle = self.index.handle(evidence)
         sentence = self._rule_sentence(rule_id).rstrip(".")
         if i is None:
             return [({"kind": "rule", "cite": [handle], "rule": rule_id}, f"{severity:.1f}x the limit of: {sentence}")]
         track = self._track(evidence, i)
-        facts = [({"kind": "rule", "cite": [handle], "rule": rule_id, "track": track},
-                  f"{severity:.1f}x the limit of: {sentence}")]
+        facts = [
+            (
+                {"kind": "rule", "cite": [handle], "rule": rule_id, "track": track},
+                f"{severity:.1f}x the limit of: {sentence}",
+            )
+        ]
         fact = self.index.rulebook.get(rule_id).predicate.fact if rule_id in self._rule_ids else ""
-        heading, zone = label_parts(evidence.labels[i])
         if fact in OBJECT_QUANTITIES and (m := evidence.measurement(fact, i)) is not None:
             value = {"quantity": fact, "value": round(m.value, 2), "track": track}
             facts.append(({"kind": "measurement", "cite": [handle]} | value, m.unit))
-        if fact == "zone":
-            facts.append(({"kind": "spatial", "cite": [handle], "term": zone, "track": track}, ""))
-        facts.append(({"kind": "attribute", "cite": [handle], "term": heading, "track": track}, ""))
+        if fact in ("zone", "direction"):
+            heading, zone = label_parts(evidence.labels[i])
+            term = zone if fact == "zone" else heading
+            facts.append(
+                (
+                    {
+                        "kind": "spatial" if fact == "zone" else "attribute",
+                        "cite": [handle],
+                        "term": term,
+                        "track": track,
+                    },
+                    "",
+                )
+            )
         return facts
 
     def _peak_facts(self, peak: Evidence) -> list[tuple[dict[str, Any], str]]:
-        """The peak frame as claims: unusual motion, its most anomalous object (rules broken or not), the count."""
+        """The peak frame as claims: unusual motion, and its most anomalous object (rules broken or not)."""
         handle = self.index.handle(peak)
         facts = []
         novelty = peak.measurement("flow_novelty")
@@ -268,7 +282,6 @@ class Toolbox:
             facts.append(({"kind": "measurement", "cite": [handle]} | value, speed.unit))
             heading, _ = label_parts(peak.labels[i])
             facts.append(({"kind": "attribute", "cite": [handle], "term": heading, "track": track}, ""))
-        facts.append(({"kind": "count", "cite": [handle], "value": len(peak)}, "objects"))
         return facts
 
     @staticmethod
