@@ -187,7 +187,7 @@ class Agent:
                 tool_call_id=call.id,
                 content=self.text["bad_answer"].format(error=problems),
             )
-            return {"messages": state["messages"] + _dump([reply]), "claims": []}
+            return {"messages": state["messages"] + _dump([reply])}  # earlier verified claims stay
         claims = [Claim(**c) for c in state["kept"]] + claims_from_draft(answer.claims, self.index)
         return {"claims": [c.model_copy(update={"id": f"c{k}"}).model_dump() for k, c in enumerate(claims, 1)]}
 

@@ -463,3 +463,13 @@ def test_chat_index_refuses_missing_inputs_by_name(tmp_path):
 
     with pytest.raises(AnomalensError, match="nowhere.avi: not found"):
         video_index(tmp_path / "nowhere.avi", cache_dir=tmp_path)
+
+
+def test_claims_verified_before_the_budget_ran_out_are_still_said(index):
+    peak = first_event(index).peak_frame
+    count = {"kind": "count", "cite": [f"F{peak}"], "value": len(index.frame_evidence(peak))}
+    wrong = {"kind": "count", "cite": [f"F{peak}"], "value": 99}
+    llm = ScriptedLLM([answer([count, wrong]), answer([{"kind": "guess", "cite": ["F1"]}])] + ["no"] * MAX_STEPS)
+    (explanation,) = run(llm, index)
+    assert explanation.llm_calls == MAX_STEPS and len(explanation.supported) == 1
+    assert explanation.prose.startswith(f"{count['value']} objects were in view")
