@@ -88,22 +88,9 @@ def video_index(
     scene = Scene.load(scene_dir) if scene_dir else learn_scene([str(path)], fps=fps, progress=progress)
     source = scene.open(path, fps=fps)
     scorer = SceneScorer(scene, source.fps)
-    every_frame = []
-    result = screen(
-        source,
-        scorer,
-        rulebook=scene.rulebook,
-        progress=progress,
-        observe=lambda frame, evidence: every_frame.append(
-            evidence.model_copy(update={"anomaly_map": None, "masks": None})
-        ),
-    )
+    result = screen(source, scorer, rulebook=scene.rulebook, progress=progress)
     index = index_from_screening(
-        result,
-        tracks=scorer.analyzer.tracks(),
-        rulebook=scene.rulebook,
-        captions_file=captions,
-        frame_evidence=every_frame,
+        result, tracks=scorer.analyzer.tracks(), rulebook=scene.rulebook, captions_file=captions, every_frame=True
     )
     index.save(cached)
     return index

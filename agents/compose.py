@@ -48,10 +48,8 @@ def render(claim: Claim, index: VideoIndex) -> str:
     if claim.kind == "measurement" and claim.unit is None:  # the verifier compared in the measured unit
         fields["unit"] = next((m.unit for ev in cited for m in ev.measurements if m.name == claim.quantity), "")
     if claim.kind == "rule":
-        sentence = "?"
-        if index.rulebook is not None and claim.rule_id in {r.id for r in index.rulebook.rules}:
-            sentence = index.rulebook.get(claim.rule_id).sentence.rstrip(".")
-        return text["rule"].format(**fields, sentence=sentence)
+        rule = index.rule(claim.rule_id)
+        return text["rule"].format(**fields, sentence=rule.sentence.rstrip(".") if rule is not None else "?")
     if claim.kind == "spatial":
         if claim.relation is not None:
             return text["spatial_relation"].format(**fields | {"relation": claim.relation.replace("_", " ")})

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from anomalens.agents.screening import ScreeningResult
 from anomalens.files import atomic_write
 from anomalens.tools.captions import ReplayedCaptions
-from anomalens.types import Event, Evidence, Rulebook, Track
+from anomalens.types import Event, Evidence, Rule, Rulebook, Track
 
 HANDLE_PATTERN = r"^[FC][0-9]+$"
 _HANDLE = re.compile(r"^([FC])([0-9]+)$")
@@ -60,6 +60,12 @@ class VideoIndex(BaseModel):
             if track.id == track_id:
                 return track
         raise KeyError(f"no track {track_id}")
+
+    def rule(self, rule_id: str) -> Rule | None:
+        """The rule ``rule_id`` of the scene's rulebook, or None (no rulebook, or no such rule)."""
+        if self.rulebook is None:
+            return None
+        return next((r for r in self.rulebook.rules if r.id == rule_id), None)
 
     def frame_evidence(self, frame_index: int) -> Evidence:
         if frame_index not in self._by_frame:
@@ -114,11 +120,11 @@ def index_from_screening(
     tracks: list[Track] = (),
     rulebook: Rulebook | None = None,
     captions_file: str | Path | None = None,
-    frame_evidence: list[Evidence] = (),
+    every_frame: bool = False,
 ) -> VideoIndex:
-    """The index of one screening run: its events and cited evidence, plus ``frame_evidence`` (compact
-    evidence of other frames, for questions about any moment of the video)."""
-    compact = {ev.id: ev.model_copy(update={"anomaly_map": None, "masks": None}) for ev in frame_evidence}
+    """The index of one screening run: its events and cited evidence, and with ``every_frame`` the compact
+    evidence and tracks of every frame (for questions about any moment of the video)."""
+    compact = {ev.id: ev for ev in result.frames} if every_frame else {}
     compact.update(
         {ev.id: ev.model_copy(update={"anomaly_map": None, "masks": None}) for ev in result.evidence.values()}
     )
@@ -131,7 +137,7 @@ def index_from_screening(
         threshold=result.threshold,
         events=result.events,
         evidence=sorted(compact.values(), key=lambda ev: ev.frame_index or 0),
-        tracks=list(tracks) if frame_evidence else [t for t in tracks if t.id in cited],
+        tracks=list(tracks) if every_frame else [t for t in tracks if t.id in cited],
         rulebook=rulebook,
         captions_file=str(captions_file) if captions_file else None,
     )

@@ -42,6 +42,7 @@ class ScreeningResult:
     events: list[Event]
     evidence: dict[str, Evidence]  # evidence cited by events (keyframe evidence keeps its anomaly map)
     keyframes: dict[str, tuple[Frame, Evidence]] = field(default_factory=dict)  # event id -> peak frame
+    frames: list[Evidence] = field(default_factory=list)  # every analysed frame's compact evidence (no map/masks)
     seconds: float = 0.0
 
 
@@ -121,7 +122,7 @@ def screen(
         keyframes[event.id] = (frame, full)
     return ScreeningResult(
         frame_indices, raw_scores, scores, threshold, source.fps, source.name, source.source_size, events,
-        evidence, keyframes, seconds=time.perf_counter() - started,
+        evidence, keyframes, compact, seconds=time.perf_counter() - started,
     )
 
 

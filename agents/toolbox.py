@@ -152,7 +152,6 @@ class Toolbox:
                     )
                 )
         self._tools = {t.spec.name: t for t in tools}
-        self._rule_ids = {r.id for r in index.rulebook.rules} if index.rulebook else set()
 
     @property
     def specs(self) -> list[ToolSpec]:
@@ -183,7 +182,7 @@ class Toolbox:
         lines = []
         chosen = list(range(len(evidence))) if which is None else which
         for i in chosen[:MAX_LISTED]:
-            label, track = evidence.labels[i], self._track(evidence, i)
+            label, track = evidence.labels[i], evidence.track_of(i)
             facts = ", ".join(
                 f"{name} {m.value:.3g} {m.unit}"
                 for name in OBJECT_QUANTITIES
@@ -240,14 +239,15 @@ class Toolbox:
         sentence = self._rule_sentence(rule_id).rstrip(".")
         if i is None:
             return [({"kind": "rule", "cite": [handle], "rule": rule_id}, f"{severity:.1f}x the limit of: {sentence}")]
-        track = self._track(evidence, i)
+        track = evidence.track_of(i)
         facts = [
             (
                 {"kind": "rule", "cite": [handle], "rule": rule_id, "track": track},
                 f"{severity:.1f}x the limit of: {sentence}",
             )
         ]
-        fact = self.index.rulebook.get(rule_id).predicate.fact if rule_id in self._rule_ids else ""
+        rule = self.index.rule(rule_id)
+        fact = rule.predicate.fact if rule is not None else ""
         if fact in OBJECT_QUANTITIES and (m := evidence.measurement(fact, i)) is not None:
             value = {"quantity": fact, "value": round(m.value, 2), "track": track}
             facts.append(({"kind": "measurement", "cite": [handle]} | value, m.unit))
@@ -277,24 +277,16 @@ class Toolbox:
             facts.append(({"kind": "measurement", "cite": [handle]} | value, "times the fastest motion normal there"))
         if len(peak):
             i = int(np.argmax(peak.scores))
-            track, speed = self._track(peak, i), peak.measurement("speed", i)
+            track, speed = peak.track_of(i), peak.measurement("speed", i)
             value = {"quantity": "speed", "value": round(speed.value, 2), "track": track}
             facts.append(({"kind": "measurement", "cite": [handle]} | value, speed.unit))
             heading, _ = label_parts(peak.labels[i])
             facts.append(({"kind": "attribute", "cite": [handle], "term": heading, "track": track}, ""))
         return facts
 
-    @staticmethod
-    def _track(evidence: Evidence, i: int) -> int | None:
-        return int(evidence.track_ids[i]) if evidence.track_ids is not None else None
-
     def _rule_sentence(self, rule_id: str) -> str:
-        if self.index.rulebook is None:
-            return "(no rulebook)"
-        try:
-            return self.index.rulebook.get(rule_id).sentence
-        except KeyError:
-            return "(no longer in the rulebook)"
+        rule = self.index.rule(rule_id)
+        return rule.sentence if rule is not None else "(not in the rulebook)"
 
     def overview(self) -> str:
         """The video in a few lines: length and its events, for a chat question's context."""
@@ -355,11 +347,13 @@ class Toolbox:
         m = evidence.measurement(args.quantity, index)
         return f"[{handle}] track {args.track_id} {args.quantity} at {self._when(args.frame)}: {m.value:.3g} {m.unit}"
 
-    def _object_index(self, evidence: Evidence, track_id: int) -> int:
-        ids = [] if evidence.track_ids is None else [int(t) for t in evidence.track_ids]
-        if track_id not in ids:
+    @staticmethod
+    def _object_index(evidence: Evidence, track_id: int) -> int:
+        index = evidence.object_of(track_id)
+        if index is None:
+            ids = [] if evidence.track_ids is None else [int(t) for t in evidence.track_ids]
             raise ToolArgumentError(f"track {track_id} is not in frame {evidence.frame_index} (tracks there: {ids})")
-        return ids.index(track_id)
+        return index
 
     def rule(self, args: RuleArgs) -> str:
         if self.index.rulebook is None:

@@ -67,13 +67,13 @@ class Verifier:
     def _rule(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
         if not claim.rule_id:
             return _unsupported("a rule claim must name the rule")
-        if self.index.rulebook is None or claim.rule_id not in {r.id for r in self.index.rulebook.rules}:
+        if self.index.rule(claim.rule_id) is None:
             return _unsupported(f"there is no rule {claim.rule_id}")
         for evidence in cited:
             for rule_id, severity, index in evidence.broken_rules():
                 if rule_id != claim.rule_id:
                     continue
-                if claim.track_id is None or self._track_at(evidence, index) == claim.track_id:
+                if claim.track_id is None or evidence.track_of(index) == claim.track_id:
                     return _supported(f"frame {evidence.frame_index} records {rule_id} broken ({severity:.2f}x)")
         who = f" by track {claim.track_id}" if claim.track_id is not None else ""
         return _unsupported(f"no cited frame records {claim.rule_id} broken{who}")
@@ -84,7 +84,7 @@ class Verifier:
         measured = []
         for evidence in cited:
             if claim.track_id is not None:
-                candidates = [self._object_index(evidence, claim.track_id)]
+                candidates = [evidence.object_of(claim.track_id)]
                 if candidates[0] is None:
                     continue
             else:  # the frame's own quantity, or (when the claim names no object) any object's
@@ -124,13 +124,13 @@ class Verifier:
             if evidence.text is not None and claim.track_id is None and mentions(evidence.text, claim.term):
                 return _supported(f"the caption of frame {evidence.frame_index} mentions {claim.term!r}")
             for i, label in enumerate(evidence.labels):
-                if claim.track_id is not None and self._track_at(evidence, i) != claim.track_id:
+                if claim.track_id is not None and evidence.track_of(i) != claim.track_id:
                     continue
                 if mentions(label, claim.term):
                     return _supported(f"frame {evidence.frame_index}: {label}")
         for evidence in cited:
             box = None
-            if claim.track_id is not None and (i := self._object_index(evidence, claim.track_id)) is not None:
+            if claim.track_id is not None and (i := evidence.object_of(claim.track_id)) is not None:
                 box = evidence.boxes[i].tolist()
             for grounder in self.grounders:
                 found = grounder.ground(claim.term, evidence, box)
@@ -151,7 +151,7 @@ class Verifier:
         if claim.track_id is None or claim.other_track_id is None:
             return _unsupported("a relation needs track_id and other_track_id")
         for evidence in cited:
-            a, b = self._object_index(evidence, claim.track_id), self._object_index(evidence, claim.other_track_id)
+            a, b = evidence.object_of(claim.track_id), evidence.object_of(claim.other_track_id)
             if a is None or b is None:
                 continue
             (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = evidence.boxes[a], evidence.boxes[b]
@@ -195,19 +195,6 @@ class Verifier:
         return Verdict(status="unverifiable", reason="no check exists for this kind of claim")
 
     # --- helpers -------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _track_at(evidence: Evidence, index: int | None) -> int | None:
-        if index is None or evidence.track_ids is None:
-            return None
-        return int(evidence.track_ids[index])
-
-    @staticmethod
-    def _object_index(evidence: Evidence, track_id: int) -> int | None:
-        if evidence.track_ids is None:
-            return None
-        hits = [i for i, t in enumerate(evidence.track_ids) if int(t) == track_id]
-        return hits[0] if hits else None
 
     def _convert(self, value: float, unit: str, wanted: str) -> float | None:
         """``value`` from ``unit`` into ``wanted`` (per frame <-> per second, seconds <-> frames), or None."""

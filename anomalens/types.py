@@ -151,6 +151,18 @@ class Evidence(BaseModel):
             if m.name.startswith(RULE_PREFIX)
         ]
 
+    def track_of(self, object_index: int | None) -> int | None:
+        """The track id of object ``object_index``, or None (no object, or no tracks)."""
+        if object_index is None or self.track_ids is None:
+            return None
+        return int(self.track_ids[object_index])
+
+    def object_of(self, track_id: int) -> int | None:
+        """The index of the object that track ``track_id`` is in this frame, or None."""
+        if self.track_ids is None:
+            return None
+        return next((i for i, t in enumerate(self.track_ids) if int(t) == track_id), None)
+
     def measurement(self, name: str, object_index: int | None = None) -> Measurement | None:
         return next(
             (m for m in self.measurements if m.name == name and m.object_index == object_index), None

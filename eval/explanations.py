@@ -138,7 +138,7 @@ def run_explanations(data: str | Path, llm, *, max_events: int | None = None, pr
             remaining -= len(event_ids)
         found = list(explain_events(llm, index, event_ids=event_ids, progress=progress))
         explanations += found
-        records = {**{ev.id: ev for ev in index.evidence}}
+        records = {ev.id: ev for ev in index.evidence}
         for explanation in found:
             for claim in explanation.claims + explanation.first_draft:  # captions the agent read
                 for evidence_id in claim.evidence_ids:

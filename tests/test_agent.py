@@ -59,10 +59,9 @@ def index(scene_and_video):
     scene, test, captions = scene_and_video
     source = scene.open(test.video)
     scorer = SceneScorer(scene, source.fps)
-    every = []
-    result = screen(source, scorer, rulebook=scene.rulebook, progress=False, observe=lambda f, e: every.append(e))
+    result = screen(source, scorer, rulebook=scene.rulebook, progress=False)
     built = index_from_screening(
-        result, tracks=scorer.analyzer.tracks(), rulebook=scene.rulebook, captions_file=captions, frame_evidence=every
+        result, tracks=scorer.analyzer.tracks(), rulebook=scene.rulebook, captions_file=captions, every_frame=True
     )
     assert len(built.events) >= 2, "the scene should give a cyclist event and a lawn event"
     return built
