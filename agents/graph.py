@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from anomalens.agents.compose import claims_from_draft, render
 from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import LLM, Message, ToolCall
+from anomalens.agents.llm.structured import problem_summary
 from anomalens.agents.toolbox import ANSWER_TOOL, Answer, ToolArgumentError, Toolbox
 from anomalens.agents.verify import Grounder, Verifier
 from anomalens.prompts import load as load_prompts
@@ -180,7 +181,7 @@ class Agent:
         try:
             answer = Answer.model_validate(call.arguments)
         except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()[:4])
+            problems = problem_summary(error, "answer")
             reply = Message(
                 role="tool",
                 name=ANSWER_TOOL,

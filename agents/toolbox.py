@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from anomalens.agents.index import HANDLE_PATTERN, VideoIndex
 from anomalens.agents.llm import ToolCall, ToolSpec, tool_parameters
+from anomalens.agents.llm.structured import problem_summary
 from anomalens.types import ClaimKind, Evidence, Relation
 
 FRAME_QUANTITIES = ("count", "occupancy", "flow_novelty", "reconstruction")
@@ -165,8 +166,7 @@ class Toolbox:
         try:
             args = tool.args.model_validate(call.arguments)
         except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in error.errors())
-            raise ToolArgumentError(f"{call.name}: {problems}") from None
+            raise ToolArgumentError(f"{call.name}: {problem_summary(error, 'arguments')}") from None
         try:
             return tool.run(args)
         except KeyError as error:  # a lookup the LLM got wrong: tell it what exists

@@ -59,7 +59,7 @@ def ask_structured(
         try:
             return Structured(model.model_validate(extract_json(result.text)), attempt, results)
         except ValueError as problem:  # pydantic's ValidationError is a ValueError too
-            error = _short(problem)
+            error = problem_summary(problem)
         conversation += [
             Message(role="assistant", content=result.text),
             Message(role="user", content=text["json_retry"].format(error=error)),
@@ -69,7 +69,9 @@ def ask_structured(
     )
 
 
-def _short(problem: ValueError) -> str:
+def problem_summary(problem: ValueError, whole: str = "reply", limit: int = 5) -> str:
+    """One line for the model: each pydantic error as ``field.path: message`` (``whole`` when it is about the
+    whole value), at most ``limit`` of them; other errors as they are."""
     if isinstance(problem, ValidationError):
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'reply'}: {e['msg']}" for e in problem.errors()[:5])
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}" for e in problem.errors()[:limit])
     return str(problem)
