@@ -101,6 +101,107 @@ def audit(
     out.print(f"report: {html_path}\njson:   {json_path}")
 
 
+@app.command("induce-caption-rules")
+def induce_caption_rules(
+    captions: Annotated[list[Path], typer.Argument(help="caption files of normal footage: text or JSONL")],
+    out_path: Annotated[Path, typer.Option("--out", help="rulebook YAML to write (for reason-captions --rules)")],
+    anomalies: Annotated[
+        Optional[Path],
+        typer.Option(help="anomaly rule text to start from (default: the everyday anomalies shipped with anomalens)"),
+    ] = None,
+) -> None:
+    """Learn caption rules from captions of normal footage: what they say often is normal; everyday anomalies
+    that they show are switched off."""
+    from importlib import resources
+
+    from anomalens.rules.captions import load_rule_text, parse_rule_text
+    from anomalens.rules.io import save_rulebook
+    from anomalens.tools.caption_scoring import induce_caption_rules as induce
+    from anomalens.tools.captions import ReplayedCaptions
+
+    if anomalies is None:
+        text = resources.files("anomalens.rules").joinpath("everyday_anomalies.txt").read_text(encoding="utf-8")
+        start = parse_rule_text(text, "everyday_anomalies.txt")
+    else:
+        start = load_rule_text(anomalies)
+    normal = [caption for path in captions for caption in ReplayedCaptions.load(path).captions.values()]
+    _, _, embedder = caption_models(0.0)
+    rulebook = induce(normal, embedder, start, scene=out_path.stem)
+    save_rulebook(rulebook, out_path)
+    out.print(f"{len(rulebook.rules)} caption rules -> {out_path} (edit freely)")
+    for rule in rulebook.rules:
+        state = "" if rule.enabled else " (off: the normal footage shows it)"
+        out.print(f"  {rule.id}: {rule.sentence}{state}", highlight=False)
+
+
+LLMFraction = Annotated[
+    Optional[float],
+    typer.Option(min=0.0, max=1.0, help="LLM calls allowed, as a share of the frames; 0: no LLM (default 0.01)"),
+]
+
+
+def caption_models(llm_fraction: float | None):
+    """The LLM share to use, the LLM (None when the share is 0) and the sentence embedder of the settings."""
+    from anomalens.agents.caption_reasoning import DEFAULT_LLM_FRACTION
+    from anomalens.agents.llm import open_llm
+    from anomalens.config import load_settings
+    from anomalens.tools.embeddings import SentenceEmbedder
+
+    settings = load_settings()
+    llm_fraction = DEFAULT_LLM_FRACTION if llm_fraction is None else llm_fraction
+    llm = open_llm(settings=settings) if llm_fraction > 0 else None
+    return llm_fraction, llm, SentenceEmbedder.load(settings.embedder, root=settings.model_dir)
+
+
+@app.command("reason-captions")
+def reason_captions(
+    captions: Annotated[
+        list[Path], typer.Argument(help="caption files, one per video: text (line k = frame k) or JSONL")
+    ],
+    rules: Annotated[Path, typer.Option(help="caption rules: rule text (.txt, numbered items under headings) or YAML")],
+    fps: Annotated[float, typer.Option(help="frame rate of the captioned videos")] = 25.0,
+    threshold: Annotated[
+        Optional[float], typer.Option(help="smoothed score above which a frame is anomalous (default 0.3)")
+    ] = None,
+    llm_fraction: LLMFraction = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write frame scores, rules and events")] = None,
+) -> None:
+    """Find anomalies in captioned video: every caption scored against the rules, the LLM settling the rest."""
+    import json
+
+    import numpy as np
+
+    from anomalens.agents.caption_reasoning import EVENT_THRESHOLD, caption_events, reason_over_captions
+    from anomalens.files import atomic_write
+    from anomalens.rules.captions import load_rule_text
+    from anomalens.rules.io import load_rulebook
+    from anomalens.tools.caption_scoring import CaptionScorer
+    from anomalens.tools.captions import ReplayedCaptions
+
+    rulebook = load_rule_text(rules) if rules.suffix == ".txt" else load_rulebook(rules)
+    replays = {path.stem: ReplayedCaptions.load(path) for path in captions}
+    if len(replays) < len(captions):
+        raise AnomalensError("caption files need distinct names: the file name (without suffix) names the video")
+    frames = {name: np.array(sorted(replay.captions)) for name, replay in replays.items()}
+    texts = {name: [replays[name].captions[int(k)] for k in frames[name]] for name in replays}
+    llm_fraction, llm, embedder = caption_models(llm_fraction)
+    scorer = CaptionScorer(rulebook, embedder)
+    result = reason_over_captions(texts, scorer, llm, llm_fraction=llm_fraction)
+    sentences = {rule.id: rule.sentence for rule in rulebook.rules}
+    report = result.to_json()
+    for name, video in result.videos.items():
+        events = caption_events(video, frames[name], fps, EVENT_THRESHOLD if threshold is None else threshold)
+        report["videos"][name]["frames"] = frames[name].tolist()
+        report["videos"][name]["events"] = [e.model_dump(mode="json") for e in events]
+        out.print(f"{name}: {len(events)} events in {len(video.scores)} frames", highlight=False)
+        for event in events:
+            broken = "; ".join(sentences[r] for r in event.rule_ids[:2]) or "an activity rarely described here"
+            out.print(f"  {event.start_s:.1f}-{event.end_s:.1f} s (score {event.score:.2f}): {broken}", highlight=False)
+    out.print(f"LLM calls: {result.llm_calls} ({result.llm or 'no LLM'}), {result.seconds:.0f} s", highlight=False)
+    if json_path is not None:
+        atomic_write(json_path, json.dumps(report, indent=2))
+
+
 @app.command()
 def chat(
     video: Annotated[Path, typer.Argument(help="video, frame folder or image to talk about")],
@@ -220,6 +321,29 @@ def eval_explanations(
 
     settings = load_settings()
     metrics = run_explanations(data or settings.data_dir, open_llm(settings=settings), max_events=max_events)
+    text = json.dumps(metrics, indent=2)
+    if json_path is not None:
+        atomic_write(json_path, text)
+    out.print(text, highlight=False)
+
+
+@eval_app.command("captions")
+def eval_captions(
+    data: Annotated[
+        Path, typer.Option(help="one dataset: captions/*.txt, labels/*.csv, published_rules.txt (vlm_captions/NAME)")
+    ],
+    dataset: Annotated[str, typer.Option(help="a name for the dataset in the results")],
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+    llm_fraction: LLMFraction = None,
+) -> None:
+    """Score captioned frames against their rules (embeddings, then the LLM on unsettled phrases) and measure."""
+    import json
+
+    from anomalens.eval.captions import run_captions
+    from anomalens.files import atomic_write
+
+    llm_fraction, llm, embedder = caption_models(llm_fraction)
+    metrics = run_captions(data, dataset, embedder, llm, llm_fraction=llm_fraction)
     text = json.dumps(metrics, indent=2)
     if json_path is not None:
         atomic_write(json_path, text)

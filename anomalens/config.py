@@ -36,6 +36,9 @@ class Settings(BaseModel):
     )
     llm_base_url: str | None = Field(default=None, description="base URL of an OpenAI-compatible server")
     llm_api_key: str | None = Field(default=None, description="API key of that server (local servers need none)")
+    embedder: str = Field(
+        default="all-minilm-l6-v2", description="sentence embeddings: a store name, a model folder or a cached HF id"
+    )
     explainer: Literal["auto", "agent", "deterministic"] = Field(
         default="auto", description="who explains events: the agent (needs an LLM), the deterministic explainer, or"
         " auto (the agent when the configured LLM is available)"

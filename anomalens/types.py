@@ -216,7 +216,8 @@ class Event(BaseModel):
 
 
 Fact = Literal[
-    "class", "area", "width", "height", "aspect", "speed", "direction", "zone", "dwell", "count", "occupancy", "time"
+    "class", "area", "width", "height", "aspect", "speed", "direction", "zone", "dwell", "count", "occupancy", "time",
+    "caption",
 ]
 Operator = Literal["<=", ">=", "<", ">", "==", "!=", "between", "in", "not_in"]
 
@@ -226,6 +227,10 @@ class Predicate(BaseModel):
 
     ``between`` takes ``[low, high]`` (inclusive); ``in``/``not_in`` take a list; ``where`` limits the
     predicate to objects whose facts equal the given values (e.g. ``{"zone": "walkway"}``).
+
+    ``caption`` rules judge what a frame's caption describes: ``in`` lists phrases of normal activity,
+    ``not_in`` phrases that must not be described (e.g. ``["running", "riding a bicycle"]``); phrases are
+    matched by meaning (``anomalens.tools.caption_scoring``), not by string equality.
     """
 
     model_config = ConfigDict(extra="forbid")

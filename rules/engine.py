@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from anomalens.types import Predicate, Rule, Rulebook
 
 FRAME_FACTS = frozenset({"count", "occupancy", "time"})  # facts of the whole frame, not of one object
+CAPTION_FACT = "caption"  # judged by meaning by the caption scorer, never against measured facts
 CATEGORICAL_OPS = frozenset({"in", "not_in", "==", "!="})
 CATEGORICAL_SEVERITY = 2.0  # a broken categorical rule counts like a value at twice its bound
 _TINY = 1e-9
@@ -64,7 +65,7 @@ class RuleIndex:
     """A rulebook split for fast checking: frame-level rules once per frame, object rules by zone."""
 
     def __init__(self, rulebook: Rulebook):
-        enabled = [r for r in rulebook.rules if r.enabled]
+        enabled = [r for r in rulebook.rules if r.enabled and r.predicate.fact != CAPTION_FACT]
         self.frame_rules = [r for r in enabled if r.predicate.fact in FRAME_FACTS]
         self._by_zone: dict[str | None, list[Rule]] = {}
         for rule in enabled:

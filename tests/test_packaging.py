@@ -21,6 +21,10 @@ MODULES = SUBPACKAGES + [
     "anomalens.tools.rule_induction",
     "anomalens.rules.engine",
     "anomalens.rules.io",
+    "anomalens.rules.captions",
+    "anomalens.tools.captions",
+    "anomalens.tools.embeddings",
+    "anomalens.tools.caption_scoring",
     "anomalens.eval.synthetic",
     "anomalens.eval.demo",
 ]
@@ -82,6 +86,7 @@ def test_wheel_holds_only_anomalens_and_works_without_the_source_tree(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"anomalens"}
     assert "anomalens/prompts/explain.yaml" in names and "anomalens/tools/motion.py" in names
+    assert "anomalens/rules/everyday_anomalies.txt" in names
     assert not any(n.startswith("anomalens/tests") for n in names)
 
     target = tmp_path / "site"
