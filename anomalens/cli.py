@@ -161,7 +161,7 @@ def reason_captions(
     rules: Annotated[Path, typer.Option(help="caption rules: rule text (.txt, numbered items under headings) or YAML")],
     fps: Annotated[float, typer.Option(help="frame rate of the captioned videos")] = 25.0,
     threshold: Annotated[
-        Optional[float], typer.Option(help="smoothed score above which a frame is anomalous (default 0.3)")
+        Optional[float], typer.Option(help="smoothed score above which a frame is anomalous (default 0.15)")
     ] = None,
     llm_fraction: LLMFraction = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write frame scores, rules and events")] = None,

@@ -254,14 +254,17 @@ def test_the_llm_settles_the_phrases_that_decide_most_frames_within_its_budget()
     assert len(options) == 6 and {"Running or jumping", "Standing near a bench"} <= set(options)
 
 
-def test_an_anomaly_rule_chosen_by_the_llm_is_the_one_the_frames_break():
+def test_an_anomaly_rule_chosen_by_the_llm_names_what_the_frames_break_but_raises_nothing():
     rulebook = parse_rule_text(RULES, "rules.txt")
     scorer = CaptionScorer(rulebook, BagOfWords())
+    before = reason_over_captions(scene_captions(), scorer, progress=False)
     llm = ScriptedLLM([choose("Ground transportations such as vehicles, vans.")])
     result = reason_over_captions(scene_captions(), scorer, llm, llm_fraction=0.005, progress=False)
-    assert [(m.phrase, m.rule_id, m.margin) for m in result.decided] == [("riding a bicycle", "anomaly-3", 1.0)]
+    (decided,) = result.decided
+    assert (decided.phrase, decided.rule_id, decided.judged_by) == ("riding a bicycle", "anomaly-3", "scripted:script")
     assert set(result.videos["v1"].cues.rule_id[40:60]) == {"anomaly-3"}
-    assert result.videos["v1"].cues.rule[40:60].min() == 1.0
+    assert set(before.videos["v1"].cues.rule_id[40:60]) == {"anomaly-2"}
+    np.testing.assert_allclose(result.videos["v1"].scores, before.videos["v1"].scores)
 
 
 def test_a_rulebook_without_both_kinds_of_caption_rules_is_refused():
@@ -330,7 +333,8 @@ def test_reason_captions_finds_the_event_and_the_rule_it_breaks(minilm, tmp_path
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     (event,) = report["videos"]["v1"]["events"]
-    assert event["rule_ids"][0] == "anomaly-2" and 35 <= event["start_frame"] <= 45 and 55 <= event["end_frame"] <= 65
+    # Cycling at frames 40-59; the 31-frame smoothing may spread the event by up to 15 frames either side.
+    assert event["rule_ids"][0] == "anomaly-2" and 25 <= event["start_frame"] <= 45 and 55 <= event["end_frame"] <= 75
     assert event["start_s"] == event["start_frame"] / 10
     assert report["videos"]["v2"]["events"] == [] and report["llm_calls"] == 0
     assert "Riding a bicycle or scooter, skateboarding" in result.output
@@ -358,5 +362,5 @@ def test_caption_rules_induced_from_normal_footage_drive_reasoning(minilm, tmp_p
     args = ["reason-captions", str(tmp_path / "test.txt"), "--rules", str(rules), "--llm-fraction", "0"]
     result = CliRunner().invoke(app, [*args, "--json", str(out)])
     assert result.exit_code == 0, result.output
-    (event,) = json.loads(out.read_text())["videos"]["test"]["events"]
-    assert event["rule_ids"][0] == "anomaly-1" and 50 <= event["start_frame"] <= 65 and event["end_frame"] >= 75
+    (event,) = json.loads(out.read_text())["videos"]["test"]["events"]  # running at frames 60-79
+    assert event["rule_ids"][0] == "anomaly-1" and 45 <= event["start_frame"] <= 65 and event["end_frame"] >= 75
