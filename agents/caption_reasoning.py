@@ -25,7 +25,7 @@ from anomalens.errors import LLMError
 from anomalens.events import group_events, smooth
 from anomalens.progress import track
 from anomalens.prompts import load as load_prompts
-from anomalens.tools.caption_scoring import CaptionScorer, FrameScores, PhraseMatch, phrases
+from anomalens.tools.caption_scoring import CaptionScorer, FrameScores, PhraseMatch, frame_scores, read_captions
 from anomalens.types import Event
 
 # At most this share of the frame count in LLM calls; 1% keeps ShanghaiTech's 40,791 frames at 407 calls,
@@ -95,14 +95,14 @@ def reason_over_captions(
     if not 0 <= llm_fraction <= 1:
         raise ValueError(f"llm_fraction must lie in [0, 1], got {llm_fraction}")
     started = time.perf_counter()
-    per_frame = [phrases(c) for caps in captions.values() for c in caps]
-    matches = scorer.match([p for found in per_frame for p in found], progress=progress)
-    before = scorer.frame_scores(captions, matches)
+    read = read_captions(captions)
+    matches = scorer.match([p for frames in read.phrases.values() for found in frames for p in found], progress)
+    before = frame_scores(read, matches)
     decided, calls = [], 0
     if llm is not None and llm_fraction > 0:
-        budget = int(llm_fraction * len(per_frame))
-        decided, calls = _decide(scorer, llm, _undecided(per_frame, matches)[:budget], progress)
-    after = scorer.frame_scores(captions, matches | {m.phrase: m for m in decided}) if decided else before
+        budget = int(llm_fraction * sum(len(caps) for caps in captions.values()))
+        decided, calls = _decide(scorer, llm, _undecided(before, matches)[:budget], progress)
+    after = frame_scores(read, matches | {m.phrase: m for m in decided}) if decided else before
     videos = {
         name: VideoScores(smooth(after[name].raw, SMOOTHING_WIDTH), after[name], smooth(c.raw, SMOOTHING_WIDTH))
         for name, c in before.items()
@@ -125,9 +125,9 @@ def caption_events(
     return events
 
 
-def _undecided(per_frame: list[list[str]], matches: dict[str, PhraseMatch]) -> list[PhraseMatch]:
+def _undecided(scores: dict[str, FrameScores], matches: dict[str, PhraseMatch]) -> list[PhraseMatch]:
     """Phrases closer to an anomaly rule than to normal behaviour, most frames decided by them first."""
-    deciding = Counter(max((matches[p] for p in found), key=lambda m: m.margin).phrase for found in per_frame if found)
+    deciding = Counter(p for video in scores.values() for p in video.phrase if p is not None)
     leaning = [m for m in matches.values() if m.margin > 0]
     return sorted(leaning, key=lambda m: (-deciding[m.phrase], -m.margin, m.phrase))
 

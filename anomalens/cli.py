@@ -125,8 +125,7 @@ def induce_caption_rules(
     else:
         start = load_rule_text(anomalies)
     normal = [caption for path in captions for caption in ReplayedCaptions.load(path).captions.values()]
-    _, _, embedder = caption_models(0.0)
-    rulebook = induce(normal, embedder, start, scene=out_path.stem)
+    rulebook = induce(normal, sentence_embedder(), start, scene=out_path.stem)
     save_rulebook(rulebook, out_path)
     out.print(f"{len(rulebook.rules)} caption rules -> {out_path} (edit freely)")
     for rule in rulebook.rules:
@@ -140,17 +139,23 @@ LLMFraction = Annotated[
 ]
 
 
-def caption_models(llm_fraction: float | None):
-    """The LLM share to use, the LLM (None when the share is 0) and the sentence embedder of the settings."""
-    from anomalens.agents.caption_reasoning import DEFAULT_LLM_FRACTION
-    from anomalens.agents.llm import open_llm
+def sentence_embedder():
+    """The sentence embedder of the settings (``ANOMALENS_EMBEDDER``)."""
     from anomalens.config import load_settings
     from anomalens.tools.embeddings import SentenceEmbedder
 
     settings = load_settings()
+    return SentenceEmbedder.load(settings.embedder, root=settings.model_dir)
+
+
+def caption_models(llm_fraction: float | None):
+    """The LLM share to use, the LLM (None when the share is 0) and the sentence embedder of the settings."""
+    from anomalens.agents.caption_reasoning import DEFAULT_LLM_FRACTION
+    from anomalens.agents.llm import open_llm
+
     llm_fraction = DEFAULT_LLM_FRACTION if llm_fraction is None else llm_fraction
-    llm = open_llm(settings=settings) if llm_fraction > 0 else None
-    return llm_fraction, llm, SentenceEmbedder.load(settings.embedder, root=settings.model_dir)
+    llm = open_llm() if llm_fraction > 0 else None
+    return llm_fraction, llm, sentence_embedder()
 
 
 @app.command("reason-captions")

@@ -132,7 +132,6 @@ class CaptionScorer:
                 f"rulebook {rulebook.scene or '(unnamed)'}: caption scoring needs caption rules of both kinds "
                 f"(anomaly rules: {len(anomaly)}, normal rules: {len(normal)})"
             )
-        self.rulebook = rulebook
         self.embedder = embedder
         self._anomaly = [(phrase, rule.id) for rule in anomaly for phrase in rule.predicate.value]
         self._anomaly_vectors = embedder.embed([p for p, _ in self._anomaly])
@@ -159,26 +158,41 @@ class CaptionScorer:
         anomaly = [r for r in order if r.predicate.op == "not_in"][:per_kind]
         return anomaly + [r for r in order if r.predicate.op == "in"][:per_kind]
 
-    @staticmethod
-    def frame_scores(captions: dict[str, list[str]], matches: dict[str, PhraseMatch]) -> dict[str, FrameScores]:
-        """Per video: each frame's best rule match and novelty; novelty counts over all ``captions`` given."""
-        described = {v: [{verb for verb, _ in activities(c)} for c in caps] for v, caps in captions.items()}
-        frames = sum(len(caps) for caps in captions.values())
-        share = Counter(verb for verbs in described.values() for found in verbs for verb in found)
-        scale = math.log(max(frames, 2))
-        out = {}
-        for video, caps in captions.items():
-            rule, novelty = np.zeros(len(caps)), np.zeros(len(caps))
-            phrase: list[str | None] = [None] * len(caps)
-            rule_id: list[str | None] = [None] * len(caps)
-            for k, caption in enumerate(caps):
-                best = max((matches[p] for p in phrases(caption)), key=lambda m: m.score, default=None)
-                if best is not None and best.score > 0:
-                    rule[k], phrase[k], rule_id[k] = best.score, best.phrase, best.rule_id
-                if described[video][k]:
-                    novelty[k] = max(-math.log(share[verb] / frames) for verb in described[video][k]) / scale
-            out[video] = FrameScores(rule, novelty, phrase, rule_id)
-        return out
+
+@dataclass
+class ReadCaptions:
+    """Captions read once: each frame's phrases and novelty, per video (neither depends on the rules)."""
+
+    phrases: dict[str, list[list[str]]]
+    novelty: dict[str, np.ndarray]
+
+
+def read_captions(captions: dict[str, list[str]]) -> ReadCaptions:
+    """Phrases of every caption, and novelty counted over all ``captions`` given (every video together)."""
+    described = {v: [{verb for verb, _ in activities(c)} for c in caps] for v, caps in captions.items()}
+    frames = sum(len(caps) for caps in captions.values())
+    share = Counter(verb for verbs in described.values() for found in verbs for verb in found)
+    scale = math.log(max(frames, 2))
+    novelty = {
+        video: np.array([max((-math.log(share[v] / frames) for v in found), default=0.0) / scale for found in verbs])
+        for video, verbs in described.items()
+    }
+    return ReadCaptions({v: [phrases(c) for c in caps] for v, caps in captions.items()}, novelty)
+
+
+def frame_scores(read: ReadCaptions, matches: dict[str, PhraseMatch]) -> dict[str, FrameScores]:
+    """Per video: each frame's best rule match (by score) beside its novelty."""
+    out = {}
+    for video, per_frame in read.phrases.items():
+        rule = np.zeros(len(per_frame))
+        phrase: list[str | None] = [None] * len(per_frame)
+        rule_id: list[str | None] = [None] * len(per_frame)
+        for k, found in enumerate(per_frame):
+            best = max((matches[p] for p in found), key=lambda m: m.score, default=None)
+            if best is not None and best.score > 0:
+                rule[k], phrase[k], rule_id[k] = best.score, best.phrase, best.rule_id
+        out[video] = FrameScores(rule, read.novelty[video], phrase, rule_id)
+    return out
 
 
 def induce_caption_rules(
