@@ -62,16 +62,20 @@ class CaptionReasoning:
     def frames(self) -> int:
         return sum(len(v.scores) for v in self.videos.values())
 
+    def decisions(self) -> list[dict]:
+        """The LLM's verdicts as JSON: each phrase, whether it stayed anomalous, under which rule, by whom."""
+        return [
+            {"phrase": m.phrase, "anomalous": m.margin > 0, "rule": m.rule_id, "judge": m.judged_by}
+            for m in self.decided
+        ]
+
     def to_json(self) -> dict:
         return {
             "frames": self.frames,
             "phrases": self.phrases,
             "llm": self.llm,
             "llm_calls": self.llm_calls,
-            "decided": [
-                {"phrase": m.phrase, "anomalous": m.margin > 0, "rule": m.rule_id, "judge": m.judged_by}
-                for m in self.decided
-            ],
+            "decided": self.decisions(),
             "videos": {
                 name: {
                     "scores": [round(float(s), 5) for s in video.scores],
@@ -117,9 +121,8 @@ def caption_events(
     """Runs of frames whose smoothed score exceeds ``threshold``, each with the rules its frames break (most
     frames first)."""
     events = group_events(frame_indices, video.scores, threshold, fps)
-    position = {int(f): i for i, f in enumerate(frame_indices)}
     for event in events:
-        inside = [position[int(f)] for f in frame_indices if event.start_frame <= f <= event.end_frame]
+        inside = np.flatnonzero((frame_indices >= event.start_frame) & (frame_indices <= event.end_frame))
         broken = Counter(video.cues.rule_id[i] for i in inside if video.cues.rule_id[i])
         event.rule_ids = [rule for rule, _ in broken.most_common()]
     return events

@@ -115,5 +115,5 @@ def run_captions(
         },
         "seconds": time.perf_counter() - started,
         "per_video_auc": per_video,
-        "decided": result.to_json()["decided"],
+        "decided": result.decisions(),
     }
