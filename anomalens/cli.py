@@ -420,6 +420,19 @@ def models_list() -> None:
         table.add_row(entry.name, entry.kind, size, "yes" if here else "no", entry.license, entry.summary)
     out.print(table)
 
+    from anomalens import weights
+
+    checkpoints = Table(title="foundation-model checkpoints (copied in, or a warm Hugging Face cache; never downloaded)")
+    checkpoints.add_column("name", no_wrap=True, min_width=max(len(name) for name in weights.checkpoints()))
+    for column in ("backend", "present", "repository @ revision", "license"):
+        checkpoints.add_column(column)
+    for entry in weights.checkpoints().values():
+        found = weights.where(entry.name)
+        revision = entry.revision[:12] if entry.pinned else f"{entry.revision} (not pinned)"
+        here = f"{found[0]}: {found[1]}" if found else "no"
+        checkpoints.add_row(entry.name, entry.backend, here, f"{entry.repo} @ {revision}", entry.license)
+    out.print(checkpoints)
+
 
 @models_app.command("pull")
 def models_pull(
@@ -483,10 +496,18 @@ def _installed(dist: str) -> str | None:
 
 
 @app.command()
-def doctor() -> None:
+def doctor(
+    tiny: Annotated[
+        bool, typer.Option("--tiny", help="build each installed model backend with tiny random weights, run it once")
+    ] = False,
+) -> None:
     """Report which extras, backends, weights and data are available on this machine."""
     from anomalens import registry
     from anomalens.config import load_settings
+
+    if tiny:
+        _doctor_tiny()
+        return
 
     settings = load_settings()
     out.print(f"anomalens {__version__} · Python {platform.python_version()} · {platform.machine()}")
@@ -525,6 +546,51 @@ def doctor() -> None:
         out.print(f"GPU: {gpu}")
     else:
         out.print("GPU: not checked (torch is not installed)")
+
+
+def _quiet_transformers() -> None:
+    """No per-model loading bars or config warnings in a table the user reads."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _doctor_tiny() -> None:
+    """One row per model backend: built from tiny random weights, loaded by its real loader, run once."""
+    import tempfile
+    import time
+
+    from anomalens import registry
+    from anomalens.tools import tiny
+
+    _quiet_transformers()
+    table = Table(title="model backends with tiny random weights")
+    for column in ("backend", "ok", "seconds", "result"):
+        table.add_column(column)
+    failed = []
+    for name, backend in registry.BACKENDS.items():
+        if backend.kind not in ("clip", "detector", "segmenter", "captioner"):
+            continue
+        if name in tiny.NOT_BUILT:
+            table.add_row(name, "skipped", "-", tiny.NOT_BUILT[name])
+            continue
+        missing = registry.get(name).missing()
+        if missing:
+            table.add_row(name, "not installed", "-", f"pip install 'anomalens[{registry.get(name).extra}]'")
+            continue
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="anomalens-tiny-") as folder:
+            try:
+                with console.status(f"{name}: building and running a tiny model"):
+                    result, ok = tiny.check(name, Path(folder) / "model"), "yes"
+            except Exception as error:  # noqa: BLE001 - the doctor reports every failure and goes on
+                result, ok = f"{type(error).__name__}: {error}"[:200], "FAILED"
+                failed.append(name)
+        table.add_row(name, ok, f"{time.perf_counter() - started:.1f}", escape(result))
+    out.print(table)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.callback(invoke_without_command=True)

@@ -38,5 +38,9 @@ class ModelStoreError(AnomalensError):
     """A model is unknown, absent, or failed verification (checksum, header) while being fetched."""
 
 
+class WeightsNotFound(ModelStoreError):
+    """Foundation-model weights that are not on this machine; names where it looked and how to provide them."""
+
+
 class LLMError(AnomalensError):
     """An LLM backend failed: unreachable server, model cannot load, or output stayed malformed."""

@@ -57,6 +57,10 @@ class ReplayedCaptions:
     def __contains__(self, frame_index: int) -> bool:
         return frame_index in self.captions
 
+    def caption(self, image, frame_index: int) -> Evidence:
+        """The captioner interface: the replayed caption of ``frame_index`` (the image is not looked at)."""
+        return self.evidence(frame_index)
+
     def evidence(self, frame_index: int) -> Evidence:
         if frame_index not in self.captions:
             first, last = min(self.captions), max(self.captions)

@@ -1,0 +1,119 @@
+"""Foundation-model weights by name (``weights.yaml``), resolved offline.
+
+A checkpoint is looked for, in order: the explicit path given; ``<model_dir>/<name>/``; the Hugging Face cache at
+its pinned revision (never downloaded: the cache is read with ``local_files_only``). When none holds it, one
+error names the checkpoint, every place looked and how to provide it.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from anomalens.errors import WeightsNotFound
+from anomalens.modelstore import model_dir
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+class Checkpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    backend: str  # the registry backend that loads it, e.g. "detector:owlv2"
+    repo: str  # Hugging Face repository id
+    revision: str  # a commit, or "main" when not pinned
+    files: list[str]  # a complete copy holds these (relative paths)
+    license: str
+    summary: str
+
+    @property
+    def pinned(self) -> bool:
+        return bool(COMMIT.fullmatch(self.revision))
+
+    def complete(self, folder: Path) -> bool:
+        return folder.is_dir() and all((folder / f).is_file() for f in self.files)
+
+
+@cache
+def checkpoints() -> dict[str, Checkpoint]:
+    text = resources.files("anomalens").joinpath("weights.yaml").read_text(encoding="utf-8")
+    return {name: Checkpoint(name=name, **entry) for name, entry in yaml.safe_load(text)["checkpoints"].items()}
+
+
+def for_backend(backend: str) -> list[Checkpoint]:
+    return [c for c in checkpoints().values() if c.backend == backend]
+
+
+def _hf_cache(repo: str, revision: str) -> Path | None:
+    """The cached snapshot of ``repo`` at ``revision``, or None; never touches the network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
+    except ImportError:
+        return None
+    except Exception:  # noqa: BLE001 - the hub raises several types for "not in the cache"
+        return None
+
+
+def _hf_cache_dir() -> str:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return HF_HUB_CACHE
+    except ImportError:
+        return "the Hugging Face cache (huggingface_hub is not installed)"
+
+
+def where(name: str, root: Path | None = None) -> tuple[str, Path] | None:
+    """("store" | "hf-cache", folder) holding checkpoint ``name`` complete, or None."""
+    entry = checkpoints()[name]
+    stored = model_dir(root) / name
+    if entry.complete(stored):
+        return "store", stored
+    cached = _hf_cache(entry.repo, entry.revision)
+    if cached is not None and entry.complete(cached):
+        return "hf-cache", cached
+    return None
+
+
+def resolve(weights: str | Path | None, backend: str, root: Path | None = None) -> Path:
+    """A folder or file to load ``backend`` from: an explicit path, a checkpoint name, a cached Hugging Face id,
+    or None for the backend's first checkpoint that is present."""
+    if weights is not None and Path(weights).expanduser().exists():
+        return Path(weights).expanduser()
+    known = for_backend(backend)
+    if weights is None:
+        candidates = known
+    elif str(weights) in checkpoints():
+        candidates = [checkpoints()[str(weights)]]
+        if candidates[0].backend != backend:
+            raise WeightsNotFound(f"checkpoint {weights!r} is for {candidates[0].backend}, not {backend}")
+    else:
+        cached = _hf_cache(str(weights), "main") if "/" in str(weights) else None
+        if cached is not None:
+            return cached
+        names = ", ".join(c.name for c in known) or "none"
+        raise WeightsNotFound(
+            f"{weights}: no such file or folder, not a checkpoint name for {backend} ({names}) and not a repository "
+            f"in the Hugging Face cache ({_hf_cache_dir()})"
+        )
+    for entry in candidates:
+        found = where(entry.name, root)
+        if found is not None:
+            return found[1]
+    if not candidates:
+        raise WeightsNotFound(f"{backend}: no checkpoint is registered; pass a folder with --weights")
+    entry = candidates[0]
+    raise WeightsNotFound(
+        f"weights {entry.name!r} for {backend} are not on this machine. Looked in {model_dir(root) / entry.name} "
+        f"and in the Hugging Face cache ({_hf_cache_dir()}) for {entry.repo} at revision {entry.revision}. "
+        f"Provide them by copying a folder holding {', '.join(entry.files)} to {model_dir(root) / entry.name}, "
+        f"by `huggingface-cli download {entry.repo} --revision {entry.revision}` on a machine that reaches the Hub "
+        f"(then copy its cache), or by passing the folder explicitly"
+    )
