@@ -16,6 +16,7 @@ from typing import Any
 from anomalens.agents.graph import Agent, build_graph
 from anomalens.agents.index import VideoIndex, index_from_screening
 from anomalens.agents.llm import LLM
+from anomalens.agents.perception import Perception
 from anomalens.errors import MediaError
 from anomalens.types import Explanation
 
@@ -29,14 +30,21 @@ def new_session_id() -> str:
 class ChatSession:
     """One conversation about one video. ``ask`` answers a question; ``history`` is every turn so far."""
 
-    def __init__(self, index: VideoIndex, llm: LLM, database: str | Path, session: str | None = None):
+    def __init__(
+        self,
+        index: VideoIndex,
+        llm: LLM,
+        database: str | Path,
+        session: str | None = None,
+        perception: Perception | None = None,
+    ):
         from langgraph.checkpoint.sqlite import SqliteSaver
 
         self.index = index
         self.session = session or new_session_id()
         Path(database).parent.mkdir(parents=True, exist_ok=True)
         self._connection = sqlite3.connect(str(database), check_same_thread=False)
-        self.agent = Agent(llm, index, chat=True)
+        self.agent = Agent(llm, index, chat=True, perception=perception)
         self.agent.warm()
         self.graph = build_graph(self.agent, SqliteSaver(self._connection))
         self.config = {"configurable": {"thread_id": self.session}, "recursion_limit": RECURSION_LIMIT}

@@ -30,8 +30,9 @@ from anomalens.agents.compose import claims_from_draft, render
 from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import LLM, Message, ToolCall
 from anomalens.agents.llm.structured import problem_summary
+from anomalens.agents.perception import FrameReader, Perception, grounders
 from anomalens.agents.toolbox import ANSWER_TOOL, Answer, ToolArgumentError, Toolbox
-from anomalens.agents.verify import Grounder, Verifier
+from anomalens.agents.verify import Verifier
 from anomalens.prompts import load as load_prompts
 from anomalens.types import Claim, Explanation
 
@@ -82,15 +83,17 @@ class Agent:
         index: VideoIndex,
         *,
         chat: bool = False,
-        grounders: Sequence[Grounder] = (),
+        perception: Perception | None = None,
         max_steps: int = MAX_STEPS,
         max_rounds: int = MAX_ROUNDS,
         max_tool_rounds: int = MAX_TOOL_ROUNDS,
         max_tokens: int = MAX_TOKENS,
     ):
         self.llm, self.index = llm, index
-        self.toolbox = Toolbox(index, chat=chat)
-        self.verifier = Verifier(index, grounders)
+        # Live tools and grounders look at frames: only when a foundation tool is present.
+        frames = FrameReader(index.video) if perception is not None and perception.present else None
+        self.toolbox = Toolbox(index, chat=chat, perception=perception, frames=frames)
+        self.verifier = Verifier(index, grounders(perception, frames))
         self.max_steps, self.max_rounds, self.max_tokens = max_steps, max_rounds, max_tokens
         self.max_tool_rounds = max_tool_rounds
         self.text = load_prompts("agent")
@@ -328,7 +331,7 @@ def explain_events(
     index: VideoIndex,
     *,
     event_ids: Sequence[str] | None = None,
-    grounders: Sequence[Grounder] = (),
+    perception: Perception | None = None,
     progress: bool = True,
 ) -> Iterator[Explanation]:
     """Explain each event of ``index`` (or ``event_ids``) with the agent; yields explanations as they finish."""
@@ -337,7 +340,7 @@ def explain_events(
     queue = list(event_ids) if event_ids is not None else [e.id for e in index.events]
     if not queue:
         return
-    agent = Agent(llm, index, grounders=grounders)
+    agent = Agent(llm, index, perception=perception)
     agent.warm()
     graph = build_graph(agent)
     # Each event takes about a dozen graph steps; the default limit of 25 would stop the queue.

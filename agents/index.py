@@ -2,7 +2,8 @@
 
 Built once per video from a screening run and saved as JSON, so a chat session does not screen the video
 again. Evidence is reached by short handles the LLM can cite cheaply: ``F<k>`` is the screening evidence of
-frame ``k`` and ``C<k>`` its caption.
+frame ``k``, ``C<k>`` its caption, and ``D<k>``, ``M<k>``, ``S<k>`` the latest detection, CLIP match and
+segmentation the agent ran on it (live tools, present when their weights are).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from anomalens.files import atomic_write
 from anomalens.tools.captions import ReplayedCaptions
 from anomalens.types import Event, Evidence, Rule, Rulebook, Track
 
-HANDLE_PATTERN = r"^[FC][0-9]+$"
-_HANDLE = re.compile(r"^([FC])([0-9]+)$")
+HANDLE_PATTERN = r"^[FCDMS][0-9]+$"
+_HANDLE = re.compile(r"^([FCDMS])([0-9]+)$")
+LIVE_HANDLES = {"detect": "D", "clip": "M", "segment": "S", "caption": "C"}
 
 
 class VideoIndex(BaseModel):
@@ -38,6 +40,7 @@ class VideoIndex(BaseModel):
     _by_id: dict[str, Evidence] = PrivateAttr(default_factory=dict)
     _by_frame: dict[int, Evidence] = PrivateAttr(default_factory=dict)
     _captions: ReplayedCaptions | None = PrivateAttr(default=None)
+    _live: dict[tuple[str, int], Evidence] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, _context) -> None:
         self._by_id = {ev.id: ev for ev in self.evidence}
@@ -86,8 +89,15 @@ class VideoIndex(BaseModel):
 
     # --- handles -------------------------------------------------------------------------------------
 
+    def add_live(self, evidence: Evidence) -> str:
+        """Keep what a live tool found on a frame, citable by its handle (returned)."""
+        handle = self.handle(evidence)
+        self._live[(handle[0], evidence.frame_index)] = evidence
+        self._by_id[evidence.id] = evidence
+        return handle
+
     def handle(self, evidence: Evidence) -> str:
-        return ("C" if evidence.source.tool == "caption" else "F") + str(evidence.frame_index)
+        return LIVE_HANDLES.get(evidence.source.tool, "F") + str(evidence.frame_index)
 
     def resolve(self, handle: str) -> str:
         """The evidence id behind a handle (``F12``, ``C12``) or an id; unknown handles come back unchanged,
@@ -96,6 +106,8 @@ class VideoIndex(BaseModel):
         if not match:
             return handle
         kind, frame = match[1], int(match[2])
+        if (kind, frame) in self._live:
+            return self._live[(kind, frame)].id
         try:
             return (self.caption(frame) if kind == "C" else self.frame_evidence(frame)).id
         except KeyError:

@@ -17,6 +17,7 @@ import numpy as np
 
 from anomalens.agents.explain import explain_event
 from anomalens.agents.llm import LLM
+from anomalens.agents.perception import Perception
 from anomalens.draw import overlay
 from anomalens.events import group_events, smooth
 from anomalens.progress import track
@@ -175,12 +176,14 @@ def audit(
     llm: LLM | None = None,
     explainer: str = "deterministic",
     captions: str | Path | None = None,
+    perception: Perception | None = None,
     progress: bool = True,
 ) -> tuple[ScreeningResult, Report, dict[str, np.ndarray]]:
     """Screen ``source`` (opened with ``scene.open``) against a learned scene and build its report.
 
     With ``llm``, the agent explains each event (its verified prose replaces the deterministic summary when
-    it verified anything) and ``captions`` (a replayed caption file) are among its tools. Without, the
+    it verified anything); ``captions`` (a replayed caption file) and the foundation tools in ``perception``
+    are among its tools, and the verifier re-grounds object claims with the latter. Without, the
     report names ``explainer`` (the deterministic explainer, and why) as the author of the explanations.
     """
     scorer = SceneScorer(scene, source.fps)
@@ -192,7 +195,7 @@ def audit(
         from anomalens.agents.index import index_from_screening
 
         index = index_from_screening(result, tracks=tracks, rulebook=scene.rulebook, captions_file=captions)
-        for explanation in explain_events(llm, index, progress=progress):
+        for explanation in explain_events(llm, index, perception=perception, progress=progress):
             explanations.append(explanation)
             event = next(e for e in result.events if e.id == explanation.event_id)
             if explanation.supported:

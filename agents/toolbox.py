@@ -5,7 +5,8 @@ misspelt quantity) raises ``ToolArgumentError``, whose message goes back to the 
 it can correct itself. Anything else a tool raises is a real failure and propagates.
 
 Results are short plain text (the LLM reads them; every token costs time on a CPU) and name the handles
-(``F<k>``, ``C<k>``) that claims cite. Text from captions is quoted as data.
+(``F<k>``, ``C<k>``, and ``D<k>``/``M<k>``/``S<k>`` from the live foundation-model tools) that claims cite.
+Text from captions is quoted as data.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from anomalens.agents.index import HANDLE_PATTERN, VideoIndex
 from anomalens.agents.llm import ToolCall, ToolSpec, tool_parameters
 from anomalens.agents.llm.structured import problem_summary
+from anomalens.agents.perception import Perception
 from anomalens.types import ClaimKind, Evidence, Relation
 
 FRAME_QUANTITIES = ("count", "occupancy", "flow_novelty", "reconstruction")
@@ -30,6 +32,7 @@ ANSWER_TOOL = "answer"
 MAX_CLAIMS = 3  # per answer: each costs about 3 s of generation on 2 cores (the budget is 20 s an event)
 MAX_LISTED = 8  # longest list a tool returns (events, objects, frames): the LLM's context is small
 MAX_BREACHES = 2  # rule breaches an event's digest details
+SEARCH_FRAMES = 500  # frames CLIP embeds for text search, spread over the video
 
 
 class ToolArgumentError(ValueError):
@@ -65,6 +68,26 @@ class FrameArgs(_Args):
 class EventsArgs(_Args):
     from_s: float = 0.0
     to_s: float | None = None
+
+
+class DetectArgs(_Args):
+    frame: int
+    text: str = Field(min_length=1, max_length=60, description="what to look for, e.g. 'bicycle'")
+
+
+class MatchArgs(_Args):
+    frame: int
+    texts: list[Annotated[str, Field(min_length=1, max_length=60)]] = Field(min_length=1, max_length=4)
+    track_id: int | None = Field(default=None, description="match the object's crop instead of the whole frame")
+
+
+class SegmentArgs(_Args):
+    frame: int
+    track_id: int
+
+
+class SearchArgs(_Args):
+    text: str = Field(min_length=1, max_length=80, description="what the frames should show, e.g. 'a truck'")
 
 
 class FindArgs(_Args):
@@ -113,7 +136,7 @@ def _spec(name: str, description: str, args: type[BaseModel]) -> ToolSpec:
 def answer_spec() -> ToolSpec:
     return _spec(
         ANSWER_TOOL,
-        "Give your answer as claims; each cites the handles (F<frame>, C<frame>) it rests on.",
+        "Give your answer as claims; each cites the handles (F<frame>, C<frame>, D/M/S<frame>) it rests on.",
         Answer,
     )
 
@@ -121,8 +144,18 @@ def answer_spec() -> ToolSpec:
 class Toolbox:
     """The tools available for one video (caption tools only when it has captions)."""
 
-    def __init__(self, index: VideoIndex, *, chat: bool = False):
+    def __init__(
+        self,
+        index: VideoIndex,
+        *,
+        chat: bool = False,
+        perception: Perception | None = None,
+        frames: Callable[[int], np.ndarray] | None = None,
+    ):
         self.index = index
+        self.perception = perception if frames is not None else None
+        self.frames = frames
+        self._frame_index = None  # CLIP embeddings of the video's frames, built on the first search
         tools = [
             _Tool(
                 _spec("track", "An object's track: frames, times, path and speed.", TrackArgs), TrackArgs, self.track
@@ -140,6 +173,22 @@ class Toolbox:
                 _Tool(_spec("events", "Anomalous events between two times (s).", EventsArgs), EventsArgs, self.events),
                 _Tool(_spec("event", "Facts of one event.", EventArgs), EventArgs, self.event),
             ]
+        live = self.perception or Perception()
+        if live.detector is not None:
+            tools.append(_Tool(_spec("detect", "Look for something in a frame (a detector).", DetectArgs), DetectArgs,
+                               self.detect))
+        if live.clip is not None:
+            tools.append(_Tool(_spec("match", "Which texts fit a frame or an object best (CLIP).", MatchArgs),
+                               MatchArgs, self.match))
+            if chat:
+                tools.append(_Tool(_spec("search", "Frames that look like a text (CLIP).", SearchArgs), SearchArgs,
+                                   self.search))
+        if live.segmenter is not None:
+            tools.append(_Tool(_spec("segment", "An object's exact outline and area in pixels.", SegmentArgs),
+                               SegmentArgs, self.segment))
+        if index.captions is None and live.captioner is not None:
+            tools.append(_Tool(_spec("caption", "Describe a frame (a vision-language model).", FrameArgs), FrameArgs,
+                               self.describe))
         if index.captions is not None:
             tools.append(
                 _Tool(
@@ -389,6 +438,67 @@ class Toolbox:
             f"frames {a}-{b} ({a / self.index.fps:.1f}-{b / self.index.fps:.1f} s) [C{a}]" for a, b in runs[:MAX_LISTED]
         )
         return f"{len(hits)} frames mention {' '.join(words)}: {shown}"
+
+
+    # --- live foundation-model tools (present when their weights are) ---------------------------------
+
+    def _track_box(self, frame: int, track_id: int) -> np.ndarray:
+        evidence = self.index.frame_evidence(frame)
+        return evidence.boxes[self._object_index(evidence, track_id)]
+
+    def detect(self, args: DetectArgs) -> str:
+        found = self.perception.detector.detect(self.frames(args.frame), [args.text], frame_index=args.frame)
+        found = found.model_copy(update={"time_s": args.frame / self.index.fps})
+        handle = self.index.add_live(found)
+        if not len(found):
+            return f"[{handle}] no {json.dumps(args.text)} found at {self._when(args.frame)}"
+        boxes = "; ".join(
+            f"box ({', '.join(f'{v:.0f}' for v in box)}) score {score:.2f}"
+            for box, score in list(zip(found.boxes, found.scores))[:MAX_LISTED]
+        )
+        return f"[{handle}] {len(found)} {json.dumps(args.text)} at {self._when(args.frame)}: {boxes}"
+
+    def match(self, args: MatchArgs) -> str:
+        boxes = None if args.track_id is None else self._track_box(args.frame, args.track_id)[None]
+        scored = self.perception.clip.text_scores(self.frames(args.frame), args.texts, boxes, frame_index=args.frame)
+        scored = scored.model_copy(update={"time_s": args.frame / self.index.fps})
+        handle = self.index.add_live(scored)
+        what = f"track {args.track_id}" if args.track_id is not None else "the frame"
+        similarities = ", ".join(f"{m.name.split(':', 1)[1]!r} {m.value:.2f}" for m in scored.measurements)
+        return (
+            f"[{handle}] {what} at {self._when(args.frame)} fits {scored.labels[0]!r} best "
+            f"({scored.scores[0]:.2f}); cosine: {similarities}"
+        )
+
+    def segment(self, args: SegmentArgs) -> str:
+        evidence = self.index.frame_evidence(args.frame)
+        which = self._object_index(evidence, args.track_id)
+        box, label = evidence.boxes[which], evidence.labels[which]
+        outlined = self.perception.segmenter.segment(
+            self.frames(args.frame), boxes=box[None], labels=[label], frame_index=args.frame
+        )
+        outlined = outlined.model_copy(update={
+            "time_s": args.frame / self.index.fps, "track_ids": np.array([args.track_id]),
+        })
+        handle = self.index.add_live(outlined)
+        area = int(outlined.masks[0].sum())
+        return f"[{handle}] track {args.track_id} at {self._when(args.frame)}: outline of {area} px inside its box"
+
+    def describe(self, args: FrameArgs) -> str:
+        caption = self.perception.captioner.caption(self.frames(args.frame), frame_index=args.frame)
+        caption = caption.model_copy(update={"time_s": args.frame / self.index.fps})
+        handle = self.index.add_live(caption)
+        return f"[{handle}] caption of {self._when(args.frame)} (data): {json.dumps(caption.text)}"
+
+    def search(self, args: SearchArgs) -> str:
+        if self._frame_index is None:
+            step = max(1, self.index.frames // SEARCH_FRAMES)
+            chosen = list(range(0, self.index.frames, step))
+            self._frame_index = self.perception.clip.index([self.frames(k) for k in chosen], chosen)
+        hits = self._frame_index.search(args.text, top_k=MAX_LISTED)
+        return f"frames that look most like {json.dumps(args.text)} (CLIP cosine): " + ", ".join(
+            f"frame {k} ({k / self.index.fps:.1f} s) {similarity:.2f}" for k, similarity in hits
+        )
 
 
 def label_parts(label: str) -> tuple[str, str]:

@@ -93,11 +93,99 @@ def audit(
     source = scene.open(video, fps=fps)  # before the LLM loads: a bad input fails fast
     llm, who = open_explainer(explainer)
     console.print(f"explanations: {who}", highlight=False)
-    result, report, keyframes = run_audit(source, scene, llm=llm, explainer=who, captions=captions)
+    perception = _perception(llm)
+    result, report, keyframes = run_audit(
+        source, scene, llm=llm, explainer=who, captions=captions, perception=perception
+    )
     json_path, html_path = write_report(report, keyframes, out_dir)
     out.print(f"{len(result.events)} events in {len(result.scores)} frames")
     for event in result.events:
         out.print(f"  {event.id} {event.start_s:.1f}-{event.end_s:.1f} s: {', '.join(event.rule_ids) or 'motion'}")
+    out.print(f"report: {html_path}\njson:   {json_path}")
+
+
+def _perception(llm):
+    """The foundation tools the agent may call (only when an agent runs), said aloud."""
+    if llm is None:
+        return None
+    from anomalens.agents.perception import Perception
+
+    with console.status("looking for foundation-model weights"):
+        perception = Perception.available()
+    present = ", ".join(perception.present) or "none with weights here (`anomalens models list`)"
+    console.print(f"foundation tools for the agent: {present}", highlight=False)
+    return perception
+
+
+@app.command()
+def explain(
+    inputs: Annotated[list[Path], typer.Argument(help="a video or frame folder, or one or more images")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for report.json and report.html")],
+    normal: Annotated[
+        Optional[list[Path]],
+        typer.Option(help="normal examples, repeatable: images (few-shot) or videos/frame folders (the scene)"),
+    ] = None,
+    prompt: Annotated[
+        Optional[list[str]], typer.Option(help="what the detector looks for in images, repeatable [default: defects]")
+    ] = None,
+    fps: Annotated[Optional[float], typer.Option(help="frame rate of a frame folder")] = None,
+    explainer: Annotated[Optional[str], typer.Option(help=EXPLAINER_HELP)] = None,
+) -> None:
+    """Find and explain anomalies with no scene model: foundation tools when their weights are present, else
+    the embedded detectors, learning normality from the input itself or from a few --normal examples."""
+    from anomalens.video import IMAGE_SUFFIXES
+
+    images = [p for p in inputs if p.suffix.lower() in IMAGE_SUFFIXES]
+    if images and len(images) != len(inputs):
+        raise AnomalensError("give either images or one video/frame folder, not both")
+    if images:
+        _explain_images(images, out_dir, normal or [], prompt)
+        return
+    if len(inputs) != 1:
+        raise AnomalensError(f"give one video or frame folder at a time, not {len(inputs)}")
+    from anomalens.agents.graph import open_explainer
+    from anomalens.agents.screening import audit as run_audit
+    from anomalens.config import load_settings
+    from anomalens.report import write_report
+    from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
+    from anomalens.tools.scene import learn_scene
+
+    reference = [str(p) for p in normal] if normal else [str(inputs[0])]
+    contamination = 0.0 if normal else SELF_REFERENCED_CONTAMINATION
+    how = "the normal footage given" if normal else "the footage itself (self-referenced: its dominant behaviour)"
+    console.print(f"learning normality from {how}", highlight=False)
+    scene = learn_scene(reference, max_side=load_settings().max_side, fps=fps, contamination=contamination)
+    source = scene.open(inputs[0], fps=fps)
+    llm, who = open_explainer(explainer)
+    console.print(f"explanations: {who}", highlight=False)
+    result, report, keyframes = run_audit(source, scene, llm=llm, explainer=who, perception=_perception(llm))
+    scene.save(out_dir / "scene")
+    json_path, html_path = write_report(report, keyframes, out_dir)
+    out.print(f"{len(result.events)} events in {len(result.scores)} frames (scene learned: {out_dir / 'scene'})")
+    for event in result.events:
+        out.print(f"  {event.id} {event.start_s:.1f}-{event.end_s:.1f} s: {event.summary}", highlight=False)
+    out.print(f"report: {html_path}\njson:   {json_path}")
+
+
+def _explain_images(images: list[Path], out_dir: Path, normal: list[Path], prompts: list[str] | None) -> None:
+    from anomalens.agents.perception import Perception
+    from anomalens.agents.zero_shot import inspect_images, method_for, read_image
+    from anomalens.report import write_image_report
+
+    with console.status("looking for foundation-model weights"):
+        perception = Perception.available()
+    for kind, why in perception.absent.items():
+        console.print(f"{kind}: not used ({why}; see `anomalens models list`)", highlight=False)
+    mode = f"few-shot against {len(normal)} normal image(s)" if normal else "zero-shot"
+    console.print(f"method: {method_for(perception)}, {mode}", highlight=False)
+    report = inspect_images(images, normal, perception, prompts)
+    findings = report.findings
+    json_path, html_path = write_image_report(report, {f.image: read_image(f.image) for f in findings}, out_dir)
+    for finding in sorted(findings, key=lambda f: -f.score):
+        verdict = "ANOMALOUS" if finding.anomalous else "normal"
+        out.print(f"{finding.image}: {verdict} (score {finding.score:.3f}, threshold {finding.threshold:g})")
+        for sentence in finding.explanation:
+            out.print(f"  {sentence}", highlight=False)
     out.print(f"report: {html_path}\njson:   {json_path}")
 
 
@@ -227,7 +315,7 @@ def chat(
     settings = load_settings()
     index = video_index(video, scene_dir=scene_dir, captions=captions, cache_dir=settings.chat_dir, fps=fps)
     llm = open_llm(settings=settings)
-    talk = ChatSession(index, llm, settings.chat_dir / "sessions.sqlite", session)
+    talk = ChatSession(index, llm, settings.chat_dir / "sessions.sqlite", session, perception=_perception(llm))
     console.print(
         f"session {talk.session} ({len(talk.history)} earlier turns) · {index.video}: {index.frames} frames,"
         f" {len(index.events)} events · {llm.backend}:{llm.model} · empty line or Ctrl-D ends; resume with"
@@ -355,6 +443,28 @@ def eval_captions(
     out.print(text, highlight=False)
 
 
+@eval_app.command("magnetic-tile")
+def eval_magnetic_tile(
+    data: Annotated[Path, typer.Option(help="the magnetic_tile folder: Free/ and defect class folders")],
+    shots: Annotated[int, typer.Option(min=0, help="Free images as few-shot normal references (0 = zero-shot)")] = 0,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+) -> None:
+    """Image and pixel AUROC of the image inspector on the magnetic-tile defects, zero- or few-shot."""
+    import json
+
+    from anomalens.agents.perception import Perception
+    from anomalens.eval.magnetic_tile import run_magnetic_tile
+    from anomalens.files import atomic_write
+
+    with console.status("looking for foundation-model weights"):
+        perception = Perception.available()
+    metrics = run_magnetic_tile(data, shots=shots, perception=perception)
+    text = json.dumps(metrics, indent=2)
+    if json_path is not None:
+        atomic_write(json_path, text)
+    out.print(text, highlight=False)
+
+
 @eval_app.command("llm")
 def eval_llm(
     model: Annotated[
@@ -422,7 +532,7 @@ def models_list() -> None:
 
     from anomalens import weights
 
-    checkpoints = Table(title="foundation-model checkpoints (copied in, or a warm Hugging Face cache; never downloaded)")
+    checkpoints = Table(title="foundation-model checkpoints (copied in, or a warm Hugging Face cache; not downloaded)")
     checkpoints.add_column("name", no_wrap=True, min_width=max(len(name) for name in weights.checkpoints()))
     for column in ("backend", "present", "repository @ revision", "license"):
         checkpoints.add_column(column)

@@ -57,6 +57,31 @@ class Report(BaseModel):
     seconds: float = 0.0
 
 
+class ImageFinding(BaseModel):
+    """One inspected image: its score against the method's threshold, evidence, and plain sentences."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str
+    method: str
+    score: float
+    threshold: float
+    anomalous: bool
+    evidence: Evidence
+    explanation: list[str]
+
+
+class ImageReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    anomalens_version: str = __version__
+    method: str  # saa, winclip or patch-novelty
+    normal: list[str] = Field(default_factory=list)  # few-shot reference images, if any
+    findings: list[ImageFinding]
+    absent_tools: dict[str, str] = Field(default_factory=dict)  # tool kind -> why it was not used
+    seconds: float = 0.0
+
+
 def compact_map(evidence: Evidence) -> Evidence:
     """Evidence with its anomaly map shrunk to at most ``MAP_SIDE_IN_JSON`` pixels a side (id unchanged)."""
     amap = evidence.anomaly_map
@@ -74,6 +99,53 @@ def write_report(report: Report, keyframes: dict[str, np.ndarray], out_dir: str 
     atomic_write(json_path, report.model_dump_json(indent=1))
     atomic_write(html_path, render_html(report, keyframes))
     return json_path, html_path
+
+
+def write_image_report(report: ImageReport, images: dict[str, np.ndarray], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.json`` (maps shrunk) and ``report.html``; ``images`` maps image path -> BGR image."""
+    out = Path(out_dir)
+    json_path, html_path = out / "report.json", out / "report.html"
+    compact = report.model_copy(update={"findings": [
+        f.model_copy(update={"evidence": compact_map(f.evidence)}) for f in report.findings]})
+    atomic_write(json_path, compact.model_dump_json(indent=1))
+    atomic_write(html_path, render_image_html(report, images))
+    return json_path, html_path
+
+
+def render_image_html(report: ImageReport, images: dict[str, np.ndarray]) -> str:
+    from anomalens.draw import overlay
+
+    esc = html.escape
+    ranked = sorted(report.findings, key=lambda f: -f.score)
+    rows = "".join(
+        f'<tr><td><a href="#img{k}">{esc(Path(f.image).name)}</a></td><td>{f.score:.3f}</td>'
+        f"<td>{'anomalous' if f.anomalous else 'normal'}</td><td>{len(f.evidence)}</td></tr>"
+        for k, f in enumerate(ranked)
+    )
+    sections = []
+    for k, finding in enumerate(ranked):
+        image = images[finding.image]
+        drawn = overlay(image, finding.evidence, scale=1.0, min_score=-1.0)
+        sentences = "".join(f"<li>{esc(s)}</li>" for s in finding.explanation) or "<li>No region stands out.</li>"
+        sections.append(
+            f'<div class="event" id="img{k}"><h3>{esc(finding.image)}: score {finding.score:.3f} '
+            f"(threshold {finding.threshold:g})</h3><ul>{sentences}</ul>"
+            f'<img src="{_jpeg_data_uri(np.hstack([image, drawn]))}" alt="{esc(finding.image)}">'
+            f'<p class="meta">left: the image; right: regions boxed over the anomaly heat map.</p></div>'
+        )
+    absent = "".join(f"<li>{esc(kind)}: {esc(why)}</li>" for kind, why in report.absent_tools.items())
+    normal = f"few-shot against {len(report.normal)} normal image(s)" if report.normal else "zero-shot"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(report.title)}</title>
+<style>{_STYLE}</style></head><body>
+<h1>{esc(report.title)}</h1>
+<p class="meta">method {esc(report.method)} · {normal} · {report.seconds:.1f} s ·
+anomalens {esc(report.anomalens_version)} · {esc(report.created)}</p>
+<h2>Images, most anomalous first</h2>
+<table><tr><th>image</th><th>score</th><th>verdict</th><th>regions</th></tr>{rows}</table>
+{"".join(sections)}
+{f"<h2>Tools not used</h2><ul>{absent}</ul>" if absent else ""}
+</body></html>
+"""
 
 
 def _jpeg_data_uri(image: np.ndarray) -> str:

@@ -22,12 +22,11 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     order = np.argsort(scores, kind="mergesort")
     sorted_scores = scores[order]
     ranks = np.empty(scores.size, dtype=np.float64)
-    # Average rank within each run of equal scores.
+    # Average rank within each run of equal scores (vectorised: pixel-level AUROC has millions of runs).
     boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
     starts = np.concatenate([[0], boundaries])
     ends = np.concatenate([boundaries, [scores.size]])
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + end + 1) / 2.0
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
     return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 

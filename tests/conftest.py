@@ -48,6 +48,44 @@ def walkway(tmp_path_factory):
     return normal, test
 
 
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory):
+    """backend -> folder of a tiny random checkpoint for it (``tools.tiny``), built once per run; skips a
+    backend whose extra is not installed."""
+    from anomalens import registry
+
+    built = {}
+
+    def get(backend: str) -> Path:
+        if registry.get(backend).missing():
+            pytest.skip(f"{backend} is not installed: pip install 'anomalens[{registry.get(backend).extra}]'")
+        if backend not in built:
+            from anomalens.tools import tiny
+
+            built[backend] = tiny.build(backend, tmp_path_factory.mktemp(backend.replace(":", "-")) / "model")
+        return built[backend]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_perception(tiny_weights):
+    """Every foundation tool, loaded by its real loader from tiny random weights."""
+    from anomalens import registry
+    from anomalens.agents.perception import Perception
+    from anomalens.tools.clip import ClipScorer
+
+    def load(backend: str):
+        return registry.load(backend).load(tiny_weights(backend))
+
+    return Perception(
+        clip=ClipScorer(load("clip:transformers")),
+        detector=load("detector:grounding-dino"),
+        segmenter=load("segmenter:sam"),
+        captioner=load("captioner:transformers"),
+    )
+
+
 def write_gguf(path: Path, metadata: dict, payload: bytes = b"") -> Path:
     """A GGUF file with ``metadata`` (str/int/float/bool/list-of-str values), no tensors, then ``payload``."""
     import struct

@@ -28,21 +28,6 @@ FRAME = (np.random.default_rng(3).random((48, 64, 3)) * 255).astype(np.uint8)  #
 OTHER = (np.random.default_rng(4).random((48, 64, 3)) * 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    """backend -> folder of its tiny checkpoint, built once per module."""
-    built = {}
-
-    def get(backend: str):
-        if registry.get(backend).missing():
-            pytest.skip(f"{backend} is not installed: pip install 'anomalens[{registry.get(backend).extra}]'")
-        if backend not in built:
-            built[backend] = tiny.build(backend, tmp_path_factory.mktemp(backend.replace(":", "-")) / "model")
-        return built[backend]
-
-    return get
-
-
 def load(backend, tiny_weights):
     return registry.load(backend).load(tiny_weights(backend))
 
@@ -151,6 +136,19 @@ def test_clip_scores_map_and_retrieval(backend, tiny_weights):
     assert hits[0][1] == pytest.approx(direct.max(), abs=1e-4)
 
 
+def test_siglip_loads_through_the_clip_backend_with_max_length_padding(tmp_path):
+    from anomalens.tools.clip import TransformersClip
+
+    encoder = TransformersClip.load(tiny.clip_siglip(tmp_path / "siglip"))
+    assert encoder._siglip and type(encoder.model).__name__ == "SiglipModel"
+    # SigLIP pads every text to the same length, so a text's embedding does not depend on its batch.
+    alone = encoder.encode_texts(["a cat"])[0]
+    together = encoder.encode_texts(["a cat", "a much longer text about several dogs"])[0]
+    np.testing.assert_allclose(alone, together, atol=1e-5)
+    evidence = ClipScorer(encoder).score(FRAME)
+    assert evidence.anomaly_map.shape == (48, 64) and 0 <= evidence.frame_score <= 1
+
+
 def test_open_clip_encoder_matches_open_clip_directly(tiny_weights):
     import open_clip
     from PIL import Image
@@ -200,6 +198,8 @@ def test_detector_boxes_are_frame_pixels(backend, tiny_weights):
     np.testing.assert_allclose(evidence.boxes[top], expected, atol=1e-3)
     assert evidence.scores[top] == pytest.approx(logits[best], abs=1e-5)
 
+    nothing = detector.detect(FRAME, prompts, box_threshold=1.01, text_threshold=1.01)
+    assert len(nothing) == 0 and nothing.labels == []
     with pytest.raises(ValueError, match="non-empty text prompts"):
         detector.detect(FRAME, [" . "])
 

@@ -177,14 +177,29 @@ class ClipScorer:
         odds = np.exp(logits)
         return odds[:, 1] / odds.sum(axis=1)
 
-    def score(self, image: np.ndarray, subject: str = "object", frame_index: int | None = None) -> Evidence:
-        """One frame's zero-shot evidence: a WinCLIP anomaly map and a frame score (the mean of the whole-frame
-        score and the map's maximum)."""
+    def window_embeddings(self, image: np.ndarray) -> np.ndarray:
+        """(1 + windows, d): the whole frame's embedding, then each sliding window's."""
+        boxes = windows(frame_size(image))
+        crops = [image] + [image[int(y1) : int(y2), int(x1) : int(x2)] for x1, y1, x2, y2 in boxes]
+        return self.encoder.encode_images(crops)
+
+    def score(
+        self,
+        image: np.ndarray,
+        subject: str = "object",
+        frame_index: int | None = None,
+        normal_windows: np.ndarray | None = None,
+    ) -> Evidence:
+        """One frame's evidence: a WinCLIP anomaly map and a frame score (the mean of the whole-frame score and
+        the map's maximum). With ``normal_windows`` (window embeddings of normal images) each window's score is
+        averaged with its distance to the nearest normal window, half of one minus the cosine (WinCLIP+)."""
         started = time.perf_counter()
         size = frame_size(image)
         boxes = windows(size)
-        crops = [image] + [image[int(y1) : int(y2), int(x1) : int(x2)] for x1, y1, x2, y2 in boxes]
-        probability = self.anomaly_probability(self.encoder.encode_images(crops), subject)
+        embeddings = self.window_embeddings(image)
+        probability = self.anomaly_probability(embeddings, subject)
+        if normal_windows is not None:
+            probability = (probability + (1 - (embeddings @ normal_windows.T).max(axis=1)) / 2) / 2
         total, covered = np.zeros(size[::-1]), np.zeros(size[::-1])
         for (x1, y1, x2, y2), p in zip(boxes.astype(int), probability[1:]):
             total[y1:y2, x1:x2] += p

@@ -101,10 +101,12 @@ class GroundingDinoDetector(_TransformersDetector):
     registry_name = "detector:grounding-dino"
 
     def _inputs(self, image: np.ndarray, prompts: list[str]):
-        # Grounding DINO reads one lower-case caption with prompts separated by " . ".
-        return self.processor(images=image, text=". ".join(p.lower() for p in prompts) + ".", return_tensors="pt").to(
-            self.device
-        )
+        # Grounding DINO reads one lower-case caption with prompts separated by " . ", at most max_text_len
+        # tokens long (256 for the released models): a longer prompt list is cut, not an error.
+        caption = ". ".join(p.lower() for p in prompts) + "."
+        return self.processor(
+            images=image, text=caption, truncation=True, max_length=self.model.config.max_text_len, return_tensors="pt"
+        ).to(self.device)
 
     def _post_process(self, outputs, inputs, prompts, size, box_threshold, text_threshold):
         width, height = size
@@ -115,8 +117,9 @@ class GroundingDinoDetector(_TransformersDetector):
             text_threshold=text_threshold,
             target_sizes=[(height, width)],
         )[0]
-        phrases = result.get("text_labels") or result["labels"]
-        labels = [prompt_of(str(phrase), prompts) for phrase in phrases]
+        phrases = result["text_labels"] if "text_labels" in result else result["labels"]  # transformers 5 / 4
+        # With no box, transformers still returns one empty phrase: keep one phrase per box.
+        labels = [prompt_of(str(phrase), prompts) for phrase in phrases[: len(result["scores"])]]
         return result["boxes"].cpu().numpy(), result["scores"].cpu().numpy(), labels
 
 

@@ -19,6 +19,9 @@ MARGIN = 0.25  # limits sit 25% beyond the normal extreme
 QUANTILE = 0.995  # the "normal extreme" of a per-zone distribution
 MIN_SUPPORT = 30  # observations a zone needs before it gets its own speed/size/direction rule
 DIRECTION_SHARE = 0.01  # headings rarer than this in a zone count as never seen there
+# Footage that may itself hold anomalies (self-referenced normality): up to this share of the object
+# observations is presumed anomalous, so limits sit at its quantile and rarer headings are not normal.
+SELF_REFERENCED_CONTAMINATION = 0.05
 MIN_DWELL_S = 2.0  # a dwell rule never fires below this, however briskly normal footage moves
 
 
@@ -38,11 +41,15 @@ def induce_rules(
     walkable: set[str] = frozenset(),
     scene: str = "",
     sources: list[str] | None = None,
+    contamination: float = 0.0,
 ) -> Rulebook:
     """Rules that every object in ``objects`` (facts from normal footage) satisfies, with margin.
 
     Zones nobody entered get an "empty" rule unless they are in ``walkable`` (they look like the ground
-    people were seen on, see ``tools.motion.walkable_zones``)."""
+    people were seen on, see ``tools.motion.walkable_zones``). ``contamination`` is the share of
+    observations that may be anomalous (0 for footage known to be normal)."""
+    quantile = min(QUANTILE, 1 - contamination)
+    direction_share = max(DIRECTION_SHARE, contamination)
     if len(objects) < MIN_SUPPORT:
         raise ValueError(f"only {len(objects)} objects in the normal footage; need at least {MIN_SUPPORT} to induce rules")
     rules: list[Rule] = []
@@ -51,7 +58,7 @@ def induce_rules(
         by_zone[obj["zone"]].append(obj)
 
     def upper(rule_id: str, fact: str, unit: str, values: np.ndarray, where: dict, sentence: str) -> None:
-        limit = float(np.quantile(values, QUANTILE)) * (1 + MARGIN)
+        limit = float(np.quantile(values, quantile)) * (1 + MARGIN)
         rules.append(
             Rule(
                 id=rule_id,
@@ -89,7 +96,7 @@ def induce_rules(
         headings = Counter(o["direction"] for o in members if o["direction"] != STILL)
         moving = sum(headings.values())
         if moving >= MIN_SUPPORT:
-            allowed = [s for s in SECTORS if headings[s] / moving >= DIRECTION_SHARE]
+            allowed = [s for s in SECTORS if headings[s] / moving >= direction_share]
             if len(allowed) < len(SECTORS):
                 rules.append(
                     Rule(
@@ -104,7 +111,7 @@ def induce_rules(
     dwell = np.array([o["dwell"] for o in objects])
     upper("count", "count", "count", counts, {}, "At most {limit:.0f} separate objects are in view at once.")
     upper("occupancy", "occupancy", "ratio", occupancy, {}, "Objects cover at most {limit:.1%} of the view.")
-    dwell_limit = max(float(np.quantile(dwell, QUANTILE)) * (1 + MARGIN), MIN_DWELL_S)
+    dwell_limit = max(float(np.quantile(dwell, quantile)) * (1 + MARGIN), MIN_DWELL_S)
     rules.append(
         Rule(
             id="dwell",
@@ -133,7 +140,12 @@ def held_out_rates(rulebook: Rulebook, objects: list[dict]) -> dict[str, float]:
 
 
 def induce_validated(
-    folds: tuple[list[dict], list[dict]], zones: list[str], *, walkable: set[str] = frozenset(), **meta
+    folds: tuple[list[dict], list[dict]],
+    zones: list[str],
+    *,
+    walkable: set[str] = frozenset(),
+    contamination: float = 0.0,
+    **meta,
 ) -> Rulebook:
     """Induce from both folds together, keeping only categorical rules that generalise across them.
 
@@ -145,14 +157,16 @@ def induce_validated(
     first, second = folds
     rates: dict[str, float] = {}
     for train, held_out in ((first, second), (second, first)):
-        for rule_id, rate in held_out_rates(induce_rules(train, zones, walkable=walkable), held_out).items():
+        induced = induce_rules(train, zones, walkable=walkable, contamination=contamination)
+        for rule_id, rate in held_out_rates(induced, held_out).items():
             rates[rule_id] = max(rates.get(rule_id, 0.0), rate)
-    rulebook = induce_rules(first + second, zones, walkable=walkable, **meta)
+    rulebook = induce_rules(first + second, zones, walkable=walkable, contamination=contamination, **meta)
+    max_rate = max(MAX_HELD_OUT_RATE, contamination)  # contaminated folds break good rules that often
     kept = []
     for rule in rulebook.rules:
         rate = rates.get(rule.id)  # None: the rule exists only with both folds' support
         categorical = rule.predicate.op in CATEGORICAL_OPS
-        if categorical and (rate is None or rate > MAX_HELD_OUT_RATE):
+        if categorical and (rate is None or rate > max_rate):
             continue
         kept.append(rule.model_copy(update={"stats": rule.stats | {"held_out_rate": round(rate or 0.0, 5)}}))
     return rulebook.model_copy(update={"rules": kept})

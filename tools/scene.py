@@ -100,9 +100,15 @@ def _spread(sources: Sequence[FrameSource], limit: int) -> Iterator[Frame]:
 
 
 def learn_scene(
-    inputs: Sequence[str | Path], *, max_side: int | None = 640, fps: float | None = None, progress: bool = True
+    inputs: Sequence[str | Path],
+    *,
+    max_side: int | None = 640,
+    fps: float | None = None,
+    contamination: float = 0.0,
+    progress: bool = True,
 ) -> Scene:
-    """Learn background, normal motion and rules from normal footage (videos or frame folders of one view)."""
+    """Learn background, normal motion and rules from normal footage (videos or frame folders of one view);
+    ``contamination``: the share of object observations that may be anomalous (footage not known normal)."""
     if not inputs:
         raise AnomalensError("give at least one normal video or frame folder")
     options = {"max_side": max_side} | ({"fps": fps} if fps else {})
@@ -148,6 +154,7 @@ def learn_scene(
             folds,
             model.geometry.zones,
             walkable=walkable_zones(ground, model.geometry),
+            contamination=contamination,
             scene=Path(str(inputs[0])).name,
             sources=[str(p) for p in inputs],
         )

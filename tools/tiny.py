@@ -67,6 +67,25 @@ def clip_transformers(folder: Path) -> Path:
     return folder
 
 
+def clip_siglip(folder: Path) -> Path:
+    """SigLIP for the same backend as CLIP (``clip:transformers``), with a byte-level tokenizer."""
+    from tokenizers import Tokenizer, decoders, models
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+
+    vocab = _byte_vocab(["<pad>", "</s>", "<unk>"])
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer, backend.decoder = ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="</s>", pad_token="</s>", unk_token="<unk>", model_max_length=16
+    )
+    text = _clip_text(len(vocab), 16) | {"pad_token_id": 1, "bos_token_id": None, "eos_token_id": 1}
+    SiglipModel(SiglipConfig(text_config=text, vision_config=_vision(32, 8))).save_pretrained(folder)
+    image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
 def clip_open_clip(folder: Path) -> Path:
     import open_clip
     import torch
@@ -185,7 +204,8 @@ def segmenter_sam(folder: Path) -> Path:
 
 
 def segmenter_segment_anything(folder: Path) -> Path:
-    """A tiny ViT in the original checkpoint format, named as the loader expects (``sam_vit_*.pth``) with its architecture in ``sam_config.json``."""
+    """A tiny ViT in the original checkpoint format, named as the loader expects (``sam_vit_*.pth``), with its
+    architecture in ``sam_config.json``."""
     import torch
     from segment_anything.build_sam import _build_sam
 
@@ -298,7 +318,8 @@ def check(backend: str, folder: str | Path) -> str:
         from anomalens.tools.clip import ClipScorer
 
         evidence = ClipScorer(tool).score(frame)
-        return f"anomaly score {evidence.frame_score:.3f}, map {evidence.anomaly_map.shape[1]}x{evidence.anomaly_map.shape[0]}"
+        height, width = evidence.anomaly_map.shape
+        return f"anomaly score {evidence.frame_score:.3f}, map {width}x{height}"
     if kind == "detector":
         evidence = tool.detect(frame, ["a person", "a car"], box_threshold=0.0, text_threshold=0.0)
         return f"{len(evidence)} boxes"

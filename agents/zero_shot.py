@@ -1,0 +1,230 @@
+"""Zero-shot and few-shot inspection of images with no scene model, using whatever tools are present.
+
+Methods, best first, by what this machine has:
+
+1. ``saa``: grounded detector prompts -> SAM masks, filtered (SAA+, Cao et al. 2023): boxes larger than
+   ``MAX_BOX_FRACTION`` of the image are dropped (a detector asked for "defect" often boxes the whole object),
+   each region scored by its detector confidence, times its CLIP anomaly probability when CLIP is present;
+2. ``winclip``: CLIP's WinCLIP map and score (zero-shot);
+3. ``patch-novelty``: the embedded detector (no weights): self-referenced zero-shot, or few-shot against a few
+   normal images.
+
+Every region gets a plain sentence built only from its evidence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anomalens.agents.perception import Perception
+from anomalens.errors import MediaError
+from anomalens.prompts import load as load_prompts
+from anomalens.report import ImageFinding, ImageReport
+from anomalens.tools.patch_novelty import NoveltyMap, PatchNovelty
+from anomalens.types import Evidence, Source
+
+MAX_BOX_FRACTION = 0.3  # SAA+'s filter: a "defect" box over 30% of the image is the object itself
+MAX_REGIONS = 5  # regions described per image
+SAA_BOX_THRESHOLD = 0.2
+WINCLIP_THRESHOLD = 0.5  # anomalous when the anomalous prompts are the likelier class
+NOVELTY_THRESHOLD = 1.0  # the normal extreme
+
+
+def method_for(perception: Perception) -> str:
+    if perception.detector is not None and perception.segmenter is not None:
+        return "saa"
+    return "winclip" if perception.clip is not None else "patch-novelty"
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise MediaError(path, "not a readable image")
+    return image
+
+
+def regions(anomaly_map: np.ndarray, threshold: float) -> list[tuple[np.ndarray, float, int]]:
+    """Connected areas at or above ``threshold``: (xyxy box, peak value, area px), strongest first."""
+    above = (anomaly_map >= threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    found = []
+    for k in range(1, count):
+        x, y, w, h, area = stats[k]
+        found.append((np.array([x, y, x + w, y + h], float), float(anomaly_map[labels == k].max()), int(area)))
+    return sorted(found, key=lambda r: -r[1])[:MAX_REGIONS]
+
+
+_DIRECTIONS = {
+    "brightness": ("brighter", "darker"),
+    "darkest point": ("no dark point where the surface has some", "a dark point"),
+    "broad brightness": ("a brighter area", "a darker area"),
+    "edges": ("more edges", "fewer edges"),
+    "strongest edge": ("a sharper edge", "softer edges"),
+    "small blobs": ("a small dark spot", "a small bright spot"),
+    "large blobs": ("a large dark patch", "a large bright patch"),
+    "local contrast": ("more local contrast", "less local contrast"),
+}
+
+
+def _novelty_words(novelty: NoveltyMap) -> str:
+    top = sorted(novelty.deviations.items(), key=lambda kv: -abs(kv[1]))[:2]
+    parts = [f"{_DIRECTIONS[name][0 if value > 0 else 1]} ({value:+.1f} spreads)" for name, value in top]
+    return " and ".join(parts)
+
+
+def _describe(box: np.ndarray, peak: float, area: int, unit: str, why: str) -> str:
+    x1, y1, x2, y2 = box.astype(int)
+    return f"Region at x {x1}-{x2}, y {y1}-{y2} ({area} px): {peak:.2f} {unit}; {why}."
+
+
+class ImageInspector:
+    """Scores images with the best method available; ``fit`` with normal images makes it few-shot."""
+
+    def __init__(self, perception: Perception | None = None, prompts: Sequence[str] | None = None):
+        self.perception = perception or Perception()
+        self.method = method_for(self.perception)
+        self.prompts = list(prompts or load_prompts("zero_shot")["defect_prompts"])
+        self.box_threshold = SAA_BOX_THRESHOLD
+        self.novelty = PatchNovelty()
+        self.normal: list[str] = []
+        self._normal_windows: np.ndarray | None = None
+
+    def fit(self, normal: Sequence[str | Path]) -> ImageInspector:
+        """Few-shot: remember what the normal image files look like."""
+        return self.fit_arrays([read_image(p) for p in normal], [str(p) for p in normal])
+
+    def fit_arrays(self, normal: Sequence[np.ndarray], names: Sequence[str] | None = None) -> ImageInspector:
+        if self.method == "saa":  # it scores detections: normal images calibrate nothing it uses
+            raise ValueError("few-shot normal images work with the winclip and patch-novelty methods, not saa")
+        self.normal = list(names or [f"normal image {k}" for k in range(len(normal))])
+        if self.method == "patch-novelty":
+            self.novelty.fit(normal, self.normal)
+        else:
+            self._normal_windows = np.concatenate([self.perception.clip.window_embeddings(i) for i in normal])
+        return self
+
+    def inspect(self, path: str | Path) -> ImageFinding:
+        return self.inspect_array(read_image(path), str(path))
+
+    def inspect_array(self, image: np.ndarray, name: str = "image") -> ImageFinding:
+        started = time.perf_counter()
+        run = {"saa": self._saa, "winclip": self._winclip, "patch-novelty": self._patch_novelty}[self.method]
+        evidence, threshold, sentences = run(image)
+        evidence = evidence.model_copy(
+            update={"source": evidence.source.model_copy(update={"latency_s": time.perf_counter() - started})}
+        )
+        return ImageFinding(
+            image=name,
+            method=self.method,
+            score=float(evidence.frame_score),
+            threshold=threshold,
+            anomalous=bool(evidence.frame_score >= threshold),
+            evidence=evidence,
+            explanation=sentences,
+        )
+
+    def _patch_novelty(self, image: np.ndarray):
+        novelty = self.novelty.score(image)
+        found = regions(novelty.anomaly_map, NOVELTY_THRESHOLD)
+        mode = f"the {len(self.normal)} normal images" if self.novelty.few_shot else "the rest of this image"
+        sentences = [
+            _describe(box, peak, area, "times the normal extreme", f"unlike {mode}") for box, peak, area in found
+        ]
+        if found:
+            sentences[0] = sentences[0][:-1] + f"; at its most novel point it shows {_novelty_words(novelty)}."
+        height, width = image.shape[:2]
+        evidence = Evidence(
+            source=Source(tool="patch-novelty", backend="few-shot" if self.novelty.few_shot else "self-referenced"),
+            frame_size=(width, height),
+            anomaly_map=novelty.anomaly_map,
+            frame_score=novelty.score,
+            boxes=np.array([r[0] for r in found]).reshape(-1, 4),
+            scores=np.array([r[1] for r in found]),
+            labels=["novel region"] * len(found),
+        )
+        return evidence, NOVELTY_THRESHOLD, sentences
+
+    def _winclip(self, image: np.ndarray):
+        evidence = self.perception.clip.score(image, subject="object", normal_windows=self._normal_windows)
+        found = regions(evidence.anomaly_map, WINCLIP_THRESHOLD)
+        sentences = [
+            _describe(box, peak, area, "probability of the anomalous prompts", "CLIP's windows there read as damaged")
+            for box, peak, area in found
+        ]
+        evidence = evidence.model_copy(
+            update={
+                "boxes": np.array([r[0] for r in found]).reshape(-1, 4),
+                "scores": np.array([r[1] for r in found]),
+                "labels": ["anomalous region"] * len(found),
+            }
+        )
+        return evidence, WINCLIP_THRESHOLD, sentences
+
+    def _saa(self, image: np.ndarray):
+        height, width = image.shape[:2]
+        detected = self.perception.detector.detect(image, self.prompts, box_threshold=self.box_threshold)
+        area = (detected.boxes[:, 2] - detected.boxes[:, 0]) * (detected.boxes[:, 3] - detected.boxes[:, 1])
+        keep = np.flatnonzero(area <= MAX_BOX_FRACTION * width * height)[:MAX_REGIONS]
+        boxes, scores = detected.boxes[keep], detected.scores[keep]
+        labels = [detected.labels[k] for k in keep]
+        segmented = self.perception.segmenter.segment(image, boxes=boxes, labels=labels)
+        masks = segmented.masks if len(keep) else np.zeros((0, height, width), bool)
+        if self.perception.clip is not None and len(keep):
+            crops = [
+                image[int(y1) : max(int(y2), int(y1) + 1), int(x1) : max(int(x2), int(x1) + 1)]
+                for x1, y1, x2, y2 in boxes
+            ]
+            scores = scores * self.perception.clip.anomaly_probability(
+                self.perception.clip.encoder.encode_images(crops), "object"
+            )
+        anomaly_map = np.zeros((height, width), np.float32)
+        for mask, score in zip(masks, scores):
+            anomaly_map[mask] = np.maximum(anomaly_map[mask], score)
+        sentences = [
+            _describe(box, score, int(mask.sum()), "confidence", f"the detector found '{label}' and SAM outlines it")
+            for box, score, mask, label in zip(boxes, scores, masks, labels)
+        ]
+        evidence = Evidence(
+            source=Source(tool="saa", backend=f"{detected.source.backend}+{segmented.source.backend}"),
+            frame_size=(width, height),
+            boxes=boxes,
+            scores=scores,
+            labels=labels,
+            masks=masks,
+            anomaly_map=anomaly_map,
+            frame_score=float(scores.max()) if len(scores) else 0.0,
+        )
+        return evidence, self.box_threshold, sentences
+
+
+def inspect_images(
+    images: Sequence[str | Path],
+    normal: Sequence[str | Path] = (),
+    perception: Perception | None = None,
+    prompts: Sequence[str] | None = None,
+    progress: bool = True,
+) -> ImageReport:
+    """Inspect ``images`` (few-shot when ``normal`` images are given) into one report."""
+    from anomalens.progress import track
+
+    started = time.perf_counter()
+    inspector = ImageInspector(perception, prompts)
+    if normal:
+        inspector.fit(normal)
+    findings = [
+        inspector.inspect(p)
+        for p in track(images, f"inspecting ({inspector.method})", total=len(images), enabled=progress)
+    ]
+    return ImageReport(
+        title=f"anomalens: {len(findings)} image(s)",
+        method=inspector.method,
+        normal=inspector.normal,
+        findings=findings,
+        absent_tools=inspector.perception.absent,
+        seconds=time.perf_counter() - started,
+    )

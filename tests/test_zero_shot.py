@@ -1,0 +1,161 @@
+"""Zero- and few-shot image inspection: the embedded patch-novelty detector, the foundation-tool methods with
+tiny random models, the `explain` command and the magnetic-tile runner."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from anomalens.agents.perception import Perception
+from anomalens.agents.zero_shot import MAX_BOX_FRACTION, ImageInspector, regions
+from anomalens.cli import app
+from anomalens.errors import AnomalensError, MediaError
+from anomalens.eval.magnetic_tile import run_magnetic_tile
+from anomalens.tools.patch_novelty import PatchNovelty
+
+BLOB = (110, 40)  # x, y of the injected defect
+
+
+def tile(seed: int, blob: bool = False) -> np.ndarray:
+    """A brushed-metal-like texture (vertical streaks and noise); ``blob`` adds a dark round pit."""
+    rng = np.random.default_rng(seed)
+    streaks = np.tile(rng.normal(0, 12, 160), (120, 1))
+    image = np.clip(128 + cv2.GaussianBlur(streaks, (0, 0), 1.5) + rng.normal(0, 6, (120, 160)), 0, 255)
+    if blob:
+        cv2.circle(image, BLOB, 6, 40, -1)
+    return cv2.cvtColor(image.astype(np.uint8), cv2.COLOR_GRAY2BGR)
+
+
+def test_zero_shot_patch_novelty_finds_the_pit_in_its_own_image():
+    novelty = PatchNovelty()
+    pitted, clean = novelty.score(tile(1, blob=True)), novelty.score(tile(1))
+    y, x = np.unravel_index(pitted.anomaly_map.argmax(), pitted.anomaly_map.shape)
+    assert abs(x - BLOB[0]) <= 8 and abs(y - BLOB[1]) <= 8
+    assert pitted.anomaly_map.shape == (120, 160)
+    assert pitted.score > 1.0 > clean.score * 0.5 and pitted.score > 2 * clean.score
+    with pytest.raises(MediaError, match="at least 16x16"):
+        novelty.score(np.zeros((8, 8, 3), np.uint8), "tiny.png")
+
+
+def test_few_shot_patch_novelty_against_normal_tiles():
+    novelty = PatchNovelty().fit([tile(s) for s in (10, 11, 12)])
+    assert novelty.few_shot
+    pitted, clean = novelty.score(tile(20, blob=True)), novelty.score(tile(21))
+    assert pitted.score >= 1.0 > clean.score
+    box, peak, area = regions(pitted.anomaly_map, 1.0)[0]
+    assert box[0] <= BLOB[0] <= box[2] and box[1] <= BLOB[1] <= box[3]
+    assert pitted.deviations["darkest point"] < 0  # the pit is darker than any normal cell
+
+
+def test_explain_command_on_images_zero_and_few_shot(tmp_path):
+    paths = []
+    for name, image in (("pitted.png", tile(30, blob=True)), ("clean.png", tile(31))):
+        cv2.imwrite(str(tmp_path / name), image)
+        paths.append(str(tmp_path / name))
+    normals = []
+    for seed in (40, 41):
+        cv2.imwrite(str(tmp_path / f"normal{seed}.png"), tile(seed))
+        normals += ["--normal", str(tmp_path / f"normal{seed}.png")]
+    runner = CliRunner()
+    for extra in ([], normals):
+        out = tmp_path / ("few" if extra else "zero")
+        result = runner.invoke(app, ["explain", *paths, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        report = json.loads((out / "report.json").read_text())
+        assert report["method"] == "patch-novelty" and len(report["normal"]) == (2 if extra else 0)
+        verdicts = {f["image"].rsplit("/", 1)[-1]: f for f in report["findings"]}
+        assert verdicts["pitted.png"]["anomalous"] and verdicts["pitted.png"]["explanation"]
+        assert verdicts["pitted.png"]["score"] > verdicts["clean.png"]["score"]
+        assert set(report["absent_tools"]) == {"clip", "detector", "segmenter", "captioner"}
+        html = (out / "report.html").read_text()
+        assert html.count("<img") == 2 and "pitted.png" in html
+        assert "pitted.png: ANOMALOUS" in result.output
+    mixed = runner.invoke(app, ["explain", paths[0], str(tmp_path), "--out", str(tmp_path / "x")])
+    assert mixed.exit_code != 0 and isinstance(mixed.exception, AnomalensError)
+
+
+def test_saa_and_winclip_methods_with_tiny_models(tiny_perception):
+    image = tile(50, blob=True)
+    saa = ImageInspector(tiny_perception)
+    assert saa.method == "saa"
+    saa.box_threshold = 0.0  # random weights score low: keep every box so the filter and masks are exercised
+    finding = saa._saa(image)[0]
+    area = (finding.boxes[:, 2] - finding.boxes[:, 0]) * (finding.boxes[:, 3] - finding.boxes[:, 1])
+    assert (area <= MAX_BOX_FRACTION * 160 * 120 + 1e-6).all()
+    assert finding.masks.shape == (len(finding), 120, 160)
+    union = finding.masks.any(axis=0)
+    assert (finding.anomaly_map[~union] == 0).all()
+    if len(finding):
+        assert finding.frame_score == pytest.approx(finding.scores.max())
+
+    clip_only = Perception(clip=tiny_perception.clip)
+    zero = ImageInspector(clip_only).inspect_array(image)
+    few = ImageInspector(clip_only).fit_arrays([tile(60), tile(61)]).inspect_array(image)
+    assert zero.method == few.method == "winclip"
+    for finding in (zero, few):
+        assert 0 <= finding.evidence.anomaly_map.min() <= finding.evidence.anomaly_map.max() <= 1
+    assert few.score != zero.score  # the normal windows took part
+    with pytest.raises(ValueError, match="not saa"):
+        ImageInspector(tiny_perception).fit_arrays([tile(60)])
+
+
+def _tile_dataset(root):
+    for folder in ("Free", "Blowhole"):
+        (root / folder).mkdir(parents=True)
+    for k in range(6):
+        cv2.imwrite(str(root / "Free" / f"f{k}.jpg"), tile(70 + k))
+        cv2.imwrite(str(root / "Free" / f"f{k}_mask.png"), np.zeros((120, 160), np.uint8))
+    for k in range(3):
+        cv2.imwrite(str(root / "Blowhole" / f"b{k}.jpg"), tile(80 + k, blob=True))
+        mask = np.zeros((120, 160), np.uint8)
+        cv2.circle(mask, BLOB, 6, 255, -1)
+        cv2.imwrite(str(root / "Blowhole" / f"b{k}_mask.png"), mask)
+
+
+def test_magnetic_tile_runner_on_a_synthetic_layout(tmp_path):
+    _tile_dataset(tmp_path)
+    metrics = run_magnetic_tile(tmp_path, shots=2, progress=False)
+    assert metrics["images"] == 7 and metrics["anomalous_images"] == 3  # the 2 references are not tested
+    assert metrics["method"] == "patch-novelty" and metrics["shots"] == 2
+    assert metrics["image_auroc"] == pytest.approx(metrics["image_auroc_per_class"]["Blowhole"])
+    assert metrics["image_auroc"] >= 0.9 and metrics["pixel_auroc"] >= 0.9
+    (tmp_path / "Blowhole" / "b0_mask.png").unlink()
+    with pytest.raises(AnomalensError, match="b0.jpg: its mask b0_mask.png is missing"):
+        run_magnetic_tile(tmp_path, progress=False)
+
+
+@pytest.mark.data
+def test_magnetic_tile_runner_on_the_real_tiles(shared_data):
+    metrics = run_magnetic_tile(shared_data / "magnetic_tile", shots=3, limit=6, progress=False)
+    assert metrics["images"] == 24 and metrics["anomalous_images"] == 18
+    assert set(metrics["image_auroc_per_class"]) == {"Blowhole", "Break", "Crack"}
+    assert 0 <= metrics["pixel_auroc"] <= 1
+
+
+def test_explain_video_learns_normality_from_the_footage_itself(tmp_path):
+    from anomalens.eval.synthetic import Anomaly, SceneSpec, write_scene
+
+    clip = write_scene(
+        SceneSpec(
+            n_frames=600, seed=21, camera_seed=3, anomalies=(Anomaly("cyclist", 40), Anomaly("left_object", 400))
+        ),
+        tmp_path / "clip",
+    )
+    result = CliRunner().invoke(
+        app, ["explain", str(clip.video), "--out", str(tmp_path / "out"), "--explainer", "deterministic"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "self-referenced" in result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    truth = json.loads(clip.events.read_text())
+    for kind in ("cyclist", "left_object"):
+        expected = next(g for g in truth if g["kind"] == kind)
+        assert any(
+            e["start_frame"] <= expected["end_frame"] and expected["start_frame"] <= e["end_frame"]
+            for e in report["events"]
+        ), f"no event overlaps the {kind} at frames {expected['start_frame']}-{expected['end_frame']}"
+    assert (tmp_path / "out" / "scene" / "rules.yaml").is_file()
