@@ -35,3 +35,18 @@ def overlay(
     for x1, y1, x2, y2 in evidence.boxes[chosen] * scale:
         cv2.rectangle(out, (int(x1), int(y1)), (int(np.ceil(x2)), int(np.ceil(y2))), BOX_COLOR, 1)
     return out
+
+
+def heat_overlay(image: np.ndarray, evidence: Evidence, threshold: float, alpha: float = 0.45) -> np.ndarray:
+    """``image`` (source resolution, BGR) under its whole anomaly map, coloured from 0 to the larger of the map's
+    maximum and ``threshold`` (so a map that stays below the threshold never looks red), with the boxes."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    if evidence.anomaly_map is not None:
+        heat = cv2.resize(evidence.anomaly_map.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        norm = np.clip(heat / max(float(heat.max()), threshold, 1e-6), 0, 1)
+        colored = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+        out = cv2.addWeighted(colored, alpha, out, 1 - alpha, 0)
+    for x1, y1, x2, y2 in evidence.boxes:
+        cv2.rectangle(out, (int(x1), int(y1)), (int(np.ceil(x2)), int(np.ceil(y2))), BOX_COLOR, 1)
+    return out

@@ -113,7 +113,7 @@ def write_image_report(report: ImageReport, images: dict[str, np.ndarray], out_d
 
 
 def render_image_html(report: ImageReport, images: dict[str, np.ndarray]) -> str:
-    from anomalens.draw import overlay
+    from anomalens.draw import heat_overlay
 
     esc = html.escape
     ranked = sorted(report.findings, key=lambda f: -f.score)
@@ -125,13 +125,14 @@ def render_image_html(report: ImageReport, images: dict[str, np.ndarray]) -> str
     sections = []
     for k, finding in enumerate(ranked):
         image = images[finding.image]
-        drawn = overlay(image, finding.evidence, scale=1.0, min_score=-1.0)
+        drawn = heat_overlay(image, finding.evidence, finding.threshold)
         sentences = "".join(f"<li>{esc(s)}</li>" for s in finding.explanation) or "<li>No region stands out.</li>"
         sections.append(
             f'<div class="event" id="img{k}"><h3>{esc(finding.image)}: score {finding.score:.3f} '
             f"(threshold {finding.threshold:g})</h3><ul>{sentences}</ul>"
             f'<img src="{_jpeg_data_uri(np.hstack([image, drawn]))}" alt="{esc(finding.image)}">'
-            f'<p class="meta">left: the image; right: regions boxed over the anomaly heat map.</p></div>'
+            f'<p class="meta">left: the image; right: the anomaly heat map (red at the threshold or the '
+            "image's maximum, whichever is higher) with the regions beyond the threshold boxed.</p></div>"
         )
     absent = "".join(f"<li>{esc(kind)}: {esc(why)}</li>" for kind, why in report.absent_tools.items())
     normal = f"few-shot against {len(report.normal)} normal image(s)" if report.normal else "zero-shot"

@@ -25,6 +25,18 @@ def _byte_vocab(specials: list[str], suffix: str | None = None) -> dict[str, int
     return vocab
 
 
+def _byte_tokenizer(specials: list[str], **special_tokens):
+    """A byte-level BPE tokenizer with no merges (one token per byte) for models without a tokenizer class."""
+    from tokenizers import Tokenizer, decoders, models
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    unknown = special_tokens.get("unk_token")
+    backend = Tokenizer(models.BPE(vocab=_byte_vocab(specials), merges=[], unk_token=unknown))
+    backend.pre_tokenizer, backend.decoder = ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **special_tokens)
+
+
 def _clip_tokenizer():
     from transformers import CLIPTokenizer
 
@@ -69,17 +81,12 @@ def clip_transformers(folder: Path) -> Path:
 
 def clip_siglip(folder: Path) -> Path:
     """SigLIP for the same backend as CLIP (``clip:transformers``), with a byte-level tokenizer."""
-    from tokenizers import Tokenizer, decoders, models
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor
 
-    vocab = _byte_vocab(["<pad>", "</s>", "<unk>"])
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer, backend.decoder = ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="</s>", pad_token="</s>", unk_token="<unk>", model_max_length=16
+    tokenizer = _byte_tokenizer(
+        ["<pad>", "</s>", "<unk>"], eos_token="</s>", pad_token="</s>", unk_token="<unk>", model_max_length=16
     )
-    text = _clip_text(len(vocab), 16) | {"pad_token_id": 1, "bos_token_id": None, "eos_token_id": 1}
+    text = _clip_text(len(tokenizer), 16) | {"pad_token_id": 1, "bos_token_id": None, "eos_token_id": 1}
     SiglipModel(SiglipConfig(text_config=text, vision_config=_vision(32, 8))).save_pretrained(folder)
     image_processor = SiglipImageProcessor(size={"height": 32, "width": 32})
     SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
@@ -219,26 +226,16 @@ def segmenter_segment_anything(folder: Path) -> Path:
 
 def captioner_transformers(folder: Path) -> Path:
     """A LLaVA-architecture VLM (CLIP vision tower, Llama decoder) with a byte-level tokenizer."""
-    from tokenizers import Tokenizer, decoders, models
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import (
-        CLIPImageProcessor,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    vocab = _byte_vocab(["<pad>", "<s>", "</s>", "<image>"])
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer, backend.decoder = ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+    tokenizer = _byte_tokenizer(
+        ["<pad>", "<s>", "</s>", "<image>"],
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
     )
+    vocab = tokenizer.get_vocab()
     template = (
         "{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}"
         "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
