@@ -175,20 +175,37 @@ class Toolbox:
             ]
         live = self.perception or Perception()
         if live.detector is not None:
-            tools.append(_Tool(_spec("detect", "Look for something in a frame (a detector).", DetectArgs), DetectArgs,
-                               self.detect))
+            tools.append(
+                _Tool(
+                    _spec("detect", "Look for something in a frame (a detector).", DetectArgs), DetectArgs, self.detect
+                )
+            )
         if live.clip is not None:
-            tools.append(_Tool(_spec("match", "Which texts fit a frame or an object best (CLIP).", MatchArgs),
-                               MatchArgs, self.match))
+            tools.append(
+                _Tool(
+                    _spec("match", "Which texts fit a frame or an object best (CLIP).", MatchArgs),
+                    MatchArgs,
+                    self.match,
+                )
+            )
             if chat:
-                tools.append(_Tool(_spec("search", "Frames that look like a text (CLIP).", SearchArgs), SearchArgs,
-                                   self.search))
+                tools.append(
+                    _Tool(_spec("search", "Frames that look like a text (CLIP).", SearchArgs), SearchArgs, self.search)
+                )
         if live.segmenter is not None:
-            tools.append(_Tool(_spec("segment", "An object's exact outline and area in pixels.", SegmentArgs),
-                               SegmentArgs, self.segment))
+            tools.append(
+                _Tool(
+                    _spec("segment", "An object's exact outline and area in pixels.", SegmentArgs),
+                    SegmentArgs,
+                    self.segment,
+                )
+            )
         if index.captions is None and live.captioner is not None:
-            tools.append(_Tool(_spec("caption", "Describe a frame (a vision-language model).", FrameArgs), FrameArgs,
-                               self.describe))
+            tools.append(
+                _Tool(
+                    _spec("caption", "Describe a frame (a vision-language model).", FrameArgs), FrameArgs, self.describe
+                )
+            )
         if index.captions is not None:
             tools.append(
                 _Tool(
@@ -439,7 +456,6 @@ class Toolbox:
         )
         return f"{len(hits)} frames mention {' '.join(words)}: {shown}"
 
-
     # --- live foundation-model tools (present when their weights are) ---------------------------------
 
     def _track_box(self, frame: int, track_id: int) -> np.ndarray:
@@ -477,9 +493,12 @@ class Toolbox:
         outlined = self.perception.segmenter.segment(
             self.frames(args.frame), boxes=box[None], labels=[label], frame_index=args.frame
         )
-        outlined = outlined.model_copy(update={
-            "time_s": args.frame / self.index.fps, "track_ids": np.array([args.track_id]),
-        })
+        outlined = outlined.model_copy(
+            update={
+                "time_s": args.frame / self.index.fps,
+                "track_ids": np.array([args.track_id]),
+            }
+        )
         handle = self.index.add_live(outlined)
         area = int(outlined.masks[0].sum())
         return f"[{handle}] track {args.track_id} at {self._when(args.frame)}: outline of {area} px inside its box"

@@ -660,8 +660,10 @@ def doctor(
 
 def _quiet_transformers() -> None:
     """No per-model loading bars or config warnings in a table the user reads."""
-    from transformers.utils import logging
-
+    try:
+        from transformers.utils import logging
+    except ImportError:  # no transformers: its backends show as not installed
+        return
     logging.set_verbosity_error()
     logging.disable_progress_bar()
 

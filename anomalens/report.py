@@ -105,8 +105,9 @@ def write_image_report(report: ImageReport, images: dict[str, np.ndarray], out_d
     """Write ``report.json`` (maps shrunk) and ``report.html``; ``images`` maps image path -> BGR image."""
     out = Path(out_dir)
     json_path, html_path = out / "report.json", out / "report.html"
-    compact = report.model_copy(update={"findings": [
-        f.model_copy(update={"evidence": compact_map(f.evidence)}) for f in report.findings]})
+    compact = report.model_copy(
+        update={"findings": [f.model_copy(update={"evidence": compact_map(f.evidence)}) for f in report.findings]}
+    )
     atomic_write(json_path, compact.model_dump_json(indent=1))
     atomic_write(html_path, render_image_html(report, images))
     return json_path, html_path
@@ -320,8 +321,11 @@ anomalens {esc(report.anomalens_version)} · {esc(report.created)}</p>
 <p class="metrics">{metrics}</p>
 <h2>Anomaly score over time</h2>{timeline_svg(report)}
 <h2>Events ({len(report.events)})</h2>
-{"<table><tr><th>event</th><th>time</th><th>frames</th><th>score</th><th>why</th></tr>" + rows + "</table>"
- if report.events else "<p>No anomalous events: every frame stayed below the threshold.</p>"}
+{
+        "<table><tr><th>event</th><th>time</th><th>frames</th><th>score</th><th>why</th></tr>" + rows + "</table>"
+        if report.events
+        else "<p>No anomalous events: every frame stayed below the threshold.</p>"
+    }
 {broken}
 {"".join(sections)}
 {truth}

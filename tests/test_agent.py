@@ -498,10 +498,12 @@ def test_the_agent_calls_every_present_foundation_tool_and_cites_what_it_found(i
     def from_tool_results(messages):
         results.update({m.tool_call_id: m.content for m in messages if m.role == "tool"})
         best = re.search(r"fits '([^']+)' best", results["m"])[1]
-        return answer([
-            {"kind": "object", "cite": [f"D{frame}"], "term": "bicycle"},
-            {"kind": "object", "cite": [f"M{frame}"], "term": best.split()[-1], "track": track},
-        ])
+        return answer(
+            [
+                {"kind": "object", "cite": [f"D{frame}"], "term": "bicycle"},
+                {"kind": "object", "cite": [f"M{frame}"], "term": best.split()[-1], "track": track},
+            ]
+        )
 
     agent.llm = ScriptedLLM([calls, from_tool_results])
     graph = build_graph(agent)
