@@ -1,7 +1,8 @@
 """The foundation-model tools present on this machine, a frame reader for them, and the verifier's grounders.
 
 ``Perception.available()`` loads, per kind, the first backend that is installed and has weights here (checked
-before anything heavy is imported); the kinds it could not load are listed with the reason. The agent gets a
+before anything heavy is imported); the kinds it could not load are listed with the reason. A vision model behind
+an OpenAI-compatible server (settings ``captioner_base_url`` and ``captioner_model``) is the captioner when set. The agent gets a
 tool for each kind present, and the verifier re-grounds object claims with the detector and CLIP.
 """
 
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anomalens.errors import MissingExtra, WeightsNotFound
+from anomalens.config import Settings, load_settings
+from anomalens.errors import ConfigError, MissingExtra, WeightsNotFound
 from anomalens.geometry import box_iou
 from anomalens.types import Evidence
 
@@ -41,11 +43,20 @@ class Perception:
     absent: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def available(cls, root: Path | None = None) -> Perception:
+    def available(cls, root: Path | None = None, settings: Settings | None = None) -> Perception:
         from anomalens import registry, weights
 
+        settings = settings or load_settings()
         found = cls()
+        if settings.captioner_base_url:  # the user pointed at a server: it wins over local weights
+            if not settings.captioner_model:
+                raise ConfigError("captioner_base_url is set but captioner_model is not (ANOMALENS_CAPTIONER_MODEL)")
+            found.captioner = registry.load("captioner:openai")(
+                settings.captioner_model, base_url=settings.captioner_base_url, api_key=settings.llm_api_key
+            )
         for kind, backends in KINDS.items():
+            if getattr(found, kind) is not None:
+                continue
             reasons = []
             for name in backends:
                 try:

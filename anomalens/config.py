@@ -36,6 +36,10 @@ class Settings(BaseModel):
     )
     llm_base_url: str | None = Field(default=None, description="base URL of an OpenAI-compatible server")
     llm_api_key: str | None = Field(default=None, description="API key of that server (local servers need none)")
+    captioner_base_url: str | None = Field(
+        default=None, description="base URL of an OpenAI-compatible server whose vision model is the caption tool"
+    )
+    captioner_model: str | None = Field(default=None, description="that vision model's id on the server")
     embedder: str = Field(
         default="all-minilm-l6-v2", description="sentence embeddings: a store name, a model folder or a cached HF id"
     )

@@ -241,10 +241,13 @@ def test_transformers_captioner_is_deterministic_evidence(tiny_weights):
     assert one.source.tool == "caption" and one.source.backend == "transformers" and one.time_s == 3.0
 
 
-def test_openai_captioner_sends_the_frame_as_a_vision_message():
+def test_openai_captioner_sends_the_frame_as_a_vision_message(tmp_path):
     pytest.importorskip("openai")
     import cv2
 
+    from anomalens.agents.perception import Perception
+    from anomalens.config import load_settings
+    from anomalens.errors import ConfigError
     from anomalens.tools.captioner import OpenAICaptioner
 
     seen = []
@@ -278,12 +281,21 @@ def test_openai_captioner_sends_the_frame_as_a_vision_message():
 
     server = HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1"
     try:
-        captioner = OpenAICaptioner("vlm", base_url=f"http://127.0.0.1:{server.server_port}/v1", fps=5.0)
+        captioner = OpenAICaptioner("vlm", base_url=url, fps=5.0)
         smooth = cv2.GaussianBlur(FRAME, (0, 0), 3)  # JPEG keeps a smooth picture close; noise it does not
         evidence = captioner.caption(smooth, frame_index=10)
+        # Settings make the server the captioner the agent and `explain` get.
+        configured = load_settings(captioner_base_url=url, captioner_model="served-vlm")
+        perception = Perception.available(root=tmp_path, settings=configured)
+        assert perception.present == ["captioner"] and "captioner" not in perception.absent
+        assert perception.captioner.caption(smooth).text == "A cyclist rides on the walkway."
     finally:
         server.shutdown()
+    assert [request["model"] for request in seen] == ["vlm", "served-vlm"]
+    with pytest.raises(ConfigError, match="captioner_model"):
+        Perception.available(root=tmp_path, settings=load_settings(captioner_base_url=url))
     assert evidence.text == "A cyclist rides on the walkway." and evidence.time_s == 2.0
     parts = seen[0]["messages"][0]["content"]
     image = next(p for p in parts if p["type"] == "image_url")["image_url"]["url"]

@@ -89,7 +89,9 @@ class OpenAICaptioner:
 
         base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         if not base_url:
-            raise AnomalensError("openai captioner: no base URL (pass base_url or set ANOMALENS_LLM_BASE_URL)")
+            raise AnomalensError(
+                "openai captioner: no base URL (set ANOMALENS_CAPTIONER_BASE_URL, or OPENAI_BASE_URL, or pass base_url)"
+            )
         self.client = openai.OpenAI(
             base_url=base_url,
             api_key=api_key or os.environ.get("OPENAI_API_KEY") or "none",
