@@ -14,23 +14,26 @@ from anomalens.types import Claim
 
 def claims_from_draft(drafts: list[DraftClaim], index: VideoIndex) -> list[Claim]:
     """Claims citing evidence ids (handles resolved; an unknown handle stays as written, for the verifier)."""
-    return [
-        Claim(
-            id=f"c{k}",
-            kind=d.kind,
-            evidence_ids=[index.resolve(handle) for handle in d.cite],
-            rule_id=d.rule,
-            track_id=d.track,
-            quantity=d.quantity,
-            value=d.value,
-            unit=d.unit,
-            term=d.term,
-            relation=d.relation,
-            other_track_id=d.other_track,
-            frames=tuple(d.frames) if d.frames else None,
+    claims = []
+    for k, draft in enumerate(drafts, 1):
+        fields = draft.model_dump()
+        claims.append(
+            Claim(
+                id=f"c{k}",
+                kind=draft.kind,
+                evidence_ids=[index.resolve(handle) for handle in draft.cite],
+                rule_id=fields.get("rule"),
+                track_id=fields.get("track"),
+                quantity=fields.get("quantity"),
+                value=fields.get("value"),
+                unit=fields.get("unit"),
+                term=fields.get("term"),
+                relation=fields.get("relation"),
+                other_track_id=fields.get("other_track"),
+                frames=tuple(fields["frames"]) if fields.get("frames") else None,
+            )
         )
-        for k, d in enumerate(drafts, 1)
-    ]
+    return claims
 
 
 def render(claim: Claim, index: VideoIndex) -> str:

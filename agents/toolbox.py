@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,7 +24,7 @@ from anomalens.agents.index import HANDLE_PATTERN, VideoIndex
 from anomalens.agents.llm import ToolCall, ToolSpec, tool_parameters
 from anomalens.agents.llm.structured import problem_summary
 from anomalens.agents.perception import Perception
-from anomalens.types import ClaimKind, Evidence, Relation
+from anomalens.types import Evidence, Relation
 
 FRAME_QUANTITIES = ("count", "occupancy", "flow_novelty", "reconstruction")
 OBJECT_QUANTITIES = ("speed", "area", "dwell", "aspect")
@@ -94,27 +94,77 @@ class FindArgs(_Args):
     text: str = Field(min_length=1, description="words to look for in the frames' captions")
 
 
-class DraftClaim(BaseModel):
-    """A claim: its kind, the handles it cites, the fields its kind needs."""
+Cite = Annotated[list[Annotated[str, Field(pattern=HANDLE_PATTERN)]], Field(min_length=1, max_length=4)]
 
+
+class _Draft(BaseModel):
+    # Subclasses declare ``kind`` then ``cite`` first: a grammar writes the fields in that order, as the prompt's
+    # example does. Optional fields default to None without admitting null, which keeps the schema short.
     model_config = ConfigDict(extra="forbid")
-    kind: ClaimKind
-    cite: list[Annotated[str, Field(pattern=HANDLE_PATTERN)]] = Field(min_length=1, max_length=4)
-    rule: str = None
-    track: int = None
-    quantity: str = None
-    value: float = None
-    unit: str = None
-    term: str = None
-    relation: Relation = None
-    other_track: int = None
-    frames: list[int] = Field(default=None, min_length=2, max_length=2)
 
     @model_validator(mode="before")
     @classmethod
     def _nulls_mean_absent(cls, data: Any) -> Any:
         # Models without a grammar sometimes write null for fields they leave out.
         return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+class RuleDraft(_Draft):
+    kind: Literal["rule"]
+    cite: Cite
+    rule: str
+    track: int = None
+
+
+class MeasurementDraft(_Draft):
+    kind: Literal["measurement"]
+    cite: Cite
+    quantity: str
+    value: float
+    unit: str = None
+    track: int = None
+
+
+class CountDraft(_Draft):
+    kind: Literal["count"]
+    cite: Cite
+    value: float
+
+
+class ObjectDraft(_Draft):
+    kind: Literal["object", "attribute"]
+    cite: Cite
+    term: str
+    track: int = None
+
+
+class SpatialDraft(_Draft):
+    # Where an object is (term, e.g. "zone r2c1") or how it lies beside another (relation, other_track).
+    kind: Literal["spatial"]
+    cite: Cite
+    track: int
+    term: str = None
+    relation: Relation = None
+    other_track: int = None
+
+
+class TemporalDraft(_Draft):
+    kind: Literal["temporal"]
+    cite: Cite
+    frames: list[int] = Field(min_length=2, max_length=2)
+
+
+class OtherDraft(_Draft):
+    kind: Literal["other"]
+    cite: Cite
+    term: str = None
+
+
+# One schema per kind with the fields it needs required: a grammar-constrained model cannot leave them out.
+DraftClaim = Annotated[
+    RuleDraft | MeasurementDraft | CountDraft | ObjectDraft | SpatialDraft | TemporalDraft | OtherDraft,
+    Field(discriminator="kind"),
+]
 
 
 class Answer(BaseModel):

@@ -109,8 +109,10 @@ class Verifier:
 
     def _count(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
         frames = [ev for ev in cited if ev.source.tool != "caption"]
-        if claim.value is None or not frames:
-            return _unsupported("a count claim needs a value and a cited screening frame")
+        if claim.value is None:
+            return _unsupported("a count claim needs a value")
+        if not frames:
+            return _unsupported("a count claim must cite a frame's measured objects (F<frame>), not a caption")
         for evidence in frames:
             if round(claim.value) == len(evidence):
                 return _supported(f"{len(evidence)} objects at frame {evidence.frame_index}")

@@ -164,6 +164,37 @@ def test_malformed_replies_are_corrected_then_the_budget_ends_the_attempt(index)
     assert gave_up.claims == [] and gave_up.llm_calls == MAX_STEPS and gave_up.prose == ""
 
 
+def test_each_claim_kind_requires_its_fields_so_a_grammar_cannot_leave_them_out(index):
+    from pydantic import ValidationError
+
+    from anomalens.agents.llm import tool_parameters
+    from anomalens.agents.toolbox import Answer
+
+    variants = tool_parameters(Answer)["properties"]["claims"]["items"]["oneOf"]
+    required = {v["properties"]["kind"].get("const", "/".join(v["properties"]["kind"].get("enum", []))): v["required"]
+                for v in variants}  # fmt: skip
+    assert required["count"] == ["kind", "cite", "value"]
+    assert required["measurement"] == ["kind", "cite", "quantity", "value"]
+    assert required["object/attribute"] == ["kind", "cite", "term"]
+    assert required["temporal"] == ["kind", "cite", "frames"]
+    assert all("discriminator" not in json.dumps(v) and "$defs" not in json.dumps(v) for v in variants)
+    with pytest.raises(ValidationError, match="value"):
+        Answer.model_validate({"claims": [{"kind": "count", "cite": ["F1"]}]})
+
+    # The malformed claim of a real run (a count with no number) is not even expressible under llama.cpp's grammar.
+    llama_grammar = pytest.importorskip("llama_cpp.llama_grammar")
+    gbnf = llama_grammar.json_schema_to_gbnf(json.dumps(tool_parameters(Answer)))
+    count = re.search(r'^(claims-item-\d+)-kind ::= "\\"count\\""$', gbnf, re.MULTILINE)[1]
+    body = re.search(rf"^{count} ::= (.*)$", gbnf, re.MULTILINE)[1]
+    assert body.endswith(f'space {count}-value-kv "}}" space')  # the last field, outside any optional group
+    # A scripted model that sends one anyway is told what is missing.
+    fact = {"kind": "count", "cite": [f"F{first_event(index).peak_frame}"]}
+    llm = ScriptedLLM([answer([fact]), answer([fact | {"value": len(index.frame_evidence(first_event(index).peak_frame))}])])
+    (explanation,) = run(llm, index)
+    assert "value" in llm.calls[1]["messages"][-1].content
+    assert [c.verdict.status for c in explanation.claims] == ["supported"]
+
+
 def test_revision_is_bounded_and_unsupported_claims_are_dropped(index):
     wrong = answer([{"kind": "rule", "cite": [f"F{first_event(index).peak_frame}"], "rule": "no-such-rule"}])
     llm = ScriptedLLM([wrong, wrong, wrong])

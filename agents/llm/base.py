@@ -57,7 +57,8 @@ class ToolSpec(BaseModel):
 
 
 def tool_parameters(model: type[BaseModel]) -> dict[str, Any]:
-    """``model``'s JSON schema, self-contained (references inlined), without titles and null defaults: a tool's
+    """``model``'s JSON schema, self-contained (references inlined), without titles, null defaults and pydantic's
+    discriminator mappings (they point into the ``$defs`` that are inlined): a tool's
     schema is embedded in larger ones (the reply protocol's), where ``$defs`` would not resolve, and the model
     reads it, where every token costs time."""
     schema = model.model_json_schema()
@@ -69,7 +70,7 @@ def tool_parameters(model: type[BaseModel]) -> dict[str, Any]:
                 return clean(definitions[node["$ref"].rsplit("/", 1)[-1]])
             return {
                 k: clean(v, names=(k == "properties" and not names)) for k, v in node.items()
-                if names or not (k == "title" or (k == "default" and v is None))
+                if names or not (k in ("title", "discriminator") or (k == "default" and v is None))
             }
         if isinstance(node, list):
             return [clean(item) for item in node]
