@@ -192,7 +192,7 @@ class Agent:
                 content=self.text["bad_answer"].format(error=problems),
             )
             return {"messages": state["messages"] + _dump([reply])}  # earlier verified claims stay
-        claims = [Claim(**c) for c in state["kept"]] + claims_from_draft(answer.claims, self.index)
+        claims = _distinct([Claim(**c) for c in state["kept"]] + claims_from_draft(answer.claims, self.index))
         return {"claims": [c.model_copy(update={"id": f"c{k}"}).model_dump() for k, c in enumerate(claims, 1)]}
 
     def verify(self, state: AgentState) -> dict[str, Any]:
@@ -294,6 +294,17 @@ class Agent:
     @staticmethod
     def next_event(state: AgentState) -> str:
         return "select_event" if state.get("queue") else "end"
+
+
+def _distinct(claims: list[Claim]) -> list[Claim]:
+    """The first of claims that state the same thing: small models repeat a claim, and revisions repeat kept ones."""
+    seen, kept = set(), []
+    for claim in claims:
+        key = claim.model_dump_json(exclude={"id", "text", "verdict"})  # text is rendered from the rest
+        if key not in seen:
+            seen.add(key)
+            kept.append(claim)
+    return kept
 
 
 def build_graph(agent: Agent, checkpointer: Any = None):

@@ -203,6 +203,22 @@ def test_revision_is_bounded_and_unsupported_claims_are_dropped(index):
     assert explanation.supported == [] and explanation.claims[0].verdict.reason == "there is no rule no-such-rule"
 
 
+def test_a_claim_repeated_in_an_answer_or_a_revision_is_said_once(index):
+    wrong = {"kind": "rule", "cite": [f"F{first_event(index).peak_frame}"], "rule": "no-such-rule"}
+
+    def twice(messages):
+        fact = facts_in(messages)[0]
+        return answer([fact, fact, wrong])
+
+    def repeat_the_kept(messages):
+        return answer([facts_in(messages)[0]])
+
+    (explanation,) = run(ScriptedLLM([twice, repeat_the_kept]), index)
+    assert len(explanation.first_draft) == 2 and explanation.rounds == 1
+    (said,) = explanation.supported
+    assert explanation.prose.count(said.text) == 1
+
+
 def test_every_event_in_the_queue_is_explained(index):
     ids = [e.id for e in index.events]
     llm = ScriptedLLM([lambda messages: answer(facts_in(messages)[:2]) for _ in ids])
