@@ -79,6 +79,7 @@ def video_index(
     Without a scene, the video's own dominant behaviour is learned as normal (self-referenced normality).
     """
     from anomalens.agents.screening import screen
+    from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
     from anomalens.tools.scene import Scene, SceneScorer, learn_scene
 
     path = Path(video)
@@ -93,10 +94,13 @@ def video_index(
     cached = Path(cache_dir) / f"index-{key.hexdigest()[:16]}.json"
     if cached.is_file():
         return VideoIndex.load(cached)
-    scene = Scene.load(scene_dir) if scene_dir else learn_scene([str(path)], fps=fps, progress=progress)
+    if scene_dir:
+        scene = Scene.load(scene_dir)
+    else:
+        scene = learn_scene([str(path)], fps=fps, contamination=SELF_REFERENCED_CONTAMINATION, progress=progress)
     source = scene.open(path, fps=fps)
     scorer = SceneScorer(scene, source.fps)
-    result = screen(source, scorer, rulebook=scene.rulebook, progress=progress)
+    result = screen(source, scorer, self_referenced=not scene_dir, rulebook=scene.rulebook, progress=progress)
     index = index_from_screening(
         result, tracks=scorer.analyzer.tracks(), rulebook=scene.rulebook, captions_file=captions, every_frame=True
     )

@@ -19,7 +19,7 @@ from anomalens.agents.explain import explain_event
 from anomalens.agents.llm import LLM
 from anomalens.agents.perception import Perception
 from anomalens.draw import overlay
-from anomalens.events import group_events, smooth
+from anomalens.events import group_events, outlier_level, smooth
 from anomalens.progress import track
 from anomalens.report import GroundTruth, Report, compact_map
 from anomalens.tools.scene import Scene, SceneScorer
@@ -56,11 +56,16 @@ def screen(
     min_event_frames: int = 3,
     max_gap: int = 5,
     max_keyframes: int = 50,
+    self_referenced: bool = False,
     rulebook: Rulebook | None = None,
     observe: Callable[[Frame, Evidence], None] | None = None,
     progress: bool = True,
 ) -> ScreeningResult:
     """Score every frame of ``source`` with ``scorer`` and return events above ``threshold``.
+
+    ``self_referenced``: the scene was learned from this footage itself, whose typical frames are normal, so the
+    threshold rises to where a smoothed score stands out from the footage's own (``events.outlier_level``) when
+    that is higher: a busy scene breaks one of its rules in most frames, and only its outliers are events.
 
     Each event cites the evidence of its frames above the threshold, lists the rules broken and the
     tracks that broke them, and gets a deterministic explanation (rule sentences from ``rulebook``).
@@ -98,6 +103,8 @@ def screen(
     frame_indices = np.asarray(indices, dtype=np.int64)
     raw_scores = np.asarray(raw)
     scores = smooth(raw_scores, max(1, round(smooth_seconds * source.effective_fps)) | 1)  # odd width
+    if self_referenced and len(scores):
+        threshold = max(threshold, outlier_level(scores))
     events = group_events(frame_indices, scores, threshold, source.fps, min_frames=min_event_frames, max_gap=max_gap)
     evidence: dict[str, Evidence] = {}
     keyframes: dict[str, tuple[Frame, Evidence]] = {}
@@ -177,6 +184,7 @@ def audit(
     explainer: str = "deterministic",
     captions: str | Path | None = None,
     perception: Perception | None = None,
+    self_referenced: bool = False,
     progress: bool = True,
 ) -> tuple[ScreeningResult, Report, dict[str, np.ndarray]]:
     """Screen ``source`` (opened with ``scene.open``) against a learned scene and build its report.
@@ -187,7 +195,7 @@ def audit(
     report names ``explainer`` (the deterministic explainer, and why) as the author of the explanations.
     """
     scorer = SceneScorer(scene, source.fps)
-    result = screen(source, scorer, rulebook=scene.rulebook, progress=progress)
+    result = screen(source, scorer, self_referenced=self_referenced, rulebook=scene.rulebook, progress=progress)
     tracks = scorer.analyzer.tracks()
     explanations: list[Explanation] = []
     if llm is not None and result.events:

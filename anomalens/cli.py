@@ -158,7 +158,14 @@ def explain(
     source = scene.open(inputs[0], fps=fps)
     llm, who = open_explainer(explainer)
     console.print(f"explanations: {who}", highlight=False)
-    result, report, keyframes = run_audit(source, scene, llm=llm, explainer=who, perception=_perception(llm))
+    result, report, keyframes = run_audit(
+        source,
+        scene,
+        llm=llm,
+        explainer=who,
+        perception=_perception(llm),
+        self_referenced=not normal,
+    )
     scene.save(out_dir / "scene")
     json_path, html_path = write_report(report, keyframes, out_dir)
     out.print(f"{len(result.events)} events in {len(result.scores)} frames (scene learned: {out_dir / 'scene'})")

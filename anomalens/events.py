@@ -20,6 +20,15 @@ def smooth(scores: np.ndarray, width: int) -> np.ndarray:
     return total / count
 
 
+def outlier_level(values: np.ndarray, spread: float = 4.0) -> float:
+    """The level above which a value stands out from the rest: their median plus ``spread`` robust standard
+    deviations (1.4826 median absolute deviations). Self-referenced normality uses it: the input's own typical
+    values are normal."""
+    values = np.asarray(values, dtype=np.float64)
+    median = float(np.median(values))
+    return median + spread * 1.4826 * float(np.median(np.abs(values - median)))
+
+
 def group_events(
     frame_indices: np.ndarray,
     scores: np.ndarray,

@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from anomalens.eval.metrics import roc_auc
-from anomalens.events import group_events, smooth
+from anomalens.events import group_events, outlier_level, smooth
 
 
 def test_smooth_is_a_centred_mean_that_uses_only_existing_edge_frames():
@@ -27,6 +27,42 @@ def test_group_events_merges_gaps_drops_short_runs_and_finds_peaks():
     split = group_events(frames, scores, 1.0, fps=10.0, min_frames=1, max_gap=0)
     assert [(e.start_frame, e.end_frame) for e in split] == [(4, 6), (10, 10), (24, 24), (30, 34)]
     assert group_events(frames, scores, 10.0, fps=10.0) == []
+
+
+def test_outlier_level_is_the_median_plus_robust_spreads():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 100.0])  # median 3, absolute deviations 2 1 0 1 97 -> MAD 1
+    assert outlier_level(values) == pytest.approx(3 + 4 * 1.4826)
+    assert outlier_level(values, spread=1.0) == pytest.approx(3 + 1.4826)
+    assert outlier_level(np.full(10, 0.7)) == pytest.approx(0.7)  # no spread: anything above the level stands out
+
+
+def test_self_referenced_screening_calls_only_the_footages_own_outliers_events(tmp_path):
+    import cv2
+
+    from anomalens.agents.screening import screen
+    from anomalens.types import Evidence, Source
+    from anomalens.video import FrameSource
+
+    for k in range(120):
+        cv2.imwrite(str(tmp_path / f"{k:03d}.png"), np.zeros((24, 32, 3), np.uint8))
+    busy = 1.5 + 0.1 * np.sin(np.arange(120))  # a busy scene: over the rules' limit all the time
+    busy[60:75] = 6.0  # and one stretch far beyond its own typical level
+
+    class Scripted:
+        def score(self, frame):
+            return Evidence(source=Source(tool="scripted"), frame_index=frame.index, frame_size=(32, 24),
+                            frame_score=float(busy[frame.index]))  # fmt: skip
+
+    def run(**options):
+        return screen(FrameSource(tmp_path, fps=10.0), Scripted(), progress=False, **options)
+
+    plain, own = run(), run(self_referenced=True)
+    assert [(e.start_frame, e.end_frame) for e in plain.events] == [(0, 119)] and plain.threshold == 1.0
+    assert own.threshold == pytest.approx(outlier_level(own.scores)) and own.threshold > 1.5
+    assert len(own.events) == 1 and 55 <= own.events[0].start_frame <= 60 and 75 <= own.events[0].end_frame <= 80
+    quiet = busy * 0.2  # typical footage below the limit: the limit itself decides
+    busy[:] = quiet
+    assert run(self_referenced=True).threshold == 1.0
 
 
 def test_roc_auc_matches_scikit_learn_with_ties():

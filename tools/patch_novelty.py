@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from anomalens.errors import MediaError
+from anomalens.events import outlier_level
 
 CELL = 4  # px: a blowhole on a magnetic tile is about 11 px across
 MAX_SIDE = 512  # px: larger images are analysed downscaled
@@ -30,7 +31,6 @@ SMOOTHING_SIGMA = 4.0  # px, PatchCore's
 NORMAL_QUANTILE = 0.99  # the normal extreme, read from normal cells' own novelty
 SELF_NEIGHBOURS = 0.02  # zero-shot: a cell is normal when 2% of the image's cells look like it
 SELF_EXCLUSION = 2  # cells: a cell's immediate neighbours do not vouch for it
-ROBUST_SPREAD = 4.0  # zero-shot normal extreme: median + 4 MADs of the image's own novelty
 CHUNK = 2048
 
 
@@ -174,8 +174,7 @@ class PatchNovelty:
             centre = np.median(flat, axis=0)
             standardized = (cells - centre) / (1.4826 * np.median(np.abs(flat - centre), axis=0) + 1e-3)
             raw = _self_novelty(standardized)
-            median = np.median(raw)
-            novelty = raw / (median + ROBUST_SPREAD * 1.4826 * np.median(np.abs(raw - median)) + 1e-6)
+            novelty = raw / (outlier_level(raw) + 1e-6)  # the normal extreme: outliers from the image's own cells
         anomaly_map = _to_image(novelty, image.shape[:2])
         peak = np.unravel_index(int(novelty.argmax()), novelty.shape)
         deviations = {n: float(standardized[peak][k]) for k, n in enumerate(DESCRIPTOR_NAMES)}
