@@ -76,7 +76,20 @@ class Verifier:
                 if claim.track_id is None or evidence.track_of(index) == claim.track_id:
                     return _supported(f"frame {evidence.frame_index} records {rule_id} broken ({severity:.2f}x)")
         who = f" by track {claim.track_id}" if claim.track_id is not None else ""
-        return _unsupported(f"no cited frame records {claim.rule_id} broken{who}")
+        recorded = self._recorded_in(claim, event)
+        hint = f"; {recorded} records it" if recorded else ""  # a revision that cites it can be supported
+        return _unsupported(f"no cited frame records {claim.rule_id} broken{who}{hint}")
+
+    def _recorded_in(self, claim: Claim, event: Event | None) -> str | None:
+        """The handle of the event's first frame that records the claimed breach, if any."""
+        if event is None:
+            return None
+        for evidence_id in event.evidence_ids:
+            evidence = self.index.get(evidence_id)
+            for rule_id, _, index in evidence.broken_rules() if evidence is not None else ():
+                if rule_id == claim.rule_id and (claim.track_id is None or evidence.track_of(index) == claim.track_id):
+                    return self.index.handle(evidence)
+        return None
 
     def _measurement(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
         if not claim.quantity or claim.value is None:

@@ -318,6 +318,28 @@ def test_numbers_units_counts_relations_and_ranges_are_rechecked(index):
         assert status(kind="spatial", relation="right_of", track_id=a, other_track_id=b) == "unsupported"
 
 
+def test_a_rule_claim_citing_the_wrong_frame_is_told_which_frame_records_it(index):
+    verifier = Verifier(index)
+    event = first_event(index)
+    recording = [
+        (ev, rule_id, ev.track_of(i))
+        for ev in map(index.get, event.evidence_ids)
+        for rule_id, _, i in ev.broken_rules()
+        if i is not None
+    ]
+    ev, rule_id, track = recording[0]
+    other = next(
+        index.get(i) for i in event.evidence_ids
+        if not any(r == rule_id and index.get(i).track_of(k) == track for r, _, k in index.get(i).broken_rules())
+    )  # fmt: skip
+    wrong = verifier.verify(Claim(id="c", kind="rule", rule_id=rule_id, track_id=track, evidence_ids=[other.id]), event)
+    assert wrong.status == "unsupported" and wrong.reason.endswith(f"; {index.handle(ev)} records it")
+    right = Claim(id="c", kind="rule", rule_id=rule_id, track_id=track, evidence_ids=[index.resolve(index.handle(ev))])
+    assert verifier.verify(right, event).status == "supported"
+    nowhere = Claim(id="c", kind="rule", rule_id=rule_id, track_id=-5, evidence_ids=[other.id])
+    assert "records it" not in verifier.verify(nowhere, event).reason
+
+
 def test_audit_report_shows_each_claim_with_its_verdict_and_evidence(scene_and_video):
     scene, test, captions = scene_and_video
 
