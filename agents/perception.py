@@ -1,9 +1,10 @@
 """The foundation-model tools present on this machine, a frame reader for them, and the verifier's grounders.
 
 ``Perception.available()`` loads, per kind, the first backend that is installed and has weights here (checked
-before anything heavy is imported); the kinds it could not load are listed with the reason. A vision model behind
-an OpenAI-compatible server (settings ``captioner_base_url`` and ``captioner_model``) is the captioner when set. The agent gets a
-tool for each kind present, and the verifier re-grounds object claims with the detector and CLIP.
+before anything heavy is imported); the kinds it could not load are listed with the reason. A vision model
+behind an OpenAI-compatible server (settings ``captioner_base_url`` and ``captioner_model``) is the captioner
+when set. The agent gets a tool for each kind present, and the verifier re-grounds object claims with the
+detector and CLIP.
 """
 
 from __future__ import annotations

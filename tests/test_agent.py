@@ -188,8 +188,9 @@ def test_each_claim_kind_requires_its_fields_so_a_grammar_cannot_leave_them_out(
     body = re.search(rf"^{count} ::= (.*)$", gbnf, re.MULTILINE)[1]
     assert body.endswith(f'space {count}-value-kv "}}" space')  # the last field, outside any optional group
     # A scripted model that sends one anyway is told what is missing.
-    fact = {"kind": "count", "cite": [f"F{first_event(index).peak_frame}"]}
-    llm = ScriptedLLM([answer([fact]), answer([fact | {"value": len(index.frame_evidence(first_event(index).peak_frame))}])])
+    peak = first_event(index).peak_frame
+    fact = {"kind": "count", "cite": [f"F{peak}"]}
+    llm = ScriptedLLM([answer([fact]), answer([fact | {"value": len(index.frame_evidence(peak))}])])
     (explanation,) = run(llm, index)
     assert "value" in llm.calls[1]["messages"][-1].content
     assert [c.verdict.status for c in explanation.claims] == ["supported"]
