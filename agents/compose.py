@@ -14,26 +14,24 @@ from anomalens.types import Claim
 
 def claims_from_draft(drafts: list[DraftClaim], index: VideoIndex) -> list[Claim]:
     """Claims citing evidence ids (handles resolved; an unknown handle stays as written, for the verifier)."""
-    claims = []
-    for k, draft in enumerate(drafts, 1):
-        fields = draft.model_dump()
-        claims.append(
-            Claim(
-                id=f"c{k}",
-                kind=draft.kind,
-                evidence_ids=[index.resolve(handle) for handle in draft.cite],
-                rule_id=fields.get("rule"),
-                track_id=fields.get("track"),
-                quantity=fields.get("quantity"),
-                value=fields.get("value"),
-                unit=fields.get("unit"),
-                term=fields.get("term"),
-                relation=fields.get("relation"),
-                other_track_id=fields.get("other_track"),
-                frames=tuple(fields["frames"]) if fields.get("frames") else None,
-            )
+    return [
+        Claim(
+            id=f"c{k}",
+            kind=d.kind,
+            evidence_ids=[index.resolve(handle) for handle in d.cite],
+            # Each kind's draft has only its own fields: the rest stay None.
+            rule_id=getattr(d, "rule", None),
+            track_id=getattr(d, "track", None),
+            quantity=getattr(d, "quantity", None),
+            value=getattr(d, "value", None),
+            unit=getattr(d, "unit", None),
+            term=getattr(d, "term", None),
+            relation=getattr(d, "relation", None),
+            other_track_id=getattr(d, "other_track", None),
+            frames=tuple(d.frames) if getattr(d, "frames", None) else None,
         )
-    return claims
+        for k, d in enumerate(drafts, 1)
+    ]
 
 
 def render(claim: Claim, index: VideoIndex) -> str:

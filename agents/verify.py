@@ -43,6 +43,14 @@ def _unsupported(reason: str) -> Verdict:
     return Verdict(status="unsupported", reason=reason)
 
 
+def _breach(evidence: Evidence, claim: Claim) -> float | None:
+    """The severity with which ``evidence`` records ``claim``'s rule broken (by its track, when it names one)."""
+    for rule_id, severity, index in evidence.broken_rules():
+        if rule_id == claim.rule_id and (claim.track_id is None or evidence.track_of(index) == claim.track_id):
+            return severity
+    return None
+
+
 class Verifier:
     def __init__(self, index: VideoIndex, grounders: Sequence[Grounder] = (), tolerance: float = RELATIVE_TOLERANCE):
         self.index = index
@@ -70,11 +78,9 @@ class Verifier:
         if self.index.rule(claim.rule_id) is None:
             return _unsupported(f"there is no rule {claim.rule_id}")
         for evidence in cited:
-            for rule_id, severity, index in evidence.broken_rules():
-                if rule_id != claim.rule_id:
-                    continue
-                if claim.track_id is None or evidence.track_of(index) == claim.track_id:
-                    return _supported(f"frame {evidence.frame_index} records {rule_id} broken ({severity:.2f}x)")
+            severity = _breach(evidence, claim)
+            if severity is not None:
+                return _supported(f"frame {evidence.frame_index} records {claim.rule_id} broken ({severity:.2f}x)")
         who = f" by track {claim.track_id}" if claim.track_id is not None else ""
         recorded = self._recorded_in(claim, event)
         hint = f"; {recorded} records it" if recorded else ""  # a revision that cites it can be supported
@@ -82,13 +88,10 @@ class Verifier:
 
     def _recorded_in(self, claim: Claim, event: Event | None) -> str | None:
         """The handle of the event's first frame that records the claimed breach, if any."""
-        if event is None:
-            return None
-        for evidence_id in event.evidence_ids:
+        for evidence_id in event.evidence_ids if event is not None else ():
             evidence = self.index.get(evidence_id)
-            for rule_id, _, index in evidence.broken_rules() if evidence is not None else ():
-                if rule_id == claim.rule_id and (claim.track_id is None or evidence.track_of(index) == claim.track_id):
-                    return self.index.handle(evidence)
+            if evidence is not None and _breach(evidence, claim) is not None:
+                return self.index.handle(evidence)
         return None
 
     def _measurement(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
