@@ -26,6 +26,7 @@ from anomalens.events import group_events, smooth
 from anomalens.progress import track
 from anomalens.prompts import load as load_prompts
 from anomalens.tools.caption_scoring import CaptionScorer, FrameScores, PhraseMatch, frame_scores, read_captions
+from anomalens.tools.captions import ReplayedCaptions
 from anomalens.types import Event
 
 # At most this share of the frame count in LLM calls; 1% keeps ShanghaiTech's 40,791 frames at 407 calls,
@@ -34,9 +35,9 @@ DEFAULT_LLM_FRACTION = 0.01
 # Centred moving average over 31 frames (about a second at 25-30 fps); chosen on ShanghaiTech among 11, 21
 # and 31 with the LLM off, and used unchanged on every dataset (see eval/captions.py).
 SMOOTHING_WIDTH = 31
-# A frame is anomalous above this smoothed score: ShanghaiTech's best-F1 threshold (0.152, F1 0.72 with the
+# A frame is anomalous above this smoothed score: ShanghaiTech's best-F1 threshold (0.101, F1 0.73 with the
 # default LLM share), the same everywhere.
-EVENT_THRESHOLD = 0.15
+EVENT_THRESHOLD = 0.10
 LLM_ATTEMPTS = 2
 CHOICES_PER_KIND = 3  # the LLM chooses among the 3 nearest anomaly rules and the 3 nearest normal rules
 LETTERS = "ABCDEFGHIJ"
@@ -113,6 +114,67 @@ def reason_over_captions(
     }
     judge = f"{llm.backend}:{llm.model}" if llm else None
     return CaptionReasoning(videos, len(matches), decided, calls, judge, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class CaptionReason:
+    """Why captions call a range anomalous: a phrase they say, the caption rule it breaks, where it is said."""
+
+    phrase: str
+    rule_id: str
+    sentence: str
+    first_frame: int
+    last_frame: int
+
+
+@dataclass
+class CaptionCue:
+    """Caption reasoning as a screening cue for one video: per captioned source frame, its smoothed score over
+    ``EVENT_THRESHOLD`` (1.0: anomalous by its captions) and the phrase and caption rule behind it."""
+
+    frames: np.ndarray  # source frame indices, ascending
+    levels: np.ndarray
+    phrases: list[str | None]
+    rule_ids: list[str | None]
+    sentences: dict[str, str]  # caption rule id -> its sentence
+    origin: str  # the caption file
+    llm_calls: int
+
+    def at(self, frame_indices: np.ndarray) -> np.ndarray:
+        """Levels at ``frame_indices``; 0 where a frame has no caption."""
+        position = np.clip(np.searchsorted(self.frames, frame_indices), 0, len(self.frames) - 1)
+        return np.where(self.frames[position] == frame_indices, self.levels[position], 0.0)
+
+    def reason(self, start_frame: int, end_frame: int) -> CaptionReason | None:
+        """The phrase behind most of the range's anomalous frames, with its rule and where it is said."""
+        inside = np.flatnonzero((self.frames >= start_frame) & (self.frames <= end_frame) & (self.levels > 1.0))
+        said = Counter((self.phrases[i], self.rule_ids[i]) for i in inside if self.rule_ids[i] is not None)
+        if not said:
+            return None
+        (phrase, rule_id), _ = said.most_common(1)[0]
+        where = [int(self.frames[i]) for i in inside if self.phrases[i] == phrase]
+        return CaptionReason(phrase, rule_id, self.sentences[rule_id], where[0], where[-1])
+
+
+def caption_cue(
+    captions: ReplayedCaptions,
+    scorer: CaptionScorer,
+    llm: LLM | None = None,
+    *,
+    llm_fraction: float = DEFAULT_LLM_FRACTION,
+    progress: bool = True,
+) -> CaptionCue:
+    """Reason over one video's captions (novelty counted within the video) for screening to fuse."""
+    frames = np.array(sorted(captions.captions), dtype=np.int64)
+    texts = {"video": [captions.captions[int(k)] for k in frames]}
+    result = reason_over_captions(texts, scorer, llm, llm_fraction=llm_fraction, progress=progress)
+    video = result.videos["video"]
+    rule_ids = video.cues.rule_id
+    sentences = {rule_id: scorer.sentence(rule_id) for rule_id in set(rule_ids) if rule_id is not None}
+    return CaptionCue(
+        frames, video.scores / EVENT_THRESHOLD, video.cues.phrase, rule_ids, sentences, captions.origin,
+        result.llm_calls,
+    )
 
 
 def caption_events(

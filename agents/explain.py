@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from anomalens.prompts import load as load_prompts
 from anomalens.types import Event, Evidence, Rulebook
+
+if TYPE_CHECKING:
+    from anomalens.agents.caption_reasoning import CaptionReason
 
 _MEASURED = {"speed": "px/frame", "area": "px^2", "dwell": "s"}
 
@@ -11,8 +16,12 @@ _MEASURED = {"speed": "px/frame", "area": "px^2", "dwell": "s"}
 MAX_RULES = 3  # the explanation names the worst few; the report's rule table lists every broken rule
 
 
-def explain_event(event: Event, cited: list[Evidence], keyframe: Evidence, rulebook: Rulebook | None) -> str:
-    """Sentences for one event: the worst breach of its worst-broken rules, where and when, with numbers."""
+def explain_event(
+    event: Event, cited: list[Evidence], keyframe: Evidence, rulebook: Rulebook | None,
+    caption: CaptionReason | None = None,
+) -> str:
+    """Sentences for one event: the worst breach of its worst-broken rules, where and when, with numbers, and
+    the caption rule its captions break (``caption``, when captions were screened)."""
     text = load_prompts("explain")
     worst: dict[str, tuple[float, Evidence, int | None]] = {}
     for evidence in cited:
@@ -50,6 +59,8 @@ def explain_event(event: Event, cited: list[Evidence], keyframe: Evidence, ruleb
     novelty = keyframe.measurement("flow_novelty")
     if novelty is not None and novelty.value > 1.0:
         sentences.append(text["flow"].format(novelty=novelty.value, time_s=keyframe.time_s))
+    if caption is not None:
+        sentences.append(text["caption"].format(**vars(caption)))
     if len(sentences) == 1:
         sentences.append(text["nothing"])
     return " ".join(sentences)

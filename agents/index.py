@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from anomalens.agents.caption_reasoning import CaptionReason
 from anomalens.agents.screening import ScreeningResult
 from anomalens.files import atomic_write
 from anomalens.tools.captions import ReplayedCaptions
@@ -37,6 +38,7 @@ class VideoIndex(BaseModel):
     tracks: list[Track] = Field(default_factory=list)
     rulebook: Rulebook | None = None
     captions_file: str | None = None
+    caption_reasons: dict[str, CaptionReason] = Field(default_factory=dict)  # event id -> caption rule broken
     _by_id: dict[str, Evidence] = PrivateAttr(default_factory=dict)
     _by_frame: dict[int, Evidence] = PrivateAttr(default_factory=dict)
     _captions: ReplayedCaptions | None = PrivateAttr(default=None)
@@ -152,4 +154,5 @@ def index_from_screening(
         tracks=list(tracks) if every_frame else [t for t in tracks if t.id in cited],
         rulebook=rulebook,
         captions_file=str(captions_file) if captions_file else None,
+        caption_reasons=result.caption_reasons,
     )

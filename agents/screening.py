@@ -11,7 +11,7 @@ import heapq
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from anomalens.report import GroundTruth, Report, compact_map
 from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.types import Event, Evidence, Explanation, Rulebook, Track
 from anomalens.video import Frame, FrameSource
+
+if TYPE_CHECKING:
+    from anomalens.agents.caption_reasoning import CaptionCue, CaptionReason
 
 
 class FrameScorer(Protocol):
@@ -44,6 +47,7 @@ class ScreeningResult:
     evidence: dict[str, Evidence]  # evidence cited by events (keyframe evidence keeps its anomaly map)
     keyframes: dict[str, tuple[Frame, Evidence]] = field(default_factory=dict)  # event id -> peak frame
     frames: list[Evidence] = field(default_factory=list)  # every analysed frame's compact evidence (no map/masks)
+    caption_reasons: dict[str, CaptionReason] = field(default_factory=dict)  # event id -> what its captions break
     seconds: float = 0.0
 
 
@@ -58,6 +62,7 @@ def screen(
     max_keyframes: int = 50,
     self_referenced: bool = False,
     rulebook: Rulebook | None = None,
+    caption_cue: CaptionCue | None = None,
     observe: Callable[[Frame, Evidence], None] | None = None,
     progress: bool = True,
 ) -> ScreeningResult:
@@ -66,6 +71,9 @@ def screen(
     ``self_referenced``: the scene was learned from this footage itself, whose typical frames are normal, so the
     threshold rises to where a smoothed score stands out from the footage's own (``events.outlier_level``) when
     that is higher: a busy scene breaks one of its rules in most frames, and only its outliers are events.
+
+    ``caption_cue``: caption reasoning over the video's captions, fused by maximum (its level 1.0 meets the
+    threshold), so an anomaly the captions name is an event even where motion looks normal (a slow cyclist).
 
     Each event cites the evidence of its frames above the threshold, lists the rules broken and the
     tracks that broke them, and gets a deterministic explanation (rule sentences from ``rulebook``).
@@ -105,9 +113,12 @@ def screen(
     scores = smooth(raw_scores, max(1, round(smooth_seconds * source.effective_fps)) | 1)  # odd width
     if self_referenced and len(scores):
         threshold = max(threshold, outlier_level(scores))
+    if caption_cue is not None:
+        scores = np.maximum(scores, caption_cue.at(frame_indices) * threshold)
     events = group_events(frame_indices, scores, threshold, source.fps, min_frames=min_event_frames, max_gap=max_gap)
     evidence: dict[str, Evidence] = {}
     keyframes: dict[str, tuple[Frame, Evidence]] = {}
+    caption_reasons: dict[str, CaptionReason] = {}
     for event in events:
         inside = [ev for ev in compact if event.start_frame <= ev.frame_index <= event.end_frame]
         cited = [ev for ev in inside if (ev.frame_score or 0.0) > threshold] or inside
@@ -125,12 +136,15 @@ def screen(
         event.track_ids = sorted(
             {int(ev.track_ids[i]) for ev, (_, _, i) in breaches if i is not None and ev.track_ids is not None}
         )
-        event.summary = explain_event(event, cited, full, rulebook)
+        said = caption_cue.reason(event.start_frame, event.end_frame) if caption_cue is not None else None
+        if said is not None:
+            caption_reasons[event.id] = said
+        event.summary = explain_event(event, cited, full, rulebook, said)
         evidence[full.id] = full
         keyframes[event.id] = (frame, full)
     return ScreeningResult(
         frame_indices, raw_scores, scores, threshold, source.fps, source.name, source.source_size, events,
-        evidence, keyframes, compact, seconds=time.perf_counter() - started,
+        evidence, keyframes, compact, caption_reasons, seconds=time.perf_counter() - started,
     )
 
 
@@ -183,6 +197,7 @@ def audit(
     llm: LLM | None = None,
     explainer: str = "deterministic",
     captions: str | Path | None = None,
+    caption_cue: CaptionCue | None = None,
     perception: Perception | None = None,
     self_referenced: bool = False,
     progress: bool = True,
@@ -193,9 +208,13 @@ def audit(
     it verified anything); ``captions`` (a replayed caption file) and the foundation tools in ``perception``
     are among its tools, and the verifier re-grounds object claims with the latter. Without, the
     report names ``explainer`` (the deterministic explainer, and why) as the author of the explanations.
+    ``caption_cue``: caption reasoning fused into screening (see ``screen``).
     """
     scorer = SceneScorer(scene, source.fps)
-    result = screen(source, scorer, self_referenced=self_referenced, rulebook=scene.rulebook, progress=progress)
+    result = screen(
+        source, scorer, self_referenced=self_referenced, rulebook=scene.rulebook, caption_cue=caption_cue,
+        progress=progress,
+    )
     tracks = scorer.analyzer.tracks()
     explanations: list[Explanation] = []
     if llm is not None and result.events:
@@ -215,7 +234,8 @@ def audit(
     report, keyframes = build_report(
         result,
         title=title or f"anomalens audit: {source.name}",
-        scorer="scene rules + motion (trained on " + ", ".join(scene.sources) + ")",
+        scorer="scene rules + motion (trained on " + ", ".join(scene.sources) + ")"
+        + (f" + caption rules on {caption_cue.origin}" if caption_cue is not None else ""),
         rulebook=scene.rulebook,
         tracks=tracks,
         ground_truth=ground_truth,

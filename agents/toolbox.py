@@ -329,6 +329,9 @@ class Toolbox:
         facts: list[tuple[dict[str, Any], str]] = []  # candidate claims, with what they mean
         for rule_id, (severity, evidence, i) in ranked[:MAX_BREACHES]:
             facts += self._breach_facts(rule_id, severity, evidence, i)
+        if (said := index.caption_reasons.get(event.id)) is not None:
+            claim = {"kind": "object", "cite": [f"C{said.first_frame}"], "term": said.phrase}
+            facts.append((claim, f"the captions break caption rule {said.rule_id}: {said.sentence}"))
         try:
             facts += self._peak_facts(index.frame_evidence(event.peak_frame))
         except KeyError:  # the peak frame's evidence was not kept
@@ -365,8 +368,8 @@ class Toolbox:
         rule = self.index.rule(rule_id)
         fact = rule.predicate.fact if rule is not None else ""
         if fact in OBJECT_QUANTITIES and (m := evidence.measurement(fact, i)) is not None:
-            value = {"quantity": fact, "value": round(m.value, 2), "track": track}
-            facts.append(({"kind": "measurement", "cite": [handle]} | value, m.unit))
+            value = {"quantity": fact, "value": round(m.value, 2), "unit": m.unit, "track": track}
+            facts.append(({"kind": "measurement", "cite": [handle]} | value, ""))
         if fact in ("zone", "direction"):
             heading, zone = label_parts(evidence.labels[i])
             term = zone if fact == "zone" else heading
@@ -389,13 +392,13 @@ class Toolbox:
         facts = []
         novelty = peak.measurement("flow_novelty")
         if novelty is not None and novelty.value > 1.0:
-            value = {"quantity": "flow_novelty", "value": round(novelty.value, 2)}
-            facts.append(({"kind": "measurement", "cite": [handle]} | value, "times the fastest motion normal there"))
+            value = {"quantity": "flow_novelty", "value": round(novelty.value, 2), "unit": novelty.unit}
+            facts.append(({"kind": "measurement", "cite": [handle]} | value, "of the fastest motion normal there"))
         if len(peak):
             i = int(np.argmax(peak.scores))
             track, speed = peak.track_of(i), peak.measurement("speed", i)
-            value = {"quantity": "speed", "value": round(speed.value, 2), "track": track}
-            facts.append(({"kind": "measurement", "cite": [handle]} | value, speed.unit))
+            value = {"quantity": "speed", "value": round(speed.value, 2), "unit": speed.unit, "track": track}
+            facts.append(({"kind": "measurement", "cite": [handle]} | value, ""))
             heading, _ = label_parts(peak.labels[i])
             facts.append(({"kind": "attribute", "cite": [handle], "term": heading, "track": track}, ""))
         return facts

@@ -76,6 +76,10 @@ class Verifier:
         if not claim.rule_id:
             return _unsupported("a rule claim must name the rule")
         if self.index.rule(claim.rule_id) is None:
+            if any(ev.measurement(claim.rule_id) is not None for ev in cited):  # a quantity named as a rule
+                return _unsupported(
+                    f"there is no rule {claim.rule_id}; {claim.rule_id} is a measurement: claim it as kind measurement"
+                )
             return _unsupported(f"there is no rule {claim.rule_id}")
         for evidence in cited:
             severity = _breach(evidence, claim)
@@ -118,8 +122,11 @@ class Verifier:
                 if abs(claim.value - value) <= slack:
                     return _supported(f"re-measured {value:.3g} {unit} at frame {evidence.frame_index}")
         if not measured:
-            who = f"track {claim.track_id}'s " if claim.track_id is not None else ""
-            return _unsupported(f"no cited frame measured {who}{claim.quantity}")
+            if claim.track_id is None:
+                return _unsupported(f"no cited frame measured {claim.quantity}")
+            whole_frame = any(ev.measurement(claim.quantity) is not None for ev in cited)
+            hint = f"; {claim.quantity} is measured for the whole frame: claim it without track" if whole_frame else ""
+            return _unsupported(f"no cited frame measured track {claim.track_id}'s {claim.quantity}{hint}")
         evidence, value, unit = measured[0]
         return _unsupported(f"re-measured {value:.3g} {unit} at frame {evidence.frame_index}, not {claim.value:g}")
 

@@ -82,6 +82,10 @@ def audit(
     captions: Annotated[
         Optional[Path], typer.Option(help="replayed captions for the agent: a text file (line k = frame k) or JSONL")
     ] = None,
+    caption_rules: Annotated[
+        Optional[Path],
+        typer.Option(help="caption rules (rule text or YAML): also screen the --captions, fused with motion"),
+    ] = None,
 ) -> None:
     """Audit footage against a scene's rules: events, evidence, explanations, report."""
     from anomalens.agents.graph import open_explainer
@@ -89,13 +93,24 @@ def audit(
     from anomalens.report import write_report
     from anomalens.tools.scene import Scene
 
+    if caption_rules is not None and captions is None:
+        raise AnomalensError("--caption-rules screens the video's captions: give them with --captions FILE")
     scene = Scene.load(scene_dir)
     source = scene.open(video, fps=fps)  # before the LLM loads: a bad input fails fast
+    caption_book = caption_rulebook(caption_rules) if caption_rules is not None else None
     llm, who = open_explainer(explainer)
     console.print(f"explanations: {who}", highlight=False)
+    cue = None
+    if caption_book is not None:
+        from anomalens.agents.caption_reasoning import caption_cue
+        from anomalens.tools.caption_scoring import CaptionScorer
+        from anomalens.tools.captions import ReplayedCaptions
+
+        scorer = CaptionScorer(caption_book, sentence_embedder())
+        cue = caption_cue(ReplayedCaptions.load(captions, source.fps), scorer, llm)
     perception = _perception(llm)
     result, report, keyframes = run_audit(
-        source, scene, llm=llm, explainer=who, captions=captions, perception=perception
+        source, scene, llm=llm, explainer=who, captions=captions, caption_cue=cue, perception=perception
     )
     json_path, html_path = write_report(report, keyframes, out_dir)
     out.print(f"{len(result.events)} events in {len(result.scores)} frames")
@@ -243,6 +258,14 @@ def sentence_embedder():
     return SentenceEmbedder.load(settings.embedder, root=settings.model_dir)
 
 
+def caption_rulebook(path: Path):
+    """Caption rules from rule text (``.txt``: numbered items under anomaly/normal headings) or rulebook YAML."""
+    from anomalens.rules.captions import load_rule_text
+    from anomalens.rules.io import load_rulebook
+
+    return load_rule_text(path) if path.suffix == ".txt" else load_rulebook(path)
+
+
 def caption_models(llm_fraction: float | None):
     """The LLM share to use, the LLM (None when the share is 0) and the sentence embedder of the settings."""
     from anomalens.agents.caption_reasoning import DEFAULT_LLM_FRACTION
@@ -261,7 +284,7 @@ def reason_captions(
     rules: Annotated[Path, typer.Option(help="caption rules: rule text (.txt, numbered items under headings) or YAML")],
     fps: Annotated[float, typer.Option(help="frame rate of the captioned videos")] = 25.0,
     threshold: Annotated[
-        Optional[float], typer.Option(help="smoothed score above which a frame is anomalous (default 0.15)")
+        Optional[float], typer.Option(help="smoothed score above which a frame is anomalous (default 0.10)")
     ] = None,
     llm_fraction: LLMFraction = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write frame scores, rules and events")] = None,
@@ -273,12 +296,10 @@ def reason_captions(
 
     from anomalens.agents.caption_reasoning import EVENT_THRESHOLD, caption_events, reason_over_captions
     from anomalens.files import atomic_write
-    from anomalens.rules.captions import load_rule_text
-    from anomalens.rules.io import load_rulebook
     from anomalens.tools.caption_scoring import CaptionScorer
     from anomalens.tools.captions import ReplayedCaptions
 
-    rulebook = load_rule_text(rules) if rules.suffix == ".txt" else load_rulebook(rules)
+    rulebook = caption_rulebook(rules)
     replays = {path.stem: ReplayedCaptions.load(path) for path in captions}
     if len(replays) < len(captions):
         raise AnomalensError("caption files need distinct names: the file name (without suffix) names the video")
@@ -410,6 +431,9 @@ def eval_explanations(
     ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
     max_events: Annotated[Optional[int], typer.Option(help="explain at most this many events (a quick look)")] = None,
+    motion_only: Annotated[
+        bool, typer.Option(help="screen with motion alone, not also the captions against the published rules")
+    ] = False,
 ) -> None:
     """Explain Ped2's detected events with the agent (CogVLM captions replayed) and judge every claim."""
     import json
@@ -420,7 +444,10 @@ def eval_explanations(
     from anomalens.files import atomic_write
 
     settings = load_settings()
-    metrics = run_explanations(data or settings.data_dir, open_llm(settings=settings), max_events=max_events)
+    embedder = None if motion_only else sentence_embedder()
+    metrics = run_explanations(
+        data or settings.data_dir, open_llm(settings=settings), embedder=embedder, max_events=max_events
+    )
     text = json.dumps(metrics, indent=2)
     if json_path is not None:
         atomic_write(json_path, text)

@@ -108,6 +108,7 @@ def run_captions(
         "llm_calls": result.llm_calls,
         "llm_call_fraction": result.llm_calls / result.frames,
         "embedder": scorer.embedder.name,
+        "set_aside": [vars(a) for a in scorer.set_aside],
         "settings": {
             "novelty_weight": NOVELTY_WEIGHT,
             "smoothing_width": SMOOTHING_WIDTH,

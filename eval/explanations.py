@@ -103,12 +103,21 @@ def box_mask_iou(box: np.ndarray, mask: np.ndarray) -> float:
     return float(np.logical_and(region, mask).sum() / union) if union else 0.0
 
 
-def run_explanations(data: str | Path, llm, *, max_events: int | None = None, progress: bool = True) -> dict:
-    """Learn Ped2's scene, screen its test videos, explain every event with ``llm``, judge the claims."""
+def run_explanations(
+    data: str | Path, llm, *, embedder=None, max_events: int | None = None, progress: bool = True
+) -> dict:
+    """Learn Ped2's scene, screen its test videos, explain every event with ``llm``, judge the claims.
+
+    With a sentence ``embedder``, screening also reasons over the replayed captions with the rules AnomalyRuler
+    published for Ped2 (``vlm_captions/ped2/published_rules.txt``), as ``audit --caption-rules`` does."""
+    from anomalens.agents.caption_reasoning import caption_cue
     from anomalens.agents.graph import explain_events
     from anomalens.agents.index import index_from_screening
     from anomalens.agents.screening import screen
     from anomalens.eval.ped2 import _videos
+    from anomalens.rules.captions import load_rule_text
+    from anomalens.tools.caption_scoring import CaptionScorer
+    from anomalens.tools.captions import ReplayedCaptions
     from anomalens.tools.scene import SceneScorer, learn_scene
 
     data = Path(data)
@@ -117,6 +126,9 @@ def run_explanations(data: str | Path, llm, *, max_events: int | None = None, pr
         raise AnomalensError(f"{data}: needs ucsd_ped2/ and vlm_captions/ped2/ (see its README.md)")
     labels = json.loads((ped2 / "labels.json").read_text())
     started = time.perf_counter()
+    rules = data / "vlm_captions" / "ped2" / "published_rules.txt"
+    caption_scorer = CaptionScorer(load_rule_text(rules), embedder) if embedder is not None else None
+    screening_llm_calls = 0
     scene = learn_scene([str(v) for v in _videos(ped2 / "train")], fps=PED2_FPS, progress=progress)
     drafted, said, per_video_iou, detected_iou, localization, details = [], [], {}, {}, [], []
     explanations: list[Explanation] = []
@@ -129,7 +141,11 @@ def run_explanations(data: str | Path, llm, *, max_events: int | None = None, pr
         captions = captions_file.read_text().splitlines()
         source = scene.open(video)
         scorer = SceneScorer(scene, source.fps)
-        result = screen(source, scorer, rulebook=scene.rulebook, progress=False)
+        cue = None
+        if caption_scorer is not None:
+            cue = caption_cue(ReplayedCaptions.load(captions_file, PED2_FPS), caption_scorer, llm, progress=False)
+            screening_llm_calls += cue.llm_calls
+        result = screen(source, scorer, rulebook=scene.rulebook, caption_cue=cue, progress=False)
         index = index_from_screening(
             result, tracks=scorer.analyzer.tracks(), rulebook=scene.rulebook, captions_file=captions_file
         )
@@ -179,6 +195,8 @@ def run_explanations(data: str | Path, llm, *, max_events: int | None = None, pr
     return {
         "dataset": "ucsd_ped2",
         "llm": f"{llm.backend}:{llm.model}",
+        "screening": "motion + caption rules (" + rules.name + ")" if caption_scorer is not None else "motion",
+        "screening_llm_calls": screening_llm_calls,
         "events": events,
         "claims": len(drafted),
         "claims_said": len(said),

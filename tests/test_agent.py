@@ -112,6 +112,35 @@ def test_a_direct_answer_is_verified_and_only_verified_claims_are_said(index):
     assert index.rulebook.get(rule.rule_id).sentence.rstrip(".") in explanation.prose
 
 
+def test_the_caption_rule_an_event_breaks_is_offered_as_a_fact_and_verified(scene_and_video):
+    from anomalens.agents.caption_reasoning import caption_cue
+    from anomalens.rules.captions import parse_rule_text
+    from anomalens.tools.caption_scoring import CaptionScorer
+    from anomalens.tools.captions import ReplayedCaptions
+    from tests.test_caption_reasoning import RULES, BagOfWords
+
+    scene, test, captions = scene_and_video
+    cue = caption_cue(
+        ReplayedCaptions.load(captions), CaptionScorer(parse_rule_text(RULES, "rules.txt"), BagOfWords()),
+        progress=False,
+    )
+    source = scene.open(test.video)
+    result = screen(source, SceneScorer(scene, source.fps), rulebook=scene.rulebook, caption_cue=cue, progress=False)
+    built = index_from_screening(result, rulebook=scene.rulebook, captions_file=captions)
+    (event,) = [e for e in built.events if e.id in built.caption_reasons]
+    said = built.caption_reasons[event.id]
+    assert (said.phrase, said.rule_id) == ("riding a bicycle", "anomaly-2") and said.last_frame < 70
+    assert 'describe "riding a bicycle"' in event.summary
+
+    def from_digest(messages):
+        return answer([f for f in facts_in(messages) if f["kind"] == "object"])
+
+    (explanation,) = run(ScriptedLLM([from_digest]), built, events=[event.id])
+    (claim,) = explanation.supported
+    assert claim.term == "riding a bicycle" and claim.evidence_ids == [built.caption(said.first_frame).id]
+    assert "riding a bicycle" in explanation.prose
+
+
 def test_tool_calls_and_tool_errors_go_back_to_the_llm(index):
     event = first_event(index)
     peak = index.frame_evidence(event.peak_frame)
@@ -339,6 +368,25 @@ def test_a_rule_claim_citing_the_wrong_frame_is_told_which_frame_records_it(inde
     assert verifier.verify(right, event).status == "supported"
     nowhere = Claim(id="c", kind="rule", rule_id=rule_id, track_id=-5, evidence_ids=[other.id])
     assert "records it" not in verifier.verify(nowhere, event).reason
+
+
+def test_a_frame_quantity_claimed_as_a_rule_or_for_a_track_is_told_how_to_claim_it(index):
+    verifier = Verifier(index)
+    event = first_event(index)
+    frame = next(
+        ev for ev in map(index.get, event.evidence_ids) if ev.measurement("flow_novelty") is not None and len(ev)
+    )
+    novelty, track = frame.measurement("flow_novelty").value, frame.track_of(0)
+    as_rule = verifier.verify(Claim(id="c", kind="rule", rule_id="flow_novelty", evidence_ids=[frame.id]), event)
+    assert as_rule.reason.endswith("flow_novelty is a measurement: claim it as kind measurement")
+    for_track = Claim(
+        id="c", kind="measurement", quantity="flow_novelty", value=novelty, track_id=track, evidence_ids=[frame.id]
+    )
+    assert verifier.verify(for_track, event).reason.endswith("measured for the whole frame: claim it without track")
+    as_told = for_track.model_copy(update={"track_id": None})
+    assert verifier.verify(as_told, event).status == "supported"
+    unknown = verifier.verify(Claim(id="c", kind="rule", rule_id="speed-zz", evidence_ids=[frame.id]), event)
+    assert unknown.reason == "there is no rule speed-zz"
 
 
 def test_audit_report_shows_each_claim_with_its_verdict_and_evidence(scene_and_video):

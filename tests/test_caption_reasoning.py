@@ -196,6 +196,27 @@ def test_minilm_places_phrases_between_anomaly_and_normal_rules(minilm):
     assert matches["walking with a friend"].margin < 0 and matches["some trees"].margin < 0
 
 
+def test_an_alternative_nearer_a_normal_rule_than_its_own_is_set_aside(minilm):
+    rules = RULES.replace("1. Ground transportations such as vehicles, vans.", "1. Damaged benches or trees")
+    scorer = CaptionScorer(parse_rule_text(rules, "rules.txt"), minilm)
+    # "trees" lost "damaged" in the split and lies nearer the normal "Trees along the path".
+    assert [(a.phrase, a.rule_id, a.nearest_normal) for a in scorer.set_aside] == [
+        ("trees", "anomaly-3", "Trees along the path")
+    ]
+    matches = scorer.match(["some trees", "a damaged bench"])
+    assert matches["some trees"].margin < 0
+    assert matches["a damaged bench"].margin > 0 and matches["a damaged bench"].rule_id == "anomaly-3"
+
+
+def test_a_rule_whose_every_alternative_is_set_aside_is_matched_by_its_sentence():
+    both_normal = "1. Trees along the path/standing near a bench"
+    rules = RULES.replace("1. Ground transportations such as vehicles, vans.", both_normal)
+    scorer = CaptionScorer(parse_rule_text(rules, "rules.txt"), BagOfWords())
+    assert {a.phrase for a in scorer.set_aside} == {"Trees along the path", "standing near a bench"}
+    whole = "trees along the path, standing near a bench"
+    assert scorer.match([whole])[whole].rule_id == "anomaly-3" and scorer.match([whole])[whole].margin > 0
+
+
 # --- the cascade -------------------------------------------------------------------------------------------
 
 
@@ -305,7 +326,7 @@ def test_eval_captions_on_ped2_without_the_llm(shared_data, minilm, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     assert metrics["frames"] == 2010 and metrics["anomalous_frames"] == 1648 and metrics["llm_calls"] == 0
-    assert metrics["frame_auc"] == metrics["frame_auc_embedding_only"] > 0.85  # measured 0.892
+    assert metrics["frame_auc"] == metrics["frame_auc_embedding_only"] > 0.93  # measured 0.958
     # The micro AUROC from the same scores, rebuilt here from the captions and labels.
     from anomalens.eval.captions import load_caption_dataset
     from anomalens.rules.captions import load_rule_text

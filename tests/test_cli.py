@@ -107,6 +107,44 @@ def test_induce_rules_then_audit(walkway, tmp_path):
     assert bad.returncode == 2 and str(corrupt) in bad.stderr and "corrupt" in bad.stderr
 
 
+CAPTION_RULES = """\
+**Anomaly Human Activities:**
+1. Riding a bicycle or scooter, skateboarding
+
+**Normal Human Activities:**
+1. Walking alone or with another person
+"""
+
+
+def test_audit_screens_captions_with_caption_rules(walkway, tmp_path):
+    """The scene was learned from this very clip, so motion finds nothing; its captions name a cyclist."""
+    from anomalens.agents.caption_reasoning import SMOOTHING_WIDTH
+    from tests.conftest import stored_model
+
+    stored_model("all-minilm-l6-v2")
+    normal, _ = walkway
+    assert run("induce-rules", normal.video, "--out", tmp_path / "scene").returncode == 0
+    captions = tmp_path / "captions.txt"
+    walking, cycling = "One person is walking alone on the path.", "One person is riding a bicycle on the path."
+    captions.write_text("\n".join([walking] * 100 + [cycling] * 40 + [walking] * 100) + "\n")
+    (tmp_path / "rules.txt").write_text(CAPTION_RULES)
+    common = ["audit", normal.video, "--scene", tmp_path / "scene", "--explainer", "deterministic"]
+    motion = run(*common, "--out", tmp_path / "motion")
+    rules = ["--caption-rules", tmp_path / "rules.txt"]
+    both = run(*common, "--out", tmp_path / "both", "--captions", captions, *rules)
+    assert motion.returncode == 0 and both.returncode == 0, motion.stderr + both.stderr
+    before = Report.model_validate_json((tmp_path / "motion" / "report.json").read_text())
+    after = Report.model_validate_json((tmp_path / "both" / "report.json").read_text())
+    assert not any(e.start_frame <= 120 <= e.end_frame for e in before.events)
+    (event,) = [e for e in after.events if e.start_frame <= 120 <= e.end_frame]
+    reach = SMOOTHING_WIDTH // 2  # the moving average spreads the 40 cycling frames by this much each way
+    assert 100 - reach <= event.start_frame <= 105 and 135 <= event.end_frame <= 139 + reach
+    assert 'describe "riding a bicycle"' in event.summary and "anomaly-1" in event.summary
+    assert "caption rules on" in after.scorer
+    alone = run(*common, "--out", tmp_path / "r", *rules)
+    assert alone.returncode == 2 and "give them with --captions" in alone.stderr
+
+
 @pytest.mark.data
 def test_eval_ped2_writes_every_metric(shared_data, tmp_path):
     result = run("eval", "ped2", "--data", shared_data / "ucsd_ped2", "--json", tmp_path / "ped2.json", timeout=600)
