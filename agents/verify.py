@@ -17,7 +17,7 @@ Checks, by the claim's kind (fields as documented on ``Claim``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from anomalens.agents.index import VideoIndex
@@ -86,40 +86,49 @@ class Verifier:
             if severity is not None:
                 return _supported(f"frame {evidence.frame_index} records {claim.rule_id} broken ({severity:.2f}x)")
         who = f" by track {claim.track_id}" if claim.track_id is not None else ""
-        recorded = self._recorded_in(claim, event)
+        recorded = self._recorded_in(event, lambda evidence: _breach(evidence, claim) is not None)
         hint = f"; {recorded} records it" if recorded else ""  # a revision that cites it can be supported
         return _unsupported(f"no cited frame records {claim.rule_id} broken{who}{hint}")
 
-    def _recorded_in(self, claim: Claim, event: Event | None) -> str | None:
-        """The handle of the event's first frame that records the claimed breach, if any."""
-        for evidence_id in event.evidence_ids if event is not None else ():
-            evidence = self.index.get(evidence_id)
-            if evidence is not None and _breach(evidence, claim) is not None:
-                return self.index.handle(evidence)
-        return None
+    def _recorded_in(self, event: Event | None, holds: Callable[[Evidence], bool]) -> str | None:
+        """The handle of the event's first frame (its cited frames, then its peak) where ``holds``, if any."""
+        if event is None:
+            return None
+        frames = [self.index.get(evidence_id) for evidence_id in event.evidence_ids]
+        try:
+            frames.append(self.index.frame_evidence(event.peak_frame))
+        except KeyError:  # the peak frame's evidence was not kept
+            pass
+        return next((self.index.handle(ev) for ev in frames if ev is not None and holds(ev)), None)
+
+    def _readings(self, claim: Claim, evidence: Evidence) -> list[tuple[float | None, str]]:
+        """``claim``'s quantity as ``evidence`` measured it (for the claim's track; without one, for the frame
+        and every object), each as (value in the claim's unit or None when it does not convert, unit)."""
+        if claim.track_id is not None:
+            index = evidence.object_of(claim.track_id)
+            candidates = [] if index is None else [index]
+        else:
+            candidates = [None, *range(len(evidence))]
+        readings = []
+        for index in candidates:
+            if (m := evidence.measurement(claim.quantity, index)) is not None:
+                readings.append((self._convert(m.value, m.unit, claim.unit or m.unit), m.unit))
+        return readings
+
+    def _agrees(self, claim: Claim, value: float, unit: str) -> bool:
+        return abs(claim.value - value) <= max(self.tolerance * abs(value), ABSOLUTE_TOLERANCE.get(unit, 0.0))
 
     def _measurement(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
         if not claim.quantity or claim.value is None:
             return _unsupported("a measurement claim needs a quantity and a value")
         measured = []
         for evidence in cited:
-            if claim.track_id is not None:
-                candidates = [evidence.object_of(claim.track_id)]
-                if candidates[0] is None:
-                    continue
-            else:  # the frame's own quantity, or (when the claim names no object) any object's
-                candidates = [None, *range(len(evidence))]
-            for index in candidates:
-                m = evidence.measurement(claim.quantity, index)
-                if m is None:
-                    continue
-                value = self._convert(m.value, m.unit, claim.unit or m.unit)
+            for value, measured_unit in self._readings(claim, evidence):
                 if value is None:
-                    return _unsupported(f"{claim.quantity} is measured in {m.unit}, not {claim.unit}")
-                unit = claim.unit or m.unit
+                    return _unsupported(f"{claim.quantity} is measured in {measured_unit}, not {claim.unit}")
+                unit = claim.unit or measured_unit
                 measured.append((evidence, value, unit))
-                slack = max(self.tolerance * abs(value), ABSOLUTE_TOLERANCE.get(unit, 0.0))
-                if abs(claim.value - value) <= slack:
+                if self._agrees(claim, value, unit):
                     return _supported(f"re-measured {value:.3g} {unit} at frame {evidence.frame_index}")
         if not measured:
             if claim.track_id is None:
@@ -128,7 +137,15 @@ class Verifier:
             hint = f"; {claim.quantity} is measured for the whole frame: claim it without track" if whole_frame else ""
             return _unsupported(f"no cited frame measured track {claim.track_id}'s {claim.quantity}{hint}")
         evidence, value, unit = measured[0]
-        return _unsupported(f"re-measured {value:.3g} {unit} at frame {evidence.frame_index}, not {claim.value:g}")
+
+        def agrees_in(other: Evidence) -> bool:
+            readings = self._readings(claim, other)
+            return any(v is not None and self._agrees(claim, v, claim.unit or u) for v, u in readings)
+
+        recorded = self._recorded_in(event, agrees_in)
+        hint = f"; {recorded} measured {claim.value:g}" if recorded else ""  # a revision that cites it can pass
+        found = f"re-measured {value:.3g} {unit} at frame {evidence.frame_index}"
+        return _unsupported(f"{found}, not {claim.value:g}{hint}")
 
     def _count(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
         frames = [ev for ev in cited if ev.source.tool != "caption"]

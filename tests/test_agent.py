@@ -370,6 +370,32 @@ def test_a_rule_claim_citing_the_wrong_frame_is_told_which_frame_records_it(inde
     assert "records it" not in verifier.verify(nowhere, event).reason
 
 
+def test_a_measurement_citing_the_wrong_frame_is_told_which_frame_measured_it(index):
+    verifier = Verifier(index)
+    event = first_event(index)
+    frames = [ev for ev in map(index.get, event.evidence_ids) if len(ev)]
+    track = frames[0].track_of(0)
+    speeds = [(ev, ev.measurement("speed", ev.object_of(track))) for ev in frames if ev.object_of(track) is not None]
+    (_, measured), (other, _) = next(
+        (a, b) for a in speeds for b in speeds if abs(a[1].value - b[1].value) > 0.5 * max(a[1].value, 0.3)
+    )
+    claim = Claim(id="c", kind="measurement", quantity="speed", value=measured.value, unit=measured.unit,
+                  track_id=track, evidence_ids=[other.id])  # fmt: skip
+    wrong = verifier.verify(claim, event)
+    assert wrong.status == "unsupported" and f"not {measured.value:g}" in wrong.reason
+
+    def citing(ev):
+        return claim.model_copy(update={"evidence_ids": [ev.id]})
+
+    # The hint names the event's first frame that supports the claim; citing it, the revision passes.
+    first = next(
+        ev for ev in map(index.get, event.evidence_ids) if verifier.verify(citing(ev), event).status == "supported"
+    )
+    assert wrong.reason.endswith(f"; {index.handle(first)} measured {measured.value:g}")
+    nowhere = claim.model_copy(update={"value": 1e6})
+    assert "measured 1e+06" not in verifier.verify(nowhere, event).reason
+
+
 def test_a_frame_quantity_claimed_as_a_rule_or_for_a_track_is_told_how_to_claim_it(index):
     verifier = Verifier(index)
     event = first_event(index)
