@@ -159,7 +159,8 @@ class CaptionScorer:
         normal phrase; a rule with none such is matched by its whole sentence."""
         listed = [(phrase, k) for k, rule in enumerate(anomaly) for phrase in rule.predicate.value]
         vectors = self.embedder.embed([p for p, _ in listed])
-        to_own = np.einsum("ij,ij->i", vectors, self._rule_vectors[[k for _, k in listed]])
+        sentences = self._rule_vectors[: len(anomaly)]  # the anomaly rules come first in self._rules
+        to_own = np.einsum("ij,ij->i", vectors, sentences[[k for _, k in listed]])
         to_normal = vectors @ self._normal_vectors.T
         kept: dict[int, list[str]] = {}
         set_aside = []
