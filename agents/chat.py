@@ -7,17 +7,15 @@ step of the graph, so a session resumes after a restart, or a crash, with nothin
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
 
 from anomalens.agents.graph import Agent, build_graph
-from anomalens.agents.index import VideoIndex, index_from_screening
+from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import LLM
-from anomalens.agents.perception import Perception
-from anomalens.errors import MediaError
+from anomalens.tools.perception import Perception
 from anomalens.types import Explanation
 
 RECURSION_LIMIT = 60  # graph steps per question: far above what the step budget allows
@@ -62,47 +60,3 @@ class ChatSession:
 
     def close(self) -> None:
         self._connection.close()
-
-
-def video_index(
-    video: str | Path,
-    *,
-    scene_dir: str | Path | None = None,
-    captions: str | Path | None = None,
-    cache_dir: str | Path,
-    fps: float | None = None,
-    progress: bool = True,
-) -> VideoIndex:
-    """The index of ``video``: read from ``cache_dir`` when this video (same bytes on disk), scene and
-    captions were indexed before, else built by screening it once (every frame's compact evidence kept).
-
-    Without a scene, the video's own dominant behaviour is learned as normal (self-referenced normality).
-    """
-    from anomalens.agents.screening import screen
-    from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
-    from anomalens.tools.scene import Scene, SceneScorer, learn_scene
-
-    path = Path(video)
-    key = hashlib.sha1(f"fps={fps}".encode())
-    for part in (path, Path(scene_dir) / "rules.yaml" if scene_dir else None, Path(captions) if captions else None):
-        if part is None:
-            continue
-        if not part.exists():
-            raise MediaError(part, "not found")
-        stat = part.stat()  # an edited rulebook or caption file, or a replaced video, means a new index
-        key.update(f"|{part.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    cached = Path(cache_dir) / f"index-{key.hexdigest()[:16]}.json"
-    if cached.is_file():
-        return VideoIndex.load(cached)
-    if scene_dir:
-        scene = Scene.load(scene_dir)
-    else:
-        scene = learn_scene([str(path)], fps=fps, contamination=SELF_REFERENCED_CONTAMINATION, progress=progress)
-    source = scene.open(path, fps=fps)
-    scorer = SceneScorer(scene, source.fps)
-    result = screen(source, scorer, self_referenced=not scene_dir, rulebook=scene.rulebook, progress=progress)
-    index = index_from_screening(
-        result, tracks=scorer.analyzer.tracks(), rulebook=scene.rulebook, captions_file=captions, every_frame=True
-    )
-    index.save(cached)
-    return index

@@ -10,7 +10,8 @@ states its facts; chat: ``ask`` states the user's question (with the conversatio
 
 ``render`` keeps only supported claims and writes their prose from their checked fields; it then selects
 the next event or ends. Nodes are ``State -> partial State``; the state holds plain JSON values only, so any
-LangGraph checkpointer (SQLite for chat sessions) can persist it.
+LangGraph checkpointer (SQLite for chat sessions) can persist it. What live tools find goes into the state's
+``evidence`` (a reducer appends it), so every handle a claim cites resolves, in a resumed session too.
 
 Tool argument errors go back to the LLM as the tool's result; anything else a tool raises propagates.
 Caption text and tool output reach the LLM only as tool results, marked as data.
@@ -26,15 +27,17 @@ from typing import Annotated, Any, TypedDict
 
 from pydantic import ValidationError
 
-from anomalens.agents.compose import claims_from_draft, render
-from anomalens.agents.index import VideoIndex
+from anomalens.agents.claims import ANSWER_TOOL, Answer, as_draft, claims_from_draft, kinds_text, render
+from anomalens.agents.digest import event_digest, overview
+from anomalens.agents.index import EvidenceBook, VideoIndex
 from anomalens.agents.llm import LLM, Message, ToolCall
 from anomalens.agents.llm.structured import problem_summary
-from anomalens.agents.perception import FrameReader, Perception, grounders
-from anomalens.agents.toolbox import ANSWER_TOOL, Answer, ToolArgumentError, Toolbox
-from anomalens.agents.verify import Verifier
+from anomalens.agents.toolbox import ToolArgumentError, Toolbox
+from anomalens.agents.verify import Verifier, grounders
 from anomalens.prompts import load as load_prompts
-from anomalens.types import Claim, Explanation
+from anomalens.tools.perception import Perception
+from anomalens.types import Claim, Evidence, Explanation
+from anomalens.video import FrameReader
 
 MAX_STEPS = 6  # LLM calls per event or question, all rounds together
 MAX_ROUNDS = 1  # revisions the verifier may ask for
@@ -58,6 +61,7 @@ class AgentState(TypedDict, total=False):
     started: float
     explanations: Annotated[list[dict], operator.add]
     history: Annotated[list[dict], operator.add]  # chat memory: question, answer prose, explanation
+    evidence: Annotated[list[dict], operator.add]  # what live tools found, in the order they found it
 
 
 def _dump(messages: Sequence[Message]) -> list[dict]:
@@ -91,22 +95,28 @@ class Agent:
     ):
         self.llm, self.index = llm, index
         # Live tools and grounders look at frames: only when a foundation tool is present.
-        frames = FrameReader(index.video) if perception is not None and perception.present else None
+        frames = FrameReader(index.video, fps=index.fps) if perception is not None and perception.present else None
         self.toolbox = Toolbox(index, chat=chat, perception=perception, frames=frames)
-        self.verifier = Verifier(index, grounders(perception, frames))
+        live = perception or Perception()
+        self.verifier = Verifier(index, grounders(live.detector, live.clip, frames))
         self.max_steps, self.max_rounds, self.max_tokens = max_steps, max_rounds, max_tokens
         self.max_tool_rounds = max_tool_rounds
         self.text = load_prompts("agent")
+        self.system = self.text["system"].format(kinds=kinds_text())
         self.generator = f"agent ({llm.backend}:{llm.model})"
 
     def warm(self) -> None:
         """Let the LLM precompute the prompt prefix every call shares (the system turn and the tools)."""
-        self.llm.warm([Message(role="system", content=self.text["system"])], self.toolbox.specs, tool_choice="required")
+        self.llm.warm([Message(role="system", content=self.system)], self.toolbox.specs, tool_choice="required")
+
+    def book(self, state: AgentState) -> EvidenceBook:
+        """What claims may cite in this state: the index and what live tools found."""
+        return EvidenceBook(self.index, [Evidence.model_validate(e) for e in state.get("evidence", [])])
 
     # --- entry nodes ---------------------------------------------------------------------------------
 
     def _fresh(self, user: str) -> dict[str, Any]:
-        messages = [Message(role="system", content=self.text["system"]), Message(role="user", content=user)]
+        messages = [Message(role="system", content=self.system), Message(role="user", content=user)]
         return {
             "messages": _dump(messages),
             "claims": [],
@@ -121,11 +131,8 @@ class Agent:
 
     def select_event(self, state: AgentState) -> dict[str, Any]:
         event_id, *rest = state["queue"]
-        return {
-            "queue": rest,
-            "event_id": event_id,
-            **self._fresh(self.text["event"].format(digest=self.toolbox.digest(event_id))),
-        }
+        digest = event_digest(self.book(state), self.index.event(event_id))
+        return {"queue": rest, "event_id": event_id, **self._fresh(self.text["event"].format(digest=digest))}
 
     def ask(self, state: AgentState) -> dict[str, Any]:
         turns = state.get("history", [])[-HISTORY_TURNS:]
@@ -134,9 +141,7 @@ class Agent:
             history = self.text["history"].format(
                 turns="\n".join(f"Q: {t['question']}\nA: {t['answer'] or '(no verified answer)'}" for t in turns)
             )
-        user = self.text["question"].format(
-            overview=self.toolbox.overview(), history=history, question=state["question"]
-        )
+        user = self.text["question"].format(overview=overview(self.index), history=history, question=state["question"])
         return {"event_id": None, **self._fresh(user)}
 
     # --- the loop ------------------------------------------------------------------------------------
@@ -165,7 +170,8 @@ class Agent:
 
     def run_tools(self, state: AgentState) -> dict[str, Any]:
         calls = _load(state["messages"][-1:])[0].tool_calls
-        replies, seen = [], {}
+        book = self.book(state)
+        replies, seen, found = [], {}, []
         for call in calls:
             key = (call.name, json.dumps(call.arguments, sort_keys=True))
             if key in seen:  # small models repeat a call: answer it once
@@ -173,11 +179,20 @@ class Agent:
             else:
                 seen[key] = call.id
                 try:
-                    content = self.toolbox.call(call)
+                    result = self.toolbox.call(call, book)
                 except ToolArgumentError as error:
                     content = f"error: {error}"
+                else:
+                    content = result.text
+                    new = [ev for ev in result.evidence if book.get(ev.id) is None]
+                    book.extra += new  # a later call of this round can cite what an earlier one found
+                    found += new
             replies.append(Message(role="tool", name=call.name, tool_call_id=call.id, content=content))
-        return {"messages": state["messages"] + _dump(replies), "tool_rounds": state["tool_rounds"] + 1}
+        return {
+            "messages": state["messages"] + _dump(replies),
+            "tool_rounds": state["tool_rounds"] + 1,
+            "evidence": [ev.model_dump(mode="json") for ev in found],
+        }
 
     def compose(self, state: AgentState) -> dict[str, Any]:
         call = _answer_call(state)
@@ -192,15 +207,17 @@ class Agent:
                 content=self.text["bad_answer"].format(error=problems),
             )
             return {"messages": state["messages"] + _dump([reply])}  # earlier verified claims stay
-        claims = _distinct([Claim(**c) for c in state["kept"]] + claims_from_draft(answer.claims, self.index))
+        claims = _distinct([Claim(**c) for c in state["kept"]] + claims_from_draft(answer.claims, self.book(state)))
         return {"claims": [c.model_copy(update={"id": f"c{k}"}).model_dump() for k, c in enumerate(claims, 1)]}
 
     def verify(self, state: AgentState) -> dict[str, Any]:
         event = self.index.event(state["event_id"]) if state.get("event_id") else None
+        book = self.book(state)
         checked = []
         for data in state["claims"]:
             claim = Claim(**data)
-            checked.append(claim.model_copy(update={"verdict": self.verifier.verify(claim, event)}).model_dump())
+            verdict = self.verifier.verify(claim, event, book)
+            checked.append(claim.model_copy(update={"verdict": verdict}).model_dump())
         update: dict[str, Any] = {"claims": checked}
         if state["rounds"] == 0:
             update["first_draft"] = checked
@@ -210,29 +227,15 @@ class Agent:
         call = _answer_call(state)
         kept = [c for c in state["claims"] if c["verdict"]["status"] == "supported"]
         failed = [Claim(**c) for c in state["claims"] if c["verdict"]["status"] != "supported"]
+        book = self.book(state)
         lines = "\n".join(
-            f"- {json.dumps(self._as_drafted(c), separators=(',', ':'))}: {c.verdict.status}: {c.verdict.reason}"
+            f"- {json.dumps(as_draft(c, book), separators=(',', ':'))}: {c.verdict.status}: {c.verdict.reason}"
             for c in failed
         )
         reply = Message(
             role="tool", name=ANSWER_TOOL, tool_call_id=call.id, content=self.text["verdicts"].format(verdicts=lines)
         )
         return {"messages": state["messages"] + _dump([reply]), "rounds": state["rounds"] + 1, "kept": kept}
-
-    def _as_drafted(self, claim: Claim) -> dict[str, Any]:
-        """A claim in the form the LLM writes it (handles, short keys), to show it what failed."""
-        handles = [self.index.handle(ev) if (ev := self.index.get(i)) else i for i in claim.evidence_ids]
-        fields = {
-            "rule": claim.rule_id,
-            "track": claim.track_id,
-            "quantity": claim.quantity,
-            "value": claim.value,
-            "term": claim.term,
-            "relation": claim.relation,
-            "other_track": claim.other_track_id,
-            "frames": list(claim.frames) if claim.frames else None,
-        }
-        return {"kind": claim.kind, "cite": handles} | {k: v for k, v in fields.items() if v is not None}
 
     def render(self, state: AgentState) -> dict[str, Any]:
         return self._finish(state)
@@ -243,16 +246,19 @@ class Agent:
 
     def _finish(self, state: AgentState) -> dict[str, Any]:
         """The explanation: verified claims get their sentence (the prose), the others stay on record unsaid."""
+        book = self.book(state)
         claims = [Claim(**c) for c in state["claims"] if c.get("verdict")]
         claims = [
-            c.model_copy(update={"text": render(c, self.index)}) if c.verdict.status == "supported" else c
-            for c in claims
+            c.model_copy(update={"text": render(c, book)}) if c.verdict.status == "supported" else c for c in claims
         ]
+        first_draft = [Claim(**c) for c in state.get("first_draft", [])]
+        cited = {i for c in claims + first_draft for i in c.evidence_ids}
         explanation = Explanation(
             event_id=state.get("event_id") or f"question-{len(state.get('history', [])) + 1}",
             generator=self.generator,
             claims=claims,
-            first_draft=[Claim(**c) for c in state.get("first_draft", [])],
+            first_draft=first_draft,
+            evidence=[ev for ev in book.extra if ev.id in cited],
             rounds=state["rounds"],
             llm_calls=state["llm_calls"],
             seconds=time.time() - state["started"],
@@ -349,6 +355,9 @@ def explain_events(
     from anomalens.progress import track
 
     queue = list(event_ids) if event_ids is not None else [e.id for e in index.events]
+    unknown = [event_id for event_id in queue if index.event(event_id) is None]
+    if unknown:
+        raise ValueError(f"no event {unknown[0]!r} in the index of {index.video}")
     if not queue:
         return
     agent = Agent(llm, index, perception=perception)
@@ -367,29 +376,3 @@ def explain_events(
     yield from track(
         finished, f"explaining {len(queue)} event(s) with {llm.backend}:{llm.model}", total=len(queue), enabled=progress
     )
-
-
-def open_explainer(choice: str | None = None, settings: Any = None) -> tuple[LLM | None, str]:
-    """The LLM that explains events, or None, and a line saying who explains them.
-
-    ``choice`` (default: ``Settings.explainer``): ``agent`` needs the configured LLM and fails if it cannot
-    load; ``deterministic`` never loads one; ``auto`` uses the agent when the LLM loads, and says why not
-    otherwise.
-    """
-    from anomalens.agents.llm import open_llm
-    from anomalens.config import load_settings
-    from anomalens.errors import AnomalensError
-
-    settings = settings or load_settings()
-    choice = choice or settings.explainer
-    if choice not in ("auto", "agent", "deterministic"):
-        raise AnomalensError(f"explainer {choice!r}: choose auto, agent or deterministic")
-    if choice == "deterministic":
-        return None, "deterministic"
-    try:
-        llm = open_llm(settings=settings)
-    except AnomalensError as error:
-        if choice == "agent":
-            raise
-        return None, f"deterministic (no LLM: {error})"
-    return llm, f"agent ({llm.backend}:{llm.model})"

@@ -1,38 +1,108 @@
 """The verifier: every claim is checked against the evidence it cites, and only what holds is said.
 
-Checks, by the claim's kind (fields as documented on ``Claim``):
+Checks, by the claim's kind (fields as described in ``prompts/claims.yaml``), always against typed fields of
+the evidence, never against display labels:
 
-- every claim: each cited evidence id exists in the index (and, for an event, lies within its frames);
+- every claim: each cited evidence id exists (in the index or among what the agent produced) and, for an
+  event, lies within its frames;
 - ``rule``: the rule exists and a cited frame records it broken (by ``track_id``, when given);
-- ``measurement``: the quantity is re-read from the cited evidence (converted to the claimed unit) and must
+- ``measurement``: the quantity is read back from the cited evidence (converted to the claimed unit) and must
   agree within ``tolerance``;
 - ``count``: the number of objects in the cited frame;
-- ``object``/``attribute``: the term appears in the cited object's label, or (for a claim about the frame,
-  not one object) in a cited caption, or a grounder (detector, CLIP) re-finds it in the frame;
-- ``spatial``: a zone term is checked like an attribute; a relation is recomputed from the two boxes;
+- ``object``: the term is the cited object's class (``class_names``), or, for a claim about the frame rather
+  than one object, a cited caption mentions it; else a grounder (detector, CLIP) looks at the frame again;
+- ``attribute``: the heading is the one the cited frame recorded for the track (``headings``);
+- ``spatial``: the zone is the one recorded for the track (``zones``); a relation is recomputed from the boxes;
 - ``temporal`` (anomalous activity during a frame range): the range overlaps an event (lies inside the event
   being explained, if any) and holds every cited frame;
 - ``other``: nothing can check it, so it is ``unverifiable`` and never said.
+
+A claim that fails is told, where it helps, which of the event's frames would support it, so a revision can
+cite it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from anomalens.agents.index import VideoIndex
-from anomalens.agents.toolbox import mentions
+import numpy as np
+
+from anomalens.agents.index import EvidenceBook, VideoIndex, handle
+from anomalens.geometry import box_iou
+from anomalens.tools.captions import mentions
+from anomalens.tools.protocols import Detector, TextScorer
 from anomalens.types import Claim, Event, Evidence, Verdict
 
 RELATIVE_TOLERANCE = 0.10
 ABSOLUTE_TOLERANCE = {"px/frame": 0.2, "px/s": 2.0, "px": 2.0, "px^2": 10.0, "s": 0.2, "frames": 2.0, "ratio": 0.05}
 TEMPORAL_SLACK = 2  # frames a temporal claim may miss a cited frame by
+GROUND_BOX_THRESHOLD = 0.35  # Grounding DINO's published box threshold
+GROUND_MIN_IOU = 0.3  # a detection re-finds a claimed object when it overlaps the object's box this much
+CLIP_DECISIVE = 0.6  # CLIP confirms a term at >= 0.6 probability against a neutral text, refutes at <= 0.4
+CLIP_NEUTRAL = "a photo of something else"
+_ARTICLES = {"a", "an", "the", "photo", "of"}
 
 
 class Grounder(Protocol):
-    """Re-finds a term in a frame (a detector or CLIP): True/False, or None when it cannot tell."""
+    """Looks at the frame again for a term (a detector or CLIP): True/False, or None when it cannot tell."""
 
     def ground(self, term: str, evidence: Evidence, box: Sequence[float] | None) -> bool | None: ...
+
+
+class DetectorGrounder:
+    """Re-finds a term with a detector: in the claimed object's box, or anywhere in the frame."""
+
+    def __init__(
+        self, detector: Detector, frames: Callable[[int], np.ndarray], threshold: float = GROUND_BOX_THRESHOLD
+    ):
+        self.detector, self.frames, self.threshold = detector, frames, threshold
+
+    def ground(self, term: str, evidence: Evidence, box: Sequence[float] | None) -> bool | None:
+        if evidence.frame_index is None:
+            return None
+        found = self.detector.detect(self.frames(evidence.frame_index), [term], box_threshold=self.threshold)
+        if box is None or not len(found):
+            return len(found) > 0
+        return bool((box_iou(np.asarray([box], float), found.boxes) >= GROUND_MIN_IOU).any())
+
+
+class ClipGrounder:
+    """Asks CLIP whether the term describes the object's crop (or the frame) better than a neutral text;
+    undecided in between."""
+
+    def __init__(self, clip: TextScorer, frames: Callable[[int], np.ndarray], decisive: float = CLIP_DECISIVE):
+        self.clip, self.frames, self.decisive = clip, frames, decisive
+
+    def ground(self, term: str, evidence: Evidence, box: Sequence[float] | None) -> bool | None:
+        if evidence.frame_index is None:
+            return None
+        image = self.frames(evidence.frame_index)
+        boxes = None if box is None else np.asarray([box], float)
+        scored = self.clip.text_scores(image, [f"a photo of {term}", CLIP_NEUTRAL], boxes=boxes)
+        probability = scored.scores[0] if scored.class_names[0] != CLIP_NEUTRAL else 1 - scored.scores[0]
+        if probability >= self.decisive:
+            return True
+        return False if probability <= 1 - self.decisive else None
+
+
+def grounders(detector: Detector | None, clip: TextScorer | None, frames: Callable[[int], np.ndarray] | None) -> list:
+    """The detector first (it localises), then CLIP; none without frames to look at."""
+    if frames is None:
+        return []
+    found: list[Grounder] = []
+    if detector is not None:
+        found.append(DetectorGrounder(detector, frames))
+    if clip is not None:
+        found.append(ClipGrounder(clip, frames))
+    return found
+
+
+def same_class(term: str, class_name: str) -> bool:
+    """Whether a claimed term names the class (``"bicycles"`` and ``"a bicycle"`` do)."""
+    bare = " ".join(w for w in class_name.lower().split() if w not in _ARTICLES)
+    return bool(bare) and mentions(bare, term) and mentions(term, bare)
 
 
 def _supported(reason: str) -> Verdict:
@@ -45,9 +115,11 @@ def _unsupported(reason: str) -> Verdict:
 
 def _breach(evidence: Evidence, claim: Claim) -> float | None:
     """The severity with which ``evidence`` records ``claim``'s rule broken (by its track, when it names one)."""
-    for rule_id, severity, index in evidence.broken_rules():
-        if rule_id == claim.rule_id and (claim.track_id is None or evidence.track_of(index) == claim.track_id):
-            return severity
+    for breach in evidence.breaches():
+        if breach.rule_id == claim.rule_id and (
+            claim.track_id is None or evidence.track_of(breach.object_index) == claim.track_id
+        ):
+            return breach.severity
     return None
 
 
@@ -57,12 +129,15 @@ class Verifier:
         self.grounders = list(grounders)
         self.tolerance = tolerance
 
-    def verify(self, claim: Claim, event: Event | None = None) -> Verdict:
+    def verify(self, claim: Claim, event: Event | None = None, book: EvidenceBook | None = None) -> Verdict:
+        """``claim``'s verdict; its citations are looked up in ``book`` (default: the index alone)."""
+        book = book or EvidenceBook(self.index)
         cited: list[Evidence] = []
         for evidence_id in claim.evidence_ids:
-            evidence = self.index.get(evidence_id)
+            evidence = book.get(evidence_id)
             if evidence is None:
-                return _unsupported(f"cites {evidence_id}, which is not in the evidence")
+                hint = self._nearest(evidence_id, event)
+                return _unsupported(f"cites {evidence_id}, which is not in the evidence{hint}")
             if event is not None and not event.start_frame <= (evidence.frame_index or 0) <= event.end_frame:
                 span = f"{event.start_frame}-{event.end_frame}"
                 return _unsupported(f"cites frame {evidence.frame_index}, outside the event's frames {span}")
@@ -95,11 +170,8 @@ class Verifier:
         if event is None:
             return None
         frames = [self.index.get(evidence_id) for evidence_id in event.evidence_ids]
-        try:
-            frames.append(self.index.frame_evidence(event.peak_frame))
-        except KeyError:  # the peak frame's evidence was not kept
-            pass
-        return next((self.index.handle(ev) for ev in frames if ev is not None and holds(ev)), None)
+        frames.append(self.index.frame_evidence(event.peak_frame))
+        return next((handle(ev) for ev in frames if ev is not None and holds(ev)), None)
 
     def _readings(self, claim: Claim, evidence: Evidence) -> list[tuple[float | None, str]]:
         """``claim``'s quantity as ``evidence`` measured it (for the claim's track; without one, for the frame
@@ -129,7 +201,7 @@ class Verifier:
                 unit = claim.unit or measured_unit
                 measured.append((evidence, value, unit))
                 if self._agrees(claim, value, unit):
-                    return _supported(f"re-measured {value:.3g} {unit} at frame {evidence.frame_index}")
+                    return _supported(f"frame {evidence.frame_index} recorded {value:.3g} {unit}")
         if not measured:
             if claim.track_id is None:
                 return _unsupported(f"no cited frame measured {claim.quantity}")
@@ -143,12 +215,11 @@ class Verifier:
             return any(v is not None and self._agrees(claim, v, claim.unit or u) for v, u in readings)
 
         recorded = self._recorded_in(event, agrees_in)
-        hint = f"; {recorded} measured {claim.value:g}" if recorded else ""  # a revision that cites it can pass
-        found = f"re-measured {value:.3g} {unit} at frame {evidence.frame_index}"
-        return _unsupported(f"{found}, not {claim.value:g}{hint}")
+        hint = f"; {recorded} recorded {claim.value:g}" if recorded else ""  # a revision that cites it can pass
+        return _unsupported(f"frame {evidence.frame_index} recorded {value:.3g} {unit}, not {claim.value:g}{hint}")
 
     def _count(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
-        frames = [ev for ev in cited if ev.source.tool != "caption"]
+        frames = [ev for ev in cited if ev.text is None]
         if claim.value is None:
             return _unsupported("a count claim needs a value")
         if not frames:
@@ -158,18 +229,23 @@ class Verifier:
                 return _supported(f"{len(evidence)} objects at frame {evidence.frame_index}")
         return _unsupported(f"frame {frames[0].frame_index} has {len(frames[0])} objects, not {claim.value:g}")
 
+    def _objects(self, claim: Claim, evidence: Evidence) -> list[int]:
+        """The cited objects of ``evidence``: the claim's track, or every object when it names none."""
+        if claim.track_id is None:
+            return list(range(len(evidence)))
+        index = evidence.object_of(claim.track_id)
+        return [] if index is None else [index]
+
     def _object(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
         if not claim.term:
-            return _unsupported(f"an {claim.kind} claim must say what was seen (term)")
+            return _unsupported("an object claim must say what was seen (term)")
         for evidence in cited:
             # A caption describes the whole frame: it grounds what is in view, not what one tracked object is.
             if evidence.text is not None and claim.track_id is None and mentions(evidence.text, claim.term):
                 return _supported(f"the caption of frame {evidence.frame_index} mentions {claim.term!r}")
-            for i, label in enumerate(evidence.labels):
-                if claim.track_id is not None and evidence.track_of(i) != claim.track_id:
-                    continue
-                if mentions(label, claim.term):
-                    return _supported(f"frame {evidence.frame_index}: {label}")
+            for i in self._objects(claim, evidence) if evidence.class_names is not None else []:
+                if same_class(claim.term, evidence.class_names[i]):
+                    return _supported(f"frame {evidence.frame_index}: an object of class {evidence.class_names[i]!r}")
         for evidence in cited:
             box = None
             if claim.track_id is not None and (i := evidence.object_of(claim.track_id)) is not None:
@@ -183,13 +259,59 @@ class Verifier:
         who = f"track {claim.track_id}" if claim.track_id is not None else "the cited evidence"
         if claim.track_id is not None and any(ev.text and mentions(ev.text, claim.term) for ev in cited):
             return _unsupported(f"the caption mentions {claim.term!r}, not which object it is: claim it without track")
-        return _unsupported(f"{claim.term!r} is not what {who} shows")
+        said = self._caption_saying(claim.term, [ev.frame_index for ev in cited], event)
+        hint = f"; C{said} mentions it: cite C{said}, without track" if said is not None else ""
+        return _unsupported(f"{claim.term!r} is not what {who} shows{hint}")
 
-    _attribute = _object
+    def _caption_saying(self, term: str, frames: list[int | None], event: Event | None) -> int | None:
+        """The first frame (of ``frames``, then of the event) whose caption mentions ``term``, if any."""
+        candidates = [f for f in frames if f is not None]
+        if event is not None:
+            candidates += range(event.start_frame, event.end_frame + 1)
+        return next(
+            (k for k in candidates if (caption := self.index.caption(k)) is not None and mentions(caption.text, term)),
+            None,
+        )
+
+    def _nearest(self, cited: str, event: Event | None) -> str:
+        """For a frame handle with no evidence: the event's nearest frame that has some (a revision can cite it)."""
+        match = re.fullmatch(r"F([0-9]+)", cited.strip())
+        if match is None or event is None:
+            return ""
+        frame = int(match[1])
+        kept = [k for k in range(event.start_frame, event.end_frame + 1) if self.index.frame_evidence(k) is not None]
+        if not kept:
+            return ""
+        return f"; the event's nearest frame with evidence is F{min(kept, key=lambda k: abs(k - frame))}"
+
+    def _recorded_field(self, claim: Claim, cited: list[Evidence], field: str, value: str) -> Verdict:
+        """A per-object field (``headings``, ``zones``) of the claim's track, read back from the cited frames."""
+        what = field[:-1]
+        if claim.track_id is None:
+            return _unsupported(f"a {what} claim must name the track")
+        seen = []
+        for evidence in cited:
+            recorded = getattr(evidence, field)
+            i = evidence.object_of(claim.track_id)
+            if recorded is None or i is None:
+                continue
+            if recorded[i] == value:
+                return _supported(f"frame {evidence.frame_index} recorded track {claim.track_id}'s {what} {value}")
+            seen.append(f"{recorded[i]} at frame {evidence.frame_index}")
+        if not seen:
+            return _unsupported(f"no cited frame recorded track {claim.track_id}'s {what}")
+        return _unsupported(f"track {claim.track_id}'s {what} was {seen[0]}, not {value}")
+
+    def _attribute(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
+        if claim.heading is None:
+            return _unsupported("an attribute claim must give the heading")
+        return self._recorded_field(claim, cited, "headings", claim.heading)
 
     def _spatial(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
         if claim.relation is None:
-            return self._object(claim, cited, event)
+            if claim.zone is None:
+                return _unsupported("a spatial claim needs a zone or a relation")
+            return self._recorded_field(claim, cited, "zones", claim.zone.removeprefix("zone ").strip())
         if claim.track_id is None or claim.other_track_id is None:
             return _unsupported("a relation needs track_id and other_track_id")
         for evidence in cited:

@@ -38,12 +38,9 @@ def demo(
     explainer: Annotated[Optional[str], typer.Option(help=EXPLAINER_HELP)] = None,
 ) -> None:
     """Run the main job end to end on a synthetic walkway scene with known anomalies."""
-    from anomalens.agents.graph import open_explainer
     from anomalens.eval.demo import run_demo
 
-    llm, who = open_explainer(explainer)
-    console.print(f"explanations: {who}", highlight=False)
-    result = run_demo(out_dir, seed=seed, llm=llm, explainer=who)
+    result = run_demo(out_dir, seed=seed, explainer=explainer)
     m = result.metrics
     out.print(
         f"{result.events} events; found {m['true_events_found']:.0f} of {m['true_events']:.0f} true events, "
@@ -62,14 +59,22 @@ def induce_rules(
     fps: Annotated[Optional[float], typer.Option(help="frame rate of frame folders (videos report their own)")] = None,
 ) -> None:
     """Learn what is normal for a scene and write it as an editable rulebook."""
-    from anomalens.config import load_settings
-    from anomalens.tools.scene import learn_scene
+    from anomalens.pipelines import learn_scene
 
-    scene = learn_scene([str(p) for p in normal], max_side=max_side or load_settings().max_side, fps=fps)
-    folder = scene.save(out_dir)
-    out.print(f"{len(scene.rulebook.rules)} rules -> {folder / 'rules.yaml'} (edit freely)")
+    scene = learn_scene(normal, out=out_dir, max_side=max_side, fps=fps)
+    out.print(f"{len(scene.rulebook.rules)} rules -> {out_dir / 'rules.yaml'} (edit freely)")
     for rule in scene.rulebook.rules:
         out.print(f"  {rule.id}: {rule.sentence}", highlight=False)
+
+
+def _print_audit(result, scene_note: str = "", why: bool = False) -> None:
+    """Each event with the rules it broke (or, with ``why``, what the report says about it), then the files."""
+    json_path, html_path = result.files
+    out.print(f"{len(result.events)} events in {len(result.screened.result.scores)} frames{scene_note}")
+    for event in result.events:
+        said = result.report.why(event) if why else ", ".join(event.rule_ids) or "motion"
+        out.print(f"  {event.id} {event.start_s:.1f}-{event.end_s:.1f} s: {said}", highlight=False)
+    out.print(f"report: {html_path}\njson:   {json_path}")
 
 
 @app.command()
@@ -88,48 +93,12 @@ def audit(
     ] = None,
 ) -> None:
     """Audit footage against a scene's rules: events, evidence, explanations, report."""
-    from anomalens.agents.graph import open_explainer
-    from anomalens.agents.screening import audit as run_audit
-    from anomalens.report import write_report
-    from anomalens.tools.scene import Scene
+    from anomalens.pipelines import audit as run_audit
 
-    if caption_rules is not None and captions is None:
-        raise AnomalensError("--caption-rules screens the video's captions: give them with --captions FILE")
-    scene = Scene.load(scene_dir)
-    source = scene.open(video, fps=fps)  # before the LLM loads: a bad input fails fast
-    caption_book = caption_rulebook(caption_rules) if caption_rules is not None else None
-    llm, who = open_explainer(explainer)
-    console.print(f"explanations: {who}", highlight=False)
-    cue = None
-    if caption_book is not None:
-        from anomalens.agents.caption_reasoning import caption_cue
-        from anomalens.tools.caption_scoring import CaptionScorer
-        from anomalens.tools.captions import ReplayedCaptions
-
-        scorer = CaptionScorer(caption_book, sentence_embedder())
-        cue = caption_cue(ReplayedCaptions.load(captions, source.fps), scorer, llm)
-    perception = _perception(llm)
-    result, report, keyframes = run_audit(
-        source, scene, llm=llm, explainer=who, captions=captions, caption_cue=cue, perception=perception
+    result = run_audit(
+        video, scene_dir, out=out_dir, fps=fps, explainer=explainer, captions=captions, caption_rules=caption_rules
     )
-    json_path, html_path = write_report(report, keyframes, out_dir)
-    out.print(f"{len(result.events)} events in {len(result.scores)} frames")
-    for event in result.events:
-        out.print(f"  {event.id} {event.start_s:.1f}-{event.end_s:.1f} s: {', '.join(event.rule_ids) or 'motion'}")
-    out.print(f"report: {html_path}\njson:   {json_path}")
-
-
-def _perception(llm):
-    """The foundation tools the agent may call (only when an agent runs), said aloud."""
-    if llm is None:
-        return None
-    from anomalens.agents.perception import Perception
-
-    with console.status("looking for foundation-model weights"):
-        perception = Perception.available()
-    present = ", ".join(perception.present) or "none with weights here (`anomalens models list`)"
-    console.print(f"foundation tools for the agent: {present}", highlight=False)
-    return perception
+    _print_audit(result)
 
 
 @app.command()
@@ -148,67 +117,19 @@ def explain(
 ) -> None:
     """Find and explain anomalies with no scene model: foundation tools when their weights are present, else
     the embedded detectors, learning normality from the input itself or from a few --normal examples."""
-    from anomalens.video import IMAGE_SUFFIXES
+    from anomalens.pipelines import explain as run_explain
+    from anomalens.report import ImageReport
 
-    images = [p for p in inputs if p.suffix.lower() in IMAGE_SUFFIXES]
-    if images and len(images) != len(inputs):
-        raise AnomalensError("give either images or one video/frame folder, not both")
-    if images:
-        _explain_images(images, out_dir, normal or [], prompt)
+    result = run_explain(inputs, out=out_dir, normal=normal or [], prompts=prompt, fps=fps, explainer=explainer)
+    if not isinstance(result, ImageReport):
+        _print_audit(result, f" (scene learned: {out_dir / 'scene'})", why=True)
         return
-    if len(inputs) != 1:
-        raise AnomalensError(f"give one video or frame folder at a time, not {len(inputs)}")
-    from anomalens.agents.graph import open_explainer
-    from anomalens.agents.screening import audit as run_audit
-    from anomalens.config import load_settings
-    from anomalens.report import write_report
-    from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
-    from anomalens.tools.scene import learn_scene
-
-    reference = [str(p) for p in normal] if normal else [str(inputs[0])]
-    contamination = 0.0 if normal else SELF_REFERENCED_CONTAMINATION
-    how = "the normal footage given" if normal else "the footage itself (self-referenced: its dominant behaviour)"
-    console.print(f"learning normality from {how}", highlight=False)
-    scene = learn_scene(reference, max_side=load_settings().max_side, fps=fps, contamination=contamination)
-    source = scene.open(inputs[0], fps=fps)
-    llm, who = open_explainer(explainer)
-    console.print(f"explanations: {who}", highlight=False)
-    result, report, keyframes = run_audit(
-        source,
-        scene,
-        llm=llm,
-        explainer=who,
-        perception=_perception(llm),
-        self_referenced=not normal,
-    )
-    scene.save(out_dir / "scene")
-    json_path, html_path = write_report(report, keyframes, out_dir)
-    out.print(f"{len(result.events)} events in {len(result.scores)} frames (scene learned: {out_dir / 'scene'})")
-    for event in result.events:
-        out.print(f"  {event.id} {event.start_s:.1f}-{event.end_s:.1f} s: {event.summary}", highlight=False)
-    out.print(f"report: {html_path}\njson:   {json_path}")
-
-
-def _explain_images(images: list[Path], out_dir: Path, normal: list[Path], prompts: list[str] | None) -> None:
-    from anomalens.agents.perception import Perception
-    from anomalens.agents.zero_shot import inspect_images, method_for, read_image
-    from anomalens.report import write_image_report
-
-    with console.status("looking for foundation-model weights"):
-        perception = Perception.available()
-    for kind, why in perception.absent.items():
-        console.print(f"{kind}: not used ({why}; see `anomalens models list`)", highlight=False)
-    mode = f"few-shot against {len(normal)} normal image(s)" if normal else "zero-shot"
-    console.print(f"method: {method_for(perception)}, {mode}", highlight=False)
-    report = inspect_images(images, normal, perception, prompts)
-    findings = report.findings
-    json_path, html_path = write_image_report(report, {f.image: read_image(f.image) for f in findings}, out_dir)
-    for finding in sorted(findings, key=lambda f: -f.score):
+    for finding in sorted(result.findings, key=lambda f: -f.score):
         verdict = "ANOMALOUS" if finding.anomalous else "normal"
         out.print(f"{finding.image}: {verdict} (score {finding.score:.3f}, threshold {finding.threshold:g})")
         for sentence in finding.explanation:
             out.print(f"  {sentence}", highlight=False)
-    out.print(f"report: {html_path}\njson:   {json_path}")
+    out.print(f"report: {out_dir / 'report.html'}\njson:   {out_dir / 'report.json'}")
 
 
 @app.command("induce-caption-rules")
@@ -222,20 +143,10 @@ def induce_caption_rules(
 ) -> None:
     """Learn caption rules from captions of normal footage: what they say often is normal; everyday anomalies
     that they show are switched off."""
-    from importlib import resources
-
-    from anomalens.rules.captions import load_rule_text, parse_rule_text
+    from anomalens.pipelines.captions import learn_caption_rules
     from anomalens.rules.io import save_rulebook
-    from anomalens.tools.caption_scoring import induce_caption_rules as induce
-    from anomalens.tools.captions import ReplayedCaptions
 
-    if anomalies is None:
-        text = resources.files("anomalens.rules").joinpath("everyday_anomalies.txt").read_text(encoding="utf-8")
-        start = parse_rule_text(text, "everyday_anomalies.txt")
-    else:
-        start = load_rule_text(anomalies)
-    normal = [caption for path in captions for caption in ReplayedCaptions.load(path).captions.values()]
-    rulebook = induce(normal, sentence_embedder(), start, scene=out_path.stem)
+    rulebook = learn_caption_rules(captions, anomalies=anomalies, scene=out_path.stem)
     save_rulebook(rulebook, out_path)
     out.print(f"{len(rulebook.rules)} caption rules -> {out_path} (edit freely)")
     for rule in rulebook.rules:
@@ -249,31 +160,13 @@ LLMFraction = Annotated[
 ]
 
 
-def sentence_embedder():
-    """The sentence embedder of the settings (``ANOMALENS_EMBEDDER``)."""
-    from anomalens.config import load_settings
-    from anomalens.tools.embeddings import SentenceEmbedder
-
-    settings = load_settings()
-    return SentenceEmbedder.load(settings.embedder, root=settings.model_dir)
-
-
-def caption_rulebook(path: Path):
-    """Caption rules from rule text (``.txt``: numbered items under anomaly/normal headings) or rulebook YAML."""
-    from anomalens.rules.captions import load_rule_text
-    from anomalens.rules.io import load_rulebook
-
-    return load_rule_text(path) if path.suffix == ".txt" else load_rulebook(path)
-
-
-def caption_models(llm_fraction: float | None):
-    """The LLM share to use, the LLM (None when the share is 0) and the sentence embedder of the settings."""
-    from anomalens.agents.caption_reasoning import DEFAULT_LLM_FRACTION
+def _caption_llm(llm_fraction: float | None):
+    """The LLM share to use and the LLM (None when the share is 0)."""
     from anomalens.agents.llm import open_llm
+    from anomalens.pipelines.captions import DEFAULT_LLM_FRACTION
 
     llm_fraction = DEFAULT_LLM_FRACTION if llm_fraction is None else llm_fraction
-    llm = open_llm() if llm_fraction > 0 else None
-    return llm_fraction, llm, sentence_embedder()
+    return llm_fraction, open_llm() if llm_fraction > 0 else None
 
 
 @app.command("reason-captions")
@@ -290,37 +183,33 @@ def reason_captions(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write frame scores, rules and events")] = None,
 ) -> None:
     """Find anomalies in captioned video: every caption scored against the rules, the LLM settling the rest."""
+    from anomalens.pipelines.captions import EVENT_THRESHOLD
+    from anomalens.pipelines.captions import reason_captions as run
+
+    llm_fraction, llm = _caption_llm(llm_fraction)
+    result = run(
+        captions, rules, fps=fps, threshold=EVENT_THRESHOLD if threshold is None else threshold,
+        llm_fraction=llm_fraction, llm=llm,
+    )
+    for name, events in result.events.items():
+        out.print(f"{name}: {len(events)} events in {len(result.frames[name])} frames", highlight=False)
+        for event in events:
+            broken = "; ".join(result.rulebook.get(r).sentence for r in event.rule_ids[:2])
+            broken = broken or "an activity rarely described here"
+            out.print(f"  {event.start_s:.1f}-{event.end_s:.1f} s (score {event.score:.2f}): {broken}", highlight=False)
+    reasoning = result.reasoning
+    judge = reasoning.llm or "no LLM"
+    out.print(f"LLM calls: {reasoning.llm_calls} ({judge}), {reasoning.seconds:.0f} s", highlight=False)
+    if json_path is not None:
+        _write_json(json_path, result.to_json())
+
+
+def _write_json(path: Path, data) -> None:
     import json
 
-    import numpy as np
-
-    from anomalens.agents.caption_reasoning import EVENT_THRESHOLD, caption_events, reason_over_captions
     from anomalens.files import atomic_write
-    from anomalens.tools.caption_scoring import CaptionScorer
-    from anomalens.tools.captions import ReplayedCaptions
 
-    rulebook = caption_rulebook(rules)
-    replays = {path.stem: ReplayedCaptions.load(path) for path in captions}
-    if len(replays) < len(captions):
-        raise AnomalensError("caption files need distinct names: the file name (without suffix) names the video")
-    frames = {name: np.array(sorted(replay.captions)) for name, replay in replays.items()}
-    texts = {name: [replays[name].captions[int(k)] for k in frames[name]] for name in replays}
-    llm_fraction, llm, embedder = caption_models(llm_fraction)
-    scorer = CaptionScorer(rulebook, embedder)
-    result = reason_over_captions(texts, scorer, llm, llm_fraction=llm_fraction)
-    sentences = {rule.id: rule.sentence for rule in rulebook.rules}
-    report = result.to_json()
-    for name, video in result.videos.items():
-        events = caption_events(video, frames[name], fps, EVENT_THRESHOLD if threshold is None else threshold)
-        report["videos"][name]["frames"] = frames[name].tolist()
-        report["videos"][name]["events"] = [e.model_dump(mode="json") for e in events]
-        out.print(f"{name}: {len(events)} events in {len(video.scores)} frames", highlight=False)
-        for event in events:
-            broken = "; ".join(sentences[r] for r in event.rule_ids[:2]) or "an activity rarely described here"
-            out.print(f"  {event.start_s:.1f}-{event.end_s:.1f} s (score {event.score:.2f}): {broken}", highlight=False)
-    out.print(f"LLM calls: {result.llm_calls} ({result.llm or 'no LLM'}), {result.seconds:.0f} s", highlight=False)
-    if json_path is not None:
-        atomic_write(json_path, json.dumps(report, indent=2))
+    atomic_write(path, json.dumps(data, indent=2))
 
 
 @app.command()
@@ -336,14 +225,10 @@ def chat(
     fps: Annotated[Optional[float], typer.Option(help="frame rate of a frame folder")] = None,
 ) -> None:
     """Ask questions about a video; answers cite frames and are verified. Sessions persist (--session ID)."""
-    from anomalens.agents.chat import ChatSession, video_index
-    from anomalens.agents.llm import open_llm
-    from anomalens.config import load_settings
+    from anomalens.pipelines import chat as open_chat
 
-    settings = load_settings()
-    index = video_index(video, scene_dir=scene_dir, captions=captions, cache_dir=settings.chat_dir, fps=fps)
-    llm = open_llm(settings=settings)
-    talk = ChatSession(index, llm, settings.chat_dir / "sessions.sqlite", session, perception=_perception(llm))
+    talk = open_chat(video, scene=scene_dir, captions=captions, session=session, fps=fps)
+    index, llm = talk.index, talk.agent.llm
     console.print(
         f"session {talk.session} ({len(talk.history)} earlier turns) · {index.video}: {index.frames} frames,"
         f" {len(index.events)} events · {llm.backend}:{llm.model} · empty line or Ctrl-D ends; resume with"
@@ -402,6 +287,15 @@ eval_app = typer.Typer(help="Benchmarks on labelled data; each writes its metric
 app.add_typer(eval_app, name="eval")
 
 
+def _emit(metrics: dict, json_path: Path | None) -> None:
+    """A benchmark's metrics: printed, and written to ``json_path`` when given."""
+    import json
+
+    if json_path is not None:
+        _write_json(json_path, metrics)
+    out.print(json.dumps(metrics, indent=2), highlight=False)
+
+
 @eval_app.command("ped2")
 def eval_ped2(
     data: Annotated[
@@ -411,17 +305,10 @@ def eval_ped2(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
 ) -> None:
     """Learn Ped2's scene from its training videos, audit its test videos, print frame/pixel/region metrics."""
-    import json
-
     from anomalens.config import load_settings
     from anomalens.eval.ped2 import run_ped2
-    from anomalens.files import atomic_write
 
-    metrics = run_ped2(data or load_settings().data_dir / "ucsd_ped2")
-    text = json.dumps(metrics, indent=2)
-    if json_path is not None:
-        atomic_write(json_path, text)
-    out.print(text, highlight=False)
+    _emit(run_ped2(data or load_settings().data_dir / "ucsd_ped2"), json_path)
 
 
 @eval_app.command("explanations")
@@ -436,22 +323,15 @@ def eval_explanations(
     ] = False,
 ) -> None:
     """Explain Ped2's detected events with the agent (CogVLM captions replayed) and judge every claim."""
-    import json
-
     from anomalens.agents.llm import open_llm
     from anomalens.config import load_settings
     from anomalens.eval.explanations import run_explanations
-    from anomalens.files import atomic_write
 
     settings = load_settings()
-    embedder = None if motion_only else sentence_embedder()
     metrics = run_explanations(
-        data or settings.data_dir, open_llm(settings=settings), embedder=embedder, max_events=max_events
+        data or settings.data_dir, open_llm(settings=settings), captions=not motion_only, max_events=max_events
     )
-    text = json.dumps(metrics, indent=2)
-    if json_path is not None:
-        atomic_write(json_path, text)
-    out.print(text, highlight=False)
+    _emit(metrics, json_path)
 
 
 @eval_app.command("captions")
@@ -464,17 +344,10 @@ def eval_captions(
     llm_fraction: LLMFraction = None,
 ) -> None:
     """Score captioned frames against their rules (embeddings, then the LLM on unsettled phrases) and measure."""
-    import json
-
     from anomalens.eval.captions import run_captions
-    from anomalens.files import atomic_write
 
-    llm_fraction, llm, embedder = caption_models(llm_fraction)
-    metrics = run_captions(data, dataset, embedder, llm, llm_fraction=llm_fraction)
-    text = json.dumps(metrics, indent=2)
-    if json_path is not None:
-        atomic_write(json_path, text)
-    out.print(text, highlight=False)
+    llm_fraction, llm = _caption_llm(llm_fraction)
+    _emit(run_captions(data, dataset, llm, llm_fraction=llm_fraction), json_path)
 
 
 @eval_app.command("magnetic-tile")
@@ -484,19 +357,12 @@ def eval_magnetic_tile(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
 ) -> None:
     """Image and pixel AUROC of the image inspector on the magnetic-tile defects, zero- or few-shot."""
-    import json
-
-    from anomalens.agents.perception import Perception
     from anomalens.eval.magnetic_tile import run_magnetic_tile
-    from anomalens.files import atomic_write
+    from anomalens.tools.perception import Perception
 
     with console.status("looking for foundation-model weights"):
         perception = Perception.available()
-    metrics = run_magnetic_tile(data, shots=shots, perception=perception)
-    text = json.dumps(metrics, indent=2)
-    if json_path is not None:
-        atomic_write(json_path, text)
-    out.print(text, highlight=False)
+    _emit(run_magnetic_tile(data, shots=shots, perception=perception), json_path)
 
 
 @eval_app.command("llm")
@@ -509,12 +375,9 @@ def eval_llm(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the results here")] = None,
 ) -> None:
     """Measure LLMs on the fixed anomaly-reasoning prompt set: accuracy, JSON validity, tool calls, speed."""
-    import json
-
     from anomalens import modelstore
     from anomalens.agents.llm import open_llm
     from anomalens.eval.llm_bench import bench
-    from anomalens.files import atomic_write
 
     names = model or [m.name for m in modelstore.catalog().values() if m.kind == "llm" and modelstore.present(m.name)]
     if not names:
@@ -537,7 +400,7 @@ def eval_llm(
         )
     out.print(table)
     if json_path is not None:
-        atomic_write(json_path, json.dumps(results, indent=2))
+        _write_json(json_path, results)
 
 
 def _number(value: float | None) -> str:
@@ -670,7 +533,7 @@ def doctor(
     backends = Table(title="backends")
     for column in ("name", "ok", "what"):
         backends.add_column(column)
-    for backend in registry.BACKENDS.values():
+    for backend in registry.backends().values():
         missing = backend.missing()
         backends.add_row(backend.name, "yes" if not missing else f"needs {', '.join(missing)}", backend.summary)
     out.print(backends)
@@ -715,15 +578,14 @@ def _doctor_tiny() -> None:
     for column in ("backend", "ok", "seconds", "result"):
         table.add_column(column)
     failed = []
-    for name, backend in registry.BACKENDS.items():
+    for name, backend in registry.backends().items():
         if backend.kind not in ("clip", "detector", "segmenter", "captioner"):
             continue
-        if name in tiny.NOT_BUILT:
-            table.add_row(name, "skipped", "-", tiny.NOT_BUILT[name])
+        if backend.tiny is None:
+            table.add_row(name, "skipped", "-", f"not built: {backend.not_built}")
             continue
-        missing = registry.get(name).missing()
-        if missing:
-            table.add_row(name, "not installed", "-", f"pip install 'anomalens[{registry.get(name).extra}]'")
+        if backend.missing():
+            table.add_row(name, "not installed", "-", f"pip install 'anomalens[{backend.extra}]'")
             continue
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="anomalens-tiny-") as folder:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from anomalens.types import Event
@@ -38,12 +41,15 @@ def group_events(
     min_frames: int = 1,
     max_gap: int = 0,
     prefix: str = "event",
+    details: Callable[[int, int, int], dict[str, Any]] | None = None,
 ) -> list[Event]:
     """Group frames whose score exceeds ``threshold`` into events.
 
     ``frame_indices`` are the source frame indices of ``scores`` (increasing, possibly strided). Runs of
     above-threshold samples separated by at most ``max_gap`` below-threshold samples are merged; runs
-    shorter than ``min_frames`` samples are dropped.
+    shorter than ``min_frames`` samples are dropped. ``details(start_frame, end_frame, peak_frame)`` returns
+    the rest of an event's fields (its evidence, rules, summary; it may move the peak), so that every event
+    is built complete.
     """
     frame_indices = np.asarray(frame_indices)
     scores = np.asarray(scores, dtype=np.float64)
@@ -63,16 +69,15 @@ def group_events(
         if last - first + 1 < min_frames:
             continue
         peak = first + int(np.argmax(scores[first : last + 1]))
-        start, end = int(frame_indices[first]), int(frame_indices[last])
-        events.append(
-            Event(
-                id=f"{prefix}-{len(events) + 1}",
-                start_frame=start,
-                end_frame=end,
-                start_s=start / fps,
-                end_s=end / fps,
-                peak_frame=int(frame_indices[peak]),
-                score=float(scores[peak]),
-            )
-        )
+        start, end, peak_frame = int(frame_indices[first]), int(frame_indices[last]), int(frame_indices[peak])
+        fields = {
+            "id": f"{prefix}-{len(events) + 1}",
+            "start_frame": start,
+            "end_frame": end,
+            "start_s": start / fps,
+            "end_s": end / fps,
+            "peak_frame": peak_frame,
+            "score": float(scores[peak]),
+        }
+        events.append(Event(**fields | (details(start, end, peak_frame) if details else {})))
     return events

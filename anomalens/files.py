@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+
+from anomalens.errors import ConfigError
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
@@ -17,3 +20,21 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     os.umask(umask)
     os.chmod(tmp.name, 0o666 & ~umask)  # temporary files are created 0600; reports are for sharing
     os.replace(tmp.name, path)
+
+
+def read_versioned(path: Path, what: str, version: int, remedy: str) -> dict:
+    """The JSON object in ``path`` if its ``format_version`` is ``version``; a clear error otherwise (a file
+    of another anomalens, or not ``what`` at all), which says the ``remedy``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not a {what} (not JSON: {error})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a {what} (a JSON {type(data).__name__}, not an object)")
+    found = data.get("format_version")
+    if found != version:
+        written = "an earlier anomalens (no format version)" if found is None else f"format {found}"
+        raise ConfigError(f"{path}: a {what} of {written}; this anomalens reads format {version}: {remedy}")
+    return data

@@ -47,3 +47,9 @@ def byte_bar(description: str, total: int, enabled: bool = True) -> Iterator[Cal
             progress.update(task, advance=nbytes, **({"description": description} if description else {}))
 
         yield advance
+
+
+def say(message: str, enabled: bool = True) -> None:
+    """A line about long work under way (what is used, what was found), on stderr beside the progress bars."""
+    if enabled:
+        _console.print(message, highlight=False, markup=False)

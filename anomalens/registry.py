@@ -1,26 +1,55 @@
 """Backends by name (``"kind:name"`` -> ``"module:attribute"``), imported only when first used.
 
-Registering costs nothing: the module named in an entry is imported by ``load``. Unknown names list what
-exists; a backend whose optional dependencies are missing names the ``pip install`` that adds them.
+Every backend is described once, in ``backends.yaml``: what loads it, what it needs, its place in its kind's
+preference order, the checkpoints it loads and how ``doctor --tiny`` builds it. Registering costs nothing:
+the module named in an entry is imported by ``load``. Unknown names list what exists; a backend whose
+optional dependencies are missing names the ``pip install`` that adds them.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
+import re
+from functools import cache
+from importlib import resources
 from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from anomalens.errors import BackendNotFound, MissingExtra
 
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 
-@dataclass(frozen=True)
-class Backend:
+
+class Checkpoint(BaseModel):
+    """Weights a backend loads, found offline (a folder, the model store, or a warm Hugging Face cache)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    backend: str
+    repo: str  # Hugging Face repository id
+    revision: str  # a commit, or "main" when not pinned
+    files: tuple[str, ...]  # a complete copy holds these (relative paths)
+    license: str
+    summary: str
+
+    @property
+    def pinned(self) -> bool:
+        return bool(_COMMIT.fullmatch(self.revision))
+
+
+class Backend(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
     name: str  # "kind:name", e.g. "scorer:scene"
     target: str  # "module:attribute"
     requires: tuple[str, ...] = ()  # importable top-level modules it needs
     extra: str | None = None  # the pip extra that provides them
     summary: str = ""
+    tiny: str | None = None  # the builder of a tiny random checkpoint (anomalens.tools.tiny)
+    not_built: str | None = None  # why no tiny checkpoint is built
+    checkpoints: tuple[Checkpoint, ...] = Field(default=())
 
     @property
     def kind(self) -> str:
@@ -31,126 +60,31 @@ class Backend:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
 
 
-BACKENDS: dict[str, Backend] = {
-    b.name: b
-    for b in (
-        Backend(
-            "scorer:scene",
-            "anomalens.tools.scene:SceneScorer",
-            summary="scene-trained motion (background, DIS flow, tracks) checked against the induced rulebook",
-        ),
-        Backend(
-            "clip:transformers",
-            "anomalens.tools.clip:TransformersClip",
-            requires=("torch", "transformers"),
-            extra="hf",
-            summary="CLIP and SigLIP through transformers: zero-shot scores, WinCLIP maps, text scores, retrieval",
-        ),
-        Backend(
-            "clip:open_clip",
-            "anomalens.tools.clip:OpenClip",
-            requires=("torch", "open_clip"),
-            extra="clip",
-            summary="OpenCLIP models (open_clip's local-dir layout)",
-        ),
-        Backend(
-            "detector:grounding-dino",
-            "anomalens.tools.detector:GroundingDinoDetector",
-            requires=("torch", "transformers"),
-            extra="hf",
-            summary="open-vocabulary boxes from text prompts: Grounding DINO through transformers",
-        ),
-        Backend(
-            "detector:owlv2",
-            "anomalens.tools.detector:Owlv2Detector",
-            requires=("torch", "transformers"),
-            extra="hf",
-            summary="open-vocabulary boxes from text prompts: OWLv2 through transformers",
-        ),
-        Backend(
-            "detector:groundingdino-py",
-            "anomalens.tools.detector:GroundingDinoPyDetector",
-            requires=("torch", "groundingdino"),
-            extra="groundingdino",
-            summary="the original Grounding DINO package (needs transformers<5: its own environment; untested)",
-        ),
-        Backend(
-            "segmenter:sam",
-            "anomalens.tools.segmenter:SamSegmenter",
-            requires=("torch", "transformers"),
-            extra="hf",
-            summary="Segment Anything through transformers: box/point prompts -> masks, one embedding per frame",
-        ),
-        Backend(
-            "segmenter:segment-anything",
-            "anomalens.tools.segmenter:SegmentAnythingSegmenter",
-            requires=("torch", "segment_anything"),
-            extra="sam",
-            summary="Segment Anything through the original segment-anything package",
-        ),
-        Backend(
-            "captioner:transformers",
-            "anomalens.tools.captioner:TransformersCaptioner",
-            requires=("torch", "transformers"),
-            extra="hf",
-            summary="frame/crop captions from a VLM folder (SmolVLM, Qwen2-VL, LLaVA) through transformers",
-        ),
-        Backend(
-            "captioner:openai",
-            "anomalens.tools.captioner:OpenAICaptioner",
-            requires=("openai",),
-            extra="openai",
-            summary="frame/crop captions from a vision model behind an OpenAI-compatible server",
-        ),
-        Backend(
-            "captioner:replay",
-            "anomalens.tools.captions:ReplayedCaptions",
-            summary="captions computed once and replayed from a text or JSONL file",
-        ),
-        Backend(
-            "llm:llamacpp",
-            "anomalens.agents.llm.llamacpp:LlamaCppLLM",
-            requires=("llama_cpp",),
-            extra="llamacpp",
-            summary="GGUF models in-process on the CPU (llama-cpp-python), grammar-constrained JSON; the embedded default",
-        ),
-        Backend(
-            "llm:openai",
-            "anomalens.agents.llm.openai_http:OpenAICompatibleLLM",
-            requires=("openai",),
-            extra="openai",
-            summary="any OpenAI-compatible server: vLLM serve, llama.cpp server, Ollama, hosted APIs",
-        ),
-        Backend(
-            "llm:transformers",
-            "anomalens.agents.llm.hf:TransformersLLM",
-            requires=("torch", "transformers"),
-            extra="hf",
-            summary="transformers in-process: model folder or GGUF file; accelerate/bitsandbytes on GPU",
-        ),
-        Backend(
-            "llm:vllm",
-            "anomalens.agents.llm.vllm_local:VLLMLocalLLM",
-            requires=("vllm",),
-            extra="vllm",
-            summary="vLLM in-process (CUDA GPU only)",
-        ),
-        Backend(
-            "llm:scripted",
-            "anomalens.agents.llm.scripted:ScriptedLLM",
-            summary="replays a script of replies and tool calls (tests)",
-        ),
-    )
-}
+@cache
+def backends() -> dict[str, Backend]:
+    """Every backend of ``backends.yaml``, in its order."""
+    text = resources.files("anomalens").joinpath("backends.yaml").read_text(encoding="utf-8")
+    out = {}
+    for name, entry in yaml.safe_load(text)["backends"].items():
+        checkpoints = tuple(
+            Checkpoint(name=key, backend=name, **spec) for key, spec in entry.pop("checkpoints", {}).items()
+        )
+        out[name] = Backend(name=name, checkpoints=checkpoints, **entry)
+    return out
+
+
+def of_kind(kind: str) -> list[Backend]:
+    """The backends of ``kind`` (e.g. ``detector``) in their order of preference."""
+    return [b for b in backends().values() if b.kind == kind]
 
 
 def get(name: str) -> Backend:
     try:
-        return BACKENDS[name]
+        return backends()[name]
     except KeyError:
         kind = name.split(":", 1)[0]
-        same_kind = [n for n in BACKENDS if n.startswith(kind + ":")]
-        known = same_kind or list(BACKENDS)
+        same_kind = [n for n in backends() if n.startswith(kind + ":")]
+        known = same_kind or list(backends())
         raise BackendNotFound(f"unknown backend {name!r}; available: {', '.join(sorted(known))}") from None
 
 

@@ -10,16 +10,19 @@ import base64
 import html
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from anomalens import __version__
-from anomalens.files import atomic_write
+from anomalens.errors import ConfigError
+from anomalens.files import atomic_write, read_versioned
 from anomalens.types import Event, Evidence, Explanation, Rulebook, Track
 
 MAP_SIDE_IN_JSON = 64  # anomaly maps are stored downscaled in report.json; the HTML draws full ones
+REPORT_FORMAT = 2
 
 
 class GroundTruthEvent(BaseModel):
@@ -36,6 +39,7 @@ class GroundTruth(BaseModel):
 
 class Report(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    format_version: Literal[2] = REPORT_FORMAT
     title: str
     input: str
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -56,6 +60,12 @@ class Report(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     seconds: float = 0.0
 
+    def why(self, event: Event) -> str:
+        """What the report says about ``event``: the agent's verified prose where it verified anything, else the
+        deterministic summary."""
+        explained = next((x for x in self.explanations if x.event_id == event.id and x.supported), None)
+        return explained.prose if explained is not None else event.summary
+
 
 class ImageFinding(BaseModel):
     """One inspected image: its score against the method's threshold, evidence, and plain sentences."""
@@ -72,6 +82,7 @@ class ImageFinding(BaseModel):
 
 class ImageReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    format_version: Literal[2] = REPORT_FORMAT
     title: str
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     anomalens_version: str = __version__
@@ -80,6 +91,18 @@ class ImageReport(BaseModel):
     findings: list[ImageFinding]
     absent_tools: dict[str, str] = Field(default_factory=dict)  # tool kind -> why it was not used
     seconds: float = 0.0
+
+
+def load_report(path: str | Path) -> Report | ImageReport:
+    """A ``report.json`` (of a video or of images); one written by another version of anomalens is refused with a
+    clear error."""
+    data = read_versioned(Path(path), "report", REPORT_FORMAT, "run the audit again to write a current report")
+    kind = ImageReport if "findings" in data else Report
+    try:
+        return kind.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ConfigError(f"{path}: not a valid report: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
 def compact_map(evidence: Evidence) -> Evidence:
@@ -268,7 +291,7 @@ def render_html(report: Report, keyframes: dict[str, np.ndarray]) -> str:
     width, height = report.source_size
     rows = "".join(
         f'<tr><td><a href="#{esc(e.id)}">{esc(e.id)}</a></td><td>{e.start_s:.1f}-{e.end_s:.1f} s</td>'
-        f"<td>{e.start_frame}-{e.end_frame}</td><td>{e.score:.2f}</td><td>{esc(e.summary)}</td></tr>"
+        f"<td>{e.start_frame}-{e.end_frame}</td><td>{e.score:.2f}</td><td>{esc(report.why(e))}</td></tr>"
         for e in report.events
     )
     sections = []
@@ -280,7 +303,7 @@ def render_html(report: Report, keyframes: dict[str, np.ndarray]) -> str:
         sections.append(
             f'<div class="event" id="{esc(event.id)}"><h3>{esc(event.id)}: {event.start_s:.1f}-{event.end_s:.1f} s '
             f"(frames {event.start_frame}-{event.end_frame}, peak {event.peak_frame}, score {event.score:.2f})</h3>"
-            f"<p>{esc(event.summary)}</p>{_claims_table(explained.get(event.id), evidence_by_id)}{picture}"
+            f"<p>{esc(report.why(event))}</p>{_claims_table(explained.get(event.id), evidence_by_id)}{picture}"
             f'<p class="meta">left: frame {event.peak_frame}; right: boxes and anomaly heat map. '
             f"Evidence: {len(event.evidence_ids)} frames cited.</p></div>"
         )
@@ -290,7 +313,7 @@ def render_html(report: Report, keyframes: dict[str, np.ndarray]) -> str:
         by_id = {ev.id: ev for ev in report.evidence}
         for event in report.events:
             for evidence_id in event.evidence_ids:
-                for rule_id, value, _ in by_id[evidence_id].broken_rules():
+                for rule_id, value, _ in by_id[evidence_id].breaches():
                     severity, events = worst.get(rule_id, (0.0, set()))
                     worst[rule_id] = (max(severity, value), events | {event.id})
         rule_rows = "".join(

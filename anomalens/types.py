@@ -10,17 +10,18 @@ Conventions (stated once, here):
   start of the source, ``time_s = frame_index / fps``. Frame ranges are inclusive at both ends.
 - **Masks** are boolean ``(N, H, W)`` at source-frame resolution, one per box. **Anomaly maps** are float
   ``(h, w)`` covering the whole frame at any resolution (resize to the frame to overlay); larger is more
-  anomalous.
+  anomalous. **Keypoints** are ``(N, K, 3)``: x, y in source pixels and a confidence in [0, 1].
 - **Units** travel with every number in ``Measurement.unit``: ``px``, ``px^2``, ``px/frame``, ``px/s``,
-  ``deg`` (image-plane direction, 0 = +x, counter-clockwise positive as seen on screen, i.e. y up), ``s``,
-  ``frames``, ``count``, ``ratio``.
+  ``s``, ``frames``, ``count``, ``ratio``, ``cosine``. **Headings** are image-plane compass sectors (north is
+  up on screen) or ``still``; **zones** are named cells of a grid over the frame (``r{row}c{col}``).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from typing import Literal
+from enum import Enum
+from typing import Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,13 +29,31 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from anomalens.arrays import FloatArray, IntArray, MapArray, MaskArray
 
 _ARRAYS = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
-RULE_PREFIX = "rule:"  # evidence records a broken rule as measurement ``rule:<id>`` = its severity
+
+Heading = Literal["E", "NE", "N", "NW", "W", "SW", "S", "SE", "still"]
+SECTORS: tuple[Heading, ...] = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")
+STILL: Heading = "still"
+
+# The quantities tools measure, with their units: of one object, or of the whole frame.
+OBJECT_QUANTITIES = {"speed": "px/frame", "area": "px^2", "dwell": "s", "aspect": "ratio"}
+FRAME_QUANTITIES = {"count": "count", "occupancy": "ratio", "flow_novelty": "ratio", "reconstruction": "ratio"}
 
 
 def _unique(ids: list[str], what: str) -> None:
     dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dupes:
         raise ValueError(f"duplicate {what} ids: {', '.join(dupes)}")
+
+
+class EvidenceKind(str, Enum):
+    """What a piece of evidence is, whichever tool produced it."""
+
+    FRAME = "frame"  # one frame's objects as screening measured them: tracks, facts, rule breaches
+    CAPTION = "caption"  # a description of the frame (``text``)
+    DETECTION = "detection"  # boxes a detector found, each with its class
+    TEXT_MATCH = "text_match"  # how well texts describe the frame or boxes (CLIP)
+    SEGMENTATION = "segmentation"  # masks outlining given boxes
+    IMAGE = "image"  # an image inspected for anomalies: its anomaly map and the regions beyond normal
 
 
 class Source(BaseModel):
@@ -47,28 +66,47 @@ class Source(BaseModel):
     latency_s: float = Field(default=0.0, ge=0)
 
 
+class MeasurementKind(str, Enum):
+    """What a measurement's ``name`` names."""
+
+    QUANTITY = "quantity"  # a quantity (``OBJECT_QUANTITIES``, ``FRAME_QUANTITIES``) in its unit
+    RULE_SEVERITY = "rule_severity"  # a rule's id; the value is how far past its limit (> 1: broken), unit ratio
+    TEXT_SIMILARITY = "text_similarity"  # a text; the value is its cosine similarity to the frame or object
+
+
 class Measurement(BaseModel):
     """A named number with its unit; ``object_index`` points into the evidence's arrays, if per-object."""
 
     model_config = ConfigDict(extra="forbid")
+    kind: MeasurementKind = MeasurementKind.QUANTITY
     name: str
     value: float
     unit: str
     object_index: int | None = Field(default=None, ge=0)
 
 
+class Breach(NamedTuple):
+    rule_id: str
+    severity: float
+    object_index: int | None  # None: a rule about the whole frame
+
+
 class Evidence(BaseModel):
     """What every tool returns: per-object arrays of equal length N, plus frame-level fields.
 
-    Shapes: ``boxes`` (N, 4) float xyxy source pixels; ``scores`` (N,); ``labels`` N strings;
-    ``track_ids`` (N,) int or None; ``masks`` (N, H, W) bool at ``frame_size`` or None;
-    ``anomaly_map`` (h, w) float or None. ``frame_size`` is ``(width, height)`` of the source frame and is
-    required whenever boxes, masks or a map are present. ``id`` is derived from the content when omitted,
-    so the same evidence gets the same id in every run.
+    Shapes: ``boxes`` (N, 4) float xyxy source pixels; ``scores`` (N,) what the tool ranks objects by (anomaly
+    severity for screening, confidence for a detector); ``labels`` N strings of display text, never parsed.
+    Typed per-object facts, each None or of length N: ``track_ids`` int; ``class_names`` and ``class_scores``
+    (what the object is, and how sure); ``headings``; ``zones``; ``keypoints`` (N, K, 3); ``embeddings``
+    (N, D) appearance features; ``masks`` (N, H, W) bool at ``frame_size``. ``anomaly_map`` (h, w) float or
+    None. ``frame_size`` is ``(width, height)`` of the source frame and is required whenever boxes, masks or a
+    map are present. ``id`` is derived from the content when omitted, so the same evidence gets the same id in
+    every run.
     """
 
     model_config = _ARRAYS
     id: str = ""
+    kind: EvidenceKind
     source: Source
     frame_index: int | None = Field(default=None, ge=0)
     time_s: float | None = Field(default=None, ge=0)
@@ -77,6 +115,12 @@ class Evidence(BaseModel):
     scores: FloatArray = Field(default_factory=lambda: np.zeros(0))
     labels: list[str] = Field(default_factory=list)
     track_ids: IntArray | None = None
+    class_names: list[str] | None = None
+    class_scores: FloatArray | None = None
+    headings: list[Heading] | None = None
+    zones: list[str] | None = None
+    keypoints: FloatArray | None = None
+    embeddings: FloatArray | None = None
     masks: MaskArray | None = None
     anomaly_map: MapArray | None = None
     frame_score: float | None = None
@@ -98,8 +142,9 @@ class Evidence(BaseModel):
         self.boxes = boxes
         n = len(boxes)
         lengths = {"scores": len(self.scores), "labels": len(self.labels)}
-        if self.track_ids is not None:
-            lengths["track_ids"] = len(self.track_ids)
+        for name in ("track_ids", "class_names", "class_scores", "headings", "zones", "keypoints", "embeddings"):
+            if (value := getattr(self, name)) is not None:
+                lengths[name] = len(value)
         if self.masks is not None:
             if self.masks.ndim != 3:
                 raise ValueError(f"masks must have shape (N, H, W), got {self.masks.shape}")
@@ -107,6 +152,10 @@ class Evidence(BaseModel):
         wrong = {k: v for k, v in lengths.items() if v != n}
         if wrong:
             raise ValueError(f"{n} boxes but " + ", ".join(f"{v} {k}" for k, v in wrong.items()))
+        if self.keypoints is not None and (self.keypoints.ndim != 3 or self.keypoints.shape[2] != 3):
+            raise ValueError(f"keypoints must have shape (N, K, 3), got {self.keypoints.shape}")
+        if self.embeddings is not None and self.embeddings.ndim != 2:
+            raise ValueError(f"embeddings must have shape (N, D), got {self.embeddings.shape}")
         needs_size = n > 0 or self.masks is not None or self.anomaly_map is not None
         if needs_size and self.frame_size is None:
             raise ValueError("frame_size (width, height) is required with boxes, masks or an anomaly_map")
@@ -131,24 +180,25 @@ class Evidence(BaseModel):
 
     def _content_id(self) -> str:
         digest = hashlib.sha1()
-        digest.update(self.source.tool.encode())
-        digest.update(repr((self.frame_index, self.labels, self.frame_score, self.text)).encode())
+        digest.update(f"{self.kind.value}|{self.source.tool}".encode())
+        facts = (self.frame_index, self.class_names, self.headings, self.zones, self.frame_score, self.text)
+        digest.update(repr(facts).encode())
         digest.update(np.round(self.boxes, 2).tobytes())
         digest.update(np.round(self.scores, 4).tobytes())
         for m in self.measurements:
-            digest.update(f"{m.name}={m.value:.6g}{m.unit}@{m.object_index}".encode())
+            digest.update(f"{m.kind.value}:{m.name}={m.value:.6g}{m.unit}@{m.object_index}".encode())
         frame = "x" if self.frame_index is None else self.frame_index
         return f"ev-{self.source.tool}-{frame}-{digest.hexdigest()[:8]}"
 
     def __len__(self) -> int:
         return len(self.boxes)
 
-    def broken_rules(self) -> list[tuple[str, float, int | None]]:
-        """``(rule id, severity, object index or None)`` for every rule this evidence records as broken."""
+    def breaches(self) -> list[Breach]:
+        """Every rule this evidence records as broken, with its severity and the object that broke it."""
         return [
-            (m.name[len(RULE_PREFIX) :], m.value, m.object_index)
+            Breach(m.name, m.value, m.object_index)
             for m in self.measurements
-            if m.name.startswith(RULE_PREFIX)
+            if m.kind is MeasurementKind.RULE_SEVERITY
         ]
 
     def track_of(self, object_index: int | None) -> int | None:
@@ -164,9 +214,23 @@ class Evidence(BaseModel):
         return next((i for i, t in enumerate(self.track_ids) if int(t) == track_id), None)
 
     def measurement(self, name: str, object_index: int | None = None) -> Measurement | None:
+        """The quantity ``name`` of object ``object_index`` (None: of the frame), if measured."""
         return next(
-            (m for m in self.measurements if m.name == name and m.object_index == object_index), None
+            (
+                m
+                for m in self.measurements
+                if m.kind is MeasurementKind.QUANTITY and m.name == name and m.object_index == object_index
+            ),
+            None,
         )
+
+    def similarities(self, object_index: int | None = None) -> dict[str, float]:
+        """Text -> cosine similarity, for the object ``object_index`` (or the frame)."""
+        return {
+            m.name: m.value
+            for m in self.measurements
+            if m.kind is MeasurementKind.TEXT_SIMILARITY and m.object_index == object_index
+        }
 
 
 class Track(BaseModel):
@@ -190,10 +254,24 @@ class Track(BaseModel):
         return self
 
 
-class Event(BaseModel):
-    """A time range of anomalous activity (inclusive frame range) with what supports it."""
+class CueReason(BaseModel):
+    """Why a screening cue other than motion calls a range anomalous: a phrase said there (e.g. by captions),
+    the rule of that cue it breaks, and the frames that say it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cue: Literal["captions"]
+    phrase: str
+    rule_id: str
+    sentence: str
+    first_frame: int = Field(ge=0)
+    last_frame: int = Field(ge=0)
+
+
+class Event(BaseModel):
+    """A time range of anomalous activity (inclusive frame range) with what supports it. Built complete and
+    never changed: ``summary`` is the deterministic explanation, built from the same evidence."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
     id: str
     start_frame: int = Field(ge=0)
     end_frame: int = Field(ge=0)
@@ -204,6 +282,7 @@ class Event(BaseModel):
     evidence_ids: list[str] = Field(default_factory=list)
     track_ids: list[int] = Field(default_factory=list)
     rule_ids: list[str] = Field(default_factory=list)
+    reasons: list[CueReason] = Field(default_factory=list)
     summary: str = ""
 
     @model_validator(mode="after")
@@ -254,10 +333,15 @@ class Predicate(BaseModel):
 
 
 class Rule(BaseModel):
-    """A human sentence, the predicate that normal footage satisfies, and where it came from."""
+    """A human sentence, the predicate that normal footage satisfies, and where it came from.
+
+    ``kind``: what the rule describes. Caption rules say what an anomalous (``anomaly``) or a normal
+    (``normal``) frame's caption describes; rules induced from measured facts are ``limit`` rules.
+    """
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["limit", "anomaly", "normal"] = "limit"
     sentence: str
     predicate: Predicate
     margin: float = Field(default=0.0, ge=0)
@@ -266,10 +350,10 @@ class Rule(BaseModel):
 
 
 class Rulebook(BaseModel):
-    """A versioned set of rules for one scene; YAML I/O lives in ``anomalens.rules``."""
+    """A versioned set of rules for one scene; YAML I/O (and reading older versions) lives in ``anomalens.rules``."""
 
     model_config = ConfigDict(extra="forbid")
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     scene: str = ""
     induced_from: list[str] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
@@ -285,6 +369,9 @@ class Rulebook(BaseModel):
                 return rule
         raise KeyError(f"no rule {rule_id!r} (rules: {', '.join(r.id for r in self.rules)})")
 
+    def find(self, rule_id: str) -> Rule | None:
+        return next((r for r in self.rules if r.id == rule_id), None)
+
 
 class Verdict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -299,12 +386,9 @@ Relation = Literal["left_of", "right_of", "above", "below"]
 class Claim(BaseModel):
     """One checkable statement; it must cite at least one evidence id.
 
-    The fields a claim fills depend on its ``kind``: ``rule`` names ``rule_id`` (and ``track_id`` when an
-    object broke it); ``measurement`` names ``quantity`` with ``value`` and ``unit`` (of ``track_id``, or of
-    the frame); ``count`` gives ``value`` (objects in the cited frame); ``object``/``attribute`` give the
-    ``term`` seen (e.g. "bicycle", "moving west"); ``spatial`` gives a ``term`` ("zone r2c1") or a
-    ``relation`` of ``track_id`` to ``other_track_id``; ``temporal`` gives ``frames``. ``text`` is rendered
-    from these fields, so it never says more than what is checked.
+    Which fields a claim of each kind fills is described once, for the LLM and for people, in
+    ``prompts/claims.yaml`` (``kinds``). ``text`` is rendered from the checked fields, so it never says more
+    than what was checked.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -318,6 +402,8 @@ class Claim(BaseModel):
     value: float | None = None
     unit: str | None = None
     term: str | None = None
+    heading: Heading | None = None
+    zone: str | None = None
     relation: Relation | None = None
     other_track_id: int | None = None
     frames: tuple[int, int] | None = None
@@ -325,13 +411,17 @@ class Claim(BaseModel):
 
 
 class Explanation(BaseModel):
-    """Structured answer for one event; the prose is rendered from supported claims only."""
+    """Structured answer for one event; the prose is rendered from supported claims only.
+
+    ``evidence`` holds what the claims cite beyond the screening record (what live tools found, captions
+    read), so an explanation can be checked and shown on its own."""
 
     model_config = ConfigDict(extra="forbid")
     event_id: str  # the event explained, or the question's id in a chat
     generator: str  # "deterministic" or "agent (<backend>:<model>)"
     claims: list[Claim]  # the final claims with their verdicts; only supported ones are said
     first_draft: list[Claim] = Field(default_factory=list)  # the first draft with its verdicts, before revision
+    evidence: list[Evidence] = Field(default_factory=list)
     rounds: int = 0  # revision rounds the verifier asked for
     llm_calls: int = 0
     seconds: float = 0.0

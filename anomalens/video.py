@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,3 +262,20 @@ class FrameSource:
         if not ok or image is None:
             raise MediaError(self._video, f"frame {index} cannot be decoded")
         return self._frame(index, image, None)
+
+
+class FrameReader:
+    """Random access to frames of one input at source resolution (where evidence boxes live), the last few
+    kept: the live tools and the verifier look at the frames that claims cite."""
+
+    def __init__(self, inputs: str | os.PathLike, keep: int = 8, fps: float = DEFAULT_IMAGE_FPS):
+        self.source = FrameSource(inputs, max_side=None, fps=fps)
+        self._kept: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.keep = keep
+
+    def __call__(self, frame_index: int) -> np.ndarray:
+        if frame_index not in self._kept:
+            self._kept[frame_index] = self.source.read(frame_index).image
+            if len(self._kept) > self.keep:
+                self._kept.popitem(last=False)
+        return self._kept[frame_index]

@@ -1,4 +1,4 @@
-"""Foundation-model weights by name (``weights.yaml``), resolved offline.
+"""Foundation-model weights by name (the checkpoints of ``backends.yaml``), resolved offline.
 
 A checkpoint is looked for, in order: the explicit path given; ``<model_dir>/<name>/``; the Hugging Face cache at
 its pinned revision (never downloaded: the cache is read with ``local_files_only``). When none holds it, one
@@ -7,46 +7,21 @@ error names the checkpoint, every place looked and how to provide it.
 
 from __future__ import annotations
 
-import re
-from functools import cache
-from importlib import resources
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict
-
+from anomalens import registry
 from anomalens.errors import WeightsNotFound
 from anomalens.modelstore import model_dir
-
-COMMIT = re.compile(r"[0-9a-f]{40}")
-
-
-class Checkpoint(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    backend: str  # the registry backend that loads it, e.g. "detector:owlv2"
-    repo: str  # Hugging Face repository id
-    revision: str  # a commit, or "main" when not pinned
-    files: list[str]  # a complete copy holds these (relative paths)
-    license: str
-    summary: str
-
-    @property
-    def pinned(self) -> bool:
-        return bool(COMMIT.fullmatch(self.revision))
-
-    def complete(self, folder: Path) -> bool:
-        return folder.is_dir() and all((folder / f).is_file() for f in self.files)
+from anomalens.registry import Checkpoint
 
 
-@cache
 def checkpoints() -> dict[str, Checkpoint]:
-    text = resources.files("anomalens").joinpath("weights.yaml").read_text(encoding="utf-8")
-    return {name: Checkpoint(name=name, **entry) for name, entry in yaml.safe_load(text)["checkpoints"].items()}
+    """Every checkpoint of every backend (``backends.yaml``), by name."""
+    return {c.name: c for b in registry.backends().values() for c in b.checkpoints}
 
 
-def for_backend(backend: str) -> list[Checkpoint]:
-    return [c for c in checkpoints().values() if c.backend == backend]
+def complete(checkpoint: Checkpoint, folder: Path) -> bool:
+    return folder.is_dir() and all((folder / f).is_file() for f in checkpoint.files)
 
 
 def _hf_cache(repo: str, revision: str) -> Path | None:
@@ -74,10 +49,10 @@ def where(name: str, root: Path | None = None) -> tuple[str, Path] | None:
     """("store" | "hf-cache", folder) holding checkpoint ``name`` complete, or None."""
     entry = checkpoints()[name]
     stored = model_dir(root) / name
-    if entry.complete(stored):
+    if complete(entry, stored):
         return "store", stored
     cached = _hf_cache(entry.repo, entry.revision)
-    if cached is not None and entry.complete(cached):
+    if cached is not None and complete(entry, cached):
         return "hf-cache", cached
     return None
 
@@ -87,7 +62,7 @@ def resolve(weights: str | Path | None, backend: str, root: Path | None = None) 
     or None for the backend's first checkpoint that is present."""
     if weights is not None and Path(weights).expanduser().exists():
         return Path(weights).expanduser()
-    known = for_backend(backend)
+    known = list(registry.get(backend).checkpoints)
     if weights is None:
         candidates = known
     elif str(weights) in checkpoints():

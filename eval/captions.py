@@ -14,12 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from anomalens.agents.caption_reasoning import DEFAULT_LLM_FRACTION, SMOOTHING_WIDTH, reason_over_captions
 from anomalens.agents.llm import LLM
 from anomalens.errors import AnomalensError
 from anomalens.eval.metrics import average_precision, best_f1, macro_auc, roc_auc
 from anomalens.events import smooth
-from anomalens.rules.captions import load_rule_text
+from anomalens.pipelines.captions import (
+    DEFAULT_LLM_FRACTION,
+    SMOOTHING_WIDTH,
+    caption_rulebook,
+    reason_over_captions,
+    sentence_embedder,
+)
 from anomalens.tools.caption_scoring import NOVELTY_WEIGHT, CaptionScorer
 from anomalens.tools.captions import ReplayedCaptions
 from anomalens.tools.embeddings import SentenceEmbedder
@@ -69,18 +74,18 @@ def load_caption_dataset(folder: str | Path) -> tuple[dict[str, list[str]], dict
 def run_captions(
     data: str | Path,
     dataset: str,
-    embedder: SentenceEmbedder,
     llm: LLM | None = None,
     *,
+    embedder: SentenceEmbedder | None = None,
     llm_fraction: float = DEFAULT_LLM_FRACTION,
     progress: bool = True,
 ) -> dict:
-    """Score every frame of one dataset with its published rules and measure the scores against its labels."""
+    """Score every frame of one dataset with its published rules and measure the scores against its labels
+    (``embedder``: the settings' sentence embedder unless given)."""
     started = time.perf_counter()
     data = Path(data)
     captions, labels = load_caption_dataset(data)
-    rulebook = load_rule_text(data / RULES_FILE)
-    scorer = CaptionScorer(rulebook, embedder)
+    scorer = CaptionScorer(caption_rulebook(data / RULES_FILE), embedder or sentence_embedder())
     result = reason_over_captions(captions, scorer, llm, llm_fraction=llm_fraction, progress=progress)
     truth = np.concatenate([labels[v] for v in captions])
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from anomalens.agents.llm import LLM
-from anomalens.agents.screening import ScreeningResult, audit
 from anomalens.eval.metrics import roc_auc
 from anomalens.eval.synthetic import Anomaly, SceneSpec, write_scene
-from anomalens.report import GroundTruth, GroundTruthEvent, write_report
-from anomalens.tools.scene import learn_scene
+from anomalens.pipelines import audit, learn_scene
+from anomalens.report import GroundTruth, GroundTruthEvent
+from anomalens.tools.screening import ScreeningResult
 
 DEMO_ANOMALIES = (
     Anomaly("cyclist", 15),
@@ -35,7 +35,9 @@ class DemoResult:
     events: int
 
 
-def ground_truth_metrics(result: ScreeningResult, labels: np.ndarray, truth: list[GroundTruthEvent]) -> dict[str, float]:
+def ground_truth_metrics(
+    result: ScreeningResult, labels: np.ndarray, truth: list[GroundTruthEvent]
+) -> dict[str, float]:
     """Frame AUROC of the smoothed scores and how many true events an event overlaps."""
 
     def overlaps(e, g) -> bool:
@@ -53,11 +55,11 @@ def run_demo(
     out_dir: str | Path,
     seed: int = 0,
     progress: bool = True,
+    explainer: str | None = None,
     llm: LLM | None = None,
-    explainer: str = "deterministic",
 ) -> DemoResult:
     """Render a normal clip and a test clip of one walkway, learn the scene, audit the test clip, report
-    (events explained by the agent with ``llm``, else by the deterministic explainer)."""
+    (events explained by the agent with ``llm`` or the one ``explainer`` chooses, else deterministically)."""
     out = Path(out_dir)
     scene_files = out / "scene"
     normal = write_scene(SceneSpec(n_frames=NORMAL_FRAMES, seed=2 * seed + 1, camera_seed=seed), scene_files / "normal")
@@ -65,19 +67,19 @@ def run_demo(
         SceneSpec(n_frames=DEMO_FRAMES, seed=2 * seed + 2, camera_seed=seed, anomalies=DEMO_ANOMALIES),
         scene_files / "test",
     )
-    scene = learn_scene([normal.video], progress=progress)
-    scene.save(out / "learned")
+    scene = learn_scene([normal.video], out=out / "learned", progress=progress)
     labels = np.asarray(json.loads(test.labels.read_text())["labels"])
     truth = [GroundTruthEvent(**e) for e in json.loads(test.events.read_text())]
-    result, report, keyframes = audit(
-        scene.open(test.video),
+    result = audit(
+        test.video,
         scene,
+        out=out,
         title="anomalens demo: synthetic walkway",
         ground_truth=GroundTruth(labels=labels.tolist(), events=truth),
         metrics=lambda r: ground_truth_metrics(r, labels, truth),
-        llm=llm,
         explainer=explainer,
+        llm=llm,
         progress=progress,
     )
-    json_path, html_path = write_report(report, keyframes, out)
-    return DemoResult(json_path, html_path, report.metrics, len(result.events))
+    json_path, html_path = result.files
+    return DemoResult(json_path, html_path, result.report.metrics, len(result.events))

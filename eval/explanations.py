@@ -19,7 +19,7 @@ import numpy as np
 
 from anomalens.errors import AnomalensError
 from anomalens.report import true_runs
-from anomalens.types import Claim, Evidence, Explanation
+from anomalens.types import Claim, Evidence, Explanation, MeasurementKind
 
 PED2_FPS = 10.0
 TOLERANCE = 0.10  # relative, for numbers
@@ -42,16 +42,20 @@ def judge(claim: Claim, evidence: dict[str, Evidence], captions: list[str], labe
         return [k for k, t in enumerate(ids) if claim.track_id is None or t == claim.track_id]
 
     if claim.kind == "rule":
-        name = f"rule:{claim.rule_id}"
         return any(
-            m.name == name and m.value > 1.0 and (claim.track_id is None or m.object_index in objects(ev))
+            m.kind is MeasurementKind.RULE_SEVERITY
+            and m.name == claim.rule_id
+            and m.value > 1.0
+            and (claim.track_id is None or m.object_index in objects(ev))
             for ev in cited
             for m in ev.measurements
         )
     if claim.kind == "measurement":
         for ev in cited:
             for m in ev.measurements:
-                if m.name != claim.quantity or (claim.track_id is not None and m.object_index not in objects(ev)):
+                if m.kind is not MeasurementKind.QUANTITY or m.name != claim.quantity:
+                    continue
+                if claim.track_id is not None and m.object_index not in objects(ev):
                     continue
                 value = m.value * (PED2_FPS if (m.unit, claim.unit) == ("px/frame", "px/s") else 1.0)
                 if claim.unit not in (None, m.unit, "px/s"):
@@ -61,15 +65,20 @@ def judge(claim: Claim, evidence: dict[str, Evidence], captions: list[str], labe
         return False
     if claim.kind == "count":
         return any(ev.text is None and len(ev.boxes) == round(claim.value or -1) for ev in cited)
-    if claim.kind in ("object", "attribute") or (claim.kind == "spatial" and claim.relation is None):
+    if claim.kind == "object":
         wanted = _words(claim.term or "")
         for ev in cited:
             if ev.text is not None and claim.track_id is None and ev.frame_index < len(captions):
                 if wanted and wanted <= _words(captions[ev.frame_index]):
                     return True
-            if any(wanted and wanted <= _words(ev.labels[k]) for k in objects(ev)):
+            if ev.class_names is not None and any(wanted and wanted == _words(ev.class_names[k]) for k in objects(ev)):
                 return True
         return False
+    if claim.kind == "attribute":
+        return any(ev.headings is not None and claim.heading in [ev.headings[k] for k in objects(ev)] for ev in cited)
+    if claim.kind == "spatial" and claim.relation is None:
+        zone = (claim.zone or "").removeprefix("zone ").strip()
+        return any(ev.zones is not None and any(ev.zones[k] == zone for k in objects(ev)) for ev in cited)
     if claim.kind == "spatial":
         for ev in cited:
             ids = [] if ev.track_ids is None else [int(t) for t in ev.track_ids]
@@ -104,21 +113,19 @@ def box_mask_iou(box: np.ndarray, mask: np.ndarray) -> float:
 
 
 def run_explanations(
-    data: str | Path, llm, *, embedder=None, max_events: int | None = None, progress: bool = True
+    data: str | Path, llm, *, captions: bool = True, max_events: int | None = None, progress: bool = True
 ) -> dict:
     """Learn Ped2's scene, screen its test videos, explain every event with ``llm``, judge the claims.
 
-    With a sentence ``embedder``, screening also reasons over the replayed captions with the rules AnomalyRuler
-    published for Ped2 (``vlm_captions/ped2/published_rules.txt``), as ``audit --caption-rules`` does."""
-    from anomalens.agents.caption_reasoning import caption_cue
+    With ``captions``, screening also reasons over the replayed captions with the rules AnomalyRuler published
+    for Ped2 (``vlm_captions/ped2/published_rules.txt``), as ``audit --caption-rules`` does."""
     from anomalens.agents.graph import explain_events
-    from anomalens.agents.index import index_from_screening
-    from anomalens.agents.screening import screen
     from anomalens.eval.ped2 import _videos
-    from anomalens.rules.captions import load_rule_text
+    from anomalens.pipelines import learn_scene
+    from anomalens.pipelines.audit import index_video, screen_video
+    from anomalens.pipelines.captions import caption_cue, caption_rulebook, sentence_embedder
     from anomalens.tools.caption_scoring import CaptionScorer
     from anomalens.tools.captions import ReplayedCaptions
-    from anomalens.tools.scene import SceneScorer, learn_scene
 
     data = Path(data)
     ped2, caption_dir = data / "ucsd_ped2", data / "vlm_captions" / "ped2" / "captions"
@@ -127,9 +134,9 @@ def run_explanations(
     labels = json.loads((ped2 / "labels.json").read_text())
     started = time.perf_counter()
     rules = data / "vlm_captions" / "ped2" / "published_rules.txt"
-    caption_scorer = CaptionScorer(load_rule_text(rules), embedder) if embedder is not None else None
+    caption_scorer = CaptionScorer(caption_rulebook(rules), sentence_embedder()) if captions else None
     screening_llm_calls = 0
-    scene = learn_scene([str(v) for v in _videos(ped2 / "train")], fps=PED2_FPS, progress=progress)
+    scene = learn_scene(_videos(ped2 / "train"), fps=PED2_FPS, progress=progress)
     drafted, said, per_video_iou, detected_iou, localization, details = [], [], {}, {}, [], []
     explanations: list[Explanation] = []
     remaining = max_events
@@ -138,17 +145,15 @@ def run_explanations(
             break
         truth = np.asarray(labels[video.name], dtype=bool)
         captions_file = caption_dir / f"test_{video.name}.txt"
-        captions = captions_file.read_text().splitlines()
-        source = scene.open(video)
-        scorer = SceneScorer(scene, source.fps)
-        cue = None
+        caption_lines = captions_file.read_text().splitlines()
+        cues = []
         if caption_scorer is not None:
-            cue = caption_cue(ReplayedCaptions.load(captions_file, PED2_FPS), caption_scorer, llm, progress=False)
-            screening_llm_calls += cue.llm_calls
-        result = screen(source, scorer, rulebook=scene.rulebook, caption_cue=cue, progress=False)
-        index = index_from_screening(
-            result, tracks=scorer.analyzer.tracks(), rulebook=scene.rulebook, captions_file=captions_file
-        )
+            replay = ReplayedCaptions.load(captions_file, PED2_FPS)
+            cues.append(caption_cue(replay, caption_scorer, llm, progress=False))
+            screening_llm_calls += cues[0].llm_calls
+        screened = screen_video(scene.open(video), scene, cues=cues, progress=False)
+        result = screened.result
+        index = index_video(screened, scene, captions=captions_file)
         event_ids = [e.id for e in result.events][:remaining]
         if remaining is not None:
             remaining -= len(event_ids)
@@ -156,6 +161,7 @@ def run_explanations(
         explanations += found
         records = {ev.id: ev for ev in index.evidence}
         for explanation in found:
+            records.update({ev.id: ev for ev in explanation.evidence})  # what live tools found
             for claim in explanation.claims + explanation.first_draft:  # captions the agent read
                 for evidence_id in claim.evidence_ids:
                     if (ev := index.get(evidence_id)) is not None:
@@ -183,8 +189,8 @@ def run_explanations(
                     ],
                 }
             )
-            drafted += [judge(c, records, captions, truth) for c in explanation.first_draft]
-            said += [judge(c, records, captions, truth) for c in explanation.supported]
+            drafted += [judge(c, records, caption_lines, truth) for c in explanation.first_draft]
+            said += [judge(c, records, caption_lines, truth) for c in explanation.supported]
             if explanation.supported:
                 event = index.event(explanation.event_id)
                 predicted[event.start_frame : event.end_frame + 1] = True
@@ -195,7 +201,7 @@ def run_explanations(
     return {
         "dataset": "ucsd_ped2",
         "llm": f"{llm.backend}:{llm.model}",
-        "screening": "motion + caption rules (" + rules.name + ")" if caption_scorer is not None else "motion",
+        "screening": "motion + caption rules (" + rules.name + ")" if captions else "motion",
         "screening_llm_calls": screening_llm_calls,
         "events": events,
         "claims": len(drafted),

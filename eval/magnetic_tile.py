@@ -13,11 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anomalens.agents.perception import Perception
-from anomalens.agents.zero_shot import ImageInspector, read_image
 from anomalens.errors import AnomalensError
 from anomalens.eval.metrics import roc_auc
-from anomalens.progress import track
+from anomalens.pipelines.explain import inspect_images
+from anomalens.tools.inspect import read_image
+from anomalens.tools.perception import Perception
 from anomalens.video import natural_key
 
 NORMAL_CLASS = "Free"
@@ -57,15 +57,10 @@ def run_magnetic_tile(
     started = time.perf_counter()
     classes = load_tiles(data)
     normal = classes[NORMAL_CLASS][:shots]
-    inspector = ImageInspector(perception)
-    if shots:
-        inspector.fit(normal)
     tests = [(name, path) for name, paths in classes.items() for path in [p for p in paths if p not in normal][:limit]]
+    report = inspect_images([path for _, path in tests], normal, perception, progress=progress)
     labels, scores, pixel_labels, pixel_scores, names = [], [], [], [], []
-    for name, path in track(
-        tests, f"magnetic tiles ({inspector.method}, {shots}-shot)", total=len(tests), enabled=progress
-    ):
-        finding = inspector.inspect(path)
+    for (name, path), finding in zip(tests, report.findings):
         shape = read_image(path).shape[:2]
         labels.append(name != NORMAL_CLASS)
         scores.append(finding.score)
@@ -86,7 +81,7 @@ def run_magnetic_tile(
         if name != NORMAL_CLASS
     }
     return {
-        "method": inspector.method,
+        "method": report.method,
         "shots": shots,
         "image_auroc": roc_auc(labels, scores),
         "image_auroc_per_class": per_class,

@@ -13,7 +13,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anomalens.agents.screening import screen
 from anomalens.errors import AnomalensError
 from anomalens.eval.metrics import (
     average_precision,
@@ -24,8 +23,9 @@ from anomalens.eval.metrics import (
 )
 from anomalens.events import smooth
 from anomalens.geometry import box_iou
+from anomalens.pipelines import learn_scene
+from anomalens.pipelines.audit import screen_video
 from anomalens.progress import track
-from anomalens.tools.scene import SceneScorer, learn_scene
 from anomalens.video import natural_key
 
 PED2_FPS = 10.0
@@ -67,7 +67,7 @@ def run_ped2(data: str | Path, *, progress: bool = True) -> dict:
         raise AnomalensError(f"{data}: not a UCSD Ped2 folder (no labels.json); see ../shared/data/README.md")
     labels = json.loads(labels_path.read_text())
     started = time.perf_counter()
-    scene = learn_scene([str(v) for v in _videos(data / "train")], fps=PED2_FPS, progress=progress)
+    scene = learn_scene(_videos(data / "train"), fps=PED2_FPS, progress=progress)
     train_seconds = time.perf_counter() - started
 
     test_videos = _videos(data / "test")
@@ -90,7 +90,7 @@ def run_ped2(data: str | Path, *, progress: bool = True) -> dict:
                 video_cues[name].append(value)
 
         source = scene.open(video)
-        result = screen(source, SceneScorer(scene, source.fps), rulebook=scene.rulebook, observe=observe, progress=False)
+        result = screen_video(source, scene, observe=observe, progress=False).result
         pipeline_seconds += result.seconds
         truth = np.asarray(labels[video.name])
         if len(truth) != len(result.scores):
@@ -140,7 +140,7 @@ def run_ped2(data: str | Path, *, progress: bool = True) -> dict:
 
 def cue_values(evidence) -> dict[str, float]:
     """The fused score's parts for one frame: rule severities (objects and frame), flow novelty, reconstruction."""
-    frame_rules = [severity for _, severity, index in evidence.broken_rules() if index is None]
+    frame_rules = [b.severity for b in evidence.breaches() if b.object_index is None]
     return {
         "rules": max([float(evidence.scores.max(initial=0.0)), *frame_rules]),
         "flow_novelty": evidence.measurement("flow_novelty").value,

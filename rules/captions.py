@@ -9,8 +9,9 @@ The text has section headings and numbered (or bulleted) items under them::
     1. Walking alone or with another person
 
 A heading that mentions "anomal" opens anomaly rules, one that mentions "normal" opens normal ones. An
-anomaly item becomes ``caption not_in [its phrases]`` (normal footage does not describe them); a normal item
-becomes ``caption in [its phrases]``. Its phrases are the alternatives the item lists ("Running or jumping"
+anomaly item becomes a rule of kind ``anomaly`` with ``caption not_in [its phrases]`` (normal footage does not
+describe them); a normal item one of kind ``normal`` with ``caption in [its phrases]``. Its phrases are the
+alternatives the item lists ("Running or jumping"
 -> "Running", "jumping"), which the caption scorer matches by meaning.
 """
 
@@ -69,6 +70,7 @@ def parse_rule_text(text: str, source: str = "rules") -> Rulebook:
         rules.append(
             Rule(
                 id=f"{kind}-{counts[kind]}",
+                kind=kind,
                 sentence=sentence,
                 predicate=Predicate(
                     fact="caption", op="not_in" if kind == "anomaly" else "in", value=phrases_of(sentence)
@@ -92,4 +94,4 @@ def load_rule_text(path: str | Path) -> Rulebook:
 def caption_rules(rulebook: Rulebook) -> tuple[list[Rule], list[Rule]]:
     """The enabled caption rules of ``rulebook``: (anomaly rules, normal rules)."""
     enabled = [r for r in rulebook.rules if r.enabled and r.predicate.fact == "caption"]
-    return [r for r in enabled if r.predicate.op == "not_in"], [r for r in enabled if r.predicate.op == "in"]
+    return [r for r in enabled if r.kind == "anomaly"], [r for r in enabled if r.kind == "normal"]

@@ -44,6 +44,20 @@ def _line_of(node: yaml.Node | None, location: tuple) -> int | None:
     return line
 
 
+def _upgrade(data: dict) -> dict:
+    """A rulebook of an earlier schema in today's: version 1 had no rule kinds, and told a caption rule's kind by
+    its operator (``not_in``: anomaly, ``in``: normal)."""
+    if data.get("schema_version", 1) != 1:
+        return data
+    rules = []
+    for rule in data.get("rules") or []:
+        predicate = rule.get("predicate") if isinstance(rule, dict) else None
+        if isinstance(predicate, dict) and predicate.get("fact") == "caption" and "kind" not in rule:
+            rule = {**rule, "kind": "anomaly" if predicate.get("op") == "not_in" else "normal"}
+        rules.append(rule)
+    return {**data, "schema_version": 2, "rules": rules}
+
+
 def load_rulebook(path: str | Path) -> Rulebook:
     """Read a rulebook; malformed YAML or fields raise ``ConfigError`` naming file, line and field."""
     path = Path(path)
@@ -59,6 +73,7 @@ def load_rulebook(path: str | Path) -> Rulebook:
         raise ConfigError(f"{path}{where}: invalid YAML: {error.problem or error.context}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a rulebook is a mapping with a 'rules' list, got {type(data).__name__}")
+    data = _upgrade(data)
     try:
         return Rulebook.model_validate(data)
     except ValidationError as error:

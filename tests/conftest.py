@@ -72,8 +72,8 @@ def tiny_weights(tmp_path_factory):
 def tiny_perception(tiny_weights):
     """Every foundation tool, loaded by its real loader from tiny random weights."""
     from anomalens import registry
-    from anomalens.agents.perception import Perception
     from anomalens.tools.clip import ClipScorer
+    from anomalens.tools.perception import Perception
 
     def load(backend: str):
         return registry.load(backend).load(tiny_weights(backend))

@@ -12,17 +12,18 @@ from pathlib import Path
 import pytest
 
 from anomalens.agents.chat import ChatSession
-from anomalens.agents.graph import MAX_STEPS, Agent, build_graph, explain_events, open_explainer
-from anomalens.agents.index import VideoIndex, index_from_screening
+from anomalens.agents.graph import MAX_STEPS, Agent, build_graph, explain_events
+from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.agents.llm import Message, ToolCall
 from anomalens.agents.llm.scripted import ScriptedLLM
-from anomalens.agents.screening import audit, screen
 from anomalens.agents.verify import Verifier
 from anomalens.config import load_settings
 from anomalens.errors import AnomalensError
 from anomalens.eval.synthetic import Anomaly, SceneSpec, write_scene
+from anomalens.pipelines import audit, learn_scene
+from anomalens.pipelines.audit import index_video, open_explainer, screen_video
 from anomalens.report import render_html
-from anomalens.tools.scene import SceneScorer, learn_scene
+from anomalens.tools.perception import Perception
 from anomalens.types import Claim, Explanation
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "agent_graph.txt"
@@ -57,12 +58,8 @@ def scene_and_video(tmp_path_factory):
 @pytest.fixture(scope="module")
 def index(scene_and_video):
     scene, test, captions = scene_and_video
-    source = scene.open(test.video)
-    scorer = SceneScorer(scene, source.fps)
-    result = screen(source, scorer, rulebook=scene.rulebook, progress=False)
-    built = index_from_screening(
-        result, tracks=scorer.analyzer.tracks(), rulebook=scene.rulebook, captions_file=captions, every_frame=True
-    )
+    screened = screen_video(scene.open(test.video), scene, progress=False)
+    built = index_video(screened, scene, captions=captions, every_frame=True)
     assert len(built.events) >= 2, "the scene should give a cyclist event and a lawn event"
     return built
 
@@ -107,13 +104,13 @@ def test_a_direct_answer_is_verified_and_only_verified_claims_are_said(index):
     assert explanation.llm_calls == 2 and explanation.rounds == 1
     # The revision request names the failed claim and its reason, in the answer tool's result.
     revision = llm.calls[1]["messages"][-1]
-    assert revision.role == "tool" and "99" in revision.content and "re-measured" in revision.content
+    assert revision.role == "tool" and "99" in revision.content and "recorded" in revision.content
     rule = next(c for c in explanation.supported if c.kind == "rule")
     assert index.rulebook.get(rule.rule_id).sentence.rstrip(".") in explanation.prose
 
 
 def test_the_caption_rule_an_event_breaks_is_offered_as_a_fact_and_verified(scene_and_video):
-    from anomalens.agents.caption_reasoning import caption_cue
+    from anomalens.pipelines.captions import caption_cue
     from anomalens.rules.captions import parse_rule_text
     from anomalens.tools.caption_scoring import CaptionScorer
     from anomalens.tools.captions import ReplayedCaptions
@@ -124,11 +121,10 @@ def test_the_caption_rule_an_event_breaks_is_offered_as_a_fact_and_verified(scen
         ReplayedCaptions.load(captions), CaptionScorer(parse_rule_text(RULES, "rules.txt"), BagOfWords()),
         progress=False,
     )
-    source = scene.open(test.video)
-    result = screen(source, SceneScorer(scene, source.fps), rulebook=scene.rulebook, caption_cue=cue, progress=False)
-    built = index_from_screening(result, rulebook=scene.rulebook, captions_file=captions)
-    (event,) = [e for e in built.events if e.id in built.caption_reasons]
-    said = built.caption_reasons[event.id]
+    screened = screen_video(scene.open(test.video), scene, cues=[cue], progress=False)
+    built = index_video(screened, scene, captions=captions)
+    (event,) = [e for e in built.events if e.reasons]
+    (said,) = event.reasons
     assert (said.phrase, said.rule_id) == ("riding a bicycle", "anomaly-2") and said.last_frame < 70
     assert 'describe "riding a bicycle"' in event.summary
 
@@ -196,15 +192,16 @@ def test_malformed_replies_are_corrected_then_the_budget_ends_the_attempt(index)
 def test_each_claim_kind_requires_its_fields_so_a_grammar_cannot_leave_them_out(index):
     from pydantic import ValidationError
 
+    from anomalens.agents.claims import Answer
     from anomalens.agents.llm import tool_parameters
-    from anomalens.agents.toolbox import Answer
 
     variants = tool_parameters(Answer)["properties"]["claims"]["items"]["oneOf"]
     required = {v["properties"]["kind"].get("const", "/".join(v["properties"]["kind"].get("enum", []))): v["required"]
                 for v in variants}  # fmt: skip
     assert required["count"] == ["kind", "cite", "value"]
     assert required["measurement"] == ["kind", "cite", "quantity", "value"]
-    assert required["object/attribute"] == ["kind", "cite", "term"]
+    assert required["object"] == ["kind", "cite", "term"]
+    assert required["attribute"] == ["kind", "cite", "heading", "track"]
     assert required["temporal"] == ["kind", "cite", "frames"]
     assert all("discriminator" not in json.dumps(v) and "$defs" not in json.dumps(v) for v in variants)
     with pytest.raises(ValidationError, match="value"):
@@ -296,21 +293,42 @@ def test_object_claims_are_grounded_in_captions_and_labels(index):
     pinned = Claim(id="c6", kind="object", term="bicycle", track_id=0, evidence_ids=[caption.id])
     assert verifier.verify(pinned, cyclist).status == "unsupported"
     peak = index.frame_evidence(cyclist.peak_frame)
-    heading = peak.labels[0].split(" in zone ")[0].split(" ", 1)[1]  # e.g. "moving E"
+    heading, zone, track = peak.headings[0], peak.zones[0], int(peak.track_ids[0])
+
+    def status(**fields):
+        return verifier.verify(Claim(id="c", track_id=track, evidence_ids=[peak.id], **fields)).status
+
+    # Headings and zones are checked against the frame's typed fields: the recorded one holds, any other fails.
+    assert status(kind="attribute", heading=heading) == "supported"
+    others = [h for h in ("E", "W", "N", "S", "still") if h != heading]
+    assert {status(kind="attribute", heading=h) for h in others} == {"unsupported"}
+    assert status(kind="spatial", zone=zone) == status(kind="spatial", zone=f"zone {zone}") == "supported"
+    assert status(kind="spatial", zone="r9c9") == "unsupported"
+    # A frame of motion blobs does not know what its objects are: a class claim needs a detector's evidence.
+    assert status(kind="object", term="object") == "unsupported"
+
+
+def test_a_caption_word_claimed_of_a_frame_or_a_missing_frame_is_told_what_to_cite(index):
+    verifier = Verifier(index)
+    cyclist = first_event(index)
+    peak = index.frame_evidence(cyclist.peak_frame)
     track = int(peak.track_ids[0])
-    assert (
-        verifier.verify(Claim(id="c3", kind="attribute", term=heading, track_id=track, evidence_ids=[peak.id])).status
-        == "supported"
-    )
-    zone = peak.labels[0].split(" in ")[-1]
-    other = "zone r9c9" if zone != "zone r9c9" else "zone r0c0"
-    assert (
-        verifier.verify(Claim(id="c4", kind="spatial", term=zone, track_id=track, evidence_ids=[peak.id])).status
-        == "supported"
-    )
-    assert (
-        verifier.verify(Claim(id="c5", kind="spatial", term=other, track_id=track, evidence_ids=[peak.id])).status
-        == "unsupported"
+    # Motion blobs have no class; the cyclist's captions say "bicycle".
+    claim = Claim(id="c", kind="object", term="bicycle", track_id=track, evidence_ids=[peak.id])
+    wrong = verifier.verify(claim, cyclist)
+    frames = [cyclist.peak_frame, *range(cyclist.start_frame, cyclist.end_frame + 1)]  # the cited frame first
+    said = next(k for k in frames if "bicycle" in index.caption(k).text)
+    assert wrong.status == "unsupported"
+    assert wrong.reason.endswith(f"; C{said} mentions it: cite C{said}, without track")
+    told = Claim(id="c", kind="object", term="bicycle", evidence_ids=[EvidenceBook(index).resolve(f"C{said}")])
+    assert verifier.verify(told, cyclist).status == "supported"
+    # A frame handle with no evidence is told the event's nearest frame that has some (here: every even one).
+    kept = [ev for ev in index.evidence if ev.frame_index % 2 == 0]
+    even = VideoIndex.model_validate(index.model_dump() | {"evidence": kept})
+    missing = (cyclist.start_frame + 1) | 1  # odd, and after an even frame of the event
+    nowhere = Verifier(even).verify(Claim(id="c", kind="count", value=1, evidence_ids=[f"F{missing}"]), cyclist)
+    assert nowhere.reason == (
+        f"cites F{missing}, which is not in the evidence; the event's nearest frame with evidence is F{missing - 1}"
     )
 
 
@@ -354,17 +372,18 @@ def test_a_rule_claim_citing_the_wrong_frame_is_told_which_frame_records_it(inde
     recording = [
         (ev, rule_id, ev.track_of(i))
         for ev in map(index.get, event.evidence_ids)
-        for rule_id, _, i in ev.broken_rules()
+        for rule_id, _, i in ev.breaches()
         if i is not None
     ]
     ev, rule_id, track = recording[0]
     other = next(
         index.get(i) for i in event.evidence_ids
-        if not any(r == rule_id and index.get(i).track_of(k) == track for r, _, k in index.get(i).broken_rules())
+        if not any(r == rule_id and index.get(i).track_of(k) == track for r, _, k in index.get(i).breaches())
     )  # fmt: skip
     wrong = verifier.verify(Claim(id="c", kind="rule", rule_id=rule_id, track_id=track, evidence_ids=[other.id]), event)
-    assert wrong.status == "unsupported" and wrong.reason.endswith(f"; {index.handle(ev)} records it")
-    right = Claim(id="c", kind="rule", rule_id=rule_id, track_id=track, evidence_ids=[index.resolve(index.handle(ev))])
+    assert wrong.status == "unsupported" and wrong.reason.endswith(f"; {handle(ev)} records it")
+    cited = EvidenceBook(index).resolve(handle(ev))
+    right = Claim(id="c", kind="rule", rule_id=rule_id, track_id=track, evidence_ids=[cited])
     assert verifier.verify(right, event).status == "supported"
     nowhere = Claim(id="c", kind="rule", rule_id=rule_id, track_id=-5, evidence_ids=[other.id])
     assert "records it" not in verifier.verify(nowhere, event).reason
@@ -391,9 +410,9 @@ def test_a_measurement_citing_the_wrong_frame_is_told_which_frame_measured_it(in
     first = next(
         ev for ev in map(index.get, event.evidence_ids) if verifier.verify(citing(ev), event).status == "supported"
     )
-    assert wrong.reason.endswith(f"; {index.handle(first)} measured {measured.value:g}")
+    assert wrong.reason.endswith(f"; {handle(first)} recorded {measured.value:g}")
     nowhere = claim.model_copy(update={"value": 1e6})
-    assert "measured 1e+06" not in verifier.verify(nowhere, event).reason
+    assert "recorded 1e+06" not in verifier.verify(nowhere, event).reason
 
 
 def test_a_frame_quantity_claimed_as_a_rule_or_for_a_track_is_told_how_to_claim_it(index):
@@ -422,18 +441,19 @@ def test_audit_report_shows_each_claim_with_its_verdict_and_evidence(scene_and_v
         return answer(facts_in(messages)[:2] + [{"kind": "count", "cite": ["F0"], "value": 42}])
 
     llm = ScriptedLLM([from_digest, answer([])] * 10)
-    result, report, keyframes = audit(scene.open(test.video), scene, llm=llm, captions=captions, progress=False)
+    result = audit(test.video, scene, llm=llm, captions=captions, perception=Perception(), progress=False)
+    report = result.report
     assert report.explainer == "agent (scripted:script)" and len(report.explanations) == len(result.events)
-    page = render_html(report, keyframes)
+    page = render_html(report, result.keyframes)
     for explanation in report.explanations:
         event = next(e for e in report.events if e.id == explanation.event_id)
-        assert event.summary == explanation.prose != ""
+        assert report.why(event) == explanation.prose != "" and event.summary.startswith("From ")
+        assert explanation.prose in page
     assert page.count('class="supported"') >= len(report.events) and 'class="unsupported"' in page
     assert "not said: count" in page and "42" in page  # the rejected claim is shown as not said, with its value
-    plain, plain_report, _ = audit(
-        scene.open(test.video), scene, explainer="deterministic (no LLM: test)", progress=False
-    )
-    assert plain_report.explainer == "deterministic (no LLM: test)" and plain_report.explanations == []
+    plain = audit(test.video, scene, explainer="deterministic", progress=False).report
+    assert plain.explainer == "deterministic" and plain.explanations == []
+    assert all(plain.why(e) == e.summary for e in plain.events)
 
 
 def test_explainer_choice(tmp_path):
@@ -602,7 +622,7 @@ def test_chat_command_answers_and_resumes_a_session(scene_and_video, tmp_path):
 
 
 def test_chat_index_refuses_missing_inputs_by_name(tmp_path):
-    from anomalens.agents.chat import video_index
+    from anomalens.pipelines.chat import video_index
 
     with pytest.raises(AnomalensError, match="nowhere.avi: not found"):
         video_index(tmp_path / "nowhere.avi", cache_dir=tmp_path)
@@ -619,7 +639,8 @@ def test_claims_verified_before_the_budget_ran_out_are_still_said(index):
 
 
 def test_the_agent_calls_every_present_foundation_tool_and_cites_what_it_found(index, tiny_perception):
-    from anomalens.agents.perception import ClipGrounder, DetectorGrounder, FrameReader
+    from anomalens.agents.verify import ClipGrounder, DetectorGrounder
+    from anomalens.video import FrameReader
 
     fresh = VideoIndex.model_validate(index.model_dump() | {"captions_file": None})  # the live captioner's turn
     event = first_event(fresh)
@@ -653,17 +674,22 @@ def test_the_agent_calls_every_present_foundation_tool_and_cites_what_it_found(i
     graph = build_graph(agent)
     values = graph.invoke({"queue": [event.id]}, {"recursion_limit": 80})
     (explanation,) = [Explanation.model_validate(x) for x in values["explanations"]]
-    for call_id, handle in (("d", "D"), ("m", "M"), ("s", "S"), ("c", "C")):
-        assert results[call_id].startswith(f"[{handle}{frame}]"), results[call_id]
-    detected = fresh.get(fresh.resolve(f"D{frame}"))
-    assert detected.source.tool == "detect" and detected.frame_size == fresh.source_size
-    outlined = fresh.get(fresh.resolve(f"S{frame}"))
+    for call_id, letter in (("d", "D"), ("m", "M"), ("s", "S"), ("c", "C")):
+        assert results[call_id].startswith(f"[{letter}{frame}]"), results[call_id]
+    # What the live tools found is in the graph's state (the index is never changed), and the explanation
+    # carries what its claims cite.
+    book = agent.book(values)
+    assert fresh.get(book.resolve(f"D{frame}")) is None
+    detected = book.find(f"D{frame}")
+    assert detected.kind == "detection" and detected.frame_size == fresh.source_size
+    outlined = book.find(f"S{frame}")
     assert outlined.masks.shape == (1, fresh.source_size[1], fresh.source_size[0])
     assert outlined.track_ids.tolist() == [track]
-    assert fresh.get(fresh.resolve(f"C{frame}")).source.backend == "transformers"
+    assert book.find(f"C{frame}").source.backend == "transformers"
+    assert {ev.id for ev in explanation.evidence} == {book.resolve(f"D{frame}"), book.resolve(f"M{frame}")}
     by_term = {c.term: c.verdict for c in explanation.first_draft}
-    # A detection labelled with the prompt supports "bicycle" exactly when the detector found one.
-    assert (by_term["bicycle"].status == "supported") == (len(detected) > 0)
+    # A detection supports "bicycle" exactly when the detector classed a box as one.
+    assert (by_term["bicycle"].status == "supported") == ("bicycle" in detected.class_names)
     assert [type(g) for g in agent.verifier.grounders] == [DetectorGrounder, ClipGrounder]
 
     # The grounders decide claims that labels and captions cannot.

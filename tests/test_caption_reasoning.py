@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from anomalens.agents.caption_reasoning import SMOOTHING_WIDTH, reason_over_captions
 from anomalens.agents.llm.scripted import ScriptedLLM
 from anomalens.errors import AnomalensError, ConfigError
 from anomalens.events import smooth
+from anomalens.pipelines.captions import SMOOTHING_WIDTH, reason_over_captions
 from anomalens.rules.captions import caption_rules, parse_rule_text, phrases_of
 from anomalens.rules.engine import RuleIndex
 from anomalens.rules.io import load_rulebook, save_rulebook
@@ -75,9 +75,10 @@ def test_rule_text_becomes_caption_rules_of_both_kinds():
     assert [r.id for r in anomaly] == ["anomaly-1", "anomaly-2", "anomaly-3"]
     assert [r.id for r in normal] == ["normal-1", "normal-2", "normal-3"]
     assert anomaly[1].sentence == "Riding a bicycle or scooter, skateboarding"
-    assert anomaly[1].predicate.op == "not_in"
+    assert anomaly[1].kind == "anomaly" and anomaly[1].predicate.op == "not_in"
     assert anomaly[1].predicate.value == ["Riding a bicycle", "scooter", "skateboarding"]
-    assert normal[0].predicate.op == "in" and normal[0].predicate.value == ["Walking alone", "with another person"]
+    assert normal[0].kind == "normal" and normal[0].predicate.op == "in"
+    assert normal[0].predicate.value == ["Walking alone", "with another person"]
     assert rulebook.scene == "scene" and rulebook.induced_from == ["scene/rules.txt"]
 
 

@@ -3,22 +3,27 @@
 import numpy as np
 
 from anomalens.eval.explanations import box_mask_iou, judge
-from anomalens.types import Claim, Evidence, Measurement, Source
+from anomalens.types import Claim, Evidence, EvidenceKind, Measurement, MeasurementKind, Source
 
 FRAME = Evidence(
+    kind=EvidenceKind.FRAME,
     source=Source(tool="scene"),
     frame_index=5,
     frame_size=(100, 80),
     boxes=np.array([[10.0, 10.0, 20.0, 30.0], [50.0, 10.0, 60.0, 30.0]]),
     scores=np.array([2.0, 0.1]),
-    labels=["object moving E in zone r1c0", "object standing still in zone r1c2"],
+    labels=["display text only", "never read"],
     track_ids=np.array([7, 8]),
+    headings=["E", "still"],
+    zones=["r1c0", "r1c2"],
     measurements=[
         Measurement(name="speed", value=4.0, unit="px/frame", object_index=0),
-        Measurement(name="rule:speed-r1c0", value=2.5, unit="ratio", object_index=0),
+        Measurement(kind=MeasurementKind.RULE_SEVERITY, name="speed-r1c0", value=2.5, unit="ratio", object_index=0),
     ],
 )
-CAPTION = Evidence(source=Source(tool="caption"), frame_index=5, text="ignored: the checker reads the file")
+CAPTION = Evidence(
+    kind=EvidenceKind.CAPTION, source=Source(tool="caption"), frame_index=5, text="ignored: the checker reads the file"
+)
 RECORDS = {FRAME.id: FRAME, CAPTION.id: CAPTION}
 CAPTIONS = [""] * 5 + ["A man rides a bicycle past two people."]
 LABELS = np.array([0] * 10 + [1] * 5, dtype=bool)
@@ -42,13 +47,14 @@ def test_rules_numbers_counts_and_relations():
     assert not holds(kind="other") and not holds(kind="count", value=2, evidence_ids=["ev-gone"])
 
 
-def test_words_come_from_the_caption_file_and_the_objects_labels():
+def test_words_come_from_the_caption_file_and_facts_from_the_objects_fields():
     assert holds(kind="object", term="bicycles", evidence_ids=[CAPTION.id])  # plural of the caption's word
     assert not holds(kind="object", term="bicycle", track_id=7, evidence_ids=[CAPTION.id])  # frame, not object
     assert not holds(kind="object", term="truck", evidence_ids=[CAPTION.id])
-    assert holds(kind="attribute", term="moving E", track_id=7)
-    assert not holds(kind="attribute", term="moving E", track_id=8)
-    assert holds(kind="spatial", term="zone r1c2", track_id=8)
+    assert not holds(kind="object", term="display text", track_id=7)  # labels are never read
+    assert holds(kind="attribute", heading="E", track_id=7)
+    assert not holds(kind="attribute", heading="E", track_id=8)
+    assert holds(kind="spatial", zone="r1c2", track_id=8) and not holds(kind="spatial", zone="r1c0", track_id=8)
 
 
 def test_time_ranges_must_overlap_the_ground_truth():

@@ -39,8 +39,8 @@ def test_outlier_level_is_the_median_plus_robust_spreads():
 def test_self_referenced_screening_calls_only_the_footages_own_outliers_events(tmp_path):
     import cv2
 
-    from anomalens.agents.screening import screen
-    from anomalens.types import Evidence, Source
+    from anomalens.tools.screening import screen
+    from anomalens.types import Evidence, EvidenceKind, Source
     from anomalens.video import FrameSource
 
     for k in range(120):
@@ -50,7 +50,8 @@ def test_self_referenced_screening_calls_only_the_footages_own_outliers_events(t
 
     class Scripted:
         def score(self, frame):
-            return Evidence(source=Source(tool="scripted"), frame_index=frame.index, frame_size=(32, 24),
+            return Evidence(kind=EvidenceKind.FRAME, source=Source(tool="scripted"), frame_index=frame.index,
+                            frame_size=(32, 24),
                             frame_score=float(busy[frame.index]))  # fmt: skip
 
     def run(**options):
@@ -127,3 +128,40 @@ def test_rbdc_tbdc_on_a_hand_computed_case():
     assert tbdc == pytest.approx(0.5 * 0.5 + 0.5 * 1.0)
     with pytest.raises(ValueError, match="frames of detections"):
         rbdc_tbdc(detections[:2], truth)
+
+
+def test_an_event_a_cue_alone_raises_keeps_its_keyframe_from_the_one_decoding_pass(tmp_path):
+    import cv2
+
+    from anomalens.tools.screening import screen
+    from anomalens.types import CueReason, Evidence, EvidenceKind, Source
+    from anomalens.video import FrameSource
+
+    for k in range(100):
+        cv2.imwrite(str(tmp_path / f"{k:03d}.png"), np.full((24, 32, 3), k, np.uint8))
+    own = 0.2 + 0.1 * np.sin(np.arange(100))  # motion never reaches the threshold
+
+    class Scripted:
+        def score(self, frame):
+            return Evidence(kind=EvidenceKind.FRAME, source=Source(tool="scripted"), frame_index=frame.index,
+                            frame_size=(32, 24), frame_score=float(own[frame.index]))  # fmt: skip
+
+    class Captions:  # says frames 40-60 are anomalous
+        origin = "captions.txt"
+
+        def levels(self, frames):
+            return np.where((frames >= 40) & (frames <= 60), 2.0, 0.0)
+
+        def reason(self, start, end):
+            return CueReason(cue="captions", phrase="riding a bicycle", rule_id="anomaly-1", sentence="No cycling",
+                             first_frame=40, last_frame=60)  # fmt: skip
+
+    source = FrameSource(tmp_path, fps=10.0)
+    source.read = lambda index: pytest.fail(f"frame {index} was decoded twice")
+    result = screen(source, Scripted(), cues=[Captions()], describe=lambda e, cited, key: "why", progress=False)
+    (event,) = result.events
+    assert 35 <= event.start_frame <= 40 and 60 <= event.end_frame <= 65 and event.reasons[0].phrase == "riding a bicycle"
+    frame, evidence = result.keyframes[event.id]
+    # Among the frames the cue names, the keyframe is the one motion scores highest.
+    assert frame.index == evidence.frame_index == event.peak_frame == 40 + int(np.argmax(own[40:61]))
+    assert frame.image[0, 0, 0] == frame.index and event.summary == "why"

@@ -8,14 +8,19 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ["anomalens.agents", "anomalens.tools", "anomalens.prompts", "anomalens.rules", "anomalens.eval"]
+SUBPACKAGES = [
+    "anomalens.agents", "anomalens.tools", "anomalens.prompts", "anomalens.rules", "anomalens.eval",
+    "anomalens.pipelines",
+]  # fmt: skip
 MODULES = SUBPACKAGES + [
     "anomalens.cli",
     "anomalens.video",
     "anomalens.types",
     "anomalens.report",
-    "anomalens.agents.screening",
-    "anomalens.agents.explain",
+    "anomalens.tools.screening",
+    "anomalens.pipelines.describe",
+    "anomalens.pipelines.audit",
+    "anomalens.agents.graph",
     "anomalens.tools.motion",
     "anomalens.tools.scene",
     "anomalens.tools.rule_induction",
@@ -44,7 +49,8 @@ def test_folders_map_to_anomalens_subpackages(tmp_path):
         "import importlib, importlib.util, json;"
         f"mods = {SUBPACKAGES!r};"
         "files = {m: importlib.import_module(m).__file__ for m in mods};"
-        "top = {n: importlib.util.find_spec(n) is not None for n in ['agents', 'tools', 'prompts', 'rules', 'eval']};"
+        "top = {n: importlib.util.find_spec(n) is not None for n in ['agents', 'tools', 'prompts', 'rules', 'eval',"
+        " 'pipelines']};"
         "print(json.dumps([files, top]))"
     )
     import json

@@ -17,8 +17,10 @@ def test_unknown_backend_lists_what_exists():
 
 
 def test_missing_extra_names_the_pip_install(monkeypatch):
-    fake = registry.Backend("detector:fake", "fake_module:Fake", requires=("surely_not_installed_pkg",), extra="clip")
-    monkeypatch.setitem(registry.BACKENDS, fake.name, fake)
+    fake = registry.Backend(
+        name="detector:fake", target="fake_module:Fake", requires=("surely_not_installed_pkg",), extra="clip"
+    )
+    monkeypatch.setitem(registry.backends(), fake.name, fake)
     with pytest.raises(MissingExtra, match=r"needs surely_not_installed_pkg: pip install 'anomalens\[clip\]'"):
         registry.load("detector:fake")
 
@@ -49,3 +51,22 @@ def test_bad_settings_name_the_file_and_field(tmp_path, monkeypatch):
     unknown.write_text("max_sid = 4\n")
     with pytest.raises(ConfigError, match="max_sid: Extra inputs are not permitted"):
         load_settings(unknown)
+
+
+def test_each_backend_is_described_once_with_its_checkpoints_and_preference():
+    from anomalens import weights
+    from anomalens.tools import tiny
+
+    described = registry.backends()
+    # Checkpoints belong to the backend that loads them, and names are unique across backends.
+    assert weights.checkpoints()["owlv2-base"].backend == "detector:owlv2"
+    names = [c.name for b in described.values() for c in b.checkpoints]
+    assert len(names) == len(set(names))
+    assert weights.checkpoints()["sam-vit-base"].pinned and not weights.checkpoints()["smolvlm-256m"].pinned
+    # A kind's preference order is the file's order.
+    assert [b.name for b in registry.of_kind("detector")][:2] == ["detector:grounding-dino", "detector:owlv2"]
+    # Every model backend either names a tiny builder that exists or says why none is built.
+    for backend in described.values():
+        if backend.kind in ("clip", "detector", "segmenter", "captioner"):
+            assert (backend.tiny is None) != (backend.not_built is None), backend.name
+            assert backend.tiny is None or callable(getattr(tiny, backend.tiny)), backend.name

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import yaml
 
-from anomalens.agents.screening import audit, screen
 from anomalens.errors import AnomalensError, ConfigError
 from anomalens.eval.synthetic import load_masks
-from anomalens.report import Report, write_report
-from anomalens.tools.scene import Scene, SceneScorer, learn_scene
+from anomalens.pipelines import audit, learn_scene
+from anomalens.pipelines.audit import screen_video
+from anomalens.report import Report, load_report
+from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.video import FrameSource
 
 # The rule family that should explain each anomaly kind.
@@ -29,7 +30,7 @@ EXPECTED = {
 def learned(walkway, tmp_path_factory):
     normal, _ = walkway
     folder = tmp_path_factory.mktemp("scene")
-    learn_scene([normal.video], progress=False).save(folder)
+    learn_scene([normal.video], out=folder, progress=False)
     return folder
 
 
@@ -42,8 +43,7 @@ def audited(walkway, learned):
     def observe(frame, evidence):
         seen[frame.index] = evidence
 
-    source = scene.open(test.video)
-    result = screen(source, SceneScorer(scene, source.fps), rulebook=scene.rulebook, observe=observe, progress=False)
+    result = screen_video(scene.open(test.video), scene, observe=observe, progress=False).result
     return scene, result, seen, json.loads(test.events.read_text()), load_masks(test.masks)
 
 
@@ -66,7 +66,7 @@ def test_each_anomaly_is_detected_localised_and_explained_by_its_rule(audited, k
     ious = []
     for t in range(gt["start_frame"], gt["end_frame"] + 1):
         evidence = seen[t]
-        for rule_id, _, index in evidence.broken_rules():
+        for rule_id, _, index in evidence.breaches():
             if rule_id.startswith(family):
                 if index is None:  # frame-level rule (crowding): localised by all objects
                     predicted = evidence.masks.any(axis=0)
@@ -87,7 +87,7 @@ def test_normal_footage_raises_few_alarms(walkway):
     half = len(frames) // 2
     scene = learn_scene([normal.video], progress=False)
     held_out = FrameSource(normal.video, start=half)
-    result = screen(held_out, SceneScorer(scene, held_out.fps), progress=False)
+    result = screen_video(held_out, scene, progress=False).result
     assert np.mean(result.scores > 1.0) < 0.1
 
 
@@ -104,8 +104,7 @@ def test_editing_the_rulebook_changes_the_audit(walkway, learned, tmp_path):
     (edited / "rules.yaml").write_text(yaml.safe_dump(data))
 
     def dwell_breaches(folder):
-        scene = Scene.load(folder)
-        result, _, _ = audit(scene.open(test.video), scene, progress=False)
+        result = audit(test.video, folder, explainer="deterministic", progress=False)
         return sum("dwell" in e.rule_ids for e in result.events)
 
     assert dwell_breaches(learned) > 0
@@ -115,17 +114,17 @@ def test_editing_the_rulebook_changes_the_audit(walkway, learned, tmp_path):
 def test_audit_report_has_rule_table_keyframes_and_tracks(walkway, learned, tmp_path):
     _, test = walkway
     scene = Scene.load(learned)
-    result, report, keyframes = audit(scene.open(test.video), scene, progress=False)
-    _, html_path = write_report(report, keyframes, tmp_path)
+    result = audit(test.video, scene, out=tmp_path, explainer="deterministic", progress=False)
+    _, html_path = result.files
     html = html_path.read_text()
     assert "Rules broken" in html and html.count("<img") == len(result.events)
-    back = Report.model_validate_json((tmp_path / "report.json").read_text())
-    assert back.rulebook == scene.rulebook
+    back = load_report(tmp_path / "report.json")
+    assert isinstance(back, Report) and back.rulebook == scene.rulebook
     cited = {i for e in back.events for i in e.track_ids}
     assert cited and {t.id for t in back.tracks} == cited
     assert all(len(t.frames) == len(t.boxes) >= 1 for t in back.tracks)
     for event in result.events:
-        frame, evidence = result.keyframes[event.id]
+        frame, evidence = result.screened.result.keyframes[event.id]
         assert evidence.masks is not None and len(evidence.masks) == len(evidence.boxes)
 
 
@@ -143,3 +142,24 @@ def test_scene_rejects_other_frame_sizes_and_too_little_footage(walkway, learned
         cv2.imwrite(str(few / f"{frame.index}.png"), frame.image)
     with pytest.raises(AnomalensError, match="at least 10 normal frames"):
         learn_scene([few], progress=False)
+
+
+def test_reports_and_indexes_of_another_format_are_refused_by_name(walkway, learned, tmp_path):
+    from anomalens.agents.index import VideoIndex
+    from anomalens.pipelines.audit import index_video
+
+    _, test = walkway
+    scene = Scene.load(learned)
+    result = audit(test.video, scene, out=tmp_path, explainer="deterministic", progress=False)
+    saved = index_video(result.screened, scene).save(tmp_path / "index.json")
+    assert VideoIndex.load(saved).events == result.events
+    for path, what in ((tmp_path / "report.json", "report"), (saved, "video index")):
+        data = json.loads(path.read_text())
+        data.pop("format_version")  # as an earlier anomalens wrote them
+        path.write_text(json.dumps(data))
+        loader = load_report if what == "report" else VideoIndex.load
+        with pytest.raises(ConfigError, match=rf"{path.name}: a {what} of an earlier anomalens .*reads format 2"):
+            loader(path)
+    (tmp_path / "garbage.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="garbage.json: not a report"):
+        load_report(tmp_path / "garbage.json")

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from anomalens.agents.perception import Perception
-from anomalens.agents.zero_shot import MAX_BOX_FRACTION, ImageInspector, regions
 from anomalens.cli import app
 from anomalens.errors import AnomalensError, MediaError
 from anomalens.eval.magnetic_tile import run_magnetic_tile
+from anomalens.tools.inspect import MAX_BOX_FRACTION, ImageInspector, regions
 from anomalens.tools.patch_novelty import PatchNovelty
+from anomalens.tools.perception import Perception
 
 BLOB = (110, 40)  # x, y of the injected defect
 

@@ -191,8 +191,8 @@ class CaptionScorer:
         """The ``per_kind`` anomaly rules and ``per_kind`` normal rules whose sentences lie nearest to ``phrase``."""
         similarity = self._rule_vectors @ self.embedder.embed([phrase])[0]
         order = [self._rules[i] for i in np.argsort(-similarity, kind="stable")]
-        anomaly = [r for r in order if r.predicate.op == "not_in"][:per_kind]
-        return anomaly + [r for r in order if r.predicate.op == "in"][:per_kind]
+        anomaly = [r for r in order if r.kind == "anomaly"][:per_kind]
+        return anomaly + [r for r in order if r.kind == "normal"][:per_kind]
 
 
 @dataclass
@@ -257,6 +257,7 @@ def induce_caption_rules(
     rules = [
         Rule(
             id=f"normal-{k}",
+            kind="normal",
             sentence=f"Normal here: {', '.join(members)}",
             predicate=Predicate(fact="caption", op="in", value=members),
             stats={"share_of_normal_captions": max(said[m] for m in members) / len(normal_captions)},

@@ -13,7 +13,7 @@ import numpy as np
 from anomalens.errors import AnomalensError, ModelStoreError
 from anomalens.prompts import load as load_prompts
 from anomalens.tools.vision import device, jpeg_data_url, rgb
-from anomalens.types import Evidence, Source
+from anomalens.types import Evidence, EvidenceKind, Source
 from anomalens.weights import resolve
 
 MAX_NEW_TOKENS = 60
@@ -21,6 +21,7 @@ MAX_NEW_TOKENS = 60
 
 def _caption_evidence(backend: str, weights: str, text: str, started: float, frame_index: int | None, fps):
     return Evidence(
+        kind=EvidenceKind.CAPTION,
         source=Source(tool="caption", backend=backend, weights=weights, latency_s=time.perf_counter() - started),
         frame_index=frame_index,
         time_s=frame_index / fps if fps and frame_index is not None else None,

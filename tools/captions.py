@@ -13,10 +13,11 @@ Caption text is data, never instructions: it reaches the LLM only inside tool re
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from anomalens.errors import AnomalensError
-from anomalens.types import Evidence, Source
+from anomalens.types import Evidence, EvidenceKind, Source
 
 
 class ReplayedCaptions:
@@ -66,8 +67,17 @@ class ReplayedCaptions:
             first, last = min(self.captions), max(self.captions)
             raise KeyError(f"no caption for frame {frame_index} (captions cover frames {first}-{last})")
         return Evidence(
+            kind=EvidenceKind.CAPTION,
             source=Source(tool="caption", backend="replay", weights=Path(self.origin).name),
             frame_index=frame_index,
             time_s=frame_index / self.fps if self.fps else None,
             text=self.captions[frame_index],
         )
+
+
+def mentions(text: str, term: str) -> bool:
+    """True when every word of ``term`` occurs in ``text`` as a word (singular or plural)."""
+    words = set(re.findall(r"[a-z0-9]+", text.lower()))
+    words |= {w[:-1] for w in words if w.endswith("s")} | {w[:-2] for w in words if w.endswith("es")}
+    wanted = re.findall(r"[a-z0-9]+", term.lower())
+    return bool(wanted) and all(w in words or w.rstrip("s") in words for w in wanted)

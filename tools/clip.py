@@ -22,7 +22,7 @@ import numpy as np
 from anomalens.errors import ModelStoreError
 from anomalens.prompts import load as load_prompts
 from anomalens.tools.vision import clip_boxes, device, frame_size, rgb
-from anomalens.types import Evidence, Measurement, Source
+from anomalens.types import Evidence, EvidenceKind, Measurement, MeasurementKind, Source
 from anomalens.weights import resolve
 
 BATCH = 16
@@ -206,6 +206,7 @@ class ClipScorer:
             covered[y1:y2, x1:x2] += 1
         anomaly_map = total / np.maximum(covered, 1)
         return Evidence(
+            kind=EvidenceKind.IMAGE,
             source=self._source(started),
             frame_index=frame_index,
             frame_size=size,
@@ -221,8 +222,8 @@ class ClipScorer:
         frame_index: int | None = None,
     ) -> Evidence:
         """How well each text describes the frame, or each box's crop: one object per box (the whole frame when
-        none), labelled with its best text and scored by that text's softmax probability among ``texts``; every
-        cosine similarity is kept as a ``similarity:<text>`` measurement (the verifier re-grounds claims with it)."""
+        none), classed by its best text and scored by that text's softmax probability among ``texts``; every
+        cosine similarity is kept as a ``TEXT_SIMILARITY`` measurement named by its text."""
         if not texts:
             raise ValueError("text_scores needs at least one text")
         started = time.perf_counter()
@@ -237,17 +238,24 @@ class ClipScorer:
         probability /= probability.sum(axis=1, keepdims=True)
         best = probability.argmax(axis=1)
         measurements = [
-            Measurement(name=f"similarity:{text}", value=float(similarity[i, j]), unit="cosine", object_index=i)
+            Measurement(
+                kind=MeasurementKind.TEXT_SIMILARITY, name=text, value=float(similarity[i, j]), unit="cosine",
+                object_index=i,
+            )
             for i in range(len(boxes))
             for j, text in enumerate(texts)
         ]
+        chosen = probability[np.arange(len(boxes)), best]
         return Evidence(
+            kind=EvidenceKind.TEXT_MATCH,
             source=self._source(started),
             frame_index=frame_index,
             frame_size=size,
             boxes=boxes,
-            scores=probability[np.arange(len(boxes)), best],
+            scores=chosen,
             labels=[texts[j] for j in best],
+            class_names=[texts[j] for j in best],
+            class_scores=chosen,
             measurements=measurements,
         )
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from anomalens.errors import ModelStoreError
-from anomalens.tools.vision import clip_boxes, device, frame_size, rgb
-from anomalens.types import Evidence, Source
+from anomalens.tools.vision import detections, device, frame_size, rgb
+from anomalens.types import Evidence
 from anomalens.weights import resolve
 
 BOX_THRESHOLD = 0.3  # Grounding DINO's published defaults (box 0.35, text 0.25), OWLv2's 0.1 differ
@@ -81,19 +81,7 @@ class _TransformersDetector:
         with torch.inference_mode():
             outputs = self.model(**inputs)
         boxes, scores, labels = self._post_process(outputs, inputs, prompts, size, box_threshold, text_threshold)
-        return Evidence(
-            source=Source(
-                tool="detect",
-                backend=self.backend,
-                weights=Path(self.weights).name,
-                latency_s=time.perf_counter() - started,
-            ),
-            frame_index=frame_index,
-            frame_size=size,
-            boxes=clip_boxes(boxes, size),
-            scores=np.asarray(scores, dtype=np.float64),
-            labels=labels,
-        )
+        return detections(self.backend, self.weights, started, size, boxes, scores, labels, frame_index)
 
 
 class GroundingDinoDetector(_TransformersDetector):
@@ -192,16 +180,5 @@ class GroundingDinoPyDetector:
         width, height = size
         cx, cy, w, h = (boxes.numpy() * np.array([width, height, width, height])).T  # normalised cxcywh
         xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-        return Evidence(
-            source=Source(
-                tool="detect",
-                backend=self.backend,
-                weights=Path(self.weights).name,
-                latency_s=time.perf_counter() - started,
-            ),
-            frame_index=frame_index,
-            frame_size=size,
-            boxes=clip_boxes(xyxy, size),
-            scores=scores.numpy().astype(np.float64),
-            labels=[prompt_of(p, prompts) for p in phrases],
-        )
+        classes = [prompt_of(p, prompts) for p in phrases]
+        return detections(self.backend, self.weights, started, size, xyxy, scores.numpy(), classes, frame_index)

@@ -28,14 +28,12 @@ import numpy as np
 
 from anomalens.errors import AnomalensError
 from anomalens.geometry import box_iou
-from anomalens.types import Evidence, Measurement, Source, Track
+from anomalens.types import SECTORS, STILL, Evidence, EvidenceKind, Measurement, Source, Track
 from anomalens.video import Frame
 
 FLOW_SCALE = 0.5  # optical flow runs at half the analysis resolution: 4x cheaper, ample for speeds
 MIN_ACTIVE = 30  # frames with motion a grid cell needs before its own normal level is trusted
 HEADING_SECONDS = 0.5  # headings average a track's last half second; younger tracks are not "established"
-SECTORS = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")
-STILL = "still"
 FACT_UNITS = {
     "area": "px^2",
     "width": "px",
@@ -189,7 +187,7 @@ class FrameFacts:
         frame_score: float | None = None,
         extra: list[Measurement] = (),
     ) -> Evidence:
-        """Evidence with the objects' boxes, masks, tracks and measured facts (``FACT_UNITS``)."""
+        """``FRAME`` evidence with the objects' boxes, masks, tracks, headings, zones and measured facts."""
         objects = self.objects
         # Trusted numbers from this module: constructed without re-validation (hundreds per frame).
         measurements = [
@@ -208,18 +206,17 @@ class FrameFacts:
             *extra,
         ]
         return Evidence(
+            kind=EvidenceKind.FRAME,
             source=source,
             frame_index=self.frame.index,
             time_s=self.frame.time_s,
             frame_size=self.frame.source_size,
             boxes=self.boxes,
             scores=np.zeros(len(objects)) if scores is None else scores,
-            labels=[
-                f"{o['class']} {'standing still' if o['direction'] == STILL else 'moving ' + o['direction']} "
-                f"in zone {o['zone']}"
-                for o in objects
-            ],
+            labels=[f"track {t}" for t in self.track_ids],
             track_ids=np.array(self.track_ids, dtype=np.int64),
+            headings=[o["direction"] for o in objects],
+            zones=[o["zone"] for o in objects],
             masks=self.source_masks(),
             anomaly_map=self.flow_novelty if anomaly_map is None else anomaly_map,
             frame_score=frame_score,

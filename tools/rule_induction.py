@@ -12,8 +12,7 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from anomalens.rules.engine import CATEGORICAL_OPS, RuleIndex, check
-from anomalens.tools.motion import SECTORS, STILL
-from anomalens.types import Predicate, Rule, Rulebook
+from anomalens.types import SECTORS, STILL, Predicate, Rule, Rulebook
 
 MARGIN = 0.25  # limits sit 25% beyond the normal extreme
 QUANTILE = 0.995  # the "normal extreme" of a per-zone distribution

@@ -30,7 +30,7 @@ from anomalens.tools.motion import (
 )
 from anomalens.tools.reconstruction import FlowPatchPCA
 from anomalens.tools.rule_induction import induce_validated
-from anomalens.types import RULE_PREFIX, Evidence, Measurement, Rulebook, Source
+from anomalens.types import Evidence, Measurement, MeasurementKind, Rulebook, Source
 from anomalens.video import Frame, FrameSource
 
 SCENE_VERSION = 1
@@ -89,6 +89,73 @@ class Scene:
             sources=list(meta["sources"]),
         )
 
+    @classmethod
+    def learn(
+        cls,
+        inputs: Sequence[str | Path],
+        *,
+        max_side: int | None = 640,
+        fps: float | None = None,
+        contamination: float = 0.0,
+        progress: bool = True,
+    ) -> Scene:
+        """A scene learned from normal footage (videos or frame folders of one view): background, normal motion, rules;
+        ``contamination``: the share of object observations that may be anomalous (footage not known normal)."""
+        if not inputs:
+            raise AnomalensError("give at least one normal video or frame folder")
+        options = {"max_side": max_side} | ({"fps": fps} if fps else {})
+        sources = [FrameSource(p, **options) for p in inputs]
+        sizes = {tuple(s.source_size) for s in sources}
+        if len(sizes) > 1:
+            raise AnomalensError(f"normal footage comes in several frame sizes {sorted(sizes)}: use one camera view")
+        model = MotionModel().fit_background(
+            track(_spread(sources, 200), "learning the background", enabled=progress)
+        )
+        per_source: list[list[dict]] = []
+        cells: list[np.ndarray] = []
+        reconstruction = FlowPatchPCA(cell=model.flow_cell)
+        patches: list[np.ndarray] = []
+        keep_every = max(1, sum(len(s) for s in sources) // MAX_PATCH_FRAMES)  # bounds memory on long footage
+        for source in sources:
+            analyzer = MotionAnalyzer(model, source.fps)
+            per_source.append([])
+            for k, frame in enumerate(
+                track(source, f"learning motion: {source.name}", total=len(source), enabled=progress)
+            ):
+                facts = analyzer.analyze(frame)
+                per_source[-1].extend(facts.objects)
+                if facts.flow is not None:
+                    cells.append(facts.flow_novelty)  # the reference is still 1: these are raw magnitudes
+                    if k % keep_every == 0:
+                        patches.append(reconstruction.features(facts.flow))
+        feet = np.array([o["foot"] for objects in per_source for o in objects]).reshape(-1, 2)
+        ground = ground_mask(model.background, feet)
+        quiet_but_walkable = walkable_cells(ground, model.flow_cell)
+        if cells:
+            model.fit_flow(np.stack(cells), quiet_but_walkable)
+        reconstruction.fit(patches, quiet_but_walkable)
+        # Two folds for validating rules on footage they were not induced from: alternate sources, or the two
+        # halves of a single source.
+        if len(per_source) > 1:
+            folds = ([o for s in per_source[0::2] for o in s], [o for s in per_source[1::2] for o in s])
+        else:
+            half = len(per_source[0]) // 2
+            folds = (per_source[0][:half], per_source[0][half:])
+        try:
+            rulebook = induce_validated(
+                folds,
+                model.geometry.zones,
+                walkable=walkable_zones(ground, model.geometry),
+                contamination=contamination,
+                scene=Path(str(inputs[0])).name,
+                sources=[str(p) for p in inputs],
+            )
+        except ValueError as error:
+            raise AnomalensError(f"cannot learn the scene: {error}") from None
+        height, width = model.background.shape
+        return cls(model, reconstruction, rulebook, (width, height), max_side, sources[0].fps, [str(p) for p in inputs])
+
+
 
 def _spread(sources: Sequence[FrameSource], limit: int) -> Iterator[Frame]:
     """At most about ``limit`` frames spread evenly over all sources."""
@@ -99,69 +166,10 @@ def _spread(sources: Sequence[FrameSource], limit: int) -> Iterator[Frame]:
             yield frame
 
 
-def learn_scene(
-    inputs: Sequence[str | Path],
-    *,
-    max_side: int | None = 640,
-    fps: float | None = None,
-    contamination: float = 0.0,
-    progress: bool = True,
-) -> Scene:
-    """Learn background, normal motion and rules from normal footage (videos or frame folders of one view);
-    ``contamination``: the share of object observations that may be anomalous (footage not known normal)."""
-    if not inputs:
-        raise AnomalensError("give at least one normal video or frame folder")
-    options = {"max_side": max_side} | ({"fps": fps} if fps else {})
-    sources = [FrameSource(p, **options) for p in inputs]
-    sizes = {tuple(s.source_size) for s in sources}
-    if len(sizes) > 1:
-        raise AnomalensError(f"normal footage comes in several frame sizes {sorted(sizes)}: use one camera view")
-    model = MotionModel().fit_background(
-        track(_spread(sources, 200), "learning the background", enabled=progress)
+def _breach(rule_id: str, severity: float, object_index: int | None = None) -> Measurement:
+    return Measurement(
+        kind=MeasurementKind.RULE_SEVERITY, name=rule_id, value=severity, unit="ratio", object_index=object_index
     )
-    per_source: list[list[dict]] = []
-    cells: list[np.ndarray] = []
-    reconstruction = FlowPatchPCA(cell=model.flow_cell)
-    patches: list[np.ndarray] = []
-    keep_every = max(1, sum(len(s) for s in sources) // MAX_PATCH_FRAMES)  # bounds memory on long footage
-    for source in sources:
-        analyzer = MotionAnalyzer(model, source.fps)
-        per_source.append([])
-        for k, frame in enumerate(
-            track(source, f"learning motion: {source.name}", total=len(source), enabled=progress)
-        ):
-            facts = analyzer.analyze(frame)
-            per_source[-1].extend(facts.objects)
-            if facts.flow is not None:
-                cells.append(facts.flow_novelty)  # the reference is still 1: these are raw magnitudes
-                if k % keep_every == 0:
-                    patches.append(reconstruction.features(facts.flow))
-    feet = np.array([o["foot"] for objects in per_source for o in objects]).reshape(-1, 2)
-    ground = ground_mask(model.background, feet)
-    quiet_but_walkable = walkable_cells(ground, model.flow_cell)
-    if cells:
-        model.fit_flow(np.stack(cells), quiet_but_walkable)
-    reconstruction.fit(patches, quiet_but_walkable)
-    # Two folds for validating rules on footage they were not induced from: alternate sources, or the two
-    # halves of a single source.
-    if len(per_source) > 1:
-        folds = ([o for s in per_source[0::2] for o in s], [o for s in per_source[1::2] for o in s])
-    else:
-        half = len(per_source[0]) // 2
-        folds = (per_source[0][:half], per_source[0][half:])
-    try:
-        rulebook = induce_validated(
-            folds,
-            model.geometry.zones,
-            walkable=walkable_zones(ground, model.geometry),
-            contamination=contamination,
-            scene=Path(str(inputs[0])).name,
-            sources=[str(p) for p in inputs],
-        )
-    except ValueError as error:
-        raise AnomalensError(f"cannot learn the scene: {error}") from None
-    height, width = model.background.shape
-    return Scene(model, reconstruction, rulebook, (width, height), max_side, sources[0].fps, [str(p) for p in inputs])
 
 
 class SceneScorer:
@@ -169,7 +177,7 @@ class SceneScorer:
 
     ``score(frame).frame_score`` is the largest of the objects' rule severities, the flow novelty and the
     reconstruction residual ratio; 1.0 is the edge of normal for each. Each object's score is its largest
-    severity, and every rule an object breaks is recorded as a measurement ``rule:<id>`` (the severity).
+    severity, and every rule broken is recorded as a ``RULE_SEVERITY`` measurement named by the rule's id.
     """
 
     def __init__(self, scene: Scene, fps: float):
@@ -186,15 +194,13 @@ class SceneScorer:
             for result in check(self.rules.object_rules(obj), obj):
                 object_scores[i] = max(object_scores[i], result.severity)
                 if result.violated:
-                    broken.append(
-                        Measurement(name=RULE_PREFIX + result.rule.id, value=result.severity, unit="ratio", object_index=i)
-                    )
+                    broken.append(_breach(result.rule.id, result.severity, i))
         frame_severity = 0.0
         if facts.objects:  # frame facts (count, occupancy) are the same for every object: check them once
             for result in check(self.rules.frame_rules, facts.objects[0]):
                 frame_severity = max(frame_severity, result.severity)
                 if result.violated:
-                    broken.append(Measurement(name=RULE_PREFIX + result.rule.id, value=result.severity, unit="ratio"))
+                    broken.append(_breach(result.rule.id, result.severity))
         novelty = facts.flow_novelty
         residual = (
             self.scene.reconstruction.score(facts.flow) if facts.flow is not None else np.zeros_like(novelty)

@@ -16,7 +16,7 @@ import numpy as np
 
 from anomalens.errors import ModelStoreError
 from anomalens.tools.vision import clip_boxes, device, frame_size, rgb
-from anomalens.types import Evidence, Source
+from anomalens.types import Evidence, EvidenceKind, Source
 from anomalens.weights import resolve
 
 
@@ -71,6 +71,7 @@ class _Segmenter:
         if boxes is None:
             boxes = np.array([_mask_box(m, p) for m, p in zip(masks, points)]).reshape(-1, 4)
         return Evidence(
+            kind=EvidenceKind.SEGMENTATION,
             source=Source(
                 tool="segment",
                 backend=self.backend,

@@ -1,7 +1,8 @@
 """Tiny, randomly initialised checkpoints for every foundation-model backend, written in each backend's real
 on-disk layout so that the real loaders, processors and post-processing run end to end without any download.
 
-``build(backend, folder)`` writes one and returns the path to pass as ``weights``. Used by
+``build(backend, folder)`` writes one, with the builder that ``backends.yaml`` names for the backend, and returns
+the path to pass as ``weights``. Used by
 ``anomalens doctor --tiny`` and the tests; the outputs are noise, the code paths are the real ones.
 """
 
@@ -273,31 +274,18 @@ def captioner_transformers(folder: Path) -> Path:
     return folder
 
 
-BUILDERS = {
-    "clip:transformers": clip_transformers,
-    "clip:open_clip": clip_open_clip,
-    "detector:grounding-dino": detector_grounding_dino,
-    "detector:owlv2": detector_owlv2,
-    "segmenter:sam": segmenter_sam,
-    "segmenter:segment-anything": segmenter_segment_anything,
-    "captioner:transformers": captioner_transformers,
-}
-
-NOT_BUILT = {
-    "detector:groundingdino-py": "not built: needs transformers<5, so it lives in its own environment",
-    "captioner:openai": "not built: a client of a vision server, no weights of its own",
-    "captioner:replay": "not built: reads a caption file, no weights",
-}
-
-
 def build(backend: str, folder: str | Path) -> Path:
-    """Write a tiny random checkpoint for ``backend`` into ``folder``; return what to load it from."""
-    if backend not in BUILDERS:
-        raise KeyError(f"no tiny checkpoint for {backend!r}; have: {', '.join(BUILDERS)}")
+    """Write a tiny random checkpoint for ``backend`` into ``folder`` (with the builder ``backends.yaml`` names
+    for it); return what to load it from."""
+    from anomalens import registry
+
+    entry = registry.get(backend)
+    if entry.tiny is None:
+        raise KeyError(f"no tiny checkpoint for {backend!r}: {entry.not_built or 'none is described'}")
     import torch
 
     torch.manual_seed(0)
-    return BUILDERS[backend](Path(folder))
+    return globals()[entry.tiny](Path(folder))
 
 
 def check(backend: str, folder: str | Path) -> str:

@@ -5,9 +5,13 @@ Frames are ``(h, w, 3)`` uint8 BGR, as ``FrameSource`` yields them; the models w
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import numpy as np
 
 from anomalens.errors import MediaError
+from anomalens.types import Evidence, EvidenceKind, Source
 
 
 def rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -49,3 +53,31 @@ def jpeg_data_url(image: np.ndarray, quality: int = 90) -> str:
     if not ok:
         raise MediaError("image", "could not be encoded as JPEG")
     return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode()
+
+
+def detections(
+    backend: str,
+    weights: str,
+    started: float,
+    size: tuple[int, int],
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: list[str],
+    frame_index: int | None = None,
+) -> Evidence:
+    """``DETECTION`` evidence from any detector: boxes (xyxy source pixels, clipped here), each box's class and
+    confidence; ``started`` is when the detector began (``time.perf_counter()``)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return Evidence(
+        kind=EvidenceKind.DETECTION,
+        source=Source(
+            tool="detect", backend=backend, weights=Path(weights).name, latency_s=time.perf_counter() - started
+        ),
+        frame_index=frame_index,
+        frame_size=size,
+        boxes=clip_boxes(boxes, size),
+        scores=scores,
+        labels=list(classes),
+        class_names=list(classes),
+        class_scores=scores,
+    )

@@ -1,33 +1,43 @@
-"""Caption reasoning: per-frame anomaly scores for captioned video, each with the caption rule it breaks.
+"""Caption reasoning, assembled: per-frame anomaly scores for captioned video, each with the caption rule it
+breaks, as a benchmark's scores, a screening cue, or events of their own.
 
 A cascade. Every caption is scored cheaply (``tools.caption_scoring``: phrases matched by meaning against
 the rules, plus novelty). Captions repeat the same phrases frame after frame, so the LLM judges *phrases*,
 not frames: the phrases that lean towards an anomaly rule, the ones that decide the most frames first, up
 to a budget of ``llm_fraction`` of the frame count. It chooses the rule a phrase fits best among the nearest
 anomaly and normal rules; choosing a normal rule clears the phrase in every frame that says it, choosing an
-anomaly rule names the rule those frames break. Scores are then smoothed over time within each video.
+anomaly rule names the rule those frames break (``agents.caption_judge``). Scores are then smoothed over time
+within each video.
 """
 
 from __future__ import annotations
 
-import random
 import time
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal
+from importlib import resources
+from pathlib import Path
 
 import numpy as np
-from pydantic import create_model
 
-from anomalens.agents.llm import LLM, Message, ask_structured
-from anomalens.errors import LLMError
+from anomalens.agents.caption_judge import judge_phrases
+from anomalens.agents.llm import LLM
+from anomalens.config import Settings, load_settings
+from anomalens.errors import AnomalensError
 from anomalens.events import group_events, smooth
-from anomalens.progress import track
-from anomalens.prompts import load as load_prompts
-from anomalens.tools.caption_scoring import CaptionScorer, FrameScores, PhraseMatch, frame_scores, read_captions
+from anomalens.rules.captions import load_rule_text, parse_rule_text
+from anomalens.rules.io import load_rulebook
+from anomalens.tools.caption_scoring import (
+    CaptionScorer,
+    FrameScores,
+    PhraseMatch,
+    frame_scores,
+    induce_caption_rules,
+    read_captions,
+)
 from anomalens.tools.captions import ReplayedCaptions
-from anomalens.types import Event
+from anomalens.tools.embeddings import SentenceEmbedder
+from anomalens.types import CueReason, Event, Rulebook
 
 # At most this share of the frame count in LLM calls; 1% keeps ShanghaiTech's 40,791 frames at 407 calls,
 # about 17 minutes with the embedded 1.5B model on two cores.
@@ -38,9 +48,6 @@ SMOOTHING_WIDTH = 31
 # A frame is anomalous above this smoothed score: ShanghaiTech's best-F1 threshold (0.101, F1 0.73 with the
 # default LLM share), the same everywhere.
 EVENT_THRESHOLD = 0.10
-LLM_ATTEMPTS = 2
-CHOICES_PER_KIND = 3  # the LLM chooses among the 3 nearest anomaly rules and the 3 nearest normal rules
-LETTERS = "ABCDEFGHIJ"
 
 
 @dataclass
@@ -106,7 +113,7 @@ def reason_over_captions(
     decided, calls = [], 0
     if llm is not None and llm_fraction > 0:
         budget = int(llm_fraction * sum(len(caps) for caps in captions.values()))
-        decided, calls = _decide(scorer, llm, _undecided(before, matches)[:budget], progress)
+        decided, calls = judge_phrases(scorer, llm, _undecided(before, matches)[:budget], progress)
     after = frame_scores(read, matches | {m.phrase: m for m in decided}) if decided else before
     videos = {
         name: VideoScores(smooth(after[name].raw, SMOOTHING_WIDTH), after[name], smooth(c.raw, SMOOTHING_WIDTH))
@@ -117,43 +124,36 @@ def reason_over_captions(
 
 
 @dataclass(frozen=True)
-class CaptionReason:
-    """Why captions call a range anomalous: a phrase they say, the caption rule it breaks, where it is said."""
-
-    phrase: str
-    rule_id: str
-    sentence: str
-    first_frame: int
-    last_frame: int
-
-
-@dataclass
 class CaptionCue:
-    """Caption reasoning as a screening cue for one video: per captioned source frame, its smoothed score over
-    ``EVENT_THRESHOLD`` (1.0: anomalous by its captions) and the phrase and caption rule behind it."""
+    """Caption reasoning as a screening cue for one video (``tools.protocols.Cue``): per captioned source frame,
+    its smoothed score over ``EVENT_THRESHOLD`` (1.0: anomalous by its captions) and the phrase and caption rule
+    behind it."""
 
     frames: np.ndarray  # source frame indices, ascending
-    levels: np.ndarray
+    level: np.ndarray  # of each of those frames
     phrases: list[str | None]
     rule_ids: list[str | None]
     sentences: dict[str, str]  # caption rule id -> its sentence
     origin: str  # the caption file
     llm_calls: int
 
-    def at(self, frame_indices: np.ndarray) -> np.ndarray:
+    def levels(self, frame_indices: np.ndarray) -> np.ndarray:
         """Levels at ``frame_indices``; 0 where a frame has no caption."""
         position = np.clip(np.searchsorted(self.frames, frame_indices), 0, len(self.frames) - 1)
-        return np.where(self.frames[position] == frame_indices, self.levels[position], 0.0)
+        return np.where(self.frames[position] == frame_indices, self.level[position], 0.0)
 
-    def reason(self, start_frame: int, end_frame: int) -> CaptionReason | None:
+    def reason(self, start_frame: int, end_frame: int) -> CueReason | None:
         """The phrase behind most of the range's anomalous frames, with its rule and where it is said."""
-        inside = np.flatnonzero((self.frames >= start_frame) & (self.frames <= end_frame) & (self.levels > 1.0))
+        inside = np.flatnonzero((self.frames >= start_frame) & (self.frames <= end_frame) & (self.level > 1.0))
         said = Counter((self.phrases[i], self.rule_ids[i]) for i in inside if self.rule_ids[i] is not None)
         if not said:
             return None
         (phrase, rule_id), _ = said.most_common(1)[0]
         where = [int(self.frames[i]) for i in inside if self.phrases[i] == phrase]
-        return CaptionReason(phrase, rule_id, self.sentences[rule_id], where[0], where[-1])
+        return CueReason(
+            cue="captions", phrase=phrase, rule_id=rule_id, sentence=self.sentences[rule_id], first_frame=where[0],
+            last_frame=where[-1],
+        )
 
 
 def caption_cue(
@@ -182,12 +182,13 @@ def caption_events(
 ) -> list[Event]:
     """Runs of frames whose smoothed score exceeds ``threshold``, each with the rules its frames break (most
     frames first)."""
-    events = group_events(frame_indices, video.scores, threshold, fps)
-    for event in events:
-        inside = np.flatnonzero((frame_indices >= event.start_frame) & (frame_indices <= event.end_frame))
-        broken = Counter(video.cues.rule_id[i] for i in inside if video.cues.rule_id[i])
-        event.rule_ids = [rule for rule, _ in broken.most_common()]
-    return events
+
+    def broken(start: int, end: int, peak: int) -> dict:
+        inside = np.flatnonzero((frame_indices >= start) & (frame_indices <= end))
+        count = Counter(video.cues.rule_id[i] for i in inside if video.cues.rule_id[i])
+        return {"rule_ids": [rule for rule, _ in count.most_common()]}
+
+    return group_events(frame_indices, video.scores, threshold, fps, details=broken)
 
 
 def _undecided(scores: dict[str, FrameScores], matches: dict[str, PhraseMatch]) -> list[PhraseMatch]:
@@ -197,39 +198,78 @@ def _undecided(scores: dict[str, FrameScores], matches: dict[str, PhraseMatch]) 
     return sorted(leaning, key=lambda m: (-deciding[m.phrase], -m.margin, m.phrase))
 
 
-def _decide(
-    scorer: CaptionScorer, llm: LLM, candidates: list[PhraseMatch], progress: bool
-) -> tuple[list[PhraseMatch], int]:
-    """The LLM's verdicts on ``candidates`` and the number of chat calls they took.
+def caption_rulebook(path: str | Path) -> Rulebook:
+    """Caption rules from rule text (``.txt``: numbered items under anomaly/normal headings) or rulebook YAML."""
+    path = Path(path)
+    return load_rule_text(path) if path.suffix == ".txt" else load_rulebook(path)
 
-    For each phrase the LLM picks, among the nearest anomaly and normal rules in a shuffled order, the one
-    the phrase fits best; picking an anomaly rule makes the phrase anomalous under that rule."""
-    text = load_prompts("captions")
-    system = Message(role="system", content=text["system"])
-    judge = f"{llm.backend}:{llm.model}"
-    out, calls = [], 0
-    for match in track(candidates, "LLM settling phrases", total=len(candidates), enabled=progress):
-        options = scorer.nearest_rules(match.phrase, CHOICES_PER_KIND)
-        # A fixed shuffle per phrase: where a rule is listed must not say which kind it is.
-        random.Random(zlib.crc32(match.phrase.encode())).shuffle(options)
-        letters = LETTERS[: len(options)]
-        question = text["choices"].format(
-            phrase=match.phrase,
-            options="\n".join(f"{letter}) {rule.sentence}" for letter, rule in zip(letters, options)),
-        )
-        choice_model = create_model("RuleChoice", choice=(Literal[tuple(letters)], ...))
-        try:
-            answer = ask_structured(
-                llm,
-                [system, Message(role="user", content=question)],
-                choice_model,
-                attempts=LLM_ATTEMPTS,
-                max_tokens=16,
-            )
-        except LLMError:
-            calls += LLM_ATTEMPTS
-            continue  # no valid choice: the phrase keeps its embedding score
-        calls += answer.attempts
-        chosen = options[letters.index(answer.value.choice)]
-        out.append(match.decided(chosen.id if chosen.predicate.op == "not_in" else None, judge))
-    return out, calls
+
+def sentence_embedder(settings: Settings | None = None) -> SentenceEmbedder:
+    """The sentence embedder of the settings (``ANOMALENS_EMBEDDER``)."""
+    settings = settings or load_settings()
+    return SentenceEmbedder.load(settings.embedder, root=settings.model_dir)
+
+
+def open_caption_cue(
+    captions: str | Path, rules: str | Path, fps: float, llm: LLM | None, progress: bool = True
+) -> CaptionCue:
+    """A video's captions read against caption rules (a file), ready to fuse into screening."""
+    scorer = CaptionScorer(caption_rulebook(rules), sentence_embedder())
+    return caption_cue(ReplayedCaptions.load(captions, fps), scorer, llm, progress=progress)
+
+
+@dataclass(frozen=True)
+class CaptionRun:
+    """Caption reasoning over several caption files: the reasoning, each video's frames and events."""
+
+    reasoning: CaptionReasoning
+    rulebook: Rulebook
+    frames: dict[str, np.ndarray]  # video -> source frame index of each caption
+    events: dict[str, list[Event]]
+
+    def to_json(self) -> dict:
+        report = self.reasoning.to_json()
+        for name, events in self.events.items():
+            report["videos"][name]["frames"] = self.frames[name].tolist()
+            report["videos"][name]["events"] = [e.model_dump(mode="json") for e in events]
+        return report
+
+
+def reason_captions(
+    caption_files: list[str | Path],
+    rules: str | Path,
+    *,
+    fps: float,
+    threshold: float = EVENT_THRESHOLD,
+    llm_fraction: float = DEFAULT_LLM_FRACTION,
+    llm: LLM | None = None,
+    progress: bool = True,
+) -> CaptionRun:
+    """Anomalies in captioned video (one caption file per video, named by its file): every caption scored
+    against the caption ``rules`` (rule text or YAML), ``llm`` settling the phrases that decide most frames
+    (at most ``llm_fraction`` of the frames in calls), and events above ``threshold``."""
+    rulebook = caption_rulebook(rules)
+    replays = {Path(path).stem: ReplayedCaptions.load(path) for path in caption_files}
+    if len(replays) < len(caption_files):
+        raise AnomalensError("caption files need distinct names: the file name (without suffix) names the video")
+    frames = {name: np.array(sorted(replay.captions)) for name, replay in replays.items()}
+    texts = {name: [replays[name].captions[int(k)] for k in frames[name]] for name in replays}
+    scorer = CaptionScorer(rulebook, sentence_embedder())
+    reasoning = reason_over_captions(texts, scorer, llm, llm_fraction=llm_fraction, progress=progress)
+    events = {name: caption_events(video, frames[name], fps, threshold) for name, video in reasoning.videos.items()}
+    return CaptionRun(reasoning, rulebook, frames, events)
+
+
+def learn_caption_rules(
+    normal_caption_files: list[str | Path], *, anomalies: str | Path | None = None, scene: str = ""
+) -> Rulebook:
+    """Caption rules from captions of normal footage: what they say often becomes normal rules; the anomaly rules
+    of ``anomalies`` (rule text; default: the everyday anomalies shipped with anomalens) that the footage shows
+    are switched off."""
+    if anomalies is None:
+        text = resources.files("anomalens.rules").joinpath("everyday_anomalies.txt").read_text(encoding="utf-8")
+        start = parse_rule_text(text, "everyday_anomalies.txt")
+    else:
+        start = load_rule_text(anomalies)
+    normal = [caption for path in normal_caption_files for caption in ReplayedCaptions.load(path).captions.values()]
+    return induce_caption_rules(normal, sentence_embedder(), start, scene=scene)

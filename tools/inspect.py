@@ -21,12 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anomalens.agents.perception import Perception
 from anomalens.errors import MediaError
 from anomalens.prompts import load as load_prompts
-from anomalens.report import ImageFinding, ImageReport
+from anomalens.report import ImageFinding
 from anomalens.tools.patch_novelty import NoveltyMap, PatchNovelty
-from anomalens.types import Evidence, Source
+from anomalens.tools.perception import Perception
+from anomalens.types import Evidence, EvidenceKind, Source
 
 MAX_BOX_FRACTION = 0.3  # SAA+'s filter: a "defect" box over 30% of the image is the object itself
 MAX_REGIONS = 5  # regions described per image
@@ -139,6 +139,7 @@ class ImageInspector:
             sentences[0] = sentences[0][:-1] + f"; at its most novel point it shows {_novelty_words(novelty)}."
         height, width = image.shape[:2]
         evidence = Evidence(
+            kind=EvidenceKind.IMAGE,
             source=Source(tool="patch-novelty", backend="few-shot" if self.novelty.few_shot else "self-referenced"),
             frame_size=(width, height),
             anomaly_map=novelty.anomaly_map,
@@ -190,6 +191,7 @@ class ImageInspector:
             for box, score, mask, label in zip(boxes, scores, masks, labels)
         ]
         evidence = Evidence(
+            kind=EvidenceKind.IMAGE,
             source=Source(tool="saa", backend=f"{detected.source.backend}+{segmented.source.backend}"),
             frame_size=(width, height),
             boxes=boxes,
@@ -200,31 +202,3 @@ class ImageInspector:
             frame_score=float(scores.max()) if len(scores) else 0.0,
         )
         return evidence, self.box_threshold, sentences
-
-
-def inspect_images(
-    images: Sequence[str | Path],
-    normal: Sequence[str | Path] = (),
-    perception: Perception | None = None,
-    prompts: Sequence[str] | None = None,
-    progress: bool = True,
-) -> ImageReport:
-    """Inspect ``images`` (few-shot when ``normal`` images are given) into one report."""
-    from anomalens.progress import track
-
-    started = time.perf_counter()
-    inspector = ImageInspector(perception, prompts)
-    if normal:
-        inspector.fit(normal)
-    findings = [
-        inspector.inspect(p)
-        for p in track(images, f"inspecting ({inspector.method})", total=len(images), enabled=progress)
-    ]
-    return ImageReport(
-        title=f"anomalens: {len(findings)} image(s)",
-        method=inspector.method,
-        normal=inspector.normal,
-        findings=findings,
-        absent_tools=inspector.perception.absent,
-        seconds=time.perf_counter() - started,
-    )

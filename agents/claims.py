@@ -1,0 +1,196 @@
+"""The agent's answer contract: the claims an LLM may draft, how a draft becomes ``Claim`` objects (handles
+resolved to evidence ids), and how a verified claim becomes a sentence.
+
+What each kind of claim states and which fields it fills is described once, in ``prompts/claims.yaml``
+(``kinds``), for the LLM's system prompt and for people. The prose of a claim is rendered from its checked
+fields (the same file's templates), never copied from the LLM, so no unverified word reaches the reader.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from anomalens.agents.index import HANDLE_PATTERN, EvidenceBook, handle
+from anomalens.agents.llm import ToolSpec, tool_parameters
+from anomalens.prompts import load as load_prompts
+from anomalens.types import OBJECT_QUANTITIES, Claim, Heading, Relation
+
+ANSWER_TOOL = "answer"
+MAX_CLAIMS = 3  # per answer: each costs about 3 s of generation on 2 cores (the budget is 20 s an event)
+# A draft's short field names and the ``Claim`` fields they fill.
+DRAFT_FIELDS = {
+    "rule": "rule_id",
+    "track": "track_id",
+    "quantity": "quantity",
+    "value": "value",
+    "unit": "unit",
+    "term": "term",
+    "heading": "heading",
+    "zone": "zone",
+    "relation": "relation",
+    "other_track": "other_track_id",
+    "frames": "frames",
+}
+
+Cite = Annotated[list[Annotated[str, Field(pattern=HANDLE_PATTERN)]], Field(min_length=1, max_length=4)]
+
+
+class _Draft(BaseModel):
+    # Subclasses declare ``kind`` then ``cite`` first: a grammar writes the fields in that order, as the prompt's
+    # example does. Optional fields default to None without admitting null, which keeps the schema short.
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_mean_absent(cls, data: Any) -> Any:
+        # Models without a grammar sometimes write null for fields they leave out.
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+class RuleDraft(_Draft):
+    kind: Literal["rule"]
+    cite: Cite
+    rule: str
+    track: int = None
+
+
+class MeasurementDraft(_Draft):
+    kind: Literal["measurement"]
+    cite: Cite
+    quantity: str
+    value: float
+    unit: str = None
+    track: int = None
+
+
+class CountDraft(_Draft):
+    kind: Literal["count"]
+    cite: Cite
+    value: float
+
+
+class ObjectDraft(_Draft):
+    kind: Literal["object"]
+    cite: Cite
+    term: str
+    track: int = None
+
+
+class AttributeDraft(_Draft):
+    kind: Literal["attribute"]
+    cite: Cite
+    heading: Heading
+    track: int
+
+
+class SpatialDraft(_Draft):
+    kind: Literal["spatial"]
+    cite: Cite
+    track: int
+    zone: str = None
+    relation: Relation = None
+    other_track: int = None
+
+
+class TemporalDraft(_Draft):
+    kind: Literal["temporal"]
+    cite: Cite
+    frames: list[int] = Field(min_length=2, max_length=2)
+
+
+class OtherDraft(_Draft):
+    kind: Literal["other"]
+    cite: Cite
+    term: str = None
+
+
+# One schema per kind with the fields it needs required: a grammar-constrained model cannot leave them out.
+DraftClaim = Annotated[
+    RuleDraft | MeasurementDraft | CountDraft | ObjectDraft | AttributeDraft | SpatialDraft | TemporalDraft
+    | OtherDraft,
+    Field(discriminator="kind"),
+]
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    claims: list[DraftClaim] = Field(max_length=MAX_CLAIMS)
+
+
+def answer_spec() -> ToolSpec:
+    description = load_prompts("claims")["answer_tool"]
+    return ToolSpec(name=ANSWER_TOOL, description=description, parameters=tool_parameters(Answer))
+
+
+def kinds_text() -> str:
+    """The claim kinds and their fields, one line each, for the system prompt."""
+    return "\n".join(f"- {kind}: {what}" for kind, what in load_prompts("claims")["kinds"].items())
+
+
+def claims_from_draft(drafts: list[DraftClaim], book: EvidenceBook) -> list[Claim]:
+    """Claims citing evidence ids (handles resolved; an unknown handle stays as written, for the verifier)."""
+    claims = []
+    for k, draft in enumerate(drafts, 1):
+        fields = {DRAFT_FIELDS[name]: value for name, value in draft.model_dump(exclude={"kind", "cite"}).items()}
+        if fields.get("frames") is not None:
+            fields["frames"] = tuple(fields["frames"])
+        cited = [book.resolve(h) for h in draft.cite]
+        claims.append(Claim(id=f"c{k}", kind=draft.kind, evidence_ids=cited, **fields))
+    return claims
+
+
+def as_draft(claim: Claim, book: EvidenceBook) -> dict[str, Any]:
+    """A claim in the form the LLM writes it (handles, short keys), to show it what failed."""
+    handles = [handle(ev) if (ev := book.get(i)) else i for i in claim.evidence_ids]
+    fields = {name: getattr(claim, field) for name, field in DRAFT_FIELDS.items()}
+    if fields["frames"] is not None:
+        fields["frames"] = list(fields["frames"])
+    return {"kind": claim.kind, "cite": handles} | {k: v for k, v in fields.items() if v is not None}
+
+
+def render(claim: Claim, book: EvidenceBook) -> str:
+    """One sentence saying what ``claim`` states (and what the verifier checked)."""
+    text = load_prompts("claims")
+    index = book.index
+    cited = [ev for ev_id in claim.evidence_ids if (ev := book.get(ev_id)) is not None]
+    frame = cited[0].frame_index if cited else None
+    when = f"at {frame / index.fps:.1f} s (frame {frame})" if frame is not None else ""
+    subject = f"Track {claim.track_id}" if claim.track_id is not None else "The scene"
+    if claim.kind == "measurement" and claim.track_id is None and claim.quantity in OBJECT_QUANTITIES:
+        subject = "An object"
+    if claim.kind == "object" and claim.track_id is None and cited and cited[0].text is not None:
+        return text["caption"].format(frame=frame, term=claim.term, time_s=frame / index.fps)
+    fields = claim.model_dump() | {"subject": subject, "when": when, "value": _number(claim.value)}
+    if claim.kind == "measurement" and claim.unit is None:  # the verifier compared in the measured unit
+        fields["unit"] = next((m.unit for ev in cited if (m := _any_reading(ev, claim.quantity))), "")
+    if claim.kind == "rule":
+        rule = index.rule(claim.rule_id)
+        return text["rule"].format(**fields, sentence=rule.sentence.rstrip(".") if rule is not None else "?")
+    if claim.kind == "attribute":
+        return text["attribute"].format(**fields | {"heading": text["headings"][claim.heading]})
+    if claim.kind == "spatial":
+        if claim.relation is not None:
+            return text["spatial_relation"].format(**fields | {"relation": claim.relation.replace("_", " ")})
+        return text["spatial_zone"].format(**fields)
+    if claim.kind == "temporal":
+        first, last = claim.frames
+        return text["temporal"].format(first=first, last=last, start_s=first / index.fps, end_s=last / index.fps)
+    if claim.kind == "measurement" and f"measurement_{claim.quantity}" in text:
+        return text[f"measurement_{claim.quantity}"].format(**fields)
+    return text[claim.kind].format(**fields)
+
+
+def _any_reading(evidence, quantity: str):
+    """``quantity`` as ``evidence`` measured it, for the frame or for any object."""
+    found = evidence.measurement(quantity)
+    return found if found is not None else next(
+        (m for i in range(len(evidence)) if (m := evidence.measurement(quantity, i)) is not None), None
+    )
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"

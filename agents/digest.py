@@ -1,0 +1,143 @@
+"""What the agent is told: an event's digest (its facts, offered as claims it can copy) and a video's overview.
+
+Facts come from typed fields of the evidence (tracks, headings, zones, measurements, rule breaches, what cues
+say), never from label text. Wording lives in ``prompts/digest.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from anomalens.agents.index import EvidenceBook, VideoIndex, handle
+from anomalens.prompts import load as load_prompts
+from anomalens.types import OBJECT_QUANTITIES, Breach, Event, Evidence
+
+MAX_LISTED = 8  # longest list the agent is given (events, objects): the LLM's context is small
+MAX_BREACHES = 2  # rule breaches an event's digest details
+
+Fact = tuple[dict[str, Any], str]  # a claim the LLM may copy, and what it means
+
+
+def _text() -> dict:
+    return load_prompts("digest")
+
+
+def describe_objects(evidence: Evidence, which: list[int] | None = None) -> list[str]:
+    """One line per object (all, or the indices ``which``): track, what it is and where it heads, measured facts,
+    broken rules."""
+    text = _text()
+    chosen = list(range(len(evidence))) if which is None else which
+    lines = []
+    for i in chosen[:MAX_LISTED]:
+        facts = ", ".join(
+            f"{name} {m.value:.3g} {m.unit}" for name in OBJECT_QUANTITIES if (m := evidence.measurement(name, i))
+        )
+        broken = [f"{b.rule_id} {b.severity:.1f}x" for b in evidence.breaches() if b.object_index == i]
+        line = text["object"].format(track=evidence.track_of(i), what=what_it_is(evidence, i), facts=facts)
+        lines.append(line + (text["breaks"].format(rules=", ".join(broken)) if broken else ""))
+    if len(chosen) > MAX_LISTED:
+        lines.append(text["more_objects"].format(count=len(chosen) - MAX_LISTED))
+    return lines
+
+
+def what_it_is(evidence: Evidence, i: int) -> str:
+    """An object's class (when known), heading and zone, from the evidence's fields."""
+    parts = [evidence.class_names[i] if evidence.class_names is not None else "object"]
+    if evidence.headings is not None:
+        parts.append(f"heading {evidence.headings[i]}")
+    if evidence.zones is not None:
+        parts.append(f"in zone {evidence.zones[i]}")
+    return " ".join(parts)
+
+
+def event_digest(book: EvidenceBook, event: Event) -> str:
+    """What an event is, in a few lines: times, its worst rule breaches (who, where, how much), what its cues
+    say, the objects at its peak, and the handles to cite."""
+    index, text = book.index, _text()
+    lines = [text["event"].format(**event.model_dump())]
+    cited = [ev for ev_id in event.evidence_ids if (ev := index.get(ev_id)) is not None]
+    worst: dict[str, tuple[Breach, Evidence]] = {}
+    for evidence in cited:
+        for breach in evidence.breaches():
+            if breach.rule_id not in worst or breach.severity > worst[breach.rule_id][0].severity:
+                worst[breach.rule_id] = (breach, evidence)
+    ranked = sorted(worst.values(), key=lambda item: -item[0].severity)
+    facts: list[Fact] = []
+    for breach, evidence in ranked[:MAX_BREACHES]:
+        facts += _breach_facts(index, breach, evidence)
+    for reason in event.reasons:
+        claim = {"kind": "object", "cite": [f"C{reason.first_frame}"], "term": reason.phrase}
+        facts.append((claim, text["cue"].format(**reason.model_dump())))
+    if (peak := index.frame_evidence(event.peak_frame)) is not None:
+        facts += _peak_facts(peak)
+    if len(cited) > 1:
+        span = {"frames": [event.start_frame, event.end_frame]}
+        facts.append(({"kind": "temporal", "cite": [handle(cited[0]), handle(cited[-1])]} | span, ""))
+    seen: set[str] = set()
+    lines.append(text["facts"])
+    for claim, meaning in facts:
+        line = json.dumps(claim, separators=(",", ":"))
+        if line not in seen:
+            seen.add(line)
+            lines.append(f"  {line}" + (f"  ({meaning})" if meaning else ""))
+    if index.has_captions:
+        lines.append(text["read_captions"].format(frame=event.peak_frame))
+    return "\n".join(lines)
+
+
+def _breach_facts(index: VideoIndex, breach: Breach, evidence: Evidence) -> list[Fact]:
+    """A broken rule as claims: the rule, and for an object the measured value, heading or zone it is about."""
+    text, cite = _text(), [handle(evidence)]
+    rule = index.rule(breach.rule_id)
+    sentence = rule.sentence.rstrip(".") if rule is not None else "(not in the rulebook)"
+    meaning = text["breach"].format(severity=breach.severity, sentence=sentence)
+    i = breach.object_index
+    if i is None:
+        return [({"kind": "rule", "cite": cite, "rule": breach.rule_id}, meaning)]
+    track = evidence.track_of(i)
+    facts = [({"kind": "rule", "cite": cite, "rule": breach.rule_id, "track": track}, meaning)]
+    fact = rule.predicate.fact if rule is not None else ""
+    if fact in OBJECT_QUANTITIES and (m := evidence.measurement(fact, i)) is not None:
+        value = {"quantity": fact, "value": round(m.value, 2), "unit": m.unit, "track": track}
+        facts.append(({"kind": "measurement", "cite": cite} | value, ""))
+    if fact == "zone" and evidence.zones is not None:
+        facts.append(({"kind": "spatial", "cite": cite, "track": track, "zone": evidence.zones[i]}, ""))
+    if fact == "direction" and evidence.headings is not None:
+        facts.append(({"kind": "attribute", "cite": cite, "heading": evidence.headings[i], "track": track}, ""))
+    return facts
+
+
+def _peak_facts(peak: Evidence) -> list[Fact]:
+    """The peak frame as claims: unusual motion, and its most anomalous object (rules broken or not)."""
+    cite = [handle(peak)]
+    facts = []
+    novelty = peak.measurement("flow_novelty")
+    if novelty is not None and novelty.value > 1.0:
+        value = {"quantity": "flow_novelty", "value": round(novelty.value, 2), "unit": novelty.unit}
+        facts.append(({"kind": "measurement", "cite": cite} | value, _text()["flow"]))
+    if len(peak):
+        i = int(np.argmax(peak.scores))
+        track, speed = peak.track_of(i), peak.measurement("speed", i)
+        if speed is not None:
+            value = {"quantity": "speed", "value": round(speed.value, 2), "unit": speed.unit, "track": track}
+            facts.append(({"kind": "measurement", "cite": cite} | value, ""))
+        if peak.headings is not None:
+            facts.append(({"kind": "attribute", "cite": cite, "heading": peak.headings[i], "track": track}, ""))
+    return facts
+
+
+def overview(index: VideoIndex) -> str:
+    """The video in a few lines: length and its events, for a chat question's context."""
+    text = _text()
+    head = text["video"].format(video=index.video, frames=index.frames, fps=index.fps, seconds=index.frames / index.fps)
+    if not index.events:
+        return head + text["no_events"]
+    lines = [head + text["events"].format(count=len(index.events))]
+    lines += [
+        text["event_line"].format(**e.model_dump(), rules=", ".join(e.rule_ids[:3]) or text["no_rules"])
+        for e in index.events[:MAX_LISTED]
+    ]
+    return "\n".join(lines)

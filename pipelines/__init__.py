@@ -1,0 +1,19 @@
+"""The one place each flow is assembled, and the documented Python API:
+
+    from anomalens import learn_scene, audit, explain, chat
+
+- ``learn_scene(normal, out=)``: a scene (background, motion model, editable ``rules.yaml``) from normal footage;
+- ``audit(video, scene, out=)``: events, evidence, verified explanations and a report;
+- ``explain(inputs, out=)``: the same with no scene model (images, or a video that learns its own normality);
+- ``chat(video)``: a conversation whose answers are verified claims.
+
+Layers point one way: kernel (``anomalens``) <- ``rules`` <- ``tools`` <- ``agents`` <- ``pipelines``; the CLI
+and the eval runners call pipelines.
+"""
+
+from anomalens.pipelines.audit import audit
+from anomalens.pipelines.chat import chat
+from anomalens.pipelines.explain import explain
+from anomalens.pipelines.scene import learn_scene
+
+__all__ = ["audit", "chat", "explain", "learn_scene"]

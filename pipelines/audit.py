@@ -1,0 +1,246 @@
+"""Auditing footage against a scene, assembled: screening (scene scorer, cues, the deterministic explainer),
+the agent on each event, and the report. Also the video's index for the agent, and who explains events.
+
+``audit`` serves the CLI's ``audit`` and ``explain VIDEO``, the demo and every eval runner that audits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from anomalens.agents.graph import explain_events
+from anomalens.agents.index import VideoIndex
+from anomalens.agents.llm import LLM
+from anomalens.config import Settings, load_settings
+from anomalens.draw import overlay
+from anomalens.errors import AnomalensError
+from anomalens.pipelines.describe import Describer
+from anomalens.progress import say
+from anomalens.report import GroundTruth, Report, compact_map, write_report
+from anomalens.tools.perception import Perception
+from anomalens.tools.protocols import Cue
+from anomalens.tools.scene import Scene, SceneScorer
+from anomalens.tools.screening import ScreeningResult, screen
+from anomalens.types import Event, Evidence, Explanation, Track
+from anomalens.video import Frame, FrameSource
+
+
+@dataclass(frozen=True)
+class Screened:
+    """One video screened against a scene: the screening result and every track followed."""
+
+    result: ScreeningResult
+    tracks: list[Track]
+
+
+@dataclass(frozen=True)
+class Audit:
+    """An audited video: what screening found, the agent's explanations, and the report (with its pictures)."""
+
+    screened: Screened
+    explanations: list[Explanation]
+    report: Report
+    keyframes: dict[str, np.ndarray]
+    files: tuple[Path, Path] | None = None  # report.json and report.html, when written
+
+    @property
+    def events(self) -> list[Event]:
+        return self.screened.result.events
+
+
+def screen_video(
+    source: FrameSource,
+    scene: Scene,
+    *,
+    cues: Sequence[Cue] = (),
+    self_referenced: bool = False,
+    observe: Callable[[Frame, Evidence], None] | None = None,
+    progress: bool = True,
+) -> Screened:
+    """Screen ``source`` (opened with ``scene.open``) against ``scene``: every frame scored by the scene's motion
+    and rules, ``cues`` fused, events described by the deterministic explainer."""
+    scorer = SceneScorer(scene, source.fps)
+    result = screen(
+        source, scorer, self_referenced=self_referenced, cues=cues, describe=Describer(scene.rulebook),
+        observe=observe, progress=progress,
+    )
+    return Screened(result, scorer.analyzer.tracks())
+
+
+def index_video(
+    screened: Screened, scene: Scene, *, captions: str | Path | None = None, every_frame: bool = False
+) -> VideoIndex:
+    """The agent's index of one screened video: its events and cited evidence, and with ``every_frame`` the
+    compact evidence and tracks of every frame (for questions about any moment of the video)."""
+    result = screened.result
+    compact = {ev.id: ev for ev in result.frames} if every_frame else {}
+    compact.update(
+        {ev.id: ev.model_copy(update={"anomaly_map": None, "masks": None}) for ev in result.evidence.values()}
+    )
+    cited = {t for event in result.events for t in event.track_ids}
+    return VideoIndex(
+        video=result.source_name,
+        fps=result.fps,
+        source_size=result.source_size,
+        frames=len(result.frame_indices),
+        threshold=result.threshold,
+        events=result.events,
+        evidence=sorted(compact.values(), key=lambda ev: ev.frame_index or 0),
+        tracks=list(screened.tracks) if every_frame else [t for t in screened.tracks if t.id in cited],
+        rulebook=scene.rulebook,
+        captions_file=str(captions) if captions else None,
+    )
+
+
+def _separator(image: np.ndarray) -> np.ndarray:
+    return np.full((image.shape[0], 6, 3), 255, dtype=np.uint8)
+
+
+def build_report(
+    screened: Screened,
+    scene: Scene,
+    *,
+    title: str,
+    scorer: str,
+    explainer: str,
+    explanations: list[Explanation] = (),
+    cited: dict[str, Evidence] | None = None,
+    ground_truth: GroundTruth | None = None,
+    metrics: dict[str, float] | None = None,
+) -> tuple[Report, dict[str, np.ndarray]]:
+    """The report of a screened video and its keyframe pictures (raw frame | frame with overlays); ``cited``:
+    evidence the explanations cite beyond screening's (captions, what live tools found)."""
+    result = screened.result
+    keyframes = {
+        event_id: np.hstack([frame.image, _separator(frame.image), overlay(frame.image, evidence, frame.scale)])
+        for event_id, (frame, evidence) in result.keyframes.items()
+    }
+    evidence = result.evidence | (cited or {})
+    report = Report(
+        title=title,
+        input=result.source_name,
+        fps=result.fps,
+        source_size=result.source_size,
+        scorer=scorer,
+        explainer=explainer,
+        explanations=list(explanations),
+        threshold=result.threshold,
+        frame_indices=result.frame_indices.tolist(),
+        scores=[round(float(s), 4) for s in result.scores],
+        events=result.events,
+        evidence=[compact_map(ev) for ev in evidence.values()],
+        tracks=[t for t in screened.tracks if any(t.id in e.track_ids for e in result.events)],
+        rulebook=scene.rulebook,
+        ground_truth=ground_truth,
+        metrics=metrics or {},
+        seconds=result.seconds,
+    )
+    return report, keyframes
+
+
+def audit(
+    video: str | Path | FrameSource,
+    scene: Scene | str | Path,
+    *,
+    out: str | Path | None = None,
+    fps: float | None = None,
+    explainer: str | None = None,
+    llm: LLM | None = None,
+    captions: str | Path | None = None,
+    caption_rules: str | Path | None = None,
+    cues: Sequence[Cue] = (),
+    perception: Perception | None = None,
+    self_referenced: bool = False,
+    title: str | None = None,
+    ground_truth: GroundTruth | None = None,
+    metrics: Callable[[ScreeningResult], dict[str, float]] | None = None,
+    progress: bool = True,
+) -> Audit:
+    """Audit ``video`` (a path, or a ``FrameSource`` opened with ``scene.open``) against ``scene`` (a ``Scene``
+    or its folder): screen every frame, explain each event, build the report (written to ``out`` if given).
+
+    Events are explained by the agent with ``llm``, else by the LLM that ``explainer`` (``auto``, ``agent``,
+    ``deterministic``; default: the settings) chooses, else by the deterministic explainer. The agent reads the
+    replayed ``captions`` and calls the foundation tools in ``perception`` (default: those with weights here);
+    the report shows its verified prose where it verified anything, the deterministic summary elsewhere.
+    ``caption_rules`` (rule text or YAML) also screens the ``captions`` against them, fused with motion;
+    ``cues`` adds other screening cues. ``fps``: the frame rate of a frame folder (default: the scene's).
+    """
+    if caption_rules is not None and captions is None:
+        raise AnomalensError("caption rules screen the video's captions: give them with --captions FILE")
+    scene = scene if isinstance(scene, Scene) else Scene.load(scene)
+    # Opened before the LLM loads: bad input fails fast.
+    source = video if isinstance(video, FrameSource) else scene.open(video, fps=fps)
+    who = f"agent ({llm.backend}:{llm.model})" if llm is not None else None
+    if llm is None:
+        llm, who = open_explainer(explainer)
+    say(f"explanations: {who}", progress)
+    if caption_rules is not None:
+        from anomalens.pipelines.captions import open_caption_cue
+
+        cues = [*cues, open_caption_cue(captions, caption_rules, source.fps, llm, progress=progress)]
+    if llm is not None and perception is None:
+        perception = foundation_tools(progress)
+    screened = screen_video(source, scene, cues=cues, self_referenced=self_referenced, progress=progress)
+    explanations: list[Explanation] = []
+    cited: dict[str, Evidence] = {}
+    if llm is not None and screened.result.events:
+        index = index_video(screened, scene, captions=captions)
+        for explanation in explain_events(llm, index, perception=perception, progress=progress):
+            explanations.append(explanation)
+            extra = {ev.id: ev for ev in explanation.evidence}
+            for claim in explanation.claims:  # what the agent cited goes into the report with the rest
+                for evidence_id in claim.evidence_ids:
+                    if (found := extra.get(evidence_id) or index.get(evidence_id)) is not None:
+                        cited[evidence_id] = found
+    scorer = "scene rules + motion (trained on " + ", ".join(scene.sources) + ")"
+    scorer += "".join(f" + caption rules on {cue.origin}" for cue in cues)
+    report, keyframes = build_report(
+        screened,
+        scene,
+        title=title or f"anomalens audit: {source.name}",
+        scorer=scorer,
+        explainer=who,
+        explanations=explanations,
+        cited=cited,
+        ground_truth=ground_truth,
+        metrics=metrics(screened.result) if metrics else None,
+    )
+    files = write_report(report, keyframes, out) if out is not None else None
+    return Audit(screened, explanations, report, keyframes, files)
+
+
+def foundation_tools(progress: bool = True) -> Perception:
+    """The foundation tools whose weights are on this machine, said aloud."""
+    perception = Perception.available()
+    present = ", ".join(perception.present) or "none with weights here (`anomalens models list`)"
+    say(f"foundation tools: {present}", progress)
+    return perception
+
+
+def open_explainer(choice: str | None = None, settings: Settings | None = None) -> tuple[LLM | None, str]:
+    """The LLM that explains events, or None, and a line saying who explains them.
+
+    ``choice`` (default: ``Settings.explainer``): ``agent`` needs the configured LLM and fails if it cannot
+    load; ``deterministic`` never loads one; ``auto`` uses the agent when the LLM loads, and says why not
+    otherwise.
+    """
+    from anomalens.agents.llm import open_llm
+
+    settings = settings or load_settings()
+    choice = choice or settings.explainer
+    if choice not in ("auto", "agent", "deterministic"):
+        raise AnomalensError(f"explainer {choice!r}: choose auto, agent or deterministic")
+    if choice == "deterministic":
+        return None, "deterministic"
+    try:
+        llm = open_llm(settings=settings)
+    except AnomalensError as error:
+        if choice == "agent":
+            raise
+        return None, f"deterministic (no LLM: {error})"
+    return llm, f"agent ({llm.backend}:{llm.model})"

@@ -1,0 +1,64 @@
+"""The deterministic explainer: plain-language sentences built only from an event's evidence, the scene's rules
+and what cues say (no LLM). Screening calls it as it builds each event (``tools.screening.screen(describe=)``)."""
+
+from __future__ import annotations
+
+from anomalens.prompts import load as load_prompts
+from anomalens.types import Breach, Event, Evidence, Rulebook
+
+MAX_RULES = 3  # the explanation names the worst few; the report's rule table lists every broken rule
+_MEASURED = ("speed", "area", "dwell")
+
+
+class Describer:
+    """Sentences for the events of one scene (``rulebook`` gives the rules' sentences)."""
+
+    def __init__(self, rulebook: Rulebook | None):
+        self.rulebook = rulebook
+
+    def __call__(self, event: Event, cited: list[Evidence], keyframe: Evidence) -> str:
+        """The worst breach of the event's worst-broken rules (who, where, when, with numbers), unusual motion at
+        its keyframe, and the rule its cues (captions) say is broken."""
+        text = load_prompts("explain")
+        worst: dict[str, tuple[Breach, Evidence]] = {}
+        for evidence in cited:
+            for breach in evidence.breaches():
+                if breach.rule_id not in worst or breach.severity > worst[breach.rule_id][0].severity:
+                    worst[breach.rule_id] = (breach, evidence)
+        sentences = [text["event"].format(**event.model_dump(), n_rules=len(worst))]
+        for breach, evidence in sorted(worst.values(), key=lambda item: -item[0].severity)[:MAX_RULES]:
+            rule = self.rulebook.find(breach.rule_id) if self.rulebook is not None else None
+            said = {
+                "rule_id": breach.rule_id,
+                "sentence": rule.sentence.rstrip(".") if rule is not None else "a rule no longer in the rulebook",
+                "time_s": evidence.time_s,
+                "severity": breach.severity,
+            }
+            i = breach.object_index
+            if i is None:
+                sentences.append(text["frame_rule"].format(**said))
+                continue
+            measured = "".join(
+                f", {name} {m.value:.1f} {m.unit}" for name in _MEASURED if (m := evidence.measurement(name, i))
+            )
+            sentences.append(
+                text["object_rule"].format(**said, who=_who(evidence, i), track=evidence.track_of(i), measured=measured)
+            )
+        novelty = keyframe.measurement("flow_novelty")
+        if novelty is not None and novelty.value > 1.0:
+            sentences.append(text["flow"].format(novelty=novelty.value, time_s=keyframe.time_s))
+        sentences += [text["cue"].format(**reason.model_dump()) for reason in event.reasons]
+        if len(sentences) == 1:
+            sentences.append(text["nothing"])
+        return " ".join(sentences)
+
+
+def _who(evidence: Evidence, i: int) -> str:
+    """"a bicycle moving east in zone r2c1", from the object's typed fields."""
+    headings = load_prompts("claims")["headings"]
+    what = f"a {evidence.class_names[i]}" if evidence.class_names is not None else "an object"
+    if evidence.headings is not None:
+        what += f" {headings[evidence.headings[i]]}"
+    if evidence.zones is not None:
+        what += f" in zone {evidence.zones[i]}"
+    return what

@@ -1,0 +1,85 @@
+"""Explaining with no scene model, assembled: images are inspected with the best method this machine can run
+(zero-shot, or few-shot against normal images); a video learns its normality from normal footage or from
+itself, then is audited."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from anomalens.errors import AnomalensError
+from anomalens.pipelines.audit import Audit, audit
+from anomalens.pipelines.scene import learn_scene
+from anomalens.progress import say, track
+from anomalens.report import ImageReport, write_image_report
+from anomalens.tools.inspect import ImageInspector, method_for, read_image
+from anomalens.tools.perception import Perception
+from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
+from anomalens.video import IMAGE_SUFFIXES
+
+
+def inspect_images(
+    images: Sequence[str | Path],
+    normal: Sequence[str | Path] = (),
+    perception: Perception | None = None,
+    prompts: Sequence[str] | None = None,
+    progress: bool = True,
+) -> ImageReport:
+    """Inspect ``images`` (few-shot when ``normal`` images are given) into one report."""
+    started = time.perf_counter()
+    inspector = ImageInspector(perception, prompts)
+    if normal:
+        inspector.fit(normal)
+    findings = [
+        inspector.inspect(p)
+        for p in track(images, f"inspecting ({inspector.method})", total=len(images), enabled=progress)
+    ]
+    return ImageReport(
+        title=f"anomalens: {len(findings)} image(s)",
+        method=inspector.method,
+        normal=inspector.normal,
+        findings=findings,
+        absent_tools=inspector.perception.absent,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def explain(
+    inputs: Sequence[str | Path],
+    *,
+    out: str | Path,
+    normal: Sequence[str | Path] = (),
+    prompts: Sequence[str] | None = None,
+    fps: float | None = None,
+    explainer: str | None = None,
+    progress: bool = True,
+) -> ImageReport | Audit:
+    """Find and explain anomalies in ``inputs`` (one or more images, or one video or frame folder) with no scene
+    model, writing the report to ``out``.
+
+    Images: with the foundation tools whose weights are present, else the embedded patch-novelty detector;
+    few-shot against ``normal`` images when given. A video: normality is learned from ``normal`` footage, or
+    from the video itself (its dominant behaviour), saved in ``out/scene``, then the video is audited.
+    """
+    paths = [Path(p) for p in inputs]
+    images = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
+    if images and len(images) != len(paths):
+        raise AnomalensError("give either images or one video/frame folder, not both")
+    if images:
+        perception = Perception.available()
+        for kind, why in perception.absent.items():
+            say(f"{kind}: not used ({why}; see `anomalens models list`)", progress)
+        mode = f"few-shot against {len(normal)} normal image(s)" if normal else "zero-shot"
+        say(f"method: {method_for(perception)}, {mode}", progress)
+        report = inspect_images(images, normal, perception, prompts, progress)
+        write_image_report(report, {f.image: read_image(f.image) for f in report.findings}, out)
+        return report
+    if len(paths) != 1:
+        raise AnomalensError(f"give one video or frame folder at a time, not {len(paths)}")
+    how = "the normal footage given" if normal else "the footage itself (self-referenced: its dominant behaviour)"
+    say(f"learning normality from {how}", progress)
+    reference = list(normal) or paths
+    contamination = 0.0 if normal else SELF_REFERENCED_CONTAMINATION
+    scene = learn_scene(reference, out=Path(out) / "scene", fps=fps, contamination=contamination, progress=progress)
+    return audit(paths[0], scene, out=out, fps=fps, explainer=explainer, self_referenced=not normal, progress=progress)

@@ -1,0 +1,72 @@
+"""The foundation-model tools present on this machine.
+
+``Perception.available()`` loads, per kind, the first backend (in ``backends.yaml``'s order) that is installed
+and has weights here (checked before anything heavy is imported); the kinds it could not load are listed with
+the reason. A vision model behind an OpenAI-compatible server (settings ``captioner_base_url`` and
+``captioner_model``) is the captioner when set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anomalens import registry, weights
+from anomalens.config import Settings, load_settings
+from anomalens.errors import ConfigError, MissingExtra, WeightsNotFound
+from anomalens.tools.protocols import Captioner, Detector, Segmenter, TextScorer
+
+KINDS = ("clip", "detector", "segmenter", "captioner")
+
+
+@dataclass
+class Perception:
+    """Loaded tools (None when absent) and, for each absent kind, why."""
+
+    clip: TextScorer | None = None
+    detector: Detector | None = None
+    segmenter: Segmenter | None = None
+    captioner: Captioner | None = None
+    absent: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def available(cls, root: Path | None = None, settings: Settings | None = None) -> Perception:
+        settings = settings or load_settings()
+        found = cls()
+        if settings.captioner_base_url:  # the user pointed at a server: it wins over local weights
+            if not settings.captioner_model:
+                raise ConfigError("captioner_base_url is set but captioner_model is not (ANOMALENS_CAPTIONER_MODEL)")
+            found.captioner = registry.load("captioner:openai")(
+                settings.captioner_model, base_url=settings.captioner_base_url, api_key=settings.llm_api_key
+            )
+        for kind in KINDS:
+            if getattr(found, kind) is not None:
+                continue
+            reasons = []
+            for backend in registry.of_kind(kind):
+                if not backend.checkpoints:
+                    continue  # a server client or a replay: nothing to find on this machine
+                try:
+                    if backend.missing():
+                        raise MissingExtra(backend.name)
+                    path = weights.resolve(None, backend.name, root=root)
+                except MissingExtra:
+                    reasons.append(f"{backend.name} not installed")
+                    continue
+                except WeightsNotFound:
+                    reasons.append(f"{backend.name} has no weights here")
+                    continue
+                tool = registry.load(backend.name).load(path)
+                if kind == "clip":
+                    from anomalens.tools.clip import ClipScorer
+
+                    tool = ClipScorer(tool)
+                setattr(found, kind, tool)
+                break
+            else:
+                found.absent[kind] = "; ".join(reasons)
+        return found
+
+    @property
+    def present(self) -> list[str]:
+        return [kind for kind in KINDS if getattr(self, kind) is not None]

@@ -1,0 +1,175 @@
+"""Screening: score every frame cheaply, smooth, fuse extra cues, and group anomalous frames into events.
+
+Each frame is decoded once. Memory stays bounded whatever the video's length: per frame only its score and
+compact evidence (boxes and measurements) are kept; the heavy parts (image and anomaly map) are kept for at
+most ``max_keyframes`` frames, the best of each run above the threshold, which become the events' keyframes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from anomalens.events import group_events, outlier_level, smooth
+from anomalens.progress import track
+from anomalens.tools.protocols import Cue, FrameScorer
+from anomalens.types import Event, Evidence
+from anomalens.video import Frame, FrameSource
+
+# Writes an event's summary from the event (its summary still empty), the evidence it cites and its keyframe.
+Describe = Callable[[Event, list[Evidence], Evidence], str]
+
+
+@dataclass(frozen=True)
+class ScreeningResult:
+    frame_indices: np.ndarray  # (T,) source frame index of each analysed frame
+    raw_scores: np.ndarray  # (T,)
+    scores: np.ndarray  # (T,) smoothed, cues fused; compared with threshold
+    threshold: float
+    fps: float
+    source_name: str
+    source_size: tuple[int, int]  # (width, height) of the source frames
+    events: list[Event]
+    evidence: dict[str, Evidence]  # evidence cited by events (keyframe evidence keeps its anomaly map)
+    keyframes: dict[str, tuple[Frame, Evidence]] = field(default_factory=dict)  # event id -> peak frame
+    frames: list[Evidence] = field(default_factory=list)  # every analysed frame's compact evidence (no map/masks)
+    seconds: float = 0.0
+
+
+def screen(
+    source: FrameSource,
+    scorer: FrameScorer,
+    *,
+    threshold: float = 1.0,
+    smooth_seconds: float = 1.0,
+    min_event_frames: int = 3,
+    max_gap: int = 5,
+    max_keyframes: int = 50,
+    self_referenced: bool = False,
+    cues: Sequence[Cue] = (),
+    describe: Describe | None = None,
+    observe: Callable[[Frame, Evidence], None] | None = None,
+    progress: bool = True,
+) -> ScreeningResult:
+    """Score every frame of ``source`` with ``scorer`` and return events above ``threshold``.
+
+    ``self_referenced``: the scene was learned from this footage itself, whose typical frames are normal, so the
+    threshold rises to where a smoothed score stands out from the footage's own (``events.outlier_level``) when
+    that is higher: a busy scene breaks one of its rules in most frames, and only its outliers are events.
+
+    ``cues`` (e.g. what captions say, ``pipelines.captions.CaptionCue``) are fused by maximum (a cue's level 1.0
+    meets the threshold), so an anomaly a cue names is an event even where motion looks normal.
+
+    Each event cites the evidence of its frames above the threshold, lists the rules broken and the tracks that
+    broke them and what each cue says about it, and gets its summary from ``describe``. ``observe(frame,
+    evidence)`` sees every frame's full evidence as it is scored (evaluation uses it).
+    """
+    started = time.perf_counter()
+    indices, raw, compact = [], [], []
+    keyframes = _Keyframes(max_keyframes)
+    for frame in track(source, f"screening {source.name}", total=len(source), enabled=progress):
+        evidence = scorer.score(frame)
+        if observe is not None:
+            observe(frame, evidence)
+        score = float(evidence.frame_score or 0.0)
+        indices.append(frame.index)
+        raw.append(score)
+        compact.append(evidence.model_copy(update={"anomaly_map": None, "masks": None}))
+        cued = max((float(cue.levels(np.array([frame.index]))[0]) for cue in cues), default=0.0)
+        keyframes.see(frame, evidence, score / threshold, cued)
+    keyframes.close()
+
+    frame_indices = np.asarray(indices, dtype=np.int64)
+    raw_scores = np.asarray(raw)
+    scores = smooth(raw_scores, max(1, round(smooth_seconds * source.effective_fps)) | 1)  # odd width
+    if self_referenced and len(scores):
+        threshold = max(threshold, outlier_level(scores))
+    for cue in cues:
+        scores = np.maximum(scores, cue.levels(frame_indices) * threshold)
+    evidence: dict[str, Evidence] = {}
+    chosen: dict[tuple[int, int], tuple[Frame, Evidence]] = {}
+
+    def details(start: int, end: int, peak: int) -> dict:
+        inside = [ev for ev in compact if start <= ev.frame_index <= end]
+        cited = [ev for ev in inside if (ev.frame_score or 0.0) > threshold] or inside
+        kept = keyframes.within(start, end)
+        if kept is not None:
+            frame, full = kept
+        else:  # no run's best frame lies inside (smoothing carried the event): decode its strongest frame again
+            full = max(inside, key=lambda ev: ev.frame_score or 0.0)
+            frame = source.read(full.frame_index)
+        breaches = [(ev, b) for ev in cited for b in ev.breaches()]
+        tracks = {ev.track_of(b.object_index) for ev, b in breaches} - {None}
+        fields = {
+            "peak_frame": full.frame_index,
+            "evidence_ids": [ev.id for ev in cited],
+            "rule_ids": sorted({b.rule_id for _, b in breaches}),
+            "track_ids": sorted(tracks),
+            "reasons": [reason for cue in cues if (reason := cue.reason(start, end)) is not None],
+        }
+        evidence.update({ev.id: ev for ev in cited})
+        evidence[full.id] = full
+        chosen[(start, end)] = (frame, full)
+        if describe is not None:
+            draft = Event(id="draft", start_frame=start, end_frame=end, start_s=start / source.fps,
+                          end_s=end / source.fps, score=0.0, **fields)  # fmt: skip
+            fields["summary"] = describe(draft, cited, full)
+        return fields
+
+    events = group_events(
+        frame_indices, scores, threshold, source.fps, min_frames=min_event_frames, max_gap=max_gap, details=details
+    )
+    return ScreeningResult(
+        frame_indices, raw_scores, scores, threshold, source.fps, source.name, source.source_size, events,
+        evidence, {event.id: chosen[(event.start_frame, event.end_frame)] for event in events}, compact,
+        seconds=time.perf_counter() - started,
+    )
+
+
+class _Keyframes:
+    """The best frame of each run of frames above the threshold, kept whole (image and full evidence) for the
+    strongest ``limit`` runs: runs of frames above it by their own score, and apart from those, runs that a cue
+    calls anomalous where their own score is low (such a run can be an event's only keyframe). Levels are in
+    units of the threshold."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.kept: dict[str, list[tuple[float, int, Frame, Evidence]]] = {"own": [], "cue": []}  # min-heaps
+        self.runs: dict[str, tuple[float, int, Frame, Evidence] | None] = {"own": None, "cue": None}
+
+    def see(self, frame: Frame, evidence: Evidence, own: float, cued: float) -> None:
+        # Frames a cue calls anomalous rank by their own score too: the cue says when, motion says which frame.
+        for kind, above, rank in (("own", own > 1.0, own), ("cue", own <= 1.0 < cued, own)):
+            best = self.runs[kind]
+            if above:
+                if best is None or rank > best[0]:
+                    self.runs[kind] = (rank, frame.index, frame, evidence)
+            elif best is not None:
+                self._keep(kind, best)
+                self.runs[kind] = None
+
+    def close(self) -> None:
+        for kind, best in self.runs.items():
+            if best is not None:
+                self._keep(kind, best)
+        self.runs = {"own": None, "cue": None}
+
+    def _keep(self, kind: str, item: tuple[float, int, Frame, Evidence]) -> None:
+        heap = self.kept[kind]
+        if len(heap) < self.limit:
+            heapq.heappush(heap, item)
+        elif item[0] > heap[0][0]:
+            heapq.heapreplace(heap, item)
+
+    def within(self, start: int, end: int) -> tuple[Frame, Evidence] | None:
+        """The strongest kept frame between ``start`` and ``end``: by its own score first, else by a cue."""
+        for kind in ("own", "cue"):
+            inside = [item for item in self.kept[kind] if start <= item[1] <= end]
+            if inside:
+                _, _, frame, evidence = max(inside, key=lambda item: item[0])
+                return frame, evidence
+        return None
