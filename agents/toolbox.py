@@ -304,6 +304,8 @@ class Toolbox:
 
     def detect(self, args: DetectArgs, book: EvidenceBook) -> ToolResult:
         self._in_video(args.frame)
+        if not self.perception.detector.knows(args.text):
+            raise ToolArgumentError(f"detect: the detector cannot look for {args.text!r}; name an everyday object")
         found = self._live(
             self.perception.detector.detect(self.frames(args.frame), [args.text], frame_index=args.frame), args.frame
         )

@@ -32,6 +32,7 @@ import numpy as np
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.geometry import box_iou
 from anomalens.tools.captions import mentions
+from anomalens.tools.coco import coco_class
 from anomalens.tools.protocols import Detector, TextScorer
 from anomalens.types import Claim, Event, Evidence, Verdict
 
@@ -60,8 +61,8 @@ class DetectorGrounder:
         self.detector, self.frames, self.threshold = detector, frames, threshold
 
     def ground(self, term: str, evidence: Evidence, box: Sequence[float] | None) -> bool | None:
-        if evidence.frame_index is None:
-            return None
+        if evidence.frame_index is None or not self.detector.knows(term):
+            return None  # a detector cannot refute what it was never taught to find
         found = self.detector.detect(self.frames(evidence.frame_index), [term], box_threshold=self.threshold)
         if box is None or not len(found):
             return len(found) > 0
@@ -100,9 +101,12 @@ def grounders(detector: Detector | None, clip: TextScorer | None, frames: Callab
 
 
 def same_class(term: str, class_name: str) -> bool:
-    """Whether a claimed term names the class (``"bicycles"`` and ``"a bicycle"`` do)."""
+    """Whether a claimed term names the class: the same words (``"bicycles"``, ``"a bicycle"``) or the same COCO
+    class (``"pedestrian"`` and ``"person"``)."""
     bare = " ".join(w for w in class_name.lower().split() if w not in _ARTICLES)
-    return bool(bare) and mentions(bare, term) and mentions(term, bare)
+    if bare and mentions(bare, term) and mentions(term, bare):
+        return True
+    return (known := coco_class(class_name)) is not None and coco_class(term) == known
 
 
 def _supported(reason: str) -> Verdict:

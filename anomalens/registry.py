@@ -49,6 +49,7 @@ class Backend(BaseModel):
     summary: str = ""
     tiny: str | None = None  # the builder of a tiny random checkpoint (anomalens.tools.tiny)
     not_built: str | None = None  # why no tiny checkpoint is built
+    store: str | None = None  # the model-store entry whose real weights it loads
     checkpoints: tuple[Checkpoint, ...] = Field(default=())
 
     @property

@@ -54,6 +54,8 @@ class EvidenceKind(str, Enum):
     TEXT_MATCH = "text_match"  # how well texts describe the frame or boxes (CLIP)
     SEGMENTATION = "segmentation"  # masks outlining given boxes
     IMAGE = "image"  # an image inspected for anomalies: its anomaly map and the regions beyond normal
+    POSE = "pose"  # people with their keypoints
+    APPEARANCE = "appearance"  # what boxes look like: one embedding per box
 
 
 class Source(BaseModel):

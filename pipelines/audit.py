@@ -21,7 +21,7 @@ from anomalens.errors import AnomalensError
 from anomalens.pipelines.describe import Describer
 from anomalens.progress import say
 from anomalens.report import GroundTruth, Report, compact_map, write_report
-from anomalens.tools.perception import Perception
+from anomalens.tools.perception import AGENT_KINDS, Perception
 from anomalens.tools.protocols import Cue
 from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.tools.screening import ScreeningResult, screen
@@ -215,8 +215,8 @@ def audit(
 
 
 def foundation_tools(progress: bool = True) -> Perception:
-    """The foundation tools whose weights are on this machine, said aloud."""
-    perception = Perception.available()
+    """The tools the agent may call (and the verifier re-grounds with) whose weights are here, said aloud."""
+    perception = Perception.available(kinds=AGENT_KINDS)
     present = ", ".join(perception.present) or "none with weights here (`anomalens models list`)"
     say(f"foundation tools: {present}", progress)
     return perception

@@ -14,7 +14,7 @@ from anomalens.pipelines.scene import learn_scene
 from anomalens.progress import say, track
 from anomalens.report import ImageReport, write_image_report
 from anomalens.tools.inspect import ImageInspector, method_for, read_image
-from anomalens.tools.perception import Perception
+from anomalens.tools.perception import IMAGE_KINDS, Perception
 from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
 from anomalens.video import IMAGE_SUFFIXES
 
@@ -67,11 +67,11 @@ def explain(
     if images and len(images) != len(paths):
         raise AnomalensError("give either images or one video/frame folder, not both")
     if images:
-        perception = Perception.available()
+        perception = Perception.available(kinds=IMAGE_KINDS)
         for kind, why in perception.absent.items():
             say(f"{kind}: not used ({why}; see `anomalens models list`)", progress)
         mode = f"few-shot against {len(normal)} normal image(s)" if normal else "zero-shot"
-        say(f"method: {method_for(perception)}, {mode}", progress)
+        say(f"method: {method_for(perception, prompts or ())}, {mode}", progress)
         report = inspect_images(images, normal, perception, prompts, progress)
         write_image_report(report, {f.image: read_image(f.image) for f in report.findings}, out)
         return report

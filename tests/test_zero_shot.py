@@ -70,7 +70,8 @@ def test_explain_command_on_images_zero_and_few_shot(tmp_path):
         verdicts = {f["image"].rsplit("/", 1)[-1]: f for f in report["findings"]}
         assert verdicts["pitted.png"]["anomalous"] and verdicts["pitted.png"]["explanation"]
         assert verdicts["pitted.png"]["score"] > verdicts["clean.png"]["score"]
-        assert set(report["absent_tools"]) == {"clip", "detector", "segmenter", "captioner"}
+        # Only the tools image inspection uses are looked for; a COCO detector may be here (it cannot find defects).
+        assert {"clip", "segmenter"} <= set(report["absent_tools"]) <= {"clip", "detector", "segmenter"}
         html = (out / "report.html").read_text()
         assert html.count("<img") == 2 and "pitted.png" in html
         assert "pitted.png: ANOMALOUS" in result.output

@@ -63,6 +63,9 @@ class _TransformersDetector:
         chosen = device(device_name)
         return cls(model.to(chosen).eval(), processor, str(path), chosen)
 
+    def knows(self, term: str) -> bool:
+        return True  # open vocabulary
+
     def detect(
         self,
         image: np.ndarray,
@@ -150,6 +153,9 @@ class GroundingDinoPyDetector:
             raise ModelStoreError(f"{folder}: expected a Grounding DINO *.cfg.py and *.pth")
         chosen = device(device_name)
         return cls(load_model(str(configs[0]), str(checkpoints[0]), device=chosen), str(folder), chosen)
+
+    def knows(self, term: str) -> bool:
+        return True  # open vocabulary
 
     def detect(
         self,

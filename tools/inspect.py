@@ -35,8 +35,12 @@ WINCLIP_THRESHOLD = 0.5  # anomalous when the anomalous prompts are the likelier
 NOVELTY_THRESHOLD = 1.0  # the normal extreme
 
 
-def method_for(perception: Perception) -> str:
-    if perception.detector is not None and perception.segmenter is not None:
+def method_for(perception: Perception, prompts: Sequence[str] = ()) -> str:
+    """The best method this machine can run: SAA+ needs a segmenter and a detector that can look for the
+    ``prompts`` (default: the defect prompts), which COCO's closed vocabulary cannot."""
+    detector = perception.detector
+    prompts = list(prompts or load_prompts("zero_shot")["defect_prompts"])
+    if detector is not None and perception.segmenter is not None and any(detector.knows(p) for p in prompts):
         return "saa"
     return "winclip" if perception.clip is not None else "patch-novelty"
 
@@ -87,8 +91,8 @@ class ImageInspector:
 
     def __init__(self, perception: Perception | None = None, prompts: Sequence[str] | None = None):
         self.perception = perception or Perception()
-        self.method = method_for(self.perception)
         self.prompts = list(prompts or load_prompts("zero_shot")["defect_prompts"])
+        self.method = method_for(self.perception, self.prompts)
         self.box_threshold = SAA_BOX_THRESHOLD
         self.novelty = PatchNovelty()
         self.normal: list[str] = []

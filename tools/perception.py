@@ -1,9 +1,9 @@
-"""The foundation-model tools present on this machine.
+"""The vision tools present on this machine: foundation models and the pretrained CPU perception.
 
 ``Perception.available()`` loads, per kind, the first backend (in ``backends.yaml``'s order) that is installed
-and has weights here (checked before anything heavy is imported); the kinds it could not load are listed with
-the reason. A vision model behind an OpenAI-compatible server (settings ``captioner_base_url`` and
-``captioner_model``) is the captioner when set.
+and has weights here (Hugging Face checkpoints, or a model-store entry; checked before anything heavy is
+imported); the kinds it could not load are listed with the reason. A vision model behind an OpenAI-compatible
+server (settings ``captioner_base_url`` and ``captioner_model``) is the captioner when set.
 """
 
 from __future__ import annotations
@@ -11,12 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anomalens import registry, weights
+from anomalens import modelstore, registry, weights
 from anomalens.config import Settings, load_settings
-from anomalens.errors import ConfigError, MissingExtra, WeightsNotFound
-from anomalens.tools.protocols import Captioner, Detector, Segmenter, TextScorer
+from anomalens.errors import ConfigError, WeightsNotFound
+from anomalens.registry import Backend
+from anomalens.tools.protocols import Captioner, Detector, Embedder, PoseEstimator, Segmenter, TextScorer
 
-KINDS = ("clip", "detector", "segmenter", "captioner")
+KINDS = ("clip", "detector", "segmenter", "captioner", "pose", "embedder")
+AGENT_KINDS = ("clip", "detector", "segmenter", "captioner")  # what the agent's tools and verifier call
+IMAGE_KINDS = ("clip", "detector", "segmenter")  # what image inspection uses
 
 
 @dataclass
@@ -27,10 +30,15 @@ class Perception:
     detector: Detector | None = None
     segmenter: Segmenter | None = None
     captioner: Captioner | None = None
+    pose: PoseEstimator | None = None
+    embedder: Embedder | None = None
     absent: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def available(cls, root: Path | None = None, settings: Settings | None = None) -> Perception:
+    def available(
+        cls, root: Path | None = None, settings: Settings | None = None, kinds: tuple[str, ...] = KINDS
+    ) -> Perception:
+        """The tools of ``kinds`` this machine can run (each loaded now)."""
         settings = settings or load_settings()
         found = cls()
         if settings.captioner_base_url:  # the user pointed at a server: it wins over local weights
@@ -39,22 +47,20 @@ class Perception:
             found.captioner = registry.load("captioner:openai")(
                 settings.captioner_model, base_url=settings.captioner_base_url, api_key=settings.llm_api_key
             )
-        for kind in KINDS:
+        for kind in kinds:
             if getattr(found, kind) is not None:
                 continue
             reasons = []
             for backend in registry.of_kind(kind):
-                if not backend.checkpoints:
+                if not backend.checkpoints and not backend.store:
                     continue  # a server client or a replay: nothing to find on this machine
-                try:
-                    if backend.missing():
-                        raise MissingExtra(backend.name)
-                    path = weights.resolve(None, backend.name, root=root)
-                except MissingExtra:
-                    reasons.append(f"{backend.name} not installed")
+                if backend.missing():
+                    reasons.append(f"{backend.name} not installed (pip install 'anomalens[{backend.extra}]')")
                     continue
-                except WeightsNotFound:
-                    reasons.append(f"{backend.name} has no weights here")
+                path = weights_of(backend, root)
+                if path is None:
+                    pull = f"; anomalens models pull {backend.store}" if backend.store else ""
+                    reasons.append(f"{backend.name} has no weights here{pull}")
                     continue
                 tool = registry.load(backend.name).load(path)
                 if kind == "clip":
@@ -70,3 +76,13 @@ class Perception:
     @property
     def present(self) -> list[str]:
         return [kind for kind in KINDS if getattr(self, kind) is not None]
+
+
+def weights_of(backend: Backend, root: Path | None = None) -> Path | None:
+    """Where ``backend``'s weights are on this machine (its model-store entry, or a checkpoint), or None."""
+    if backend.store:
+        return modelstore.location(backend.store, root) if modelstore.present(backend.store, root) else None
+    try:
+        return weights.resolve(None, backend.name, root=root)
+    except WeightsNotFound:
+        return None

@@ -18,7 +18,10 @@ class Detector(Protocol):
     def detect(
         self, image: np.ndarray, prompts: Sequence[str], box_threshold: float = ..., frame_index: int | None = None
     ) -> Evidence:
-        """``DETECTION`` evidence: boxes of what ``prompts`` name, each with its class (the prompt) and score."""
+        """``DETECTION`` evidence: boxes of what ``prompts`` name, each with its class and score."""
+
+    def knows(self, term: str) -> bool:
+        """Whether the detector can find what ``term`` names (an open-vocabulary one always can)."""
 
 
 class Segmenter(Protocol):
@@ -53,6 +56,16 @@ class TextScorer(Protocol):
 class Captioner(Protocol):
     def caption(self, image: np.ndarray, frame_index: int | None = None) -> Evidence:
         """``CAPTION`` evidence: a description of the frame in ``text``."""
+
+
+class PoseEstimator(Protocol):
+    def estimate(self, image: np.ndarray, threshold: float = ..., frame_index: int | None = None) -> Evidence:
+        """``POSE`` evidence: people, each a box and keypoints (x, y, score) in ``keypoints``."""
+
+
+class Embedder(Protocol):
+    def embed(self, image: np.ndarray, boxes: np.ndarray | None = None, frame_index: int | None = None) -> Evidence:
+        """``APPEARANCE`` evidence: a unit-length embedding of each box's crop (the whole frame when none)."""
 
 
 class FrameScorer(Protocol):

@@ -291,12 +291,15 @@ def build(backend: str, folder: str | Path) -> Path:
 def check(backend: str, folder: str | Path) -> str:
     """Build ``backend``'s tiny checkpoint in ``folder``, load it with the real loader and run one inference on a
     synthetic frame; return what came out (raises on any failure)."""
-    import numpy as np
-
     from anomalens import registry
 
-    weights = build(backend, folder)
-    tool = registry.load(backend).load(weights)
+    return exercise(backend, registry.load(backend).load(build(backend, folder)))
+
+
+def exercise(backend: str, tool) -> str:
+    """Run a loaded ``tool`` of ``backend`` once on a synthetic frame; a line saying what came out."""
+    import numpy as np
+
     frame = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype(np.uint8)
     kind = backend.split(":")[0]
     if kind == "clip":
@@ -306,10 +309,14 @@ def check(backend: str, folder: str | Path) -> str:
         height, width = evidence.anomaly_map.shape
         return f"anomaly score {evidence.frame_score:.3f}, map {width}x{height}"
     if kind == "detector":
-        evidence = tool.detect(frame, ["a person", "a car"], box_threshold=0.0, text_threshold=0.0)
+        evidence = tool.detect(frame, ["a person", "a car"], box_threshold=0.0)
         return f"{len(evidence)} boxes"
     if kind == "segmenter":
         evidence = tool.segment(frame, boxes=np.array([[8.0, 8.0, 40.0, 40.0]]))
         return f"mask {evidence.masks.shape[2]}x{evidence.masks.shape[1]}, {int(evidence.masks.sum())} px"
+    if kind == "pose":
+        return f"{len(tool.estimate(frame, threshold=0.0))} people"
+    if kind == "embedder":
+        return f"{tool.embed(frame).embeddings.shape[1]}-d embedding"
     evidence = tool.caption(frame, max_new_tokens=4)
     return f"caption of {len(evidence.text)} characters"

@@ -43,6 +43,19 @@ def clip_boxes(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return boxes
 
 
+def letterbox(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """``image`` scaled so its longer side is ``side`` (``INTER_AREA``), at the top-left of a black square canvas of
+    that side; returns the canvas and the scale (canvas pixels per source pixel: divide to map back)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    canvas = np.zeros((side, side, 3), np.uint8)
+    canvas[: size[1], : size[0]] = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return canvas, scale
+
+
 def jpeg_data_url(image: np.ndarray, quality: int = 90) -> str:
     """A BGR frame as a ``data:image/jpeg;base64`` URL, for OpenAI-compatible vision messages."""
     import base64

@@ -1,0 +1,44 @@
+"""The COCO vocabulary of the pretrained detectors (``coco.yaml``): the 80 class names in output order, and which
+class a word of a prompt or a claim names."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+import yaml
+
+
+@cache
+def coco() -> tuple[list[str], dict[str, str]]:
+    """The 80 class names in output order, and every word that names one (class names included) -> the class."""
+    text = resources.files("anomalens.tools").joinpath("coco.yaml").read_text(encoding="utf-8")
+    names, words = [], {}
+    for entry in yaml.safe_load(text)["classes"]:
+        ((name, aliases),) = entry.items()
+        names.append(name)
+        for word in [name, *aliases]:
+            words[_fold(word)] = name
+    return names, words
+
+
+def _fold(text: str) -> str:
+    """Lower case, articles dropped, each word's plural folded: "Two Bikes" -> "two bike"."""
+    words = [w for w in re.findall(r"[a-z]+", text.lower()) if w not in ("a", "an", "the", "some")]
+    return " ".join(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words)
+
+
+def coco_class(term: str) -> str | None:
+    """The COCO class a term names ("a bike" -> "bicycle", "people" -> "person"), or None."""
+    words = coco()[1]
+    folded = _fold(term)
+    if folded in words:
+        return words[folded]
+    # "a red car": the longest run of words that names a class
+    tokens = folded.split()
+    for length in range(len(tokens), 0, -1):
+        for start in range(len(tokens) - length + 1):
+            if (found := words.get(" ".join(tokens[start : start + length]))) is not None:
+                return found
+    return None
