@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,16 @@ class ChatSession:
         database: str | Path,
         session: str | None = None,
         perception: Perception | None = None,
+        namer: Callable[[str], str | None] | None = None,
     ):
+        """``namer`` maps free text to a COCO class for the ``appears`` tool (default: ``coco.yaml``'s words)."""
         from langgraph.checkpoint.sqlite import SqliteSaver
 
         self.index = index
         self.session = session or new_session_id()
         Path(database).parent.mkdir(parents=True, exist_ok=True)
         self._connection = sqlite3.connect(str(database), check_same_thread=False)
-        self.agent = Agent(llm, index, chat=True, perception=perception)
+        self.agent = Agent(llm, index, chat=True, perception=perception, namer=namer)
         self.agent.warm()
         self.graph = build_graph(self.agent, SqliteSaver(self._connection))
         self.config = {"configurable": {"thread_id": self.session}, "recursion_limit": RECURSION_LIMIT}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from anomalens.agents.index import HANDLE_PATTERN, EvidenceBook, handle
 from anomalens.agents.llm import ToolSpec, tool_parameters
@@ -127,6 +127,18 @@ def answer_spec() -> ToolSpec:
 def kinds_text() -> str:
     """The claim kinds and their fields, one line each, for the system prompt."""
     return "\n".join(f"- {kind}: {what}" for kind, what in load_prompts("claims")["kinds"].items())
+
+
+def parse_drafts(claims: list[dict[str, Any]]) -> list[DraftClaim]:
+    """Claims as the LLM writes them (``{"kind": ..., "cite": [...], ...}``), validated."""
+    return TypeAdapter(list[DraftClaim]).validate_python(claims)
+
+
+def fact_classes(claim: Claim) -> set[str]:
+    """What an explanation's reader learns from ``claim``: what the object is (``object``), the rule broken
+    (``rule``), where (``where``). An agent's explanation must keep every class its event's facts hold."""
+    return {name for name, states in (("object", claim.kind == "object"), ("rule", claim.kind == "rule"),
+                                      ("where", claim.zone is not None)) if states}  # fmt: skip
 
 
 def claims_from_draft(drafts: list[DraftClaim], book: EvidenceBook) -> list[Claim]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.prompts import load as load_prompts
+from anomalens.tools.objects import UNKNOWN
 from anomalens.types import OBJECT_QUANTITIES, Breach, Event, Evidence
 
 MAX_LISTED = 8  # longest list the agent is given (events, objects): the LLM's context is small
@@ -53,11 +54,12 @@ def what_it_is(evidence: Evidence, i: int) -> str:
     return " ".join(parts)
 
 
-def event_digest(book: EvidenceBook, event: Event) -> str:
-    """What an event is, in a few lines: times, its worst rule breaches (who, where, how much), what its cues
-    say, the objects at its peak, and the handles to cite."""
-    index, text = book.index, _text()
-    lines = [text["event"].format(**event.model_dump())]
+def event_facts(book: EvidenceBook, event: Event, *, every_place: bool = False) -> list[Fact]:
+    """What an event's evidence says, as claims the LLM may copy (each with what it means), strongest first:
+    its worst rule breaches (who, where, how much), what its cues say, the peak frame, its time span. The
+    zone of a breaching object is offered for zone rules, or with ``every_place`` for every breach (what
+    completes an explanation; the LLM's digest stays short)."""
+    index = book.index
     cited = [ev for ev_id in event.evidence_ids if (ev := index.get(ev_id)) is not None]
     worst: dict[str, tuple[Breach, Evidence]] = {}
     for evidence in cited:
@@ -67,28 +69,34 @@ def event_digest(book: EvidenceBook, event: Event) -> str:
     ranked = sorted(worst.values(), key=lambda item: -item[0].severity)
     facts: list[Fact] = []
     for breach, evidence in ranked[:MAX_BREACHES]:
-        facts += _breach_facts(index, breach, evidence)
+        facts += _breach_facts(index, breach, evidence, every_place)
     for reason in event.reasons:
         claim = {"kind": "object", "cite": [f"C{reason.first_frame}"], "term": reason.phrase}
-        facts.append((claim, text["cue"].format(**reason.model_dump())))
+        facts.append((claim, _text()["cue"].format(**reason.model_dump())))
     if (peak := index.frame_evidence(event.peak_frame)) is not None:
         facts += _peak_facts(peak)
     if len(cited) > 1:
         span = {"frames": [event.start_frame, event.end_frame]}
         facts.append(({"kind": "temporal", "cite": [handle(cited[0]), handle(cited[-1])]} | span, ""))
+    return facts
+
+
+def event_digest(book: EvidenceBook, event: Event) -> str:
+    """What an event is, in a few lines: times, its facts (``event_facts``) and the handles to cite."""
+    text = _text()
+    lines = [text["event"].format(**event.model_dump()), text["facts"]]
     seen: set[str] = set()
-    lines.append(text["facts"])
-    for claim, meaning in facts:
+    for claim, meaning in event_facts(book, event):
         line = json.dumps(claim, separators=(",", ":"))
         if line not in seen:
             seen.add(line)
             lines.append(f"  {line}" + (f"  ({meaning})" if meaning else ""))
-    if index.has_captions:
+    if book.index.has_captions:
         lines.append(text["read_captions"].format(frame=event.peak_frame))
     return "\n".join(lines)
 
 
-def _breach_facts(index: VideoIndex, breach: Breach, evidence: Evidence) -> list[Fact]:
+def _breach_facts(index: VideoIndex, breach: Breach, evidence: Evidence, every_place: bool) -> list[Fact]:
     """A broken rule as claims: the rule, and for an object the measured value, heading or zone it is about."""
     text, cite = _text(), [handle(evidence)]
     rule = index.rule(breach.rule_id)
@@ -103,11 +111,19 @@ def _breach_facts(index: VideoIndex, breach: Breach, evidence: Evidence) -> list
     if fact in OBJECT_QUANTITIES and (m := evidence.measurement(fact, i)) is not None:
         value = {"quantity": fact, "value": round(m.value, 2), "unit": m.unit, "track": track}
         facts.append(({"kind": "measurement", "cite": cite} | value, ""))
-    if fact == "zone" and evidence.zones is not None:
+    if evidence.zones is not None and (fact == "zone" or every_place):
         facts.append(({"kind": "spatial", "cite": cite, "track": track, "zone": evidence.zones[i]}, ""))
     if fact == "direction" and evidence.headings is not None:
         facts.append(({"kind": "attribute", "cite": cite, "heading": evidence.headings[i], "track": track}, ""))
-    return facts
+    return facts + _class_fact(evidence, i)
+
+
+def _class_fact(evidence: Evidence, i: int) -> list[Fact]:
+    """What object ``i`` is, as a claim, when the detector named it."""
+    name = evidence.class_names[i] if evidence.class_names is not None else UNKNOWN
+    if name == UNKNOWN:
+        return []
+    return [({"kind": "object", "cite": [handle(evidence)], "term": name, "track": evidence.track_of(i)}, "")]
 
 
 def _peak_facts(peak: Evidence) -> list[Fact]:
@@ -120,10 +136,15 @@ def _peak_facts(peak: Evidence) -> list[Fact]:
         facts.append(({"kind": "measurement", "cite": cite} | value, _text()["flow"]))
     if len(peak):
         i = int(np.argmax(peak.scores))
-        track, speed = peak.track_of(i), peak.measurement("speed", i)
+        track = peak.track_of(i)
+        facts += _class_fact(peak, i)
+        speed, look = peak.measurement("speed", i), peak.measurement("appearance", i)
         if speed is not None:
             value = {"quantity": "speed", "value": round(speed.value, 2), "unit": speed.unit, "track": track}
             facts.append(({"kind": "measurement", "cite": cite} | value, ""))
+        if look is not None and look.value > 1.0:  # it looked unlike the scene's normal objects
+            value = {"quantity": "appearance", "value": round(look.value, 2), "unit": look.unit, "track": track}
+            facts.append(({"kind": "measurement", "cite": cite} | value, _text()["appearance"]))
         if peak.headings is not None:
             facts.append(({"kind": "attribute", "cite": cite, "heading": peak.headings[i], "track": track}, ""))
     return facts

@@ -22,13 +22,22 @@ from __future__ import annotations
 import json
 import operator
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, TypedDict
 
 from pydantic import ValidationError
 
-from anomalens.agents.claims import ANSWER_TOOL, Answer, as_draft, claims_from_draft, kinds_text, render
-from anomalens.agents.digest import event_digest, overview
+from anomalens.agents.claims import (
+    ANSWER_TOOL,
+    Answer,
+    as_draft,
+    claims_from_draft,
+    fact_classes,
+    kinds_text,
+    parse_drafts,
+    render,
+)
+from anomalens.agents.digest import event_digest, event_facts, overview
 from anomalens.agents.index import EvidenceBook, VideoIndex
 from anomalens.agents.llm import LLM, Message, ToolCall
 from anomalens.agents.llm.structured import problem_summary
@@ -36,7 +45,7 @@ from anomalens.agents.toolbox import ToolArgumentError, Toolbox
 from anomalens.agents.verify import Verifier, grounders
 from anomalens.prompts import load as load_prompts
 from anomalens.tools.perception import Perception
-from anomalens.types import Claim, Evidence, Explanation
+from anomalens.types import Claim, Event, Evidence, Explanation
 from anomalens.video import FrameReader
 
 MAX_STEPS = 6  # LLM calls per event or question, all rounds together
@@ -88,6 +97,7 @@ class Agent:
         *,
         chat: bool = False,
         perception: Perception | None = None,
+        namer: Callable[[str], str | None] | None = None,
         max_steps: int = MAX_STEPS,
         max_rounds: int = MAX_ROUNDS,
         max_tool_rounds: int = MAX_TOOL_ROUNDS,
@@ -96,7 +106,7 @@ class Agent:
         self.llm, self.index = llm, index
         # Live tools and grounders look at frames: only when a foundation tool is present.
         frames = FrameReader(index.video, fps=index.fps) if perception is not None and perception.present else None
-        self.toolbox = Toolbox(index, chat=chat, perception=perception, frames=frames)
+        self.toolbox = Toolbox(index, chat=chat, perception=perception, frames=frames, namer=namer)
         live = perception or Perception()
         self.verifier = Verifier(index, grounders(live.detector, live.clip, frames))
         self.max_steps, self.max_rounds, self.max_tokens = max_steps, max_rounds, max_tokens
@@ -245,9 +255,14 @@ class Agent:
         return self._finish(state)
 
     def _finish(self, state: AgentState) -> dict[str, Any]:
-        """The explanation: verified claims get their sentence (the prose), the others stay on record unsaid."""
+        """The explanation: verified claims get their sentence (the prose), the others stay on record unsaid. An
+        event's explanation never says less than its facts do: a class of fact (what the object is, the rule
+        broken, where) that the event's facts hold and no verified claim states is added from the facts,
+        verified like the rest."""
         book = self.book(state)
         claims = [Claim(**c) for c in state["claims"] if c.get("verdict")]
+        if state.get("event_id"):
+            claims += self._missing_facts(claims, self.index.event(state["event_id"]), book)
         claims = [
             c.model_copy(update={"text": render(c, book)}) if c.verdict.status == "supported" else c for c in claims
         ]
@@ -268,6 +283,20 @@ class Agent:
         turn = {"question": state["question"], "answer": explanation.prose}
         turn["explanation"] = explanation.model_dump(mode="json")
         return {"history": [turn], "question": None}
+
+    def _missing_facts(self, claims: list[Claim], event: Event, book: EvidenceBook) -> list[Claim]:
+        said = set().union(*(fact_classes(c) for c in claims if c.verdict.status == "supported"))
+        drafts = parse_drafts([claim for claim, _ in event_facts(book, event, every_place=True)])
+        added = []
+        for claim in claims_from_draft(drafts, book):
+            if not fact_classes(claim) - said:
+                continue
+            claim = claim.model_copy(update={"id": f"f{len(added) + 1}", "from_facts": True})
+            claim = claim.model_copy(update={"verdict": self.verifier.verify(claim, event, book)})
+            if claim.verdict.status == "supported":
+                added.append(claim)
+                said |= fact_classes(claim)
+        return added
 
     # --- routes --------------------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ from anomalens.agents.llm import ToolCall, ToolSpec, tool_parameters
 from anomalens.agents.llm.structured import problem_summary
 from anomalens.prompts import load as load_prompts
 from anomalens.tools.captions import mentions
+from anomalens.tools.coco import coco_class
+from anomalens.tools.objects import UNKNOWN, named
 from anomalens.tools.perception import Perception
 from anomalens.types import FRAME_QUANTITIES, OBJECT_QUANTITIES, Event, Evidence
 
@@ -93,6 +95,10 @@ class FindArgs(_Args):
     text: str = Field(min_length=1, description="words to look for in the frames' captions")
 
 
+class AppearsArgs(_Args):
+    text: str = Field(min_length=1, max_length=60, description="a kind of object, e.g. 'a car'")
+
+
 @dataclass(frozen=True)
 class ToolDef:
     """A tool: its name for the LLM, its arguments, the ``Toolbox`` method that runs it (which also keys its
@@ -108,8 +114,8 @@ def _tool(name: str, args: type[BaseModel], method: str | None = None, *needs: s
     return ToolDef(name, args, method or name, frozenset(needs))
 
 
-# Capabilities: chat (a conversation, not one event), captions (replayed), detector, clip, segmenter, and
-# live_captioner (a VLM, used only when no captions are replayed).
+# Capabilities: chat (a conversation, not one event), captions (replayed), classes (screening named the
+# objects), detector, clip, segmenter, and live_captioner (a VLM, used only when no captions are replayed).
 TOOLS = (
     _tool("track", TrackArgs),
     _tool("measure", MeasureArgs),
@@ -124,6 +130,7 @@ TOOLS = (
     _tool("caption", FrameArgs, "describe", "live_captioner"),
     _tool("caption", FrameArgs, "caption", "captions"),
     _tool("find", FindArgs, None, "captions", "chat"),
+    _tool("appears", AppearsArgs, None, "classes", "chat"),
 )
 
 
@@ -143,8 +150,11 @@ class Toolbox:
         chat: bool = False,
         perception: Perception | None = None,
         frames: Callable[[int], np.ndarray] | None = None,
+        namer: Callable[[str], str | None] | None = None,
     ):
+        """``namer``: free text -> the COCO class it names, for ``appears`` (default: ``coco.yaml``'s words)."""
         self.index = index
+        self.namer = namer or coco_class
         self.perception = perception if frames is not None else None
         self.frames = frames
         self._frame_index = None  # CLIP embeddings of the video's frames, built on the first search
@@ -153,6 +163,8 @@ class Toolbox:
         have |= {kind for kind in ("detector", "clip", "segmenter") if getattr(live, kind) is not None}
         if index.has_captions:
             have.add("captions")
+        if any(ev.class_names and set(ev.class_names) - {UNKNOWN} for ev in index.evidence):
+            have.add("classes")
         elif live.captioner is not None:
             have.add("live_captioner")
         self._tools = {t.name: t for t in TOOLS if t.needs <= have}
@@ -296,6 +308,21 @@ class Toolbox:
             _say("mention_run", first=a, last=b, first_s=a / fps, last_s=b / fps) for a, b in _runs(hits)[:MAX_LISTED]
         )
         return ToolResult(_say("mentions", count=len(hits), words=said, runs=runs))
+
+    def appears(self, args: AppearsArgs, book: EvidenceBook) -> ToolResult:
+        name = self.namer(args.text)
+        if name is None:
+            raise ToolArgumentError(f"appears: {args.text!r} names no kind of object the detector knows")
+        seen = {ev.frame_index: ev for ev in self.index.evidence if ev.class_names and name in ev.class_names}
+        if not seen:
+            return ToolResult(_say("never_appears", name=named(name), count=self.index.frames))
+        fps = self.index.fps
+        runs = _runs(sorted(seen))
+        listed = ", ".join(  # each run cites the evidence of its first frame
+            _say("appears_run", first=a, last=b, first_s=a / fps, last_s=b / fps, handle=handle(seen[a]))
+            for a, b in runs[:MAX_LISTED]
+        )
+        return ToolResult(_say("appears", name=named(name), count=len(seen), runs=listed))
 
     # --- live foundation-model tools (present when their weights are) ---------------------------------
 

@@ -33,6 +33,7 @@ from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.geometry import box_iou
 from anomalens.tools.captions import mentions
 from anomalens.tools.coco import coco_class
+from anomalens.tools.objects import UNKNOWN
 from anomalens.tools.protocols import Detector, TextScorer
 from anomalens.types import Claim, Event, Evidence, Verdict
 
@@ -248,7 +249,7 @@ class Verifier:
             if evidence.text is not None and claim.track_id is None and mentions(evidence.text, claim.term):
                 return _supported(f"the caption of frame {evidence.frame_index} mentions {claim.term!r}")
             for i in self._objects(claim, evidence) if evidence.class_names is not None else []:
-                if same_class(claim.term, evidence.class_names[i]):
+                if evidence.class_names[i] != UNKNOWN and same_class(claim.term, evidence.class_names[i]):
                     return _supported(f"frame {evidence.frame_index}: an object of class {evidence.class_names[i]!r}")
         for evidence in cited:
             box = None

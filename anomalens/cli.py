@@ -57,11 +57,15 @@ def induce_rules(
         Optional[int], typer.Option(help="longest side of the analysis resolution, px [default: settings, 640]")
     ] = None,
     fps: Annotated[Optional[float], typer.Option(help="frame rate of frame folders (videos report their own)")] = None,
+    objects: Annotated[
+        Optional[bool],
+        typer.Option(help="name the moving objects (COCO detector), learn their look [default: settings, on]"),
+    ] = None,
 ) -> None:
     """Learn what is normal for a scene and write it as an editable rulebook."""
     from anomalens.pipelines import learn_scene
 
-    scene = learn_scene(normal, out=out_dir, max_side=max_side, fps=fps)
+    scene = learn_scene(normal, out=out_dir, max_side=max_side, fps=fps, objects=objects)
     out.print(f"{len(scene.rulebook.rules)} rules -> {out_dir / 'rules.yaml'} (edit freely)")
     for rule in scene.rulebook.rules:
         out.print(f"  {rule.id}: {rule.sentence}", highlight=False)
@@ -303,12 +307,19 @@ def eval_ped2(
         typer.Option(help="UCSD Ped2 folder (train/, test/, test_masks/, labels.json) [default: DATA_DIR/ucsd_ped2]"),
     ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+    objects: Annotated[
+        Optional[bool], typer.Option(help="name the objects and score their look [default: settings, on]")
+    ] = None,
+    zero_shot: Annotated[
+        bool, typer.Option(help="no training footage: each test video explained as `explain VIDEO` does")
+    ] = False,
 ) -> None:
     """Learn Ped2's scene from its training videos, audit its test videos, print frame/pixel/region metrics."""
     from anomalens.config import load_settings
-    from anomalens.eval.ped2 import run_ped2
+    from anomalens.eval.ped2 import run_ped2, run_ped2_zero_shot
 
-    _emit(run_ped2(data or load_settings().data_dir / "ucsd_ped2"), json_path)
+    data = data or load_settings().data_dir / "ucsd_ped2"
+    _emit(run_ped2_zero_shot(data) if zero_shot else run_ped2(data, objects=objects), json_path)
 
 
 @eval_app.command("explanations")

@@ -47,6 +47,10 @@ class Settings(BaseModel):
         default="auto", description="who explains events: the agent (needs an LLM), the deterministic explainer, or"
         " auto (the agent when the configured LLM is available)"
     )
+    objects: bool = Field(
+        default=True, description="name a new scene's moving objects and learn their look with the pretrained "
+        "detector and embedder, when their weights are here (false: motion alone)"
+    )
     npm_registry: str | None = Field(
         default=None, description="npm registry for models published as npm packages (default: npm's own setting)"
     )

@@ -50,6 +50,7 @@ class Backend(BaseModel):
     tiny: str | None = None  # the builder of a tiny random checkpoint (anomalens.tools.tiny)
     not_built: str | None = None  # why no tiny checkpoint is built
     store: str | None = None  # the model-store entry whose real weights it loads
+    vocabulary: str | None = None  # a detector's fixed vocabulary (e.g. coco): it names objects without prompts
     checkpoints: tuple[Checkpoint, ...] = Field(default=())
 
     @property

@@ -35,7 +35,14 @@ SECTORS: tuple[Heading, ...] = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")
 STILL: Heading = "still"
 
 # The quantities tools measure, with their units: of one object, or of the whole frame.
-OBJECT_QUANTITIES = {"speed": "px/frame", "area": "px^2", "dwell": "s", "aspect": "ratio"}
+OBJECT_QUANTITIES = {
+    "speed": "px/frame",
+    "relative_speed": "heights/s",  # body heights per second: speed for the object's size
+    "appearance": "ratio",  # distance of the object's look to the scene's normal objects; 1.0: the normal edge
+    "area": "px^2",
+    "dwell": "s",
+    "aspect": "ratio",
+}
 FRAME_QUANTITIES = {"count": "count", "occupancy": "ratio", "flow_novelty": "ratio", "reconstruction": "ratio"}
 
 
@@ -297,8 +304,8 @@ class Event(BaseModel):
 
 
 Fact = Literal[
-    "class", "area", "width", "height", "aspect", "speed", "direction", "zone", "dwell", "count", "occupancy", "time",
-    "caption",
+    "class", "area", "width", "height", "aspect", "speed", "relative_speed", "direction", "zone", "dwell", "count",
+    "occupancy", "time", "caption",
 ]
 Operator = Literal["<=", ">=", "<", ">", "==", "!=", "between", "in", "not_in"]
 
@@ -410,6 +417,7 @@ class Claim(BaseModel):
     other_track_id: int | None = None
     frames: tuple[int, int] | None = None
     verdict: Verdict | None = None
+    from_facts: bool = False  # added from the event's facts: the answer left out this class of fact
 
 
 class Explanation(BaseModel):

@@ -17,8 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anomalens.agents.claims import fact_classes
 from anomalens.errors import AnomalensError
 from anomalens.report import true_runs
+from anomalens.tools.coco import coco_class
+from anomalens.tools.objects import UNKNOWN
 from anomalens.types import Claim, Evidence, Explanation, MeasurementKind
 
 PED2_FPS = 10.0
@@ -123,7 +126,11 @@ def run_explanations(
     from anomalens.eval.ped2 import _videos
     from anomalens.pipelines import learn_scene
     from anomalens.pipelines.audit import index_video, screen_video
-    from anomalens.pipelines.captions import caption_cue, caption_rulebook, sentence_embedder
+    from anomalens.pipelines.captions import (
+        caption_cue,
+        caption_rulebook,
+        sentence_embedder,
+    )
     from anomalens.tools.caption_scoring import CaptionScorer
     from anomalens.tools.captions import ReplayedCaptions
 
@@ -138,6 +145,7 @@ def run_explanations(
     screening_llm_calls = 0
     scene = learn_scene(_videos(ped2 / "train"), fps=PED2_FPS, progress=progress)
     drafted, said, per_video_iou, detected_iou, localization, details = [], [], {}, {}, [], []
+    kept, named = [], []  # per event: the agent kept the deterministic explanation's facts; it named a class
     explanations: list[Explanation] = []
     remaining = max_events
     for video in _videos(ped2 / "test"):
@@ -189,6 +197,8 @@ def run_explanations(
                     ],
                 }
             )
+            kept.append(not described_facts(event, records) - set().union(*map(fact_classes, explanation.supported)))
+            named.append(any(c.kind == "object" and coco_class(c.term or "") for c in explanation.supported))
             drafted += [judge(c, records, caption_lines, truth) for c in explanation.first_draft]
             said += [judge(c, records, caption_lines, truth) for c in explanation.supported]
             if explanation.supported:
@@ -209,6 +219,8 @@ def run_explanations(
         "unsupported_before": 1.0 - float(np.mean(drafted)) if drafted else None,
         "unsupported_after": 1.0 - float(np.mean(said)) if said else None,
         "events_with_a_verified_claim": sum(bool(x.supported) for x in explanations),
+        "agent_keeps_deterministic_facts": float(np.mean(kept)) if kept else None,
+        "events_naming_a_class": float(np.mean(named)) if named else None,
         "temporal_iou_per_video": per_video_iou,
         "temporal_iou_ok_fraction": float(np.mean([v >= TEMPORAL_IOU for v in per_video_iou.values()])),
         # The same with every detected event, explained by the agent or not (screening's share of the result).
@@ -221,6 +233,21 @@ def run_explanations(
         "seconds": time.perf_counter() - started,
         "explained": details,
     }
+
+
+def described_facts(event, records: dict[str, Evidence]) -> set[str]:
+    """The classes of fact (``agents.claims.fact_classes``) the deterministic explanation of ``event`` states:
+    the rules broken, where the breaching object was and what it is (a named class, or what captions say)."""
+    facts = {"rule"} if event.rule_ids else set()
+    if event.reasons:
+        facts.add("object")
+    for evidence in (records[i] for i in event.evidence_ids if i in records):
+        for breach in evidence.breaches():
+            if breach.object_index is not None:
+                facts.add("where")
+                if evidence.class_names is not None and evidence.class_names[breach.object_index] != UNKNOWN:
+                    facts.add("object")
+    return facts
 
 
 def _localization(explanation: Explanation, records: dict[str, Evidence], masks: Path) -> list[float]:

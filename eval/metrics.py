@@ -70,6 +70,14 @@ def macro_auc(per_video: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[floa
     return (float(np.mean(list(aucs.values()))) if aucs else float("nan")), aucs
 
 
+def per_video_normalised_auc(per_video: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    """AUROC over all frames after min-max normalising each video's scores: the literature's usual protocol,
+    which hides how scores compare across videos (a product cannot normalise by the video's own range)."""
+    labels = np.concatenate([labels for labels, _ in per_video.values()])
+    scaled = [(s - s.min()) / max(float(s.max() - s.min()), 1e-12) for _, s in per_video.values()]
+    return roc_auc(labels, np.concatenate(scaled))
+
+
 def rbdc_tbdc(
     detections: list[tuple[np.ndarray, np.ndarray]],
     truth: list[tuple[np.ndarray, np.ndarray]],

@@ -4,7 +4,8 @@
   conversion under ONNX Runtime (the choice the backends make rests on this ratio);
 - CenterNet's network (its graph up to its output heads) on a batch of 4 frames against one frame at a time;
 - each backend end to end (letterbox, network, decoding, NMS), per frame; each embedder per crop, alone and in
-  a batch of 16;
+  a batch of 16, at its own 224 px and at the 128 px objects are embedded at, and its torch network against its
+  ONNX conversion on the same batch;
 - beside TensorFlow.js's pure-JS CPU backend, which took 20-30 s a frame for these models when
   ``../shared/reference/tfjs`` was made: a sanity ratio from another machine and runtime, not a benchmark of it.
 """
@@ -20,6 +21,7 @@ import numpy as np
 from anomalens import modelstore, registry
 from anomalens.errors import AnomalensError
 from anomalens.progress import track
+from anomalens.tools.objects import CROP_SIDE
 from anomalens.tools.vision import letterbox
 from anomalens.video import natural_key
 
@@ -65,6 +67,13 @@ def _feed(name: str, backend, image: np.ndarray) -> np.ndarray:
     return rgb.astype(np.int32 if name == "pose:movenet" else np.float32)
 
 
+def _torch_run(network, batch: np.ndarray) -> None:
+    import torch
+
+    with torch.inference_mode():
+        network(torch.from_numpy(batch))
+
+
 def run_speed(data: str | Path, frames: int = 8, progress: bool = True) -> dict:
     """Milliseconds per frame (and per crop) of every pretrained perception backend and both graph runtimes."""
     from anomalens.tools.tfjs import TfjsGraph
@@ -98,9 +107,20 @@ def run_speed(data: str | Path, frames: int = 8, progress: bool = True) -> dict:
     crops = np.array([[100.0, 80.0, 130.0, 150.0]] * 16)  # person-sized boxes in Ped2's 360x240 frames
     for name in ("embedder:efficientnet-lite0", "embedder:mobilenetv2"):
         embedder = _load(name)
-        rows[name] = {
-            "input": "224 px crops",
-            "ms_per_crop_alone": _ms(lambda e=embedder: e.embed(images[0], crops[:1]), 1, repeats=8),
-            "ms_per_crop_in_16": _ms(lambda e=embedder: e.embed(images[0], crops), len(crops), repeats=2),
-        }
+        network = type(embedder)._network(Path(embedder.weights))
+        row = {}
+        for side in (embedder.side, CROP_SIDE):
+            batch = np.random.default_rng(0).normal(size=(16, 3, side, side)).astype(np.float32)
+            row[f"{side}px"] = {
+                "ms_per_crop_alone": _ms(lambda e=embedder: e.embed(images[0], crops[:1], side=side), 1, repeats=8),
+                "ms_per_crop_in_16": _ms(lambda e=embedder: e.embed(images[0], crops, side=side), 16, repeats=2),
+                "torch_network_ms_per_crop_in_16": _ms(lambda: _torch_run(network, batch), 16, repeats=2),
+                "onnx_network_ms_per_crop_in_16": _ms(
+                    lambda e=embedder: e.runtime.run(["features"], {"input": batch}), 16, repeats=2
+                ),
+            }
+            row[f"{side}px"]["onnx_speedup"] = (
+                row[f"{side}px"]["torch_network_ms_per_crop_in_16"] / row[f"{side}px"]["onnx_network_ms_per_crop_in_16"]
+            )
+        rows[name] = row
     return {"frames": frames, "tfjs_pure_js_s_per_frame": TFJS_PURE_JS_SECONDS, "backends": rows}

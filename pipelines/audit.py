@@ -21,8 +21,12 @@ from anomalens.errors import AnomalensError
 from anomalens.pipelines.describe import Describer
 from anomalens.progress import say
 from anomalens.report import GroundTruth, Report, compact_map, write_report
-from anomalens.tools.perception import AGENT_KINDS, Perception
+from anomalens.tools.perception import AGENT_KINDS, Perception, object_tools
 from anomalens.tools.protocols import Cue
+from anomalens.tools.rule_induction import (
+    EVERYDAY_CLASSES,
+    SELF_REFERENCED_CONTAMINATION,
+)
 from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.tools.screening import ScreeningResult, screen
 from anomalens.types import Event, Evidence, Explanation, Track
@@ -59,11 +63,15 @@ def screen_video(
     cues: Sequence[Cue] = (),
     self_referenced: bool = False,
     observe: Callable[[Frame, Evidence], None] | None = None,
+    tools: Perception | None = None,
     progress: bool = True,
 ) -> Screened:
-    """Screen ``source`` (opened with ``scene.open``) against ``scene``: every frame scored by the scene's motion
-    and rules, ``cues`` fused, events described by the deterministic explainer."""
-    scorer = SceneScorer(scene, source.fps)
+    """Screen ``source`` (opened with ``scene.open``) against ``scene``: every frame scored by the scene's motion,
+    objects and rules, ``cues`` fused, events described by the deterministic explainer. ``tools``: the scene's
+    object tools when already loaded (default: loaded here, when the scene names its objects)."""
+    if scene.objects and tools is None:
+        tools = object_tools(scene.objects)
+    scorer = SceneScorer(scene, source.fps, tools)
     result = screen(
         source, scorer, self_referenced=self_referenced, cues=cues, describe=Describer(scene.rulebook),
         observe=observe, progress=progress,
@@ -197,8 +205,11 @@ def audit(
                 for evidence_id in claim.evidence_ids:
                     if (found := extra.get(evidence_id) or index.get(evidence_id)) is not None:
                         cited[evidence_id] = found
-    scorer = "scene rules + motion (trained on " + ", ".join(scene.sources) + ")"
+    scorer = "scene rules + motion" + (" + objects" if scene.objects else "")
+    scorer += " (trained on " + ", ".join(scene.sources) + ")"
     scorer += "".join(f" + caption rules on {cue.origin}" for cue in cues)
+    if self_referenced:
+        scorer += "; normality assumed: " + normality(scene)
     report, keyframes = build_report(
         screened,
         scene,
@@ -212,6 +223,14 @@ def audit(
     )
     files = write_report(report, keyframes, out) if out is not None else None
     return Audit(screened, explanations, report, keyframes, files)
+
+
+def normality(scene: Scene) -> str:
+    """What a scene learned from the audited video itself assumes is normal, in words for the report."""
+    said = f"the video's own dominant behaviour (up to {SELF_REFERENCED_CONTAMINATION:.0%} of its objects may not be)"
+    if (prior := scene.rulebook.find(EVERYDAY_CLASSES)) is not None:
+        said += "; " + prior.sentence.rstrip(".")
+    return said
 
 
 def foundation_tools(progress: bool = True) -> Perception:

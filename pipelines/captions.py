@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from anomalens.agents.llm import LLM
 from anomalens.config import Settings, load_settings
 from anomalens.errors import AnomalensError
 from anomalens.events import group_events, smooth
-from anomalens.rules.captions import load_rule_text, parse_rule_text
+from anomalens.rules.captions import everyday_anomalies, load_rule_text
 from anomalens.rules.io import load_rulebook
 from anomalens.tools.caption_scoring import (
     CaptionScorer,
@@ -266,10 +265,6 @@ def learn_caption_rules(
     """Caption rules from captions of normal footage: what they say often becomes normal rules; the anomaly rules
     of ``anomalies`` (rule text; default: the everyday anomalies shipped with anomalens) that the footage shows
     are switched off."""
-    if anomalies is None:
-        text = resources.files("anomalens.rules").joinpath("everyday_anomalies.txt").read_text(encoding="utf-8")
-        start = parse_rule_text(text, "everyday_anomalies.txt")
-    else:
-        start = load_rule_text(anomalies)
+    start = everyday_anomalies() if anomalies is None else load_rule_text(anomalies)
     normal = [caption for path in normal_caption_files for caption in ReplayedCaptions.load(path).captions.values()]
     return induce_caption_rules(normal, sentence_embedder(), start, scene=scene)

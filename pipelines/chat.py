@@ -16,8 +16,9 @@ from anomalens.agents.llm import open_llm
 from anomalens.config import Settings, load_settings
 from anomalens.errors import MediaError
 from anomalens.pipelines.audit import foundation_tools, index_video, screen_video
-from anomalens.pipelines.scene import learn_scene
-from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
+from anomalens.pipelines.captions import sentence_embedder
+from anomalens.pipelines.scene import self_referenced_scene
+from anomalens.tools.coco import ClassNamer
 from anomalens.tools.scene import Scene
 
 
@@ -48,7 +49,7 @@ def video_index(
     if scene_dir:
         scene = Scene.load(scene_dir)
     else:
-        scene = learn_scene([path], fps=fps, contamination=SELF_REFERENCED_CONTAMINATION, progress=progress)
+        scene = self_referenced_scene(path, fps=fps, progress=progress)
     screened = screen_video(scene.open(path, fps=fps), scene, self_referenced=not scene_dir, progress=progress)
     index = index_video(screened, scene, captions=captions, every_frame=True)
     index.save(cached)
@@ -73,4 +74,5 @@ def chat(
                         progress=progress)  # fmt: skip
     llm = open_llm(settings=settings)
     tools = foundation_tools(progress)
-    return ChatSession(index, llm, settings.chat_dir / "sessions.sqlite", session, perception=tools)
+    namer = ClassNamer(sentence_embedder(settings))  # the encoder loads at the first word the vocabulary lacks
+    return ChatSession(index, llm, settings.chat_dir / "sessions.sqlite", session, perception=tools, namer=namer)

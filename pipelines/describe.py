@@ -4,10 +4,11 @@ and what cues say (no LLM). Screening calls it as it builds each event (``tools.
 from __future__ import annotations
 
 from anomalens.prompts import load as load_prompts
+from anomalens.tools.objects import UNKNOWN, named
 from anomalens.types import Breach, Event, Evidence, Rulebook
 
 MAX_RULES = 3  # the explanation names the worst few; the report's rule table lists every broken rule
-_MEASURED = ("speed", "area", "dwell")
+_MEASURED = ("speed", "relative_speed", "area", "dwell")
 
 
 class Describer:
@@ -39,11 +40,22 @@ class Describer:
                 sentences.append(text["frame_rule"].format(**said))
                 continue
             measured = "".join(
-                f", {name} {m.value:.1f} {m.unit}" for name in _MEASURED if (m := evidence.measurement(name, i))
+                f", {name.replace('_', ' ')} {m.value:.1f} {m.unit}"
+                for name in _MEASURED
+                if (m := evidence.measurement(name, i))
             )
+            fact = rule.predicate.fact if rule is not None else ""
+            most = rule.stats.get("max", 0.0) if rule is not None else 0.0
+            if most > 0 and (m := evidence.measurement(fact, i)) is not None:
+                measured += text["versus_normal"].format(times=m.value / most, fact=fact.replace("_", " "))
             sentences.append(
                 text["object_rule"].format(**said, who=_who(evidence, i), track=evidence.track_of(i), measured=measured)
             )
+        looks = [(m.value, m.object_index, ev) for ev in cited for m in ev.measurements if m.name == "appearance"]
+        if looks and (strongest := max(looks, key=lambda item: item[0]))[0] > 1.0:
+            ratio, i, evidence = strongest
+            sentences.append(text["appearance"].format(who=_who(evidence, i), track=evidence.track_of(i), ratio=ratio,
+                                                       time_s=evidence.time_s))  # fmt: skip
         novelty = keyframe.measurement("flow_novelty")
         if novelty is not None and novelty.value > 1.0:
             sentences.append(text["flow"].format(novelty=novelty.value, time_s=keyframe.time_s))
@@ -56,7 +68,8 @@ class Describer:
 def _who(evidence: Evidence, i: int) -> str:
     """"a bicycle moving east in zone r2c1", from the object's typed fields."""
     headings = load_prompts("claims")["headings"]
-    what = f"a {evidence.class_names[i]}" if evidence.class_names is not None else "an object"
+    name = evidence.class_names[i] if evidence.class_names is not None else UNKNOWN
+    what = named(name)
     if evidence.headings is not None:
         what += f" {headings[evidence.headings[i]]}"
     if evidence.zones is not None:

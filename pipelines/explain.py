@@ -10,12 +10,11 @@ from pathlib import Path
 
 from anomalens.errors import AnomalensError
 from anomalens.pipelines.audit import Audit, audit
-from anomalens.pipelines.scene import learn_scene
+from anomalens.pipelines.scene import learn_scene, self_referenced_scene
 from anomalens.progress import say, track
 from anomalens.report import ImageReport, write_image_report
 from anomalens.tools.inspect import ImageInspector, method_for, read_image
 from anomalens.tools.perception import IMAGE_KINDS, Perception
-from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
 from anomalens.video import IMAGE_SUFFIXES
 
 
@@ -79,7 +78,8 @@ def explain(
         raise AnomalensError(f"give one video or frame folder at a time, not {len(paths)}")
     how = "the normal footage given" if normal else "the footage itself (self-referenced: its dominant behaviour)"
     say(f"learning normality from {how}", progress)
-    reference = list(normal) or paths
-    contamination = 0.0 if normal else SELF_REFERENCED_CONTAMINATION
-    scene = learn_scene(reference, out=Path(out) / "scene", fps=fps, contamination=contamination, progress=progress)
+    if normal:
+        scene = learn_scene(list(normal), out=Path(out) / "scene", fps=fps, progress=progress)
+    else:
+        scene = self_referenced_scene(paths[0], out=Path(out) / "scene", fps=fps, progress=progress)
     return audit(paths[0], scene, out=out, fps=fps, explainer=explainer, self_referenced=not normal, progress=progress)

@@ -6,6 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from anomalens.config import load_settings
+from anomalens.progress import say
+from anomalens.rules.captions import everyday_anomalies
+from anomalens.tools.perception import Perception, object_tools
+from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION, class_priors
 from anomalens.tools.scene import Scene
 
 
@@ -16,15 +20,46 @@ def learn_scene(
     fps: float | None = None,
     max_side: int | None = None,
     contamination: float = 0.0,
+    objects: bool | None = None,
     progress: bool = True,
 ) -> Scene:
     """Learn what is normal for a scene from normal videos or frame folders of one camera view, saved to ``out``
     (``rules.yaml`` there is the editable rulebook). ``fps``: the frame rate of frame folders; ``max_side``: the
     analysis resolution (default: the settings'); ``contamination``: the share of object observations that may
-    be anomalous (0 for footage known to be normal)."""
-    max_side = max_side or load_settings().max_side
+    be anomalous (0 for footage known to be normal); ``objects``: also name the moving objects and learn their
+    look with the pretrained detector and embedder, when their weights are here (``scene_objects``; default:
+    the settings')."""
+    settings = load_settings()
+    max_side = max_side or settings.max_side
+    tools = scene_objects(progress) if (settings.objects if objects is None else objects) else None
     scene = Scene.learn([str(p) for p in normal], max_side=max_side, fps=fps, contamination=contamination,
-                        progress=progress)  # fmt: skip
+                        tools=tools, progress=progress)  # fmt: skip
+    if out is not None:
+        scene.save(out)
+    return scene
+
+
+def scene_objects(progress: bool = True) -> Perception | None:
+    """The detector and embedder that name a new scene's objects and learn their look, or None (said aloud, with
+    what to pull) when neither has weights here: the scene then knows motion alone."""
+    tools = object_tools()
+    if not tools.present:
+        say("objects: not named (" + "; ".join(tools.absent.values()) + ")", progress)
+        return None
+    say("objects: " + ", ".join(tools.backend(kind) for kind in tools.present), progress)
+    return tools
+
+
+def self_referenced_scene(
+    video: str | Path, *, out: str | Path | None = None, fps: float | None = None, progress: bool = True
+) -> Scene:
+    """A scene for a video with no normal footage: its own dominant behaviour is normal (up to
+    ``SELF_REFERENCED_CONTAMINATION`` of its objects may not be), and, when the scene names its objects, so is
+    the absence of the everyday anomalies' object classes (``rule_induction.class_priors``): a cart seen in most
+    frames is still a cart on a walkway. Saved to ``out`` when given."""
+    scene = learn_scene([video], fps=fps, contamination=SELF_REFERENCED_CONTAMINATION, progress=progress)
+    if scene.objects and (prior := class_priors(everyday_anomalies())) is not None:
+        scene.rulebook = scene.rulebook.model_copy(update={"rules": [*scene.rulebook.rules, prior]})
     if out is not None:
         scene.save(out)
     return scene

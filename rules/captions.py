@@ -18,6 +18,7 @@ alternatives the item lists ("Running or jumping"
 from __future__ import annotations
 
 import re
+from importlib import resources
 from pathlib import Path
 
 from anomalens.errors import ConfigError
@@ -89,6 +90,12 @@ def load_rule_text(path: str | Path) -> Rulebook:
     except FileNotFoundError:
         raise ConfigError(f"{path}: rule text not found") from None
     return parse_rule_text(text, str(path))
+
+
+def everyday_anomalies() -> Rulebook:
+    """The anomalies of most public scenes that anomalens ships (``everyday_anomalies.txt``), as caption rules."""
+    text = resources.files("anomalens.rules").joinpath("everyday_anomalies.txt").read_text(encoding="utf-8")
+    return parse_rule_text(text, "everyday_anomalies.txt")
 
 
 def caption_rules(rulebook: Rulebook) -> tuple[list[Rule], list[Rule]]:

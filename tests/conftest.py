@@ -10,6 +10,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def motion_only_scenes():
+    """Scenes learned in tests know motion alone unless a test asks for objects: the synthetic scenes are painted
+    shapes, in which the COCO detector sees kites. Object naming is tested on real footage (test_objects.py)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANOMALENS_OBJECTS", "false")
+        yield
+
+
 def absent(message: str, in_ci: str = "") -> None:
     """Skip the test for something missing here; under ``CI=true`` its absence is a failure."""
     if os.environ.get("CI") == "true":

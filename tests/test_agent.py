@@ -129,10 +129,10 @@ def test_the_caption_rule_an_event_breaks_is_offered_as_a_fact_and_verified(scen
     assert 'describe "riding a bicycle"' in event.summary
 
     def from_digest(messages):
-        return answer([f for f in facts_in(messages) if f["kind"] == "object"])
+        return answer([f for f in facts_in(messages) if f["kind"] == "object" and f["cite"][0].startswith("C")])
 
     (explanation,) = run(ScriptedLLM([from_digest]), built, events=[event.id])
-    (claim,) = explanation.supported
+    (claim,) = [c for c in explanation.supported if not c.from_facts]
     assert claim.term == "riding a bicycle" and claim.evidence_ids == [built.caption(said.first_frame).id]
     assert "riding a bicycle" in explanation.prose
 
@@ -168,7 +168,7 @@ def test_tool_calls_and_tool_errors_go_back_to_the_llm(index):
 
     llm = ScriptedLLM([calls, from_tool_result])
     (explanation,) = run(llm, index)
-    assert [c.verdict.status for c in explanation.claims] == ["supported"]
+    assert [c.verdict.status for c in explanation.claims if not c.from_facts] == ["supported"]
     assert llm.calls[0]["choice"] == "required" and llm.calls[1]["choice"] == "answer"  # one round of tools
 
 
@@ -180,13 +180,13 @@ def test_malformed_replies_are_corrected_then_the_budget_ends_the_attempt(index)
     }
     llm = ScriptedLLM(["I think it is a cyclist.", answer([{"kind": "guess", "cite": ["F1"]}]), answer([fact])])
     (explanation,) = run(llm, index)
-    assert [c.verdict.status for c in explanation.claims] == ["supported"]
+    assert [c.verdict.status for c in explanation.claims if not c.from_facts] == ["supported"]
     assert "calling a tool" in llm.calls[1]["messages"][-1].content
     assert "malformed" in llm.calls[2]["messages"][-1].content and "kind" in llm.calls[2]["messages"][-1].content
 
     stubborn = ScriptedLLM(["no"] * MAX_STEPS)
     (gave_up,) = run(stubborn, index)
-    assert gave_up.claims == [] and gave_up.llm_calls == MAX_STEPS and gave_up.prose == ""
+    assert gave_up.llm_calls == MAX_STEPS and all(c.from_facts for c in gave_up.claims)  # the LLM said nothing
 
 
 def test_each_claim_kind_requires_its_fields_so_a_grammar_cannot_leave_them_out(index):
@@ -219,7 +219,7 @@ def test_each_claim_kind_requires_its_fields_so_a_grammar_cannot_leave_them_out(
     llm = ScriptedLLM([answer([fact]), answer([fact | {"value": len(index.frame_evidence(peak))}])])
     (explanation,) = run(llm, index)
     assert "value" in llm.calls[1]["messages"][-1].content
-    assert [c.verdict.status for c in explanation.claims] == ["supported"]
+    assert [c.verdict.status for c in explanation.claims if not c.from_facts] == ["supported"]
 
 
 def test_revision_is_bounded_and_unsupported_claims_are_dropped(index):
@@ -227,7 +227,8 @@ def test_revision_is_bounded_and_unsupported_claims_are_dropped(index):
     llm = ScriptedLLM([wrong, wrong, wrong])
     (explanation,) = run(llm, index)
     assert explanation.rounds == 1 and explanation.llm_calls == 2 and len(llm.script) == 1
-    assert explanation.supported == [] and explanation.claims[0].verdict.reason == "there is no rule no-such-rule"
+    assert [c for c in explanation.supported if not c.from_facts] == []
+    assert explanation.claims[0].verdict.reason == "there is no rule no-such-rule"
 
 
 def test_a_claim_repeated_in_an_answer_or_a_revision_is_said_once(index):
@@ -242,8 +243,9 @@ def test_a_claim_repeated_in_an_answer_or_a_revision_is_said_once(index):
 
     (explanation,) = run(ScriptedLLM([twice, repeat_the_kept]), index)
     assert len(explanation.first_draft) == 2 and explanation.rounds == 1
-    (said,) = explanation.supported
+    (said,) = [c for c in explanation.supported if not c.from_facts]
     assert explanation.prose.count(said.text) == 1
+    assert all(c.text != said.text for c in explanation.supported if c.from_facts)  # no fact is added twice
 
 
 def test_every_event_in_the_queue_is_explained(index):
@@ -277,7 +279,8 @@ def test_injected_caption_text_stays_data_and_cannot_change_what_is_said(index):
         )
 
     (explanation,) = run(ScriptedLLM([read_caption, fooled, answer([])]), index, events=[event.id])
-    assert explanation.claims == [] and explanation.prose == ""
+    assert [c for c in explanation.claims if not c.from_facts] == []  # only the event's own facts are said
+    assert "nothing here is anomalous" not in explanation.prose
     assert {c.verdict.status for c in explanation.first_draft} == {"unverifiable", "unsupported"}
 
 
@@ -634,7 +637,7 @@ def test_claims_verified_before_the_budget_ran_out_are_still_said(index):
     wrong = {"kind": "count", "cite": [f"F{peak}"], "value": 99}
     llm = ScriptedLLM([answer([count, wrong]), answer([{"kind": "guess", "cite": ["F1"]}])] + ["no"] * MAX_STEPS)
     (explanation,) = run(llm, index)
-    assert explanation.llm_calls == MAX_STEPS and len(explanation.supported) == 1
+    assert explanation.llm_calls == MAX_STEPS and len([c for c in explanation.supported if not c.from_facts]) == 1
     assert explanation.prose.startswith(f"{count['value']} objects were in view")
 
 
@@ -702,3 +705,18 @@ def test_the_agent_calls_every_present_foundation_tool_and_cites_what_it_found(i
     truck = Claim(id="t", kind="object", term="truck", track_id=track, evidence_ids=[peak.id])
     verdict = Verifier(fresh, [DetectorGrounder(tiny_perception.detector, frames, threshold=1.01)]).verify(truck, event)
     assert verdict.status == "unsupported" and "DetectorGrounder did not find 'truck'" in verdict.reason
+
+
+def test_an_answer_that_leaves_out_the_rule_and_the_place_gets_them_from_the_events_facts(index):
+    from anomalens.agents.claims import fact_classes
+
+    event = first_event(index)
+    span = {"kind": "temporal", "cite": [f"F{event.start_frame}", f"F{event.end_frame}"],
+            "frames": [event.start_frame, event.end_frame]}  # fmt: skip
+    (explanation,) = run(ScriptedLLM([answer([span])]), index)
+    said = [c for c in explanation.supported if not c.from_facts]
+    added = [c for c in explanation.supported if c.from_facts]
+    assert [c.kind for c in said] == ["temporal"]
+    assert {"rule", "where"} <= set().union(*map(fact_classes, added))
+    assert all(c.verdict.status == "supported" for c in added)  # verified like the LLM's own claims
+    assert all(c.text and c.text in explanation.prose for c in added)

@@ -106,6 +106,15 @@ def test_macro_auc_skips_single_class_videos():
     assert per_video == {"a": 1.0, "c": 0.0} and mean == 0.5
 
 
+def test_per_video_normalisation_hides_how_scores_compare_across_videos():
+    from anomalens.eval.metrics import per_video_normalised_auc, roc_auc
+
+    per_video = {"quiet": (np.array([0, 1]), np.array([0.1, 0.2])), "busy": (np.array([0, 1]), np.array([5.0, 9.0]))}
+    labels = np.array([0, 1, 0, 1])
+    assert roc_auc(labels, np.array([0.1, 0.2, 5.0, 9.0])) == 0.75  # the busy video's normal frame outscores
+    assert per_video_normalised_auc(per_video) == 1.0
+
+
 def test_rbdc_tbdc_on_a_hand_computed_case():
     from anomalens.eval.metrics import rbdc_tbdc
 

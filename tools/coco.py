@@ -42,3 +42,26 @@ def coco_class(term: str) -> str | None:
             if (found := words.get(" ".join(tokens[start : start + length]))) is not None:
                 return found
     return None
+
+
+CLOSEST = 0.5  # MiniLM cosine to a class name that names it: "vehicle" 0.87 car, "a van" 0.53 car, "scooter" 0.58
+# motorcycle, while "cart" (0.46 bottle), "stroller" (0.48) and "the weather" (0.44) name nothing
+
+
+class ClassNamer:
+    """Free text -> the COCO class it names: ``coco.yaml``'s words first, else the class whose name a sentence
+    encoder (``tools.embeddings.SentenceEmbedder``) puts nearest, when at least ``CLOSEST`` similar; or None."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self._names = None  # the class names' embeddings, made at the first word the vocabulary lacks
+
+    def __call__(self, text: str) -> str | None:
+        if (found := coco_class(text)) is not None:
+            return found
+        names = coco()[0]
+        if self._names is None:
+            self._names = self.encoder.embed(names)
+        similarity = self._names @ self.encoder.embed([text])[0]
+        best = int(similarity.argmax())
+        return names[best] if similarity[best] >= CLOSEST else None

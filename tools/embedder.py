@@ -4,7 +4,7 @@ as a unit vector (nearby objects of the same look lie close; a person and empty 
 The networks are maintained implementations (timm's EfficientNet-Lite0, torchvision's MobileNetV2); the stored
 weights use other parameter names, and are loaded by position after checking that every shape matches, so a
 mismatched file fails loudly instead of loading garbage. Weights load with ``weights_only``: nothing in the
-file is executed.
+file is executed. Each network is converted once to ONNX and served by ONNX Runtime (``tools.onnx_runtime``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from anomalens.errors import ModelStoreError
+from anomalens.modelstore import model_dir
+from anomalens.tools.onnx_runtime import cache_name, export, session
 from anomalens.tools.vision import clip_boxes, frame_size, rgb
 from anomalens.types import Evidence, EvidenceKind, Source
 
@@ -52,17 +54,37 @@ class _CropEmbedder:
     dims = 1280
     mean, std = IMAGENET_MEAN, IMAGENET_STD  # of RGB in 0..1, as the network was trained
 
-    def __init__(self, network, weights: str):
-        self.network, self.weights = network, weights
+    def __init__(self, runtime, weights: str):
+        self.runtime, self.weights = runtime, weights
 
-    def _features(self, batch):
+    @classmethod
+    def load(cls, weights: str | Path):
+        """The network with the stored weights, converted once to ONNX (kept beside the model store's files)
+        and run by ONNX Runtime: 4-5x faster than torch here on small crops (``eval perception-speed``)."""
+        path = Path(weights)
+        target = model_dir() / ".converted" / cache_name(cls.backend, path.read_bytes(), cls.side)
+        if not target.is_file():
+            example = np.random.default_rng(0).normal(size=(2, 3, 96, 96)).astype(np.float32)
+            export(cls._network(path), example, ["features"], target, source=str(path),
+                   dynamic={0: "batch", 2: "height", 3: "width"})  # fmt: skip
+        return cls(session(target), str(path))
+
+    @classmethod
+    def _network(cls, weights: Path):
+        """A torch module: normalised RGB batches ``(N, 3, H, W)`` -> features ``(N, dims)``."""
         raise NotImplementedError
 
-    def embed(self, image: np.ndarray, boxes: np.ndarray | None = None, frame_index: int | None = None) -> Evidence:
+    def embed(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray | None = None,
+        frame_index: int | None = None,
+        side: int | None = None,
+    ) -> Evidence:
         """``APPEARANCE`` evidence: one unit-length embedding per box (xyxy source pixels; the whole frame when
-        none), of the crop resized to the network's input."""
+        none), of the crop resized to ``side`` (default: the network's training input; the networks pool
+        globally, so smaller crops cost less and still describe small objects)."""
         import cv2
-        import torch
 
         started = time.perf_counter()
         size = frame_size(image)
@@ -71,12 +93,11 @@ class _CropEmbedder:
         crops = []
         for x1, y1, x2, y2 in boxes:
             crop = picture[int(y1) : max(int(np.ceil(y2)), int(y1) + 1), int(x1) : max(int(np.ceil(x2)), int(x1) + 1)]
-            crops.append(cv2.resize(crop, (self.side, self.side), interpolation=cv2.INTER_LINEAR))
+            crops.append(cv2.resize(crop, (side or self.side,) * 2, interpolation=cv2.INTER_LINEAR))
         rows = []
         for start in range(0, len(crops), BATCH):
             batch = (np.stack(crops[start : start + BATCH]).astype(np.float32) / 255 - self.mean) / self.std
-            with torch.inference_mode():
-                rows.append(self._features(torch.from_numpy(batch.transpose(0, 3, 1, 2).copy())).numpy())
+            rows.append(self.runtime.run(["features"], {"input": batch.transpose(0, 3, 1, 2).copy()})[0])
         vectors = np.concatenate(rows) if rows else np.zeros((0, self.dims), np.float32)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return Evidence(
@@ -101,14 +122,21 @@ class EfficientNetLite0Embedder(_CropEmbedder):
     mean, std = np.float32(0.5), np.float32(0.5)
 
     @classmethod
-    def load(cls, weights: str | Path) -> EfficientNetLite0Embedder:
+    def _network(cls, weights: Path):
         import timm
+        import torch
 
-        network = load_by_position(timm.create_model("efficientnet_lite0", pretrained=False), Path(weights))
-        return cls(network, str(weights))
+        network = load_by_position(timm.create_model("efficientnet_lite0", pretrained=False), weights)
 
-    def _features(self, batch):
-        return self.network.forward_head(self.network.forward_features(batch), pre_logits=True)
+        class Features(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.network = network
+
+            def forward(self, batch):
+                return self.network.forward_head(self.network.forward_features(batch), pre_logits=True)
+
+        return Features().eval()
 
 
 class MobileNetV2Embedder(_CropEmbedder):
@@ -117,10 +145,18 @@ class MobileNetV2Embedder(_CropEmbedder):
     backend = "mobilenetv2"
 
     @classmethod
-    def load(cls, weights: str | Path) -> MobileNetV2Embedder:
+    def _network(cls, weights: Path):
+        import torch
         from torchvision.models import mobilenet_v2
 
-        return cls(load_by_position(mobilenet_v2(weights=None), Path(weights)), str(weights))
+        network = load_by_position(mobilenet_v2(weights=None), weights)
 
-    def _features(self, batch):
-        return self.network.features(batch).mean(dim=(2, 3))
+        class Features(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.network = network
+
+            def forward(self, batch):
+                return self.network.features(batch).mean(dim=(2, 3))
+
+        return Features().eval()

@@ -28,7 +28,15 @@ import numpy as np
 
 from anomalens.errors import AnomalensError
 from anomalens.geometry import box_iou
-from anomalens.types import SECTORS, STILL, Evidence, EvidenceKind, Measurement, Source, Track
+from anomalens.types import (
+    SECTORS,
+    STILL,
+    Evidence,
+    EvidenceKind,
+    Measurement,
+    Source,
+    Track,
+)
 from anomalens.video import Frame
 
 FLOW_SCALE = 0.5  # optical flow runs at half the analysis resolution: 4x cheaper, ample for speeds
@@ -40,6 +48,8 @@ FACT_UNITS = {
     "height": "px",
     "aspect": "ratio",
     "speed": "px/frame",
+    "relative_speed": "heights/s",
+    "class": "class",
     "direction": "sector",
     "zone": "zone",
     "dwell": "s",
@@ -193,7 +203,8 @@ class FrameFacts:
         measurements = [
             Measurement.model_construct(name=name, value=float(obj[name]), unit=FACT_UNITS[name], object_index=i)
             for i, obj in enumerate(objects)
-            for name in ("area", "speed", "dwell", "aspect")
+            for name in ("area", "speed", "relative_speed", "dwell", "aspect")
+            if name in obj
         ]
         measurements += [
             Measurement.model_construct(name="count", value=float(len(objects)), unit="count", object_index=None),
@@ -215,6 +226,8 @@ class FrameFacts:
             scores=np.zeros(len(objects)) if scores is None else scores,
             labels=[f"track {t}" for t in self.track_ids],
             track_ids=np.array(self.track_ids, dtype=np.int64),
+            class_names=[o["class"] for o in objects],
+            class_scores=np.array([o.get("class_score", 0.0) for o in objects], dtype=np.float64),
             headings=[o["direction"] for o in objects],
             zones=[o["zone"] for o in objects],
             masks=self.source_masks(),

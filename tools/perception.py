@@ -8,6 +8,7 @@ server (settings ``captioner_base_url`` and ``captioner_model``) is the captione
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,11 +16,19 @@ from anomalens import modelstore, registry, weights
 from anomalens.config import Settings, load_settings
 from anomalens.errors import ConfigError, WeightsNotFound
 from anomalens.registry import Backend
-from anomalens.tools.protocols import Captioner, Detector, Embedder, PoseEstimator, Segmenter, TextScorer
+from anomalens.tools.protocols import (
+    Captioner,
+    Detector,
+    Embedder,
+    PoseEstimator,
+    Segmenter,
+    TextScorer,
+)
 
 KINDS = ("clip", "detector", "segmenter", "captioner", "pose", "embedder")
 AGENT_KINDS = ("clip", "detector", "segmenter", "captioner")  # what the agent's tools and verifier call
 IMAGE_KINDS = ("clip", "detector", "segmenter")  # what image inspection uses
+OBJECT_KINDS = ("detector", "embedder")  # what names and describes a scene's objects
 
 
 @dataclass
@@ -36,9 +45,14 @@ class Perception:
 
     @classmethod
     def available(
-        cls, root: Path | None = None, settings: Settings | None = None, kinds: tuple[str, ...] = KINDS
+        cls,
+        root: Path | None = None,
+        settings: Settings | None = None,
+        kinds: tuple[str, ...] = KINDS,
+        allowed: Mapping[str, Sequence[str]] | None = None,
     ) -> Perception:
-        """The tools of ``kinds`` this machine can run (each loaded now)."""
+        """The tools of ``kinds`` this machine can run (each loaded now); ``allowed`` limits a kind to some of its
+        backends, in the order given."""
         settings = settings or load_settings()
         found = cls()
         if settings.captioner_base_url:  # the user pointed at a server: it wins over local weights
@@ -51,7 +65,8 @@ class Perception:
             if getattr(found, kind) is not None:
                 continue
             reasons = []
-            for backend in registry.of_kind(kind):
+            names = (allowed or {}).get(kind)
+            for backend in registry.of_kind(kind) if names is None else [registry.get(n) for n in names]:
                 if not backend.checkpoints and not backend.store:
                     continue  # a server client or a replay: nothing to find on this machine
                 if backend.missing():
@@ -76,6 +91,29 @@ class Perception:
     @property
     def present(self) -> list[str]:
         return [kind for kind in KINDS if getattr(self, kind) is not None]
+
+    def backend(self, kind: str) -> str:
+        """The registered name of the loaded tool of ``kind`` (e.g. ``detector:centernet``)."""
+        return f"{kind}:{getattr(self, kind).backend}"
+
+
+def object_tools(chosen: Mapping[str, str] | None = None, root: Path | None = None) -> Perception:
+    """The detector and embedder that name and describe a scene's objects (``tools.objects``).
+
+    ``chosen`` (kind -> backend, as a scene records them) must all load, or a ``ConfigError`` says how to get
+    them; without it, the first detector with a fixed vocabulary (it names objects without prompts) and the
+    first embedder with weights here, each left out (with the reason in ``absent``) when none has."""
+    detectors = [b.name for b in registry.of_kind("detector") if b.vocabulary]
+    embedders = [b.name for b in registry.of_kind("embedder")]
+    if chosen is None:
+        return Perception.available(root, kinds=OBJECT_KINDS, allowed={"detector": detectors, "embedder": embedders})
+    found = Perception.available(root, kinds=tuple(chosen), allowed={k: [n] for k, n in chosen.items()})
+    if found.absent:
+        raise ConfigError(
+            "this scene was learned with " + ", ".join(chosen.values()) + ", which cannot load here: "
+            + "; ".join(found.absent.values())
+        )  # fmt: skip
+    return found
 
 
 def weights_of(backend: Backend, root: Path | None = None) -> Path | None:

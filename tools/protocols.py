@@ -64,8 +64,15 @@ class PoseEstimator(Protocol):
 
 
 class Embedder(Protocol):
-    def embed(self, image: np.ndarray, boxes: np.ndarray | None = None, frame_index: int | None = None) -> Evidence:
-        """``APPEARANCE`` evidence: a unit-length embedding of each box's crop (the whole frame when none)."""
+    def embed(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray | None = None,
+        frame_index: int | None = None,
+        side: int | None = None,
+    ) -> Evidence:
+        """``APPEARANCE`` evidence: a unit-length embedding of each box's crop (the whole frame when none), each
+        crop resized to ``side`` pixels square (default: the network's own input)."""
 
 
 class FrameScorer(Protocol):

@@ -12,6 +12,8 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from anomalens.rules.engine import CATEGORICAL_OPS, RuleIndex, check
+from anomalens.tools.coco import coco_class
+from anomalens.tools.objects import UNKNOWN, named
 from anomalens.types import SECTORS, STILL, Predicate, Rule, Rulebook
 
 MARGIN = 0.25  # limits sit 25% beyond the normal extreme
@@ -105,6 +107,8 @@ def induce_rules(
                         stats={f"share_{s}": round(headings[s] / moving, 4) for s in SECTORS} | {"n": float(moving)},
                     )
                 )
+    if any("relative_speed" in o for o in objects):
+        rules += _class_rules(objects, quantile, direction_share)
     counts = np.array([o["count"] for o in objects])
     occupancy = np.array([o["occupancy"] for o in objects])
     dwell = np.array([o["dwell"] for o in objects])
@@ -121,6 +125,47 @@ def induce_rules(
         )
     )
     return Rulebook(scene=scene, induced_from=sources or [], rules=rules)
+
+
+def _class_rules(objects: list[dict], quantile: float, class_share: float) -> list[Rule]:
+    """Rules that name what the objects are (facts set by ``tools.objects``): the classes seen (each in at least
+    ``class_share`` of the named established objects; unnamed moving things are always allowed), and for each
+    class seen ``MIN_SUPPORT`` times, how fast it moves for its size (body heights per second; over every
+    object, as speed limits are, since every object is checked against them)."""
+    rules = []
+    established = [o for o in objects if o.get("established", True)]
+    classes = Counter(o["class"] for o in established if o["class"] != UNKNOWN)
+    total = sum(classes.values())
+    if total >= MIN_SUPPORT:
+        allowed = sorted(c for c, n in classes.items() if n / total >= class_share)
+        rules.append(
+            Rule(
+                id="classes",
+                sentence=f"Every moving thing is {' or '.join(named(c) for c in allowed)}, or not recognised.",
+                predicate=Predicate(fact="class", op="in", value=[*allowed, UNKNOWN]),
+                stats={f"share_{c}": round(n / total, 4) for c, n in sorted(classes.items())} | {"n": float(total)},
+            )
+        )
+    by_class: dict[str, list[float]] = defaultdict(list)
+    for obj in objects:
+        by_class[obj["class"]].append(obj["relative_speed"])
+    for name, values in sorted(by_class.items()):
+        if len(values) < MIN_SUPPORT:
+            continue
+        values = np.array(values)
+        limit = float(np.quantile(values, quantile)) * (1 + MARGIN)
+        who = "A moving thing not recognised" if name == UNKNOWN else named(name).capitalize()
+        rules.append(
+            Rule(
+                id=f"relative-speed-{name.replace(' ', '-')}",
+                sentence=f"{who} moves at most {limit:.2f} body heights per second.",
+                predicate=Predicate(fact="relative_speed", op="<=", value=round(limit, 3), unit="heights/s",
+                                    where={"class": name}),  # fmt: skip
+                margin=MARGIN,
+                stats=_stats(values),
+            )
+        )
+    return rules
 
 
 MAX_HELD_OUT_RATE = 0.005  # a categorical rule that held-out normal footage breaks more often is dropped
@@ -169,3 +214,23 @@ def induce_validated(
             continue
         kept.append(rule.model_copy(update={"stats": rule.stats | {"held_out_rate": round(rate or 0.0, 5)}}))
     return rulebook.model_copy(update={"rules": kept})
+
+
+EVERYDAY_CLASSES = "everyday-classes"
+
+
+def class_priors(anomalies: Rulebook) -> Rule | None:
+    """The COCO classes that anomaly rules name ("Riding a bicycle, scooter, skateboard or motorcycle" -> bicycle,
+    skateboard, motorcycle) as one rule that none of them moves in view: what is assumed where no normal footage
+    says otherwise (``rules.captions.everyday_anomalies``). People are what most such rules are about ("people
+    fleeing"), never anomalous for being people: ``person`` is left out. None when the rules name no class."""
+    phrases = [p for rule in anomalies.rules if rule.kind == "anomaly" and rule.enabled for p in rule.predicate.value]
+    classes = sorted({name for p in phrases if (name := coco_class(p)) not in (None, "person")})
+    if not classes:
+        return None
+    return Rule(
+        id=EVERYDAY_CLASSES,
+        sentence=f"No {', '.join(classes[:-1])}{' or ' if len(classes) > 1 else ''}{classes[-1]} moves here "
+        "(an everyday anomaly, assumed with no normal footage to say otherwise).",
+        predicate=Predicate(fact="class", op="not_in", value=classes),
+    )

@@ -1,7 +1,8 @@
 """A learned scene (motion model + rulebook) and the scorer that audits footage against it.
 
-A scene folder holds ``scene.json`` (analysis size, frame rate, sources), ``motion.npz`` (background,
-noise level, normal flow, the motion reconstruction model) and ``rules.yaml`` (the editable rulebook).
+A scene folder holds ``scene.json`` (analysis size, frame rate, sources, the object tools it was learned with),
+``motion.npz`` (background, noise level, normal flow, the motion reconstruction model, the normal objects' look)
+and ``rules.yaml`` (the editable rulebook).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import itertools
 import json
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,16 @@ from anomalens.tools.motion import (
     walkable_cells,
     walkable_zones,
 )
+from anomalens.tools.objects import Appearance, ObjectTagger
+from anomalens.tools.perception import Perception
 from anomalens.tools.reconstruction import FlowPatchPCA
 from anomalens.tools.rule_induction import induce_validated
 from anomalens.types import Evidence, Measurement, MeasurementKind, Rulebook, Source
 from anomalens.video import Frame, FrameSource
 
-SCENE_VERSION = 1
+SCENE_VERSION = 2
 MAX_PATCH_FRAMES = 4000  # frames of motion patches kept for fitting the reconstruction detector
+LOOKS_PER_SECOND = 5.0  # the detector and embedder see moving objects this often (a walker moves ~0.2 m per look)
 
 
 @dataclass
@@ -46,6 +50,8 @@ class Scene:
     max_side: int | None
     fps: float
     sources: list[str]
+    objects: dict[str, str] = field(default_factory=dict)  # kind -> backend that named and described the objects
+    appearance: Appearance | None = None  # the normal objects' look (when an embedder was present)
 
     def open(self, path: str | Path, fps: float | None = None, **options) -> FrameSource:
         """Frames of ``path`` at this scene's analysis resolution (image inputs at ``fps`` or the scene's)."""
@@ -55,7 +61,8 @@ class Scene:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **self.model.state(), **self.reconstruction.state())
+        looks = self.appearance.state() if self.appearance is not None else {}
+        np.savez_compressed(buffer, **self.model.state(), **self.reconstruction.state(), **looks)
         atomic_write(folder / "motion.npz", buffer.getvalue())
         save_rulebook(self.rulebook, folder / "rules.yaml")
         meta = {
@@ -64,6 +71,7 @@ class Scene:
             "max_side": self.max_side,
             "fps": self.fps,
             "sources": self.sources,
+            "objects": self.objects,
         }
         atomic_write(folder / "scene.json", json.dumps(meta, indent=2))
         return folder
@@ -76,7 +84,10 @@ class Scene:
             raise ConfigError(f"{folder}: not a scene folder (no scene.json); create one with `anomalens induce-rules`")
         meta = json.loads(meta_path.read_text())
         if meta.get("version") != SCENE_VERSION:
-            raise ConfigError(f"{meta_path}: scene version {meta.get('version')}, this anomalens reads {SCENE_VERSION}")
+            raise ConfigError(
+                f"{meta_path}: scene version {meta.get('version')}, this anomalens reads {SCENE_VERSION}: learn the "
+                "scene again with `anomalens induce-rules`"
+            )
         with np.load(folder / "motion.npz") as npz:
             state = dict(npz)
         return cls(
@@ -87,6 +98,8 @@ class Scene:
             max_side=meta["max_side"],
             fps=float(meta["fps"]),
             sources=list(meta["sources"]),
+            objects=dict(meta["objects"]),
+            appearance=Appearance.from_state(state),
         )
 
     @classmethod
@@ -97,10 +110,13 @@ class Scene:
         max_side: int | None = 640,
         fps: float | None = None,
         contamination: float = 0.0,
+        tools: Perception | None = None,
         progress: bool = True,
     ) -> Scene:
-        """A scene learned from normal footage (videos or frame folders of one view): background, normal motion, rules;
-        ``contamination``: the share of object observations that may be anomalous (footage not known normal)."""
+        """A scene learned from normal footage (videos or frame folders of one view): background, normal motion,
+        rules; with ``tools`` (a detector and an embedder, ``perception.object_tools``) also the objects' classes
+        and look. ``contamination``: the share of object observations that may be anomalous (footage not known
+        normal)."""
         if not inputs:
             raise AnomalensError("give at least one normal video or frame folder")
         options = {"max_side": max_side} | ({"fps": fps} if fps else {})
@@ -116,13 +132,19 @@ class Scene:
         reconstruction = FlowPatchPCA(cell=model.flow_cell)
         patches: list[np.ndarray] = []
         keep_every = max(1, sum(len(s) for s in sources) // MAX_PATCH_FRAMES)  # bounds memory on long footage
+        looks: list[list[np.ndarray]] = []
         for source in sources:
             analyzer = MotionAnalyzer(model, source.fps)
+            tagger = _tagger(tools, source.fps)
             per_source.append([])
+            looks.append([])
             for k, frame in enumerate(
                 track(source, f"learning motion: {source.name}", total=len(source), enabled=progress)
             ):
                 facts = analyzer.analyze(frame)
+                seen = tagger.tag(frame, facts) if tagger is not None else None
+                if seen is not None:
+                    looks[-1].append(seen.vectors)
                 per_source[-1].extend(facts.objects)
                 if facts.flow is not None:
                     cells.append(facts.flow_novelty)  # the reference is still 1: these are raw magnitudes
@@ -136,11 +158,13 @@ class Scene:
         reconstruction.fit(patches, quiet_but_walkable)
         # Two folds for validating rules on footage they were not induced from: alternate sources, or the two
         # halves of a single source.
-        if len(per_source) > 1:
-            folds = ([o for s in per_source[0::2] for o in s], [o for s in per_source[1::2] for o in s])
-        else:
-            half = len(per_source[0]) // 2
-            folds = (per_source[0][:half], per_source[0][half:])
+        folds = _folds(per_source)
+        appearance = None
+        if tools is not None and tools.embedder is not None:
+            try:
+                appearance = Appearance.fit(_folds(looks, _stacked))
+            except ValueError as error:
+                raise AnomalensError(f"cannot learn the scene's objects: {error}") from None
         try:
             rulebook = induce_validated(
                 folds,
@@ -153,7 +177,32 @@ class Scene:
         except ValueError as error:
             raise AnomalensError(f"cannot learn the scene: {error}") from None
         height, width = model.background.shape
-        return cls(model, reconstruction, rulebook, (width, height), max_side, sources[0].fps, [str(p) for p in inputs])
+        objects = {kind: tools.backend(kind) for kind in ("detector", "embedder") if getattr(tools, kind) is not None} \
+            if tools is not None else {}  # fmt: skip
+        return cls(model, reconstruction, rulebook, (width, height), max_side, sources[0].fps,
+                   [str(p) for p in inputs], objects, appearance)  # fmt: skip
+
+
+def _tagger(tools: Perception | None, fps: float) -> ObjectTagger | None:
+    if tools is None or (tools.detector is None and tools.embedder is None):
+        return None
+    return ObjectTagger(tools.detector, tools.embedder, fps, every=max(1, round(fps / LOOKS_PER_SECOND)))
+
+
+def _folds(per_source: list[list], join=None) -> tuple:
+    """Two folds for validating what was learned on footage it was not learned from: alternate sources, or the
+    two halves of a single source (``join`` makes a fold of sources' lists; default: one list)."""
+    join = join or (lambda parts: [item for part in parts for item in part])
+    if len(per_source) > 1:
+        return join(per_source[0::2]), join(per_source[1::2])
+    half = len(per_source[0]) // 2
+    return join([per_source[0][:half]]), join([per_source[0][half:]])
+
+
+def _stacked(parts: list[list[np.ndarray]]) -> np.ndarray:
+    """The rows of every array in ``parts`` (lists of per-frame embeddings), as one array."""
+    rows = [array for part in parts for array in part]
+    return np.concatenate(rows) if rows else np.zeros((0, 1), np.float32)
 
 
 
@@ -173,24 +222,40 @@ def _breach(rule_id: str, severity: float, object_index: int | None = None) -> M
 
 
 class SceneScorer:
-    """Scores frames of one video against a scene: rule severities, flow novelty, motion reconstruction.
+    """Scores frames of one video against a scene: rule severities, the objects' look, flow novelty, motion
+    reconstruction.
 
-    ``score(frame).frame_score`` is the largest of the objects' rule severities, the flow novelty and the
-    reconstruction residual ratio; 1.0 is the edge of normal for each. Each object's score is its largest
-    severity, and every rule broken is recorded as a ``RULE_SEVERITY`` measurement named by the rule's id.
+    ``score(frame).frame_score`` is the largest of the objects' scores, the frame rules' severities, the flow
+    novelty and the reconstruction residual ratio; 1.0 is the edge of normal for each. Each object's score is
+    the larger of its largest rule severity and its appearance ratio (how far its look lies from the scene's
+    normal objects, kept along its track between the frames where it is looked at); every rule broken is
+    recorded as a ``RULE_SEVERITY`` measurement named by the rule's id. ``tools``: the scene's object tools
+    (``perception.object_tools(scene.objects)``), needed when the scene was learned with them.
     """
 
-    def __init__(self, scene: Scene, fps: float):
+    def __init__(self, scene: Scene, fps: float, tools: Perception | None = None):
+        if scene.objects and tools is None:
+            raise ConfigError("this scene names its objects: give its object tools (perception.object_tools)")
         self.scene = scene
         self.rules = RuleIndex(scene.rulebook)
         self.analyzer = MotionAnalyzer(scene.model, fps)
+        self.tagger = _tagger(tools, fps) if scene.objects else None
+        self._looks: dict[int, float] = {}  # track -> its latest appearance ratio
 
     def score(self, frame: Frame) -> Evidence:
         started = time.perf_counter()
         facts = self.analyzer.analyze(frame)
+        seen = self.tagger.tag(frame, facts) if self.tagger is not None else None
         object_scores = np.zeros(len(facts.objects))
         broken: list[Measurement] = []
+        looks: list[Measurement] = []
+        if seen is not None and self.scene.appearance is not None:
+            for i, ratio in zip(seen.indices, self.scene.appearance.ratios(seen.vectors)):
+                self._looks[facts.track_ids[i]] = float(ratio)
         for i, obj in enumerate(facts.objects):
+            if (ratio := self._looks.get(facts.track_ids[i])) is not None:
+                object_scores[i] = ratio
+                looks.append(Measurement.model_construct(name="appearance", value=ratio, unit="ratio", object_index=i))
             for result in check(self.rules.object_rules(obj), obj):
                 object_scores[i] = max(object_scores[i], result.severity)
                 if result.violated:
@@ -215,9 +280,11 @@ class SceneScorer:
         for i, mask in enumerate(facts.masks):
             anomaly_map[mask] = np.maximum(anomaly_map[mask], object_scores[i])
         return facts.evidence(
-            Source(tool="scene", backend="motion+rules", latency_s=time.perf_counter() - started),
+            Source(tool="scene", backend="motion+rules" + ("+objects" if self.tagger else ""),
+                   latency_s=time.perf_counter() - started),  # fmt: skip
             scores=object_scores,
             anomaly_map=anomaly_map,
             frame_score=float(max(object_scores.max(initial=0.0), frame_severity, grid.max(initial=0.0))),
-            extra=[Measurement(name="reconstruction", value=float(residual.max(initial=0.0)), unit="ratio"), *broken],
+            extra=[Measurement(name="reconstruction", value=float(residual.max(initial=0.0)), unit="ratio"), *looks,
+                   *broken],  # fmt: skip
         )

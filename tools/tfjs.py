@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from anomalens.errors import ModelStoreError
+from anomalens.tools.onnx_runtime import cache_name, export, session
 
 DTYPES = {"DT_FLOAT": "float32", "DT_INT32": "int32", "DT_INT64": "int64", "DT_BOOL": "bool"}
 _WEIGHT_BYTES = {"float32": 4, "int32": 4, "bool": 1, "float16": 2, "uint8": 1, "uint16": 2}
@@ -497,53 +498,25 @@ def compile_graph(
     """``model_json`` served by ONNX Runtime, converted at the first call (traced from the executor with ``feed``,
     one input of the shape it will always get; checked against the executor on that input) and kept in
     ``cache`` under a name derived from the model's files, so a changed model is converted again."""
-    import hashlib
-
-    import onnxruntime
-
     path = Path(model_json)
-    digest = hashlib.sha256(path.read_bytes())
-    for shard in sorted(path.parent.glob(f"{path.stem}*.bin")):
-        digest.update(shard.read_bytes())
-    key = hashlib.sha256(repr((digest.hexdigest(), list(outputs), {k: v.shape for k, v in feed.items()})).encode())
-    converted = cache / f"{path.stem}-{key.hexdigest()[:16]}.onnx"
+    files = [path.read_bytes(), *(shard.read_bytes() for shard in sorted(path.parent.glob(f"{path.stem}*.bin")))]
+    converted = cache / cache_name(path.stem, *files, list(outputs), {k: v.shape for k, v in feed.items()})
     if not converted.is_file():
-        _convert(TfjsGraph.load(path), feed, outputs, converted)
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # no warnings about constant folding on stderr
-    session = onnxruntime.InferenceSession(str(converted), options, providers=["CPUExecutionProvider"])
-    return OnnxGraph(session, outputs, str(path))
+        graph = TfjsGraph.load(path)
+        if len(graph.inputs) != 1:
+            raise ModelStoreError(f"{graph.source}: {len(graph.inputs)} inputs; conversion handles graphs of one input")
+        ((_, array),) = feed.items()
+        export(_traced(graph, outputs), array, outputs, converted, source=graph.source)
+    return OnnxGraph(session(converted), outputs, str(path))
 
 
-def _convert(graph: TfjsGraph, feed: dict[str, np.ndarray], outputs: Sequence[str], target: Path) -> None:
-    """Trace the executor into ONNX, check that ONNX Runtime gives what the executor gives, then move it in place."""
-    import tempfile
-    import warnings
-
-    import onnxruntime
-    import torch
-
-    ((_, array),) = feed.items()
-    if len(graph.inputs) != 1:
-        raise ModelStoreError(f"{graph.source}: {len(graph.inputs)} inputs; conversion handles graphs of one input")
+def _traced(graph: TfjsGraph, outputs: Sequence[str]):
+    """The executor as a torch module of one input, for tracing."""
     name = graph.inputs[0]
 
-    class Traced(torch.nn.Module):
+    class Traced(_torch().nn.Module):
         def forward(self, x):
             values = dict(graph._constants) | {name: x}
             return tuple(graph._value(output, values) for output in outputs)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        onnx_path = Path(scratch) / target.name
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the tracer notes every shape it fixes: these graphs have one shape
-            torch.onnx.export(Traced(), (torch.from_numpy(array),), str(onnx_path), dynamo=False, opset_version=17,
-                              input_names=["input"], output_names=list(outputs))  # fmt: skip
-        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        converted = session.run(list(outputs), {"input": array})
-        expected = graph.run({name: array}, outputs)
-        for output, value in zip(outputs, converted):
-            if value.shape != expected[output].shape or not np.allclose(value, expected[output], atol=1e-3, rtol=1e-3):
-                raise ModelStoreError(f"{graph.source}: the ONNX conversion of {output} differs from the graph's")
-        onnx_path.replace(target)
+    return Traced()
