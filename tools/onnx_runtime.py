@@ -1,6 +1,6 @@
 """Torch networks converted once to ONNX and served by ONNX Runtime.
 
-On 2 CPU cores ONNX Runtime ran every pretrained network here 2-5x faster than torch with the same outputs
+On 2 CPU cores ONNX Runtime ran every pretrained network here 1.4-4.7x faster than torch with the same outputs
 (depthwise convolutions, which MobileNets and EfficientNets are made of, gain most); ``anomalens eval
 perception-speed`` measures both side by side. A conversion is traced, checked against the torch network on
 the example input, and only then moved into the cache, so a half-written or wrong file is never served.

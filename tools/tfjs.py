@@ -9,7 +9,7 @@ use are implemented (``_ops``); a graph with any other op is refused at load wit
 it lacks. Parity with TensorFlow.js itself is tested against ``../shared/reference/tfjs``.
 
 ``compile_graph`` traces the executor once into an ONNX file (cached by the model's content) and serves the
-model with ONNX Runtime: on 2 CPU cores that ran the three shipped models 2.0-2.5x faster than the executor,
+model with ONNX Runtime: on 2 CPU cores that ran the three shipped models 1.4-2.1x faster than the executor,
 with the same outputs (``anomalens eval perception-speed`` measures both side by side).
 """
 
