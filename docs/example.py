@@ -11,7 +11,8 @@ from anomalens import audit, chat, explain, learn_scene
 
 normal, video, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 
-# What is normal here: background, motion and an editable rulebook (out/scene/rules.yaml).
+# What is normal here: background, motion, what the moving objects are and how they look, and an editable
+# rulebook (out/scene/rules.yaml).
 scene = learn_scene([normal], out=out / "scene")
 print(f"{len(scene.rulebook.rules)} rules learned")
 
