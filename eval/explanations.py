@@ -126,11 +126,7 @@ def run_explanations(
     from anomalens.eval.ped2 import _videos
     from anomalens.pipelines import learn_scene
     from anomalens.pipelines.audit import index_video, screen_video
-    from anomalens.pipelines.captions import (
-        caption_cue,
-        caption_rulebook,
-        sentence_embedder,
-    )
+    from anomalens.pipelines.captions import caption_cue, caption_rulebook, sentence_embedder
     from anomalens.tools.caption_scoring import CaptionScorer
     from anomalens.tools.captions import ReplayedCaptions
 

@@ -23,10 +23,7 @@ from anomalens.progress import say
 from anomalens.report import GroundTruth, Report, compact_map, write_report
 from anomalens.tools.perception import AGENT_KINDS, Perception, object_tools
 from anomalens.tools.protocols import Cue
-from anomalens.tools.rule_induction import (
-    EVERYDAY_CLASSES,
-    SELF_REFERENCED_CONTAMINATION,
-)
+from anomalens.tools.rule_induction import EVERYDAY_CLASSES, SELF_REFERENCED_CONTAMINATION
 from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.tools.screening import ScreeningResult, screen
 from anomalens.types import Event, Evidence, Explanation, Track

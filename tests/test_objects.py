@@ -8,14 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from anomalens.tools.objects import (
-    UNKNOWN,
-    Appearance,
-    ObjectTagger,
-    containment,
-    coreset,
-    grown,
-)
+from anomalens.tools.objects import UNKNOWN, Appearance, ObjectTagger, containment, coreset, grown
 from anomalens.types import Evidence, EvidenceKind, Source
 from anomalens.video import Frame
 from tests.conftest import stored_model

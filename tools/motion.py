@@ -28,15 +28,7 @@ import numpy as np
 
 from anomalens.errors import AnomalensError
 from anomalens.geometry import box_iou
-from anomalens.types import (
-    SECTORS,
-    STILL,
-    Evidence,
-    EvidenceKind,
-    Measurement,
-    Source,
-    Track,
-)
+from anomalens.types import SECTORS, STILL, Evidence, EvidenceKind, Measurement, Source, Track
 from anomalens.video import Frame
 
 FLOW_SCALE = 0.5  # optical flow runs at half the analysis resolution: 4x cheaper, ample for speeds

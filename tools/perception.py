@@ -16,14 +16,7 @@ from anomalens import modelstore, registry, weights
 from anomalens.config import Settings, load_settings
 from anomalens.errors import ConfigError, WeightsNotFound
 from anomalens.registry import Backend
-from anomalens.tools.protocols import (
-    Captioner,
-    Detector,
-    Embedder,
-    PoseEstimator,
-    Segmenter,
-    TextScorer,
-)
+from anomalens.tools.protocols import Captioner, Detector, Embedder, PoseEstimator, Segmenter, TextScorer
 
 KINDS = ("clip", "detector", "segmenter", "captioner", "pose", "embedder")
 AGENT_KINDS = ("clip", "detector", "segmenter", "captioner")  # what the agent's tools and verifier call
