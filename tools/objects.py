@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from anomalens.geometry import box_intersection
 from anomalens.tools.motion import FrameFacts
 from anomalens.tools.protocols import Detector, Embedder
 from anomalens.video import Frame
@@ -42,15 +43,9 @@ def named(name: str) -> str:
 
 def containment(blobs: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """``(N, M)``: the share of each blob's box (xyxy) lying inside each detection box."""
-    if not len(blobs) or not len(boxes):
-        return np.zeros((len(blobs), len(boxes)))
-    x1 = np.maximum(blobs[:, None, 0], boxes[None, :, 0])
-    y1 = np.maximum(blobs[:, None, 1], boxes[None, :, 1])
-    x2 = np.minimum(blobs[:, None, 2], boxes[None, :, 2])
-    y2 = np.minimum(blobs[:, None, 3], boxes[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    blobs = np.asarray(blobs, dtype=np.float64).reshape(-1, 4)
     area = np.maximum((blobs[:, 2] - blobs[:, 0]) * (blobs[:, 3] - blobs[:, 1]), 1e-9)
-    return inter / area[:, None]
+    return box_intersection(blobs, boxes) / area[:, None]
 
 
 def grown(boxes: np.ndarray, margin: float, size: tuple[int, int], minimum: float = 0.0) -> np.ndarray:
