@@ -30,7 +30,7 @@ from anomalens.tools.motion import (
     walkable_zones,
 )
 from anomalens.tools.objects import Appearance, ObjectTagger
-from anomalens.tools.perception import Perception
+from anomalens.tools.perception import OBJECT_KINDS, Perception
 from anomalens.tools.reconstruction import FlowPatchPCA
 from anomalens.tools.rule_induction import induce_validated
 from anomalens.types import Evidence, Measurement, MeasurementKind, Rulebook, Source
@@ -177,14 +177,13 @@ class Scene:
         except ValueError as error:
             raise AnomalensError(f"cannot learn the scene: {error}") from None
         height, width = model.background.shape
-        objects = {kind: tools.backend(kind) for kind in ("detector", "embedder") if getattr(tools, kind) is not None} \
-            if tools is not None else {}  # fmt: skip
+        objects = {k: tools.backend(k) for k in OBJECT_KINDS if k in tools.present} if tools is not None else {}
         return cls(model, reconstruction, rulebook, (width, height), max_side, sources[0].fps,
                    [str(p) for p in inputs], objects, appearance)  # fmt: skip
 
 
 def _tagger(tools: Perception | None, fps: float) -> ObjectTagger | None:
-    if tools is None or (tools.detector is None and tools.embedder is None):
+    if tools is None or not set(OBJECT_KINDS) & set(tools.present):
         return None
     return ObjectTagger(tools.detector, tools.embedder, fps, every=max(1, round(fps / LOOKS_PER_SECOND)))
 
