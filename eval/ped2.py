@@ -45,6 +45,14 @@ def _videos(folder: Path) -> list[Path]:
     return videos
 
 
+def _labels(data: Path) -> dict:
+    """Ped2's frame labels per test video; a clear error for a folder that is not Ped2's."""
+    path = data / "labels.json"
+    if not path.is_file():
+        raise AnomalensError(f"{data}: not a UCSD Ped2 folder (no labels.json); see ../shared/data/README.md")
+    return json.loads(path.read_text())
+
+
 def truth_regions(masks: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per frame: boxes of the mask's connected regions and track ids linking overlapping regions over time."""
     out, previous, next_id = [], (np.zeros((0, 4)), np.zeros(0, dtype=int)), 0
@@ -67,10 +75,7 @@ def truth_regions(masks: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]
 
 def run_ped2(data: str | Path, *, objects: bool | None = None, progress: bool = True) -> dict:
     data = Path(data)
-    labels_path = data / "labels.json"
-    if not labels_path.is_file():
-        raise AnomalensError(f"{data}: not a UCSD Ped2 folder (no labels.json); see ../shared/data/README.md")
-    labels = json.loads(labels_path.read_text())
+    labels = _labels(data)
     started = time.perf_counter()
     scene = learn_scene(_videos(data / "train"), fps=PED2_FPS, objects=objects, progress=progress)
     train_seconds = time.perf_counter() - started
@@ -153,7 +158,7 @@ def run_ped2_zero_shot(data: str | Path, *, progress: bool = True) -> dict:
     """Each Ped2 test video explained with no normal footage, as ``explain VIDEO`` does: normality learned from
     the video itself plus the everyday anomalies' classes; frame AUROC and the events of each video."""
     data = Path(data)
-    labels = json.loads((data / "labels.json").read_text())
+    labels = _labels(data)
     started = time.perf_counter()
     per_video, events = {}, {}
     for video in track(_videos(data / "test"), "explaining Ped2 test videos zero-shot", enabled=progress):
