@@ -23,7 +23,7 @@ from anomalens.progress import say
 from anomalens.report import GroundTruth, Report, compact_map, write_report
 from anomalens.tools.perception import AGENT_KINDS, Perception, object_tools
 from anomalens.tools.protocols import Cue
-from anomalens.tools.rule_induction import EVERYDAY_CLASSES, SELF_REFERENCED_CONTAMINATION
+from anomalens.tools.rule_induction import EVERYDAY, SELF_REFERENCED_CONTAMINATION
 from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.tools.screening import ScreeningResult, screen
 from anomalens.types import Event, Evidence, Explanation, Track
@@ -225,9 +225,8 @@ def audit(
 def normality(scene: Scene) -> str:
     """What a scene learned from the audited video itself assumes is normal, in words for the report."""
     said = f"the video's own dominant behaviour (up to {SELF_REFERENCED_CONTAMINATION:.0%} of its objects may not be)"
-    if (prior := scene.rulebook.find(EVERYDAY_CLASSES)) is not None:
-        said += "; " + prior.sentence.rstrip(".")
-    return said
+    priors = [rule.sentence.rstrip(".") for rule in scene.rulebook.rules if rule.id.startswith(EVERYDAY)]
+    return "; ".join([said, *priors])
 
 
 def foundation_tools(progress: bool = True) -> Perception:

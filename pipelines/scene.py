@@ -9,7 +9,7 @@ from anomalens.config import load_settings
 from anomalens.progress import say
 from anomalens.rules.captions import everyday_anomalies
 from anomalens.tools.perception import Perception, object_tools
-from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION, class_priors
+from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION, everyday_priors, relative_speed_id
 from anomalens.tools.scene import Scene
 
 
@@ -55,11 +55,15 @@ def self_referenced_scene(
 ) -> Scene:
     """A scene for a video with no normal footage: its own dominant behaviour is normal (up to
     ``SELF_REFERENCED_CONTAMINATION`` of its objects may not be), and, when the scene names its objects, so is
-    the absence of the everyday anomalies' object classes (``rule_induction.class_priors``): a cart seen in most
-    frames is still a cart on a walkway. Saved to ``out`` when given."""
+    what the everyday anomalies say of objects (``rule_induction.everyday_priors``: none of their classes, no one
+    running, relative to the video's brisk walkers): a cart seen in most frames is still a cart on a walkway.
+    Saved to ``out`` when given."""
     scene = learn_scene([video], fps=fps, contamination=SELF_REFERENCED_CONTAMINATION, progress=progress)
-    if scene.objects and (prior := class_priors(everyday_anomalies())) is not None:
-        scene.rulebook = scene.rulebook.model_copy(update={"rules": [*scene.rulebook.rules, prior]})
+    if scene.objects:
+        # A brisk walker: the 90th percentile of people's relative speeds (the median is someone standing still).
+        walkers = scene.rulebook.find(relative_speed_id("person"))
+        priors = everyday_priors(everyday_anomalies(), walking=walkers.stats.get("p90") if walkers else None)
+        scene.rulebook = scene.rulebook.model_copy(update={"rules": [*scene.rulebook.rules, *priors]})
     if out is not None:
         scene.save(out)
     return scene

@@ -181,6 +181,7 @@ def test_ask_answers_with_the_embedded_llm(smollm2):
     assert result.stdout.strip() and "tokens in" in result.stderr and "tokens/s" in result.stderr
 
 
+@pytest.mark.slow
 def test_eval_llm_measures_a_model(smollm2, tmp_path):
     pytest.importorskip("llama_cpp", reason="the llamacpp extra is not installed")
     out = tmp_path / "llm.json"

@@ -66,6 +66,32 @@ def test_self_referenced_screening_calls_only_the_footages_own_outliers_events(t
     assert run(self_referenced=True).threshold == 1.0
 
 
+def test_what_breaks_an_everyday_prior_stays_an_event_above_a_self_referenced_threshold(tmp_path):
+    import cv2
+
+    from anomalens.tools.screening import screen
+    from anomalens.types import Evidence, EvidenceKind, Measurement, MeasurementKind, Source
+    from anomalens.video import FrameSource
+
+    for k in range(120):
+        cv2.imwrite(str(tmp_path / f"{k:03d}.png"), np.zeros((24, 32, 3), np.uint8))
+    busy = 1.5 + 0.1 * np.sin(np.arange(120))  # a cart in most frames: its breaches are the footage's own level
+    rule = {k: "everyday-classes" for k in range(90, 105)} | {k: "speed-any" for k in range(20, 35)}
+
+    class Scripted:
+        def score(self, frame):
+            broken = [rule[frame.index]] if frame.index in rule else []
+            return Evidence(kind=EvidenceKind.FRAME, source=Source(tool="scripted"), frame_index=frame.index,
+                            frame_size=(32, 24), frame_score=float(busy[frame.index]),
+                            measurements=[Measurement(kind=MeasurementKind.RULE_SEVERITY, name=name, value=2.0,
+                                                      unit="ratio") for name in broken])  # fmt: skip
+
+    result = screen(FrameSource(tmp_path, fps=10.0), Scripted(), progress=False, self_referenced=True)
+    assert result.threshold > 1.5  # raised to the footage's own level...
+    # ...yet the frames breaking a prior are an event; those breaking a learned rule as often as the rest are not
+    assert [(e.start_frame, e.end_frame, e.rule_ids) for e in result.events] == [(90, 104, ["everyday-classes"])]
+
+
 def test_roc_auc_matches_scikit_learn_with_ties():
     rng = np.random.default_rng(0)
     for _ in range(20):

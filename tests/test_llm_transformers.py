@@ -101,6 +101,7 @@ def test_clear_errors_for_what_cannot_work(tiny_chat_model, tmp_path):
         open_llm("transformers", "nobody/no-such-model")
 
 
+@pytest.mark.slow
 def test_real_gguf_through_transformers_agrees_with_llama_cpp(smollm2):
     """SmolLM2's GGUF, dequantised by transformers: tokenizer and chat template come from the file, so the
     prompt has as many tokens as llama.cpp counts, and greedy decoding of the same weights says the same."""

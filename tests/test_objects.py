@@ -106,7 +106,10 @@ def test_the_detector_runs_only_when_something_moves_and_its_class_stays_with_th
     assert tagger.tag(frame(0, True), still) is None and detector.regions == []  # nothing moves: no detector
 
     moving = Facts([[20, 30, 30, 50]], [7])
-    looks = tagger.tag(frame(1, True), moving)  # the first frame with motion is looked at
+    assert tagger.tag(frame(1, True), moving) is None  # looks fall on every other frame
+    assert moving.objects[0]["class"] == UNKNOWN and detector.regions == []
+    moving = Facts([[20, 30, 30, 50]], [7])
+    looks = tagger.tag(frame(2, True), moving)
     assert moving.objects[0]["class"] == "bicycle" and moving.objects[0]["class_score"] == 1.0
     assert moving.objects[0]["relative_speed"] == pytest.approx(2.0 * 10 / 20)
     assert looks is not None and looks.indices.tolist() == [0] and looks.vectors.shape == (1, 3)
@@ -114,14 +117,37 @@ def test_the_detector_runs_only_when_something_moves_and_its_class_stays_with_th
     assert detector.regions == [(96, 96)]
 
     dark = Facts([[22, 30, 32, 50]], [7])
-    assert tagger.tag(frame(2, False), dark) is None  # between looks: no detector, no embedding...
+    assert tagger.tag(frame(3, False), dark) is None  # between looks: no detector, no embedding...
     assert dark.objects[0]["class"] == "bicycle"  # ...but the track keeps its class
     assert len(detector.regions) == 1
 
-    newcomer = Facts([[22, 30, 32, 50], [100, 60, 104, 64]], [7, 8])
-    tagger.tag(frame(3, False), newcomer)  # looked at: nothing found in the dark
-    assert [o["class"] for o in newcomer.objects] == ["bicycle", UNKNOWN]
+    newcomers = Facts([[22, 30, 32, 50], [100, 60, 104, 64], [60, 60, 80, 90]], [7, 8, 9], [True, True, False])
+    tagger.tag(frame(4, False), newcomers)  # looked at: nothing found in the dark
+    assert [o["class"] for o in newcomers.objects] == ["bicycle", UNKNOWN, UNKNOWN]
     assert len(detector.regions) == 2
+    young = Facts([[60, 60, 80, 90]], [9], [False])
+    assert tagger.tag(frame(6, True), young) is None and len(detector.regions) == 2  # too young to look at
+
+
+def test_settled_tracks_are_looked_at_again_only_every_relook_seconds_all_on_the_same_frames():
+    detector = FakeDetector()
+    tagger = ObjectTagger(detector, FakeEmbedder(), fps=10, every=2, relook_seconds=2.0)
+    looked = {}
+    for index in range(40):  # a walker for 4 s, a second one from 0.7 s on
+        boxes, ids = [[20 + index, 30, 30 + index, 50]], [3]
+        if index >= 7:
+            boxes, ids = [*boxes, [100, 30, 110, 50]], [3, 4]
+        looks = tagger.tag(frame(index, True), Facts(boxes, ids))
+        if looks is not None:
+            looked[index] = [ids[i] for i in looks.indices]
+    # FIRST_LOOKS (2) looks on the next look frames (every other frame), then one every 2 s on the shared clock:
+    # the detector and the embedder alike, one detector run for both walkers at 2 s
+    assert looked == {0: [3], 2: [3], 8: [4], 10: [4], 20: [3, 4]}
+    assert len(detector.regions) == len(looked)
+    eager = ObjectTagger(FakeDetector(), None, fps=10, every=2, relook_seconds=0.0)  # as learning a scene does
+    for index in range(40):
+        eager.tag(frame(index, True), Facts([[20, 30, 30, 50]], [3]))
+    assert eager.detector_runs == 20
 
 
 def test_a_tagger_without_a_detector_leaves_objects_unnamed_but_still_measures_their_look():
@@ -260,13 +286,15 @@ def test_chat_finds_when_a_kind_of_object_was_seen_from_screenings_named_objects
     assert "appears" not in {spec.name for spec in Toolbox(unnamed, chat=True).specs}
 
 
-def test_with_no_normal_footage_the_everyday_anomalies_classes_are_assumed_absent():
+def test_with_no_normal_footage_the_everyday_anomalies_classes_and_running_are_assumed_absent():
     from anomalens.rules.captions import everyday_anomalies, parse_rule_text
     from anomalens.rules.engine import RuleIndex, check
-    from anomalens.tools.rule_induction import class_priors
+    from anomalens.tools.rule_induction import everyday_priors
     from anomalens.types import Rulebook
 
-    prior = class_priors(everyday_anomalies())
+    (prior,) = everyday_priors(everyday_anomalies())  # with no walkers seen, no walking pace to compare with
+    prior, speed = everyday_priors(everyday_anomalies(), walking=0.5)
+    assert speed.predicate.value == pytest.approx(1.0)  # twice the footage's typical walker
     assert {"bicycle", "car", "skateboard", "truck", "motorcycle"} <= set(prior.predicate.value)
     assert "person" not in prior.predicate.value  # "people fleeing": what people do, not that they are there
     index = RuleIndex(Rulebook(rules=[prior]))
@@ -274,4 +302,10 @@ def test_with_no_normal_footage_the_everyday_anomalies_classes_are_assumed_absen
     assert [r.violated for r in check(index.object_rules(cart), cart)] == [True]
     walker = {"class": "person", "established": True}
     assert [r.violated for r in check(index.object_rules(walker), walker)] == [False]
-    assert class_priors(parse_rule_text("Anomalies:\n1. Running or jumping\n")) is None
+    index = RuleIndex(Rulebook(rules=[speed]))
+    walker["relative_speed"] = 0.6
+    rider = {"class": "person", "established": True, "relative_speed": 1.5}  # a cyclist named only as its rider
+    assert [[r.violated for r in check(index.object_rules(o), o)] for o in (walker, rider)] == [[False], [True]]
+    (only_running,) = everyday_priors(parse_rule_text("Anomalies:\n1. Running or jumping\n"), walking=0.5)
+    assert only_running.predicate.fact == "relative_speed"
+    assert everyday_priors(parse_rule_text("Anomalies:\n1. Jumping\n")) == []

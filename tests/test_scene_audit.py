@@ -163,3 +163,33 @@ def test_reports_and_indexes_of_another_format_are_refused_by_name(walkway, lear
     (tmp_path / "garbage.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="garbage.json: not a report"):
         load_report(tmp_path / "garbage.json")
+
+
+def test_two_crossing_walkers_keep_their_tracks_and_every_video_numbers_its_tracks_from_zero():
+    from anomalens.tools.motion import MotionAnalyzer, MotionModel
+    from anomalens.video import Frame
+
+    def image(k: int) -> np.ndarray:
+        picture = np.full((60, 120, 3), 40, np.uint8)
+        picture[8:24, 10 + 3 * k : 18 + 3 * k] = 220  # walking east on the far side
+        picture[34:50, 100 - 3 * k : 108 - 3 * k] = 180  # walking west on the near side: they pass at k = 15
+        return picture
+
+    empty = [Frame(index=k, time_s=k / 10, image=np.full((60, 120, 3), 40, np.uint8), scale=1.0,
+                   source_size=(120, 60)) for k in range(12)]  # fmt: skip
+    model = MotionModel().fit_background(empty)
+
+    def tracked() -> list[list[int]]:
+        analyzer = MotionAnalyzer(model, fps=10.0)
+        ids = [analyzer.analyze(Frame(index=k, time_s=k / 10, image=image(k), scale=1.0, source_size=(120, 60)))
+               .track_ids for k in range(30)]  # fmt: skip
+        return ids, analyzer.tracks()
+
+    (ids, tracks), (again, _) = tracked(), tracked()
+    assert again == ids  # ByteTrack's ids are global to the process: ours start from 0 in every video
+    # a blob's first frame is its own (ByteTrack names a track from its second frame), then each walker keeps one
+    assert sorted(ids[0]) == [0, 1] and len({tuple(sorted(i)) for i in ids[1:]}) == 1
+    east, west = sorted(ids[1])
+    assert [len(t.frames) for t in tracks if t.id in (east, west)] == [29, 29]
+    assert tracks[east].boxes[-1][0] > tracks[east].boxes[0][0] and tracks[west].boxes[-1][0] < tracks[west].boxes[0][0]
+    assert all(not set(i) & {0, 1} for i in ids[1:])

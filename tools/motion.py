@@ -7,8 +7,8 @@ Per frame (at analysis resolution, in time order):
 2. objects = connected foreground regions of at least ``min_area`` pixels;
 3. dense optical flow (OpenCV DIS, at half resolution) between the previous and this frame, computed
    only when there are objects: a still scene costs a background difference and nothing more;
-4. each object's speed = the mean flow over its pixels; tracks link objects across frames (greedy IoU
-   matching of flow-shifted boxes), which gives headings (averaged over the track's last half second),
+4. each object's speed = the mean flow over its pixels; tracks link objects across frames (ByteTrack, from the
+   ``trackers`` library), which gives headings (averaged over the track's last half second),
    dwell time and whether a track is established (old enough to judge);
 5. per-object facts for the rule engine (``FACT_UNITS``) and an ``Evidence`` with boxes, masks and measurements in
    source pixels.
@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import supervision as sv
+from trackers import ByteTrackTracker
 
 from anomalens.errors import AnomalensError
-from anomalens.geometry import box_iou
 from anomalens.types import SECTORS, STILL, Evidence, EvidenceKind, Measurement, Source, Track
 from anomalens.video import Frame
 
@@ -146,12 +147,11 @@ def pooled_reference(
 @dataclass
 class _TrackState:
     id: int
-    box: np.ndarray  # analysis px
     frames: list[int] = field(default_factory=list)
     boxes: list[np.ndarray] = field(default_factory=list)  # source px
     feet: list[tuple[float, float]] = field(default_factory=list)  # analysis px
     shifts: list[tuple[float, float]] = field(default_factory=list)  # mean flow per frame, analysis px
-    missed: int = 0
+    height: float = 0.0  # of the latest box, analysis px
 
 
 @dataclass
@@ -301,9 +301,11 @@ class MotionAnalyzer:
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         self._previous: np.ndarray | None = None
-        self._tracks: list[_TrackState] = []
-        self._finished: list[_TrackState] = []
-        self._next_id = 0
+        # A track lost for up to a second (the library's default) survives: a passer-by hiding a bag left behind
+        # must not restart the bag's dwell (half a second did, on the synthetic scenes).
+        self._tracker = ByteTrackTracker(frame_rate=fps, minimum_consecutive_frames=1)
+        self._states: dict[int, _TrackState] = {}  # ByteTrack's id -> our track
+        self._all: list[_TrackState] = []  # every track, ours numbered from 0 in order of appearance
 
     def analyze(self, frame: Frame) -> FrameFacts:
         started = time.perf_counter()
@@ -386,50 +388,40 @@ class MotionAnalyzer:
     def _track(
         self, frame: Frame, boxes: np.ndarray, source_boxes: np.ndarray, objects: list[dict]
     ) -> list[_TrackState]:
-        """Greedy IoU matching of this frame's boxes to the tracks' flow-shifted last boxes.
+        """The track of each object, in the objects' order: ByteTrack (Kalman-predicted boxes, optimal IoU
+        assignment) links the blobs over time.
 
-        Returns the track of each object, in the objects' order."""
-        ids = [-1] * len(boxes)
-        if self._tracks and len(boxes):
-            predicted = np.array([t.box for t in self._tracks])
-            shifted = boxes - np.array([[o["_shift"][0], o["_shift"][1]] * 2 for o in objects])
-            overlap = box_iou(shifted, predicted)
-            while overlap.size and overlap.max() > 0.2:
-                i, k = np.unravel_index(int(np.argmax(overlap)), overlap.shape)
-                ids[i] = k
-                overlap[i, :] = 0
-                overlap[:, k] = 0
-        matched = set()
-        states = []
-        for i, k in enumerate(ids):
-            if k >= 0:
-                state = self._tracks[k]
-                matched.add(k)
-            else:
-                state = _TrackState(self._next_id, boxes[i])
-                self._next_id += 1
-            state.box, state.missed = boxes[i], 0
+        ByteTrack names a track from its second frame on (its ids are also global to the process): a blob it
+        has not named yet starts a one-frame track of its own, and each ByteTrack id maps to one of ours."""
+        detections = sv.Detections(
+            xyxy=boxes.astype(np.float32).reshape(-1, 4),
+            confidence=np.ones(len(boxes), dtype=np.float32),  # every blob is certain: ByteTrack's first pass
+            data={"index": np.arange(len(boxes))},  # the tracker reorders its output
+        )
+        tracked = self._tracker.update(detections)
+        states: list[_TrackState | None] = [None] * len(boxes)
+        for index, library_id in zip(tracked.data.get("index", []), tracked.tracker_id):
+            state = self._states.get(int(library_id)) if library_id >= 0 else None
+            if state is None:
+                state = _TrackState(len(self._all))
+                self._all.append(state)
+                if library_id >= 0:
+                    self._states[int(library_id)] = state
+            states[int(index)] = state
+        for i, state in enumerate(states):
             x1, y1, x2, y2 = boxes[i]
             state.frames.append(frame.index)
             state.boxes.append(source_boxes[i])
             state.feet.append(((x1 + x2) / 2.0, y2))
             state.shifts.append(objects[i]["_shift"])
-            states.append(state)
-        for k, state in enumerate(self._tracks):
-            if k not in matched:
-                state.missed += 1
-                if state.missed <= 2:  # survive short occlusions
-                    states.append(state)
-                else:
-                    self._finished.append(state)
-        self._tracks = states
-        return states[: len(boxes)]
+            state.height = y2 - y1
+        return states
 
     @staticmethod
     def _dwell(state: _TrackState) -> int:
         """Frames the track has stayed within half its height of where it is now."""
         x, y = state.feet[-1]
-        radius = max(3.0, 0.5 * (state.box[3] - state.box[1]))
+        radius = max(3.0, 0.5 * state.height)
         frames = 0
         for fx, fy in reversed(state.feet):
             if np.hypot(fx - x, fy - y) > radius:
@@ -439,7 +431,4 @@ class MotionAnalyzer:
 
     def tracks(self) -> list[Track]:
         """Every track seen so far (source-pixel boxes)."""
-        return [
-            Track(id=s.id, frames=s.frames, boxes=np.array(s.boxes))
-            for s in sorted(self._finished + self._tracks, key=lambda s: s.id)
-        ]
+        return [Track(id=s.id, frames=s.frames, boxes=np.array(s.boxes)) for s in self._all]

@@ -2,15 +2,16 @@
 
 Motion finds and tracks the moving things (``tools.motion``); this module names them and describes their look:
 
-- **what it is**: the COCO detector runs only on frames where motion found something, on the region around
-  the moving things (zoomed in, so small objects get more of the detector's canvas), and only every
-  ``every`` frames; each blob takes the class of the detection that contains it, and a track keeps the class
-  its detections voted for (score-weighted), so frames between detector runs keep their names. A blob no
-  detection ever covered stays ``UNKNOWN``: the motion blobs are the fallback;
+- **what it is**: the COCO detector runs only where motion found something and only when a track is due for a
+  look (a few looks when it appears, then one every ``RELOOK_SECONDS``), on the region around the tracks due
+  (zoomed in, so small objects get more of the detector's canvas); each blob takes the class of the detection
+  that contains it, and a track keeps the class its detections voted for (score-weighted), so frames between
+  looks keep their names. A blob no detection ever covered stays ``UNKNOWN``: the motion blobs are the
+  fallback;
 - **how fast for its size**: speed in body heights per second (``relative_speed``), comparable across the
   near and far ends of a view;
-- **how it looks**: a crop embedding (ImageNet features) of each established blob on the detector's frames, and
-  its nearest-neighbour distance to the normal objects of the scene (``Appearance``), 1.0 at the normal edge.
+- **how it looks**: a crop embedding (ImageNet features) of each established blob when its track is due for a
+  look, and its nearest-neighbour distance to the normal objects of the scene (``Appearance``), 1.0 at the normal edge.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ MIN_CROP = 8  # analysis px: blobs smaller than this on either side are noise, n
 CROP_MARGIN = 0.15  # crops include some surroundings: a blob's box cuts off limbs and wheels
 CROP_SIDE = 128  # the embedder's input for objects: surveillance objects are small, 128 px already upsamples
 MAX_BANK = 6000  # normal objects kept for the nearest-neighbour search (a k-centre coreset of them)
+FIRST_LOOKS = 2  # looks at a new track, ``every`` frames apart, before its class is taken as settled
+RELOOK_SECONDS = 2.0  # then one look this often: what a track is can change (a walker gets on a bicycle)
 EDGE_QUANTILE = 0.995  # the normal edge of appearance: this quantile of held-out normal objects' distances
 
 
@@ -126,39 +129,87 @@ def coreset(vectors: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     return vectors[np.sort(chosen)]
 
 
+class _Schedule:
+    """When each track is due for a look, on a clock shared by all tracks so that one detector run serves many:
+    looks fall on every ``spacing``-th frame; a track's first ``first`` looks on consecutive ones, then its looks
+    on every ``relook``-th frame (a multiple of ``spacing``)."""
+
+    def __init__(self, spacing: int, first: int, relook: int):
+        self.spacing, self.first, self.relook = spacing, first, relook
+        self._looks: Counter = Counter()  # track -> looks so far
+
+    def due(self, track_id: int, frame: int) -> bool:
+        if frame % self.spacing:
+            return False
+        return self._looks[track_id] < self.first or frame % self.relook == 0
+
+    def looked(self, track_id: int) -> None:
+        self._looks[track_id] += 1
+
+
 class ObjectTagger:
     """Names, relative speeds and looks of one video's moving objects; call ``tag`` on every frame, in order.
+
+    The detector and the embedder look at each established track, not at each frame: ``FIRST_LOOKS`` times
+    ``every`` frames apart, then once every ``relook_seconds`` (0: every ``every`` frames, as learning a scene
+    does to see its normal objects from every side), on frames shared by all tracks. A frame whose tracks are
+    all settled costs neither.
 
     ``detector`` and ``embedder`` are optional: without a detector every object stays ``UNKNOWN``; without an
     embedder no looks are measured."""
 
-    def __init__(self, detector: Detector | None, embedder: Embedder | None, fps: float, every: int = 2):
-        self.detector, self.embedder, self.fps, self.every = detector, embedder, fps, max(1, every)
+    def __init__(
+        self,
+        detector: Detector | None,
+        embedder: Embedder | None,
+        fps: float,
+        every: int = 2,
+        relook_seconds: float = RELOOK_SECONDS,
+    ):
+        self.detector, self.embedder, self.fps = detector, embedder, fps
+        spacing = max(1, every)
+        relook = spacing * max(1, round(relook_seconds * fps / spacing))
+        self._naming = _Schedule(spacing, FIRST_LOOKS, relook)
+        self._looking = _Schedule(spacing, FIRST_LOOKS, relook)
         self._votes: dict[int, Counter] = defaultdict(Counter)
-        self._seen = 0  # frames with objects so far: the cadence counts only frames where something moves
+        self._frame = -1  # frames tagged so far, minus one: the schedules' clock
         self.detector_runs = 0
 
     def tag(self, frame: Frame, facts: FrameFacts) -> Looks | None:
-        """Set each object's ``class``, ``class_score`` and ``relative_speed`` facts in ``facts.objects``; on the
-        detector's frames also return the crop embeddings of the established objects big enough to embed, else
-        None."""
-        objects = facts.objects
+        """Set each object's ``class``, ``class_score`` and ``relative_speed`` facts in ``facts.objects``; return
+        the crop embeddings of the objects due for a look (established, big enough to embed), else None."""
+        self._frame += 1
+        objects, track_ids = facts.objects, facts.track_ids
         if not objects:
             return None
         analysis = facts.boxes * frame.scale
-        looked = self._seen % self.every == 0
-        self._seen += 1
-        if looked and self.detector is not None:
-            self._vote(frame, analysis, facts.track_ids)
-        for obj, track_id in zip(objects, facts.track_ids):
+        # Only established tracks are looked at: a blob younger than half a second is more often noise than an
+        # object (a quarter of Ped2's blobs).
+        established = [bool(obj.get("established", True)) for obj in objects]
+        if self.detector is not None:
+            due = [i for i, t in enumerate(track_ids) if established[i] and self._naming.due(t, self._frame)]
+            if due:
+                self._vote(frame, analysis[due], [track_ids[i] for i in due])
+        for obj, track_id in zip(objects, track_ids):
             votes = self._votes.get(track_id)
             name, weight = votes.most_common(1)[0] if votes else (UNKNOWN, 0.0)
             obj["class"] = name
             obj["class_score"] = weight / max(sum(votes.values()), 1e-9) if votes else 0.0
             obj["relative_speed"] = obj["speed"] * self.fps / max(obj["height"], 1.0)
-        if not looked or self.embedder is None:
+        if self.embedder is None:
             return None
-        return self._embed(frame, analysis, [bool(o.get("established", True)) for o in objects])
+        sides = analysis[:, 2:] - analysis[:, :2]  # and only blobs big enough to show something
+        due = [
+            i for i, track_id in enumerate(track_ids)
+            if established[i] and (sides[i] >= MIN_CROP).all() and self._looking.due(track_id, self._frame)
+        ]  # fmt: skip
+        if not due:
+            return None
+        for i in due:
+            self._looking.looked(track_ids[i])
+        crops = grown(analysis[due], CROP_MARGIN, (frame.image.shape[1], frame.image.shape[0]))
+        vectors = self.embedder.embed(frame.image, crops, side=CROP_SIDE).embeddings.astype(np.float32)
+        return Looks(np.array(due), vectors)
 
     def _vote(self, frame: Frame, blobs: np.ndarray, track_ids: list[int]) -> None:
         size = (frame.image.shape[1], frame.image.shape[0])
@@ -167,6 +218,8 @@ class ObjectTagger:
         x1, y1, x2, y2 = region
         found = self.detector.detect(frame.image[y1:y2, x1:x2], ())
         self.detector_runs += 1
+        for track_id in track_ids:
+            self._naming.looked(track_id)
         if not len(found.boxes):
             return
         boxes = found.boxes + [x1, y1, x1, y1]
@@ -176,13 +229,3 @@ class ObjectTagger:
             if len(candidates):
                 best = candidates[np.argmax(found.scores[candidates])]
                 self._votes[track_id][found.class_names[best]] += float(found.scores[best])
-
-    def _embed(self, frame: Frame, blobs: np.ndarray, established: list[bool]) -> Looks | None:
-        # Only blobs big enough to show something, whose tracks have lasted (a blob younger than half a second is
-        # more often noise than an object): a quarter of Ped2's blobs fail one or the other.
-        sides = blobs[:, 2:] - blobs[:, :2]
-        big = np.flatnonzero((sides >= MIN_CROP).all(axis=1) & np.asarray(established, dtype=bool))
-        if not len(big):
-            return None
-        crops = grown(blobs[big], CROP_MARGIN, (frame.image.shape[1], frame.image.shape[0]))
-        return Looks(big, self.embedder.embed(frame.image, crops, side=CROP_SIDE).embeddings.astype(np.float32))

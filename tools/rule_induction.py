@@ -30,6 +30,7 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     return {
         "n": float(values.size),
         "median": round(float(np.median(values)), 3),
+        "p90": round(float(np.quantile(values, 0.9)), 3),
         "p99.5": round(float(np.quantile(values, QUANTILE)), 3),
         "max": round(float(values.max()), 3),
     }
@@ -157,7 +158,7 @@ def _class_rules(objects: list[dict], quantile: float, class_share: float) -> li
         who = "A moving thing not recognised" if name == UNKNOWN else named(name).capitalize()
         rules.append(
             Rule(
-                id=f"relative-speed-{name.replace(' ', '-')}",
+                id=relative_speed_id(name),
                 sentence=f"{who} moves at most {limit:.2f} body heights per second.",
                 predicate=Predicate(fact="relative_speed", op="<=", value=round(limit, 3), unit="heights/s",
                                     where={"class": name}),  # fmt: skip
@@ -166,6 +167,11 @@ def _class_rules(objects: list[dict], quantile: float, class_share: float) -> li
             )
         )
     return rules
+
+
+def relative_speed_id(name: str) -> str:
+    """The id of the rule that bounds how fast objects of class ``name`` move for their size."""
+    return f"relative-speed-{name.replace(' ', '-')}"
 
 
 MAX_HELD_OUT_RATE = 0.005  # a categorical rule that held-out normal footage breaks more often is dropped
@@ -216,21 +222,39 @@ def induce_validated(
     return rulebook.model_copy(update={"rules": kept})
 
 
-EVERYDAY_CLASSES = "everyday-classes"
+EVERYDAY = "everyday-"  # the id prefix of the priors assumed where no normal footage says otherwise
+RUN_OVER_WALK = 2.0  # a jog (2.8 m/s and up) is twice a walk (1.4 m/s): faster than that is running
+ASSUMED = "(an everyday anomaly, assumed with no normal footage to say otherwise)"
 
 
-def class_priors(anomalies: Rulebook) -> Rule | None:
-    """The COCO classes that anomaly rules name ("Riding a bicycle, scooter, skateboard or motorcycle" -> bicycle,
-    skateboard, motorcycle) as one rule that none of them moves in view: what is assumed where no normal footage
-    says otherwise (``rules.captions.everyday_anomalies``). People are what most such rules are about ("people
-    fleeing"), never anomalous for being people: ``person`` is left out. None when the rules name no class."""
+def everyday_priors(anomalies: Rulebook, walking: float | None = None) -> list[Rule]:
+    """What the everyday anomaly rules (``rules.captions.everyday_anomalies``) say of objects, as object rules for
+    a scene with no normal footage:
+
+    - the COCO classes they name ("Riding a bicycle, scooter, skateboard or motorcycle" -> bicycle, skateboard,
+      motorcycle) as one rule that none of them moves in view. People are what most such rules are about
+      ("people fleeing"), never anomalous for being people: ``person`` is left out;
+    - when they name running and the footage's walking pace is known (``walking``: a brisk walker's relative
+      speed there, heights/s), that no person moves faster than ``RUN_OVER_WALK`` times it. Relative to the
+      footage's own walkers, so that it holds at any camera angle: a cyclist the detector names only by its
+      rider still breaks it."""
     phrases = [p for rule in anomalies.rules if rule.kind == "anomaly" and rule.enabled for p in rule.predicate.value]
+    priors = []
     classes = sorted({name for p in phrases if (name := coco_class(p)) not in (None, "person")})
-    if not classes:
-        return None
-    return Rule(
-        id=EVERYDAY_CLASSES,
-        sentence=f"No {', '.join(classes[:-1])}{' or ' if len(classes) > 1 else ''}{classes[-1]} moves here "
-        "(an everyday anomaly, assumed with no normal footage to say otherwise).",
-        predicate=Predicate(fact="class", op="not_in", value=classes),
-    )
+    if classes:
+        priors.append(Rule(
+            id=f"{EVERYDAY}classes",
+            sentence=f"No {', '.join(classes[:-1])}{' or ' if len(classes) > 1 else ''}{classes[-1]} moves here "
+            f"{ASSUMED}.",
+            predicate=Predicate(fact="class", op="not_in", value=classes),
+        ))  # fmt: skip
+    if walking and any("running" in p.lower() for p in phrases):
+        limit = round(RUN_OVER_WALK * walking, 3)
+        priors.append(Rule(
+            id=f"{EVERYDAY}speed",
+            sentence=f"No one runs: a person moves at most {limit:.2f} body heights per second, {RUN_OVER_WALK:g} "
+            f"times a brisk walker here {ASSUMED}.",
+            predicate=Predicate(fact="relative_speed", op="<=", value=limit, unit="heights/s",
+                                where={"class": "person"}),
+        ))  # fmt: skip
+    return priors

@@ -38,7 +38,8 @@ from anomalens.video import Frame, FrameSource
 
 SCENE_VERSION = 2
 MAX_PATCH_FRAMES = 4000  # frames of motion patches kept for fitting the reconstruction detector
-LOOKS_PER_SECOND = 5.0  # the detector and embedder see moving objects this often (a walker moves ~0.2 m per look)
+LOOKS_PER_SECOND = 2.0  # scoring: new tracks are looked at on these frames (one detector run serves all due)
+LEARNING_LOOKS_PER_SECOND = 5.0  # learning: every track this often (a walker moves ~0.2 m between looks)
 
 
 @dataclass
@@ -135,7 +136,7 @@ class Scene:
         looks: list[list[np.ndarray]] = []
         for source in sources:
             analyzer = MotionAnalyzer(model, source.fps)
-            tagger = _tagger(tools, source.fps)
+            tagger = _tagger(tools, source.fps, learning=True)
             per_source.append([])
             looks.append([])
             for k, frame in enumerate(
@@ -182,9 +183,15 @@ class Scene:
                    [str(p) for p in inputs], objects, appearance)  # fmt: skip
 
 
-def _tagger(tools: Perception | None, fps: float) -> ObjectTagger | None:
+def _tagger(tools: Perception | None, fps: float, *, learning: bool = False) -> ObjectTagger | None:
+    """The object tagger of one video. Learning looks at every established track on every look (5 a second), so
+    that the normal objects are seen from every side; scoring looks at new tracks (2 looks a second) and at
+    settled ones every ``objects.RELOOK_SECONDS``."""
     if tools is None or not set(OBJECT_KINDS) & set(tools.present):
         return None
+    if learning:
+        return ObjectTagger(tools.detector, tools.embedder, fps, every=max(1, round(fps / LEARNING_LOOKS_PER_SECOND)),
+                            relook_seconds=0.0)  # fmt: skip
     return ObjectTagger(tools.detector, tools.embedder, fps, every=max(1, round(fps / LOOKS_PER_SECOND)))
 
 

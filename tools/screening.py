@@ -17,6 +17,7 @@ import numpy as np
 from anomalens.events import group_events, outlier_level, smooth
 from anomalens.progress import track
 from anomalens.tools.protocols import Cue, FrameScorer
+from anomalens.tools.rule_induction import EVERYDAY
 from anomalens.types import Event, Evidence
 from anomalens.video import Frame, FrameSource
 
@@ -59,7 +60,8 @@ def screen(
 
     ``self_referenced``: the scene was learned from this footage itself, whose typical frames are normal, so the
     threshold rises to where a smoothed score stands out from the footage's own (``events.outlier_level``) when
-    that is higher: a busy scene breaks one of its rules in most frames, and only its outliers are events.
+    that is higher: a busy scene breaks one of its rules in most frames, and only its outliers are events. The
+    everyday priors (``rule_induction.everyday_priors``) keep their level relative to the raised threshold.
 
     ``cues`` (e.g. what captions say, ``pipelines.captions.CaptionCue``) are fused by maximum (a cue's level 1.0
     meets the threshold), so an anomaly a cue names is an event even where motion looks normal.
@@ -85,9 +87,15 @@ def screen(
 
     frame_indices = np.asarray(indices, dtype=np.int64)
     raw_scores = np.asarray(raw)
-    scores = smooth(raw_scores, max(1, round(smooth_seconds * source.effective_fps)) | 1)  # odd width
+    width = max(1, round(smooth_seconds * source.effective_fps)) | 1  # odd
+    scores = smooth(raw_scores, width)
     if self_referenced and len(scores):
         threshold = max(threshold, outlier_level(scores))
+        # The everyday priors were not learned from this footage: what breaks them stands above the raised
+        # threshold too (a cart in most frames is still a cart on a walkway).
+        assumed = [max((b.severity for b in ev.breaches() if b.rule_id.startswith(EVERYDAY)), default=0.0)
+                   for ev in compact]  # fmt: skip
+        scores = np.maximum(scores, smooth(np.asarray(assumed), width) * threshold)
     for cue in cues:
         scores = np.maximum(scores, cue.levels(frame_indices) * threshold)
     evidence: dict[str, Evidence] = {}
