@@ -232,7 +232,9 @@ def test_transformers_captioner_is_deterministic_evidence(tiny_weights):
     captioner.fps = 10.0
     one = captioner.caption(FRAME, frame_index=30, max_new_tokens=6)
     two = captioner.caption(FRAME, frame_index=30, max_new_tokens=6)
-    assert one.text == two.text and one.text  # greedy decoding: the same frame, the same words
+    # Greedy decoding: the same frame, the same words. Not necessarily any words: the tiny random checkpoint differs
+    # between processes (its build depends on the hash seed) and in some it emits the end token first.
+    assert one.text == two.text
     assert one.source.tool == "caption" and one.source.backend == "transformers" and one.time_s == 3.0
 
 
