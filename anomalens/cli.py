@@ -369,10 +369,10 @@ def eval_magnetic_tile(
 ) -> None:
     """Image and pixel AUROC of the image inspector on the magnetic-tile defects, zero- or few-shot."""
     from anomalens.eval.magnetic_tile import run_magnetic_tile
-    from anomalens.tools.perception import IMAGE_KINDS, Perception
+    from anomalens.tools.perception import image_tools
 
     with console.status("looking for foundation-model weights"):
-        perception = Perception.available(kinds=IMAGE_KINDS)
+        perception = image_tools()
     _emit(run_magnetic_tile(data, shots=shots, perception=perception), json_path)
 
 

@@ -86,7 +86,8 @@ class ImageReport(BaseModel):
     title: str
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     anomalens_version: str = __version__
-    method: str  # saa, winclip or patch-novelty
+    method: str  # saa, winclip, patch-knn or patch-novelty
+    mode: str = "zero-shot"  # how normality was known: few-shot against normal images, or zero-shot (and how)
     normal: list[str] = Field(default_factory=list)  # few-shot reference images, if any
     findings: list[ImageFinding]
     absent_tools: dict[str, str] = Field(default_factory=dict)  # tool kind -> why it was not used
@@ -159,11 +160,10 @@ def render_image_html(report: ImageReport, images: dict[str, np.ndarray]) -> str
             "image's maximum, whichever is higher) with the regions beyond the threshold boxed.</p></div>"
         )
     absent = "".join(f"<li>{esc(kind)}: {esc(why)}</li>" for kind, why in report.absent_tools.items())
-    normal = f"few-shot against {len(report.normal)} normal image(s)" if report.normal else "zero-shot"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(report.title)}</title>
 <style>{_STYLE}</style></head><body>
 <h1>{esc(report.title)}</h1>
-<p class="meta">method {esc(report.method)} · {normal} · {report.seconds:.1f} s ·
+<p class="meta">method {esc(report.method)} · {esc(report.mode)} · {report.seconds:.1f} s ·
 anomalens {esc(report.anomalens_version)} · {esc(report.created)}</p>
 <h2>Images, most anomalous first</h2>
 <table><tr><th>image</th><th>score</th><th>verdict</th><th>regions</th></tr>{rows}</table>

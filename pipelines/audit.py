@@ -21,9 +21,10 @@ from anomalens.errors import AnomalensError
 from anomalens.pipelines.describe import Describer
 from anomalens.progress import say
 from anomalens.report import GroundTruth, Report, compact_map, write_report
+from anomalens.rules.captions import EVERYDAY
 from anomalens.tools.perception import AGENT_KINDS, Perception, object_tools
 from anomalens.tools.protocols import Cue
-from anomalens.tools.rule_induction import EVERYDAY, SELF_REFERENCED_CONTAMINATION
+from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
 from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.tools.screening import ScreeningResult, screen
 from anomalens.types import Event, Evidence, Explanation, Track

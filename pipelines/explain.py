@@ -11,10 +11,10 @@ from pathlib import Path
 from anomalens.errors import AnomalensError
 from anomalens.pipelines.audit import Audit, audit
 from anomalens.pipelines.scene import learn_scene, self_referenced_scene
-from anomalens.progress import say, track
+from anomalens.progress import say
 from anomalens.report import ImageReport, write_image_report
-from anomalens.tools.inspect import ImageInspector, method_for, read_image
-from anomalens.tools.perception import IMAGE_KINDS, Perception
+from anomalens.tools.inspect import ImageInspector, method_for, mode_of, read_image
+from anomalens.tools.perception import Perception, image_tools
 from anomalens.video import IMAGE_SUFFIXES
 
 
@@ -27,16 +27,14 @@ def inspect_images(
 ) -> ImageReport:
     """Inspect ``images`` (few-shot when ``normal`` images are given) into one report."""
     started = time.perf_counter()
-    inspector = ImageInspector(perception, prompts)
+    inspector = ImageInspector(perception, prompts, images=len(images), shots=len(normal))
     if normal:
         inspector.fit(normal)
-    findings = [
-        inspector.inspect(p)
-        for p in track(images, f"inspecting ({inspector.method})", total=len(images), enabled=progress)
-    ]
+    findings = inspector.inspect_all(images, progress)
     return ImageReport(
         title=f"anomalens: {len(findings)} image(s)",
         method=inspector.method,
+        mode=mode_of(inspector.method, len(normal)),
         normal=inspector.normal,
         findings=findings,
         absent_tools=inspector.perception.absent,
@@ -66,11 +64,11 @@ def explain(
     if images and len(images) != len(paths):
         raise AnomalensError("give either images or one video/frame folder, not both")
     if images:
-        perception = Perception.available(kinds=IMAGE_KINDS)
+        perception = image_tools()
         for kind, why in perception.absent.items():
             say(f"{kind}: not used ({why}; see `anomalens models list`)", progress)
-        mode = f"few-shot against {len(normal)} normal image(s)" if normal else "zero-shot"
-        say(f"method: {method_for(perception, prompts or ())}, {mode}", progress)
+        method = method_for(perception, prompts or (), len(images), len(normal))
+        say(f"method: {method}, {mode_of(method, len(normal))}", progress)
         report = inspect_images(images, normal, perception, prompts, progress)
         write_image_report(report, {f.image: read_image(f.image) for f in report.findings}, out)
         return report

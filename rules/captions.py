@@ -92,6 +92,9 @@ def load_rule_text(path: str | Path) -> Rulebook:
     return parse_rule_text(text, str(path))
 
 
+EVERYDAY = "everyday-"  # the id prefix of the priors the everyday anomalies give a scene with no normal footage
+
+
 def everyday_anomalies() -> Rulebook:
     """The anomalies of most public scenes that anomalens ships (``everyday_anomalies.txt``), as caption rules."""
     text = resources.files("anomalens.rules").joinpath("everyday_anomalies.txt").read_text(encoding="utf-8")

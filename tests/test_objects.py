@@ -8,7 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from anomalens.tools.objects import UNKNOWN, Appearance, ObjectTagger, containment, coreset, grown
+from anomalens.tools.objects import (
+    UNKNOWN,
+    Appearance,
+    ObjectTagger,
+    containment,
+    coreset,
+    grown,
+)
 from anomalens.types import Evidence, EvidenceKind, Source
 from anomalens.video import Frame
 from tests.conftest import stored_model
@@ -184,6 +191,29 @@ def test_induced_rules_name_the_classes_seen_and_how_fast_each_moves_for_its_siz
     assert result.violated
     young = bicycle | {"established": False}  # a class, like a zone, is judged once the track is established
     assert all(r.rule.id != "classes" for r in check(index.object_rules(young), young))
+
+
+def test_a_zone_where_only_some_of_the_scenes_classes_move_gets_a_rule_naming_the_others():
+    from anomalens.rules.engine import RuleIndex, check
+    from anomalens.tools.rule_induction import induce_rules
+
+    base = {"relative_speed": 0.5, "speed": 1.0, "area": 100.0, "direction": "E", "established": True,
+            "count": 3.0, "occupancy": 0.1, "dwell": 1.0}  # fmt: skip
+    road = [base | {"class": "car" if k % 2 else "person", "zone": "r1c0"} for k in range(100)]
+    walkway = [base | {"class": "person", "zone": "r0c0"} for _ in range(100)]
+    rulebook = induce_rules(road + walkway, ["r0c0", "r1c0"])
+    assert rulebook.get("classes").predicate.value == ["car", "person", UNKNOWN]
+    walkway_rule = rulebook.get("classes-r0c0")
+    assert walkway_rule.predicate.where == {"zone": "r0c0"}
+    assert walkway_rule.sentence.startswith("No car in zone r0c0: only a person moves there")
+    assert not any(rule.id == "classes-r1c0" for rule in rulebook.rules)  # every class of the scene is seen there
+
+    index = RuleIndex(rulebook)
+    car_on_walkway = walkway[0] | {"class": "car"}
+    assert any(r.rule.id == "classes-r0c0" and r.violated for r in check(index.object_rules(car_on_walkway),
+                                                                         car_on_walkway))  # fmt: skip
+    car_on_road = road[1]
+    assert not any(r.violated for r in check(index.object_rules(car_on_road), car_on_road))
 
 
 def test_the_deterministic_explanation_and_the_digest_say_what_the_object_is():

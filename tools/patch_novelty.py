@@ -80,22 +80,25 @@ def descriptors(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.concatenate([local, context], axis=-1).astype(np.float32)
 
 
-def _nearest(queries: np.ndarray, bank: np.ndarray, k: int = 1) -> np.ndarray:
-    """Distance from each query row to its k-th nearest bank row."""
+def nearest(queries: np.ndarray, bank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance from each query row to its nearest bank row, and that row's index."""
     bank_sq = (bank**2).sum(1)
-    out = np.empty(len(queries), np.float32)
+    distances = np.empty(len(queries), np.float32)
+    indices = np.empty(len(queries), np.int64)
     for start in range(0, len(queries), CHUNK):
         q = queries[start : start + CHUNK]
         d2 = (q**2).sum(1)[:, None] + bank_sq[None] - 2 * q @ bank.T
-        out[start : start + CHUNK] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0))
-    return out
+        indices[start : start + CHUNK] = closest = d2.argmin(axis=1)
+        distances[start : start + CHUNK] = np.sqrt(np.maximum(d2[np.arange(len(q)), closest], 0))
+    return distances, indices
 
 
-def _self_novelty(cells: np.ndarray) -> np.ndarray:
-    """Each cell's distance to its SELF_NEIGHBOURS-th most similar cell outside its own neighbourhood."""
+def self_novelty(cells: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Each cell's distance to its ``k``-th most similar cell (default: the ``SELF_NEIGHBOURS`` share of the
+    image's cells) outside its own ``SELF_EXCLUSION`` neighbourhood."""
     rows, cols, dims = cells.shape
     flat = cells.reshape(-1, dims)
-    k = max(1, int(round(SELF_NEIGHBOURS * len(flat))))
+    k = k or max(1, int(round(SELF_NEIGHBOURS * len(flat))))
     r, c = np.divmod(np.arange(len(flat)), cols)
     out = np.empty(len(flat), np.float32)
     sq = (flat**2).sum(1)
@@ -110,11 +113,12 @@ def _self_novelty(cells: np.ndarray) -> np.ndarray:
     return out.reshape(rows, cols)
 
 
-def _to_image(novelty: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A cell map at an image's resolution, smoothed."""
+def to_image(cell_map: np.ndarray, shape: tuple[int, int], cell: int = CELL) -> np.ndarray:
+    """A map of ``cell``-pixel cells (of the image as analysed) at the image's resolution ``(h, w)``, smoothed by
+    ``SMOOTHING_SIGMA`` analysis pixels."""
     height, width = shape
-    full = cv2.resize(novelty.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-    sigma = SMOOTHING_SIGMA * max(height, width) / max(novelty.shape[0] * CELL, novelty.shape[1] * CELL)
+    full = cv2.resize(cell_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    sigma = SMOOTHING_SIGMA * max(height, width) / max(cell_map.shape[0] * cell, cell_map.shape[1] * cell)
     return cv2.GaussianBlur(full, (0, 0), sigma)
 
 
@@ -156,9 +160,9 @@ class PatchNovelty:
         grids = [(grid - self.centre) / self.scale for grid in grids]
         flats = [grid.reshape(-1, grid.shape[-1]) for grid in grids]
         if len(flats) > 1:
-            held_out = [_nearest(cells, np.concatenate(flats[:k] + flats[k + 1 :])) for k, cells in enumerate(flats)]
+            held_out = [nearest(cells, np.concatenate(flats[:k] + flats[k + 1 :]))[0] for k, cells in enumerate(flats)]
         else:
-            held_out = [_self_novelty(grids[0]).ravel()]
+            held_out = [self_novelty(grids[0]).ravel()]
         self.reference = float(np.quantile(np.concatenate(held_out), NORMAL_QUANTILE)) or 1.0
         self.bank = np.concatenate(flats)
         return self
@@ -168,14 +172,14 @@ class PatchNovelty:
         rows, cols, dims = cells.shape
         if self.few_shot:
             standardized = (cells - self.centre) / self.scale
-            novelty = _nearest(standardized.reshape(-1, dims), self.bank).reshape(rows, cols) / self.reference
+            novelty = nearest(standardized.reshape(-1, dims), self.bank)[0].reshape(rows, cols) / self.reference
         else:
             flat = cells.reshape(-1, dims)
             centre = np.median(flat, axis=0)
             standardized = (cells - centre) / (1.4826 * np.median(np.abs(flat - centre), axis=0) + 1e-3)
-            raw = _self_novelty(standardized)
+            raw = self_novelty(standardized)
             novelty = raw / (outlier_level(raw) + 1e-6)  # the normal extreme: outliers from the image's own cells
-        anomaly_map = _to_image(novelty, image.shape[:2])
+        anomaly_map = to_image(novelty, image.shape[:2])
         peak = np.unravel_index(int(novelty.argmax()), novelty.shape)
         deviations = {n: float(standardized[peak][k]) for k, n in enumerate(DESCRIPTOR_NAMES)}
         return NoveltyMap(anomaly_map, float(anomaly_map.max()), deviations)

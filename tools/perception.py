@@ -16,11 +16,20 @@ from anomalens import modelstore, registry, weights
 from anomalens.config import Settings, load_settings
 from anomalens.errors import ConfigError, WeightsNotFound
 from anomalens.registry import Backend
-from anomalens.tools.protocols import Captioner, Detector, Embedder, PoseEstimator, Segmenter, TextScorer
+from anomalens.tools.protocols import (
+    Captioner,
+    Detector,
+    Embedder,
+    PoseEstimator,
+    Segmenter,
+    TextScorer,
+)
 
 KINDS = ("clip", "detector", "segmenter", "captioner", "pose", "embedder")
 AGENT_KINDS = ("clip", "detector", "segmenter", "captioner")  # what the agent's tools and verifier call
-IMAGE_KINDS = ("clip", "detector", "segmenter")  # what image inspection uses
+IMAGE_KINDS = ("clip", "detector", "segmenter", "embedder")  # what image inspection uses
+# Patch features for images: MobileNetV2's beat EfficientNet-Lite0's on the magnetic tiles' Crack class (4 shots).
+IMAGE_EMBEDDERS = ("embedder:mobilenetv2", "embedder:efficientnet-lite0")
 OBJECT_KINDS = ("detector", "embedder")  # what names and describes a scene's objects
 
 
@@ -107,6 +116,11 @@ def object_tools(chosen: Mapping[str, str] | None = None, root: Path | None = No
             + "; ".join(found.absent.values())
         )  # fmt: skip
     return found
+
+
+def image_tools(root: Path | None = None) -> Perception:
+    """The tools image inspection can use here (``tools.inspect``), patch features from ``IMAGE_EMBEDDERS``."""
+    return Perception.available(root, kinds=IMAGE_KINDS, allowed={"embedder": IMAGE_EMBEDDERS})
 
 
 def weights_of(backend: Backend, root: Path | None = None) -> Path | None:

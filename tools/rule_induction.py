@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from anomalens.rules.captions import EVERYDAY
 from anomalens.rules.engine import CATEGORICAL_OPS, RuleIndex, check
 from anomalens.tools.coco import coco_class
 from anomalens.tools.objects import UNKNOWN, named
@@ -130,23 +131,39 @@ def induce_rules(
 
 def _class_rules(objects: list[dict], quantile: float, class_share: float) -> list[Rule]:
     """Rules that name what the objects are (facts set by ``tools.objects``): the classes seen (each in at least
-    ``class_share`` of the named established objects; unnamed moving things are always allowed), and for each
-    class seen ``MIN_SUPPORT`` times, how fast it moves for its size (body heights per second; over every
+    ``class_share`` of the named established objects; unnamed moving things are always allowed), the zones
+    where only some of them move ("no car in zone r2c1"; zones with ``MIN_SUPPORT`` named objects), and for
+    each class seen ``MIN_SUPPORT`` times, how fast it moves for its size (body heights per second; over every
     object, as speed limits are, since every object is checked against them)."""
     rules = []
     established = [o for o in objects if o.get("established", True)]
-    classes = Counter(o["class"] for o in established if o["class"] != UNKNOWN)
-    total = sum(classes.values())
-    if total >= MIN_SUPPORT:
-        allowed = sorted(c for c, n in classes.items() if n / total >= class_share)
+    seen = _classes_seen(established, class_share)
+    if seen is not None:
+        allowed, stats = seen
         rules.append(
             Rule(
                 id="classes",
                 sentence=f"Every moving thing is {' or '.join(named(c) for c in allowed)}, or not recognised.",
                 predicate=Predicate(fact="class", op="in", value=[*allowed, UNKNOWN]),
-                stats={f"share_{c}": round(n / total, 4) for c, n in sorted(classes.items())} | {"n": float(total)},
+                stats=stats,
             )
         )
+        by_zone: dict[str, list[dict]] = defaultdict(list)
+        for obj in established:
+            by_zone[obj["zone"]].append(obj)
+        for zone, members in sorted(by_zone.items()):
+            here = _classes_seen(members, class_share)
+            if here is None or not (absent := [c for c in allowed if c not in here[0]]):
+                continue  # too few named objects, or every class of the scene moves here too
+            rules.append(
+                Rule(
+                    id=f"classes-{zone}",
+                    sentence=f"No {' or '.join(absent)} in zone {zone}: only "
+                    f"{' or '.join(named(c) for c in here[0])} moves there, or nothing recognised.",
+                    predicate=Predicate(fact="class", op="in", value=[*here[0], UNKNOWN], where={"zone": zone}),
+                    stats=here[1],
+                )
+            )
     by_class: dict[str, list[float]] = defaultdict(list)
     for obj in objects:
         by_class[obj["class"]].append(obj["relative_speed"])
@@ -167,6 +184,17 @@ def _class_rules(objects: list[dict], quantile: float, class_share: float) -> li
             )
         )
     return rules
+
+
+def _classes_seen(objects: list[dict], class_share: float) -> tuple[list[str], dict[str, float]] | None:
+    """The classes named in at least ``class_share`` of ``objects`` (unnamed ones left out) and each class's
+    share, or None below ``MIN_SUPPORT`` named objects."""
+    classes = Counter(o["class"] for o in objects if o["class"] != UNKNOWN)
+    total = sum(classes.values())
+    if total < MIN_SUPPORT:
+        return None
+    allowed = sorted(c for c, n in classes.items() if n / total >= class_share)
+    return allowed, {f"share_{c}": round(n / total, 4) for c, n in sorted(classes.items())} | {"n": float(total)}
 
 
 def relative_speed_id(name: str) -> str:
@@ -222,7 +250,6 @@ def induce_validated(
     return rulebook.model_copy(update={"rules": kept})
 
 
-EVERYDAY = "everyday-"  # the id prefix of the priors assumed where no normal footage says otherwise
 RUN_OVER_WALK = 2.0  # a jog (2.8 m/s and up) is twice a walk (1.4 m/s): faster than that is running
 ASSUMED = "(an everyday anomaly, assumed with no normal footage to say otherwise)"
 

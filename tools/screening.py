@@ -16,8 +16,8 @@ import numpy as np
 
 from anomalens.events import group_events, outlier_level, smooth
 from anomalens.progress import track
+from anomalens.rules.captions import EVERYDAY
 from anomalens.tools.protocols import Cue, FrameScorer
-from anomalens.tools.rule_induction import EVERYDAY
 from anomalens.types import Event, Evidence
 from anomalens.video import Frame, FrameSource
 
