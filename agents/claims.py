@@ -174,7 +174,7 @@ def render(claim: Claim, book: EvidenceBook) -> str:
         subject = "An object"
     if claim.kind == "object" and claim.track_id is None and cited and cited[0].text is not None:
         return text["caption"].format(frame=frame, term=claim.term, time_s=frame / index.fps)
-    fields = claim.model_dump() | {"subject": subject, "when": when, "value": _number(claim.value)}
+    fields = claim.model_dump() | {"subject": subject, "when": when, "value": number(claim.value)}
     if claim.kind == "measurement" and claim.unit is None:  # the verifier compared in the measured unit
         fields["unit"] = next((m.unit for ev in cited if (m := _any_reading(ev, claim.quantity))), "")
     if claim.kind == "rule":
@@ -202,7 +202,7 @@ def _any_reading(evidence, quantity: str):
     )
 
 
-def _number(value: float | None) -> str:
+def number(value: float | None) -> str:
     if value is None:
         return ""
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"

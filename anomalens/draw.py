@@ -39,7 +39,8 @@ def overlay(
 
 def heat_overlay(image: np.ndarray, evidence: Evidence, threshold: float, alpha: float = 0.45) -> np.ndarray:
     """``image`` (source resolution, BGR) under its whole anomaly map, coloured from 0 to the larger of the map's
-    maximum and ``threshold`` (so a map that stays below the threshold never looks red), with the boxes."""
+    maximum and ``threshold`` (so a map that stays below the threshold never looks red), with the boxes, each
+    numbered by its ``track_ids`` when the evidence has them (an image's regions)."""
     out = image.copy()
     h, w = out.shape[:2]
     if evidence.anomaly_map is not None:
@@ -47,6 +48,10 @@ def heat_overlay(image: np.ndarray, evidence: Evidence, threshold: float, alpha:
         norm = np.clip(heat / max(float(heat.max()), threshold, 1e-6), 0, 1)
         colored = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
         out = cv2.addWeighted(colored, alpha, out, 1 - alpha, 0)
-    for x1, y1, x2, y2 in evidence.boxes:
+    for i, (x1, y1, x2, y2) in enumerate(evidence.boxes):
         cv2.rectangle(out, (int(x1), int(y1)), (int(np.ceil(x2)), int(np.ceil(y2))), BOX_COLOR, 1)
+        if evidence.track_ids is not None:
+            corner = (int(x1) + 2, min(int(y1) + 12, h - 2))
+            cv2.putText(out, str(evidence.track_ids[i]), corner, cv2.FONT_HERSHEY_SIMPLEX, 0.4, BOX_COLOR, 1,
+                        cv2.LINE_AA)
     return out

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from anomalens import __version__
 from anomalens.errors import ConfigError
 from anomalens.files import atomic_write, read_versioned
-from anomalens.types import Event, Evidence, Explanation, Rulebook, Track
+from anomalens.types import Claim, Event, Evidence, Explanation, Rulebook, Track
 
 MAP_SIDE_IN_JSON = 64  # anomaly maps are stored downscaled in report.json; the HTML draws full ones
 REPORT_FORMAT = 2
@@ -68,7 +68,8 @@ class Report(BaseModel):
 
 
 class ImageFinding(BaseModel):
-    """One inspected image: its score against the method's threshold, evidence, and plain sentences."""
+    """One inspected image: its score against the method's threshold, its evidence (regions numbered from 1 in
+    ``track_ids``), the claims made of its regions with their verdicts, and the sentences of the supported ones."""
 
     model_config = ConfigDict(extra="forbid")
     image: str
@@ -77,7 +78,10 @@ class ImageFinding(BaseModel):
     threshold: float
     anomalous: bool
     evidence: Evidence
-    explanation: list[str]
+    unit: str  # of the regions' peaks, e.g. "times the normal extreme"
+    compared_with: str  # what the image was compared with, e.g. "the 4 normal images"
+    claims: list[Claim] = Field(default_factory=list)
+    explanation: list[str] = Field(default_factory=list)
 
 
 class ImageReport(BaseModel):
@@ -151,13 +155,13 @@ def render_image_html(report: ImageReport, images: dict[str, np.ndarray]) -> str
     for k, finding in enumerate(ranked):
         image = images[finding.image]
         drawn = heat_overlay(image, finding.evidence, finding.threshold)
-        sentences = "".join(f"<li>{esc(s)}</li>" for s in finding.explanation) or "<li>No region stands out.</li>"
         sections.append(
             f'<div class="event" id="img{k}"><h3>{esc(finding.image)}: score {finding.score:.3f} '
-            f"(threshold {finding.threshold:g})</h3><ul>{sentences}</ul>"
+            f"(threshold {finding.threshold:g})</h3>"
             f'<img src="{_jpeg_data_uri(np.hstack([image, drawn]))}" alt="{esc(finding.image)}">'
             f'<p class="meta">left: the image; right: the anomaly heat map (red at the threshold or the '
-            "image's maximum, whichever is higher) with the regions beyond the threshold boxed.</p></div>"
+            "image's maximum, whichever is higher) with the numbered regions beyond the threshold boxed.</p>"
+            f"{_image_claims_table(finding)}</div>"
         )
     absent = "".join(f"<li>{esc(kind)}: {esc(why)}</li>" for kind, why in report.absent_tools.items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(report.title)}</title>
@@ -171,6 +175,24 @@ anomalens {esc(report.anomalens_version)} · {esc(report.created)}</p>
 {f"<h2>Tools not used</h2><ul>{absent}</ul>" if absent else ""}
 </body></html>
 """
+
+
+def _image_claims_table(finding: ImageFinding) -> str:
+    """What was claimed of an image's regions: verdict, the sentence (said only when supported), the check."""
+    if not finding.claims:
+        return "<p>No region stands out.</p>"
+    esc = html.escape
+    rows = "".join(
+        f'<tr><td class="{claim.verdict.status}">{claim.verdict.status}</td>'
+        f'<td><span class="{"said" if claim.verdict.status == "supported" else "unsaid"}">{esc(claim.text)}</span>'
+        f"</td><td>{esc(claim.verdict.reason)}</td></tr>"
+        for claim in finding.claims
+    )
+    said = sum(claim.verdict.status == "supported" for claim in finding.claims)
+    return (
+        f'<p class="meta">{said} of {len(finding.claims)} claims verified and said (each re-measured on the map)</p>'
+        f'<table class="claims"><tr><th>verdict</th><th>claim</th><th>verifier</th></tr>{rows}</table>'
+    )
 
 
 def _jpeg_data_uri(image: np.ndarray) -> str:

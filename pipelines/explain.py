@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from anomalens.agents.image_claims import explained
 from anomalens.errors import AnomalensError
 from anomalens.pipelines.audit import Audit, audit
 from anomalens.pipelines.scene import learn_scene, self_referenced_scene
@@ -27,7 +28,7 @@ def inspect_images(
 ) -> ImageReport:
     """Inspect ``images`` (few-shot when ``normal`` images are given) into one report."""
     started = time.perf_counter()
-    inspector = ImageInspector(perception, prompts, images=len(images), shots=len(normal))
+    inspector = ImageInspector(perception, prompts, images=len(images), shots=len(normal), explain=explained)
     if normal:
         inspector.fit(normal)
     findings = inspector.inspect_all(images, progress)

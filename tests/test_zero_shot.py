@@ -4,12 +4,14 @@ tiny random models, the `explain` command and the magnetic-tile runner."""
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from anomalens.agents.image_claims import explained
 from anomalens.cli import app
 from anomalens.errors import AnomalensError, MediaError
 from anomalens.eval.magnetic_tile import run_magnetic_tile
@@ -46,9 +48,9 @@ def test_few_shot_patch_novelty_against_normal_tiles():
     assert novelty.few_shot
     pitted, clean = novelty.score(tile(20, blob=True)), novelty.score(tile(21))
     assert pitted.score >= 1.0 > clean.score
-    box, peak, area = regions(pitted.anomaly_map, 1.0)[0]
+    box, _, _ = regions(pitted.anomaly_map, 1.0)[0]
     assert box[0] <= BLOB[0] <= box[2] and box[1] <= BLOB[1] <= box[3]
-    assert pitted.deviations["darkest point"] < 0  # the pit is darker than any normal cell
+    assert pitted.deviations(*BLOB)["darkest point"] < 0  # the pit is darker than any normal cell
 
 
 def test_explain_command_on_images_zero_and_few_shot(tmp_path, monkeypatch):
@@ -74,8 +76,12 @@ def test_explain_command_on_images_zero_and_few_shot(tmp_path, monkeypatch):
         assert report["mode"] == ("few-shot against 2 normal image(s)" if extra else "zero-shot")
         # Only the tools image inspection uses are looked for.
         assert set(report["absent_tools"]) == {"clip", "detector", "segmenter", "embedder"}
+        pit_claims = verdicts["pitted.png"]["claims"]
+        assert pit_claims and all(c["verdict"]["status"] == "supported" for c in pit_claims)
+        assert verdicts["pitted.png"]["explanation"] == [c["text"] for c in pit_claims]
         html = (out / "report.html").read_text()
         assert html.count("<img") == 2 and "pitted.png" in html
+        assert f"{len(pit_claims)} of {len(pit_claims)} claims verified and said" in html
         assert "pitted.png: ANOMALOUS" in result.output
     mixed = runner.invoke(app, ["explain", paths[0], str(tmp_path), "--out", str(tmp_path / "x")])
     assert mixed.exit_code != 0 and isinstance(mixed.exception, AnomalensError)
@@ -91,7 +97,8 @@ def patch_tools() -> Perception:
 
 
 def test_few_shot_patch_features_find_the_pit_and_name_the_nearest_normal_shot(patch_tools):
-    inspector = ImageInspector(patch_tools, shots=3).fit_arrays([tile(s) for s in (10, 11, 12)], ["a", "b", "c"])
+    inspector = ImageInspector(patch_tools, shots=3, explain=explained)
+    inspector.fit_arrays([tile(s) for s in (10, 11, 12)], ["a.png", "b.png", "c.png"])
     assert inspector.method == "patch-knn"
     pitted, clean = inspector.inspect_array(tile(20, blob=True)), inspector.inspect_array(tile(21))
     assert pitted.anomalous and pitted.score > 1.5 * clean.score, (pitted.score, clean.score)
@@ -99,8 +106,35 @@ def test_few_shot_patch_features_find_the_pit_and_name_the_nearest_normal_shot(p
     assert abs(x - BLOB[0]) <= 8 and abs(y - BLOB[1]) <= 8
     box = pitted.evidence.boxes[0]
     assert box[0] <= BLOB[0] <= box[2] and box[1] <= BLOB[1] <= box[3]
-    assert "unlike the 3 normal images' patches (nearest: " in pitted.explanation[0]
     assert pitted.evidence.source.backend == "mobilenetv2, few-shot"
+    # Region 1's claims: where, how large, how far beyond normal, which normal shot is nearest; all re-measured.
+    first = {c.id: c for c in pitted.claims if c.track_id == 1}
+    assert set(first) == {"r1-where", "r1-area", "r1-peak", "r1-look"}
+    assert all(c.verdict.status == "supported" for c in pitted.claims), [c.verdict for c in pitted.claims]
+    assert first["r1-where"].zone.endswith(" right")  # the pit at (110, 40) of a 160x120 tile
+    assert first["r1-peak"].value == pytest.approx(pitted.score)
+    assert re.fullmatch(r"is closest to a patch of the normal image [abc]\.png", first["r1-look"].term)
+    assert pitted.explanation[:4] == [c.text for c in first.values()]
+    assert pitted.explanation[0] == f"Region 1 lies in the {first['r1-where'].zone} of the image."
+    assert pitted.explanation[2].startswith("Region 1 peaks at ") and "compared with the 3 normal images" in \
+        pitted.explanation[2]
+
+
+def test_image_claims_that_the_map_does_not_bear_out_are_refuted(patch_tools):
+    from anomalens.agents.image_claims import verify
+
+    inspector = ImageInspector(patch_tools, shots=2, explain=explained).fit_arrays([tile(10), tile(11)])
+    pitted = inspector.inspect_array(tile(20, blob=True))
+    claims = {c.id: c for c in pitted.claims}
+    wrong = [
+        claims["r1-where"].model_copy(update={"zone": "bottom left"}),
+        claims["r1-area"].model_copy(update={"value": claims["r1-area"].value * 3}),
+        claims["r1-peak"].model_copy(update={"value": claims["r1-peak"].value / 2}),
+        claims["r1-peak"].model_copy(update={"track_id": 9}),
+    ]
+    verdicts = [verify(claim, pitted.evidence, pitted.threshold) for claim in wrong]
+    assert [v.status for v in verdicts] == ["unsupported"] * 4, verdicts
+    assert verdicts[-1].reason == "there is no region 9"
 
 
 def test_batched_zero_shot_scores_each_image_against_the_others(patch_tools, tmp_path):
@@ -115,7 +149,7 @@ def test_batched_zero_shot_scores_each_image_against_the_others(patch_tools, tmp
     assert inspector.method == "patch-knn" and findings[-1].evidence.source.backend == "mobilenetv2, batched zero-shot"
     scores = [f.score for f in findings]
     assert findings[-1].anomalous and scores[-1] > 1.5 * max(scores[:-1]), scores
-    assert "unlike the other images of the batch" in findings[-1].explanation[0]
+    assert findings[-1].compared_with == "the other images of the batch" and not findings[-1].explanation
     # Two images cannot vouch for each other: the embedded detector looks at each on its own.
     assert ImageInspector(patch_tools, images=2).method == "patch-novelty"
     with pytest.raises(ValueError, match="a batch of images"):

@@ -18,7 +18,7 @@ Every region gets a plain sentence built only from its evidence.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -29,15 +29,25 @@ from anomalens.progress import track
 from anomalens.prompts import load as load_prompts
 from anomalens.report import ImageFinding
 from anomalens.tools.patch_knn import MIN_BATCH, PatchKNN, PatchMap, mutual_scores
-from anomalens.tools.patch_novelty import NoveltyMap, PatchNovelty
+from anomalens.tools.patch_novelty import PatchNovelty
 from anomalens.tools.perception import Perception
-from anomalens.types import Evidence, EvidenceKind, Source
+from anomalens.types import Evidence, EvidenceKind, Measurement, Source
 
 MAX_BOX_FRACTION = 0.3  # SAA+'s filter: a "defect" box over 30% of the image is the object itself
 MAX_REGIONS = 5  # regions described per image
 SAA_BOX_THRESHOLD = 0.2
 WINCLIP_THRESHOLD = 0.5  # anomalous when the anomalous prompts are the likelier class
 NOVELTY_THRESHOLD = 1.0  # the normal extreme
+PEAK_UNITS = {
+    "saa": "confidence",
+    "winclip": "probability of the anomalous prompts",
+    "patch-knn": "times the normal extreme",
+    "patch-novelty": "times the normal extreme",
+}
+# What a method saw at an image point (x, y), in words ("is closest to ...", "shows ..."), or None.
+Look = Callable[[int, int], str | None]
+# Makes a finding's claims, verdicts and sentences from what the method saw (``agents.image_claims.explained``).
+Explain = Callable[[ImageFinding, Look | None], ImageFinding]
 
 
 def method_for(perception: Perception, prompts: Sequence[str] = (), images: int = 1, shots: int = 0) -> str:
@@ -92,30 +102,25 @@ _DIRECTIONS = {
 }
 
 
-def _novelty_words(novelty: NoveltyMap) -> str:
-    top = sorted(novelty.deviations.items(), key=lambda kv: -abs(kv[1]))[:2]
+def _novelty_words(deviations: dict[str, float]) -> str:
+    top = sorted(deviations.items(), key=lambda kv: -abs(kv[1]))[:2]
     parts = [f"{_DIRECTIONS[name][0 if value > 0 else 1]} ({value:+.1f} spreads)" for name, value in top]
     return " and ".join(parts)
 
 
-def _describe(box: np.ndarray, peak: float, area: int, unit: str, why: str) -> str:
-    x1, y1, x2, y2 = box.astype(int)
-    return f"Region at x {x1}-{x2}, y {y1}-{y2} ({area} px): {peak:.2f} {unit}; {why}."
+def _regions_of(anomaly_map: np.ndarray, threshold: float) -> tuple[list, list[str]]:
+    """The regions of ``anomaly_map`` at or above ``threshold`` and their display labels."""
+    found = regions(anomaly_map, threshold)
+    return found, [f"region {k}" for k in range(1, len(found) + 1)]
 
 
-def _novelty_finding(
-    image: np.ndarray, anomaly_map: np.ndarray, score: float, source: Source, unlike: str, detail: str = ""
-) -> tuple[Evidence, float, list[str]]:
-    """Evidence and sentences of a novelty map in units of the normal extreme: each region beyond it, ``unlike``
-    what it differs from; ``detail`` adds to the strongest region's sentence."""
-    found = regions(anomaly_map, NOVELTY_THRESHOLD)
-    sentences = [
-        _describe(box, peak, area, "times the normal extreme", f"unlike {unlike}") for box, peak, area in found
-    ]
-    if found and detail:
-        sentences[0] = sentences[0][:-1] + f"; {detail}."
+def _image_evidence(
+    image: np.ndarray, source: Source, anomaly_map: np.ndarray, score: float, found: list, labels: list[str], **extra
+) -> Evidence:
+    """``IMAGE`` evidence of the regions ``found`` ((box, peak, area px) each, as ``regions`` gives them),
+    numbered from 1 in ``track_ids``, each with its ``area`` measurement."""
     height, width = image.shape[:2]
-    evidence = Evidence(
+    return Evidence(
         kind=EvidenceKind.IMAGE,
         source=source,
         frame_size=(width, height),
@@ -123,22 +128,27 @@ def _novelty_finding(
         frame_score=score,
         boxes=np.array([r[0] for r in found]).reshape(-1, 4),
         scores=np.array([r[1] for r in found]),
-        labels=["novel region"] * len(found),
+        labels=labels,
+        track_ids=np.arange(1, len(found) + 1),
+        measurements=[Measurement(name="area", value=float(r[2]), unit="px", object_index=i)
+                      for i, r in enumerate(found)],
+        **extra,
     )
-    return evidence, NOVELTY_THRESHOLD, sentences
 
 
 class ImageInspector:
     """Scores images with the best method available for ``images`` images and ``shots`` normal ones (``fit``
-    them: few-shot)."""
+    them: few-shot). ``explain(finding, look)`` turns each finding's regions into claims and sentences
+    (``agents.image_claims.explained``); ``look(x, y)`` says in words what the method saw at a point."""
 
     def __init__(
         self, perception: Perception | None = None, prompts: Sequence[str] | None = None, images: int = 1,
-        shots: int = 0,
-    ):  # fmt: skip
+        shots: int = 0, explain: Explain | None = None,
+    ):
         self.perception = perception or Perception()
         self.prompts = list(prompts or load_prompts("zero_shot")["defect_prompts"])
         self.method = method_for(self.perception, self.prompts, images, shots)
+        self.explain = explain
         self.box_threshold = SAA_BOX_THRESHOLD
         self.novelty = PatchNovelty()
         self.patches = PatchKNN(self.perception.embedder) if self.method == "patch-knn" else None
@@ -160,6 +170,17 @@ class ImageInspector:
         else:
             self._normal_windows = np.concatenate([self.perception.clip.window_embeddings(i) for i in normal])
         return self
+
+    @property
+    def compared_with(self) -> str:
+        """What each image is compared with, in words."""
+        if self.method in ("saa", "winclip"):
+            return "what the defect prompts describe"
+        if len(self.normal) == 1:
+            return "the normal image"
+        if self.normal:
+            return f"the {len(self.normal)} normal images"
+        return "the other images of the batch" if self.method == "patch-knn" else "the rest of this image"
 
     def inspect(self, path: str | Path) -> ImageFinding:
         return self.inspect_array(read_image(path), str(path))
@@ -189,51 +210,48 @@ class ImageInspector:
             found = run(image)
         return self._finding(name, *found, time.perf_counter() - started)
 
-    def _finding(self, name: str, evidence: Evidence, threshold: float, sentences: list[str], latency: float):
+    def _finding(self, name: str, evidence: Evidence, threshold: float, look: Look | None, latency: float):
         evidence = evidence.model_copy(update={"source": evidence.source.model_copy(update={"latency_s": latency})})
-        return ImageFinding(
+        finding = ImageFinding(
             image=name,
             method=self.method,
             score=float(evidence.frame_score),
             threshold=threshold,
             anomalous=bool(evidence.frame_score >= threshold),
             evidence=evidence,
-            explanation=sentences,
+            unit=PEAK_UNITS[self.method],
+            compared_with=self.compared_with,
         )
+        return self.explain(finding, look) if self.explain is not None else finding
 
     def _patch_knn(self, image: np.ndarray, found: PatchMap):
-        if self.normal:
-            nearest = Path(self.normal[found.nearest_normal]).name
-            unlike = f"the {len(self.normal)} normal images' patches (nearest: {nearest})"
-        else:
-            unlike = "the other images of the batch"
         backend = f"{self.perception.embedder.backend}, {'few-shot' if self.normal else 'batched zero-shot'}"
-        return _novelty_finding(image, found.anomaly_map, found.score, Source(tool="patch-knn", backend=backend),
-                                unlike)  # fmt: skip
+        evidence = _image_evidence(image, Source(tool="patch-knn", backend=backend), found.anomaly_map, found.score,
+                                   *_regions_of(found.anomaly_map, NOVELTY_THRESHOLD))
+        look = None
+        if self.normal:
+
+            def look(x: int, y: int) -> str:
+                return f"is closest to a patch of the normal image {Path(self.normal[found.nearest_normal(x, y)]).name}"
+
+        return evidence, NOVELTY_THRESHOLD, look
 
     def _patch_novelty(self, image: np.ndarray):
         novelty = self.novelty.score(image)
-        few_shot = self.novelty.few_shot
-        source = Source(tool="patch-novelty", backend="few-shot" if few_shot else "self-referenced")
-        unlike = f"the {len(self.normal)} normal images" if few_shot else "the rest of this image"
-        return _novelty_finding(image, novelty.anomaly_map, novelty.score, source, unlike,
-                                f"at its most novel point it shows {_novelty_words(novelty)}")  # fmt: skip
+        source = Source(tool="patch-novelty", backend="few-shot" if self.novelty.few_shot else "self-referenced")
+        evidence = _image_evidence(image, source, novelty.anomaly_map, novelty.score,
+                                   *_regions_of(novelty.anomaly_map, NOVELTY_THRESHOLD))
+
+        def look(x: int, y: int) -> str:
+            return f"shows {_novelty_words(novelty.deviations(x, y))}"
+
+        return evidence, NOVELTY_THRESHOLD, look
 
     def _winclip(self, image: np.ndarray):
-        evidence = self.perception.clip.score(image, subject="object", normal_windows=self._normal_windows)
-        found = regions(evidence.anomaly_map, WINCLIP_THRESHOLD)
-        sentences = [
-            _describe(box, peak, area, "probability of the anomalous prompts", "CLIP's windows there read as damaged")
-            for box, peak, area in found
-        ]
-        evidence = evidence.model_copy(
-            update={
-                "boxes": np.array([r[0] for r in found]).reshape(-1, 4),
-                "scores": np.array([r[1] for r in found]),
-                "labels": ["anomalous region"] * len(found),
-            }
-        )
-        return evidence, WINCLIP_THRESHOLD, sentences
+        scored = self.perception.clip.score(image, subject="object", normal_windows=self._normal_windows)
+        evidence = _image_evidence(image, scored.source, scored.anomaly_map, scored.frame_score,
+                                   *_regions_of(scored.anomaly_map, WINCLIP_THRESHOLD))
+        return evidence, WINCLIP_THRESHOLD, None
 
     def _saa(self, image: np.ndarray):
         height, width = image.shape[:2]
@@ -255,19 +273,14 @@ class ImageInspector:
         anomaly_map = np.zeros((height, width), np.float32)
         for mask, score in zip(masks, scores):
             anomaly_map[mask] = np.maximum(anomaly_map[mask], score)
-        sentences = [
-            _describe(box, score, int(mask.sum()), "confidence", f"the detector found '{label}' and SAM outlines it")
-            for box, score, mask, label in zip(boxes, scores, masks, labels)
-        ]
-        evidence = Evidence(
-            kind=EvidenceKind.IMAGE,
-            source=Source(tool="saa", backend=f"{detected.source.backend}+{segmented.source.backend}"),
-            frame_size=(width, height),
-            boxes=boxes,
-            scores=scores,
-            labels=labels,
-            masks=masks,
-            anomaly_map=anomaly_map,
-            frame_score=float(scores.max()) if len(scores) else 0.0,
-        )
-        return evidence, self.box_threshold, sentences
+        found = [(box, float(score), int(mask.sum())) for box, score, mask in zip(boxes, scores, masks)]
+        source = Source(tool="saa", backend=f"{detected.source.backend}+{segmented.source.backend}")
+        named = [f"region {k}: {label}" for k, label in enumerate(labels, 1)]
+        evidence = _image_evidence(image, source, anomaly_map, float(scores.max()) if len(scores) else 0.0, found,
+                                   named, masks=masks)
+
+        def look(x: int, y: int) -> str | None:
+            inside = [label for box, label in zip(boxes, labels) if box[0] <= x <= box[2] and box[1] <= y <= box[3]]
+            return f"is where the detector found '{inside[0]}' and SAM outlines it" if inside else None
+
+        return evidence, self.box_threshold, look

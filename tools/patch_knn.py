@@ -36,7 +36,15 @@ MIN_BATCH = 3  # images a batch needs before its images can vouch for each other
 class PatchMap:
     anomaly_map: np.ndarray  # (h, w) at the image's resolution, 1.0 = the normal extreme
     score: float  # the map's maximum
-    nearest_normal: int | None  # few-shot: which normal image holds the patch nearest to the most novel one
+    owners: np.ndarray | None = None  # few-shot: (rows, cols), which normal image holds each patch's nearest
+
+    def nearest_normal(self, x: int, y: int) -> int | None:
+        """Few-shot: the normal image holding the patch nearest to the one at image pixel ``(x, y)``."""
+        if self.owners is None:
+            return None
+        height, width = self.anomaly_map.shape
+        rows, cols = self.owners.shape
+        return int(self.owners[min(rows - 1, y * rows // height), min(cols - 1, x * cols // width)])
 
 
 class PatchKNN:
@@ -71,7 +79,7 @@ class PatchKNN:
         grid = self.embedder.patch_features(image)
         distances, rows = nearest(grid.reshape(-1, grid.shape[-1]), self.bank)
         anomaly_map = to_image(distances.reshape(grid.shape[:2]) / self.reference, image.shape[:2], PATCH_STRIDE)
-        return PatchMap(anomaly_map, float(anomaly_map.max()), int(self.owner[rows[int(distances.argmax())]]))
+        return PatchMap(anomaly_map, float(anomaly_map.max()), self.owner[rows].reshape(grid.shape[:2]))
 
 
 def mutual_scores(embedder: Embedder, images: Sequence[np.ndarray], progress: bool = True) -> list[PatchMap]:
@@ -92,4 +100,4 @@ def mutual_scores(embedder: Embedder, images: Sequence[np.ndarray], progress: bo
         novelty = distances[:, : max(1, round(MUTUAL_SHARE * len(others)))].mean(axis=1)
         raw.append(to_image(novelty.reshape(grids[k].shape[:2]), images[k].shape[:2], PATCH_STRIDE))
     reference = max(outlier_level(np.array([m.max() for m in raw])), 1e-6)
-    return [PatchMap(m / reference, float(m.max() / reference), None) for m in raw]
+    return [PatchMap(m / reference, float(m.max() / reference)) for m in raw]

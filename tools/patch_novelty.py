@@ -98,7 +98,7 @@ def self_novelty(cells: np.ndarray, k: int | None = None) -> np.ndarray:
     image's cells) outside its own ``SELF_EXCLUSION`` neighbourhood."""
     rows, cols, dims = cells.shape
     flat = cells.reshape(-1, dims)
-    k = k or max(1, int(round(SELF_NEIGHBOURS * len(flat))))
+    k = k or max(1, round(SELF_NEIGHBOURS * len(flat)))
     r, c = np.divmod(np.arange(len(flat)), cols)
     out = np.empty(len(flat), np.float32)
     sq = (flat**2).sum(1)
@@ -126,7 +126,14 @@ def to_image(cell_map: np.ndarray, shape: tuple[int, int], cell: int = CELL) -> 
 class NoveltyMap:
     anomaly_map: np.ndarray  # (h, w) at the image's resolution, 1.0 = the normal extreme
     score: float  # the map's maximum
-    deviations: dict[str, float]  # descriptor name -> standardised deviation at the most novel cell
+    cells: np.ndarray  # (rows, cols, 16) standardised descriptors of the image's cells
+
+    def deviations(self, x: int, y: int) -> dict[str, float]:
+        """Descriptor name -> standardised deviation of the cell at image pixel ``(x, y)``."""
+        height, width = self.anomaly_map.shape
+        rows, cols = self.cells.shape[:2]
+        cell = self.cells[min(rows - 1, y * rows // height), min(cols - 1, x * cols // width)]
+        return {name: float(cell[k]) for k, name in enumerate(DESCRIPTOR_NAMES)}
 
 
 DESCRIPTOR_NAMES = (
@@ -180,6 +187,4 @@ class PatchNovelty:
             raw = self_novelty(standardized)
             novelty = raw / (outlier_level(raw) + 1e-6)  # the normal extreme: outliers from the image's own cells
         anomaly_map = to_image(novelty, image.shape[:2])
-        peak = np.unravel_index(int(novelty.argmax()), novelty.shape)
-        deviations = {n: float(standardized[peak][k]) for k, n in enumerate(DESCRIPTOR_NAMES)}
-        return NoveltyMap(anomaly_map, float(anomaly_map.max()), deviations)
+        return NoveltyMap(anomaly_map, float(anomaly_map.max()), standardized)
