@@ -4,8 +4,9 @@ the nearest patch; the embedded detector: which descriptors deviate).
 
 Claims are drafted from the inspector's regions (``tools.inspect.regions``: connected areas of the whole map)
 and each is checked again another way: the region's peak and extent re-measured inside its box from the anomaly
-map, its place from the box, and what the method saw re-read at the re-measured peak. Sentences are rendered
-from supported claims only (``prompts/image_claims.yaml``), so nothing unchecked reaches the report.
+map (the connected area that spans the box), its place from the box, and what the method saw re-read at the
+re-measured peak. Sentences are rendered from supported claims only (``prompts/image_claims.yaml``), so nothing
+unchecked reaches the report.
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ def explained(finding: ImageFinding, look: Look | None = None) -> ImageFinding:
     checked = [
         claim.model_copy(update={"text": render(claim, finding),
                                  "verdict": verify(claim, finding.evidence, finding.threshold, look)})
-        for claim in draft(finding.evidence, finding.unit, look)
+        for claim in draft(finding.evidence, finding.threshold, finding.unit, look)
     ]  # fmt: skip
     sentences = [claim.text for claim in checked if claim.verdict.status == "supported"]
     return finding.model_copy(update={"claims": checked, "explanation": sentences})
 
 
-def draft(evidence: Evidence, unit: str, look: Look | None = None) -> list[Claim]:
+def draft(evidence: Evidence, threshold: float, unit: str, look: Look | None = None) -> list[Claim]:
     """Claims about each region of ``evidence`` (its boxes, peaks and ``area`` measurements; regions are
     numbered from 1 by ``track_ids``), the peak in ``unit``; ``look`` adds what the method saw at the peak."""
     claims = []
@@ -57,7 +58,7 @@ def draft(evidence: Evidence, unit: str, look: Look | None = None) -> list[Claim
             Claim(id=f"r{region}-peak", kind="measurement", quantity="peak", unit=unit,
                   value=float(evidence.scores[i]), **cite),
         ]  # fmt: skip
-        seen = look(*_peak(evidence, i)[0]) if look is not None else None
+        seen = look(*_peak(evidence, i, threshold)[0]) if look is not None else None
         if seen is not None:
             claims.append(Claim(id=f"r{region}-look", kind="other", quantity="look", term=seen, **cite))
     return claims
@@ -92,17 +93,18 @@ def render(claim: Claim, finding: ImageFinding) -> str:
     )
 
 
-def _peak(evidence: Evidence, i: int, threshold: float | None = None) -> tuple[tuple[int, int], float, int]:
-    """The strongest point of region ``i`` inside its box, the map's value there, and how many pixels around it
-    (connected, inside the box) reach ``threshold``."""
+def _peak(evidence: Evidence, i: int, threshold: float) -> tuple[tuple[int, int], float, int]:
+    """Region ``i`` re-measured inside its box: its strongest point, the map's value there, and its extent: the
+    pixels reaching ``threshold`` in the connected area that spans the box (as the region's own area does), else
+    in the one at the box's strongest point."""
     x1, y1, x2, y2 = (int(v) for v in evidence.boxes[i])
     inside = evidence.anomaly_map[y1:y2, x1:x2]
-    row, column = np.unravel_index(int(inside.argmax()), inside.shape)
-    extent = 0
-    if threshold is not None:
-        _, labels = cv2.connectedComponents((inside >= threshold).astype(np.uint8), connectivity=8)
-        extent = int((labels == labels[row, column]).sum()) if labels[row, column] else 0
-    return (x1 + int(column), y1 + int(row)), float(inside[row, column]), extent
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((inside >= threshold).astype(np.uint8))
+    spanning = [k for k in range(1, count) if (stats[k, 2], stats[k, 3]) == inside.shape[::-1]]
+    own = spanning[0] if spanning else labels.flat[int(inside.argmax())]
+    area = labels == own if own else np.ones(inside.shape, bool)
+    row, column = np.unravel_index(int(np.where(area, inside, -np.inf).argmax()), inside.shape)
+    return (x1 + int(column), y1 + int(row)), float(inside[row, column]), int(area.sum()) if own else 0
 
 
 def _close(claimed: float | None, measured: float) -> bool:

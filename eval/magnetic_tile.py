@@ -71,6 +71,7 @@ def run_magnetic_tile(
         pixel_scores.append(anomaly_map[::PIXEL_STRIDE, ::PIXEL_STRIDE].ravel())
         pixel_labels.append(_mask(path, shape)[::PIXEL_STRIDE, ::PIXEL_STRIDE].ravel())
     labels, scores, names = np.array(labels), np.array(scores), np.array(names)
+    called = np.array([finding.anomalous for finding in report.findings])
     normal_rows = names == NORMAL_CLASS
     per_class = {
         name: roc_auc(
@@ -86,8 +87,19 @@ def run_magnetic_tile(
         "image_auroc": roc_auc(labels, scores),
         "image_auroc_per_class": per_class,
         "pixel_auroc": roc_auc(np.concatenate(pixel_labels), np.concatenate(pixel_scores)),
+        # The product's own decision (score at or above the method's threshold), on normal and defective tiles.
+        "called_anomalous_normal": float(np.mean(called[~labels])),
+        "called_anomalous_defective": float(np.mean(called[labels])),
+        "claims": sum(len(f.claims) for f in report.findings),
+        "claims_supported": _supported_share(report.findings),
         "images": int(len(labels)),
         "anomalous_images": int(labels.sum()),
         "seconds": time.perf_counter() - started,
         "seconds_per_image": (time.perf_counter() - started) / len(labels),
     }
+
+
+def _supported_share(findings) -> float | None:
+    """The share of the findings' claims that re-measurement supports."""
+    verdicts = [claim.verdict.status for finding in findings for claim in finding.claims]
+    return sum(v == "supported" for v in verdicts) / len(verdicts) if verdicts else None

@@ -201,6 +201,8 @@ def test_magnetic_tile_runner_on_a_synthetic_layout(tmp_path):
     assert metrics["method"] == "patch-novelty" and metrics["shots"] == 2
     assert metrics["image_auroc"] == pytest.approx(metrics["image_auroc_per_class"]["Blowhole"])
     assert metrics["image_auroc"] >= 0.9 and metrics["pixel_auroc"] >= 0.9
+    assert metrics["claims"] >= 3 * 4 and metrics["claims_supported"] == 1.0  # four claims per pit, re-measured
+    assert metrics["called_anomalous_defective"] == 1.0 > metrics["called_anomalous_normal"]
     (tmp_path / "Blowhole" / "b0_mask.png").unlink()
     with pytest.raises(AnomalensError, match="b0.jpg: its mask b0_mask.png is missing"):
         run_magnetic_tile(tmp_path, progress=False)

@@ -12,7 +12,7 @@ Methods, best first, by what this machine has:
 4. ``patch-novelty``: the embedded detector (no weights): self-referenced zero-shot, or few-shot against a few
    normal images.
 
-Every region gets a plain sentence built only from its evidence.
+Each region becomes verified claims (``agents.image_claims``) through the ``explain`` hook the pipeline gives.
 """
 
 from __future__ import annotations
