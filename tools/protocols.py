@@ -74,6 +74,9 @@ class Embedder(Protocol):
         """``APPEARANCE`` evidence: a unit-length embedding of each box's crop (the whole frame when none), each
         crop resized to ``side`` pixels square (default: the network's own input)."""
 
+    def patch_features(self, image: np.ndarray) -> np.ndarray:
+        """``(rows, cols, C)`` locally aware patch features of the whole image (``tools.patch_knn``)."""
+
 
 class FrameScorer(Protocol):
     def score(self, frame: Frame) -> Evidence:
