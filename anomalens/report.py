@@ -78,8 +78,9 @@ class ImageFinding(BaseModel):
     threshold: float
     anomalous: bool
     evidence: Evidence
-    unit: str  # of the regions' peaks, e.g. "times the normal extreme"
-    compared_with: str  # what the image was compared with, e.g. "the 4 normal images"
+    # Empty in reports written before image findings had claims, which still load.
+    unit: str = ""  # of the regions' peaks, e.g. "times the normal extreme"
+    compared_with: str = ""  # what the image was compared with, e.g. "the 4 normal images"
     claims: list[Claim] = Field(default_factory=list)
     explanation: list[str] = Field(default_factory=list)
 

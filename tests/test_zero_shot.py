@@ -15,6 +15,7 @@ from anomalens.agents.image_claims import explained
 from anomalens.cli import app
 from anomalens.errors import AnomalensError, MediaError
 from anomalens.eval.magnetic_tile import run_magnetic_tile
+from anomalens.report import load_report
 from anomalens.tools.inspect import MAX_BOX_FRACTION, ImageInspector, regions
 from anomalens.tools.patch_novelty import PatchNovelty
 from anomalens.tools.perception import Perception
@@ -83,6 +84,14 @@ def test_explain_command_on_images_zero_and_few_shot(tmp_path, monkeypatch):
         assert html.count("<img") == 2 and "pitted.png" in html
         assert f"{len(pit_claims)} of {len(pit_claims)} claims verified and said" in html
         assert "pitted.png: ANOMALOUS" in result.output
+    # A report written before image findings had claims still loads.
+    older = json.loads((tmp_path / "few" / "report.json").read_text())
+    older.pop("mode")
+    for finding in older["findings"]:
+        for field in ("unit", "compared_with", "claims"):
+            finding.pop(field)
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert [f.unit for f in load_report(tmp_path / "older.json").findings] == ["", ""]
     mixed = runner.invoke(app, ["explain", paths[0], str(tmp_path), "--out", str(tmp_path / "x")])
     assert mixed.exit_code != 0 and isinstance(mixed.exception, AnomalensError)
 
