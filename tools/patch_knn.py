@@ -24,7 +24,7 @@ import numpy as np
 from anomalens.events import outlier_level
 from anomalens.progress import track
 from anomalens.tools.embedder import PATCH_STRIDE
-from anomalens.tools.patch_novelty import nearest, self_novelty, to_image
+from anomalens.tools.patch_novelty import cell_at, nearest, self_novelty, to_image
 from anomalens.tools.protocols import Embedder
 
 MUTUAL_IMAGES = 8  # other images each image is scored against in a batch (a seeded sample when there are more)
@@ -42,9 +42,7 @@ class PatchMap:
         """Few-shot: the normal image holding the patch nearest to the one at image pixel ``(x, y)``."""
         if self.owners is None:
             return None
-        height, width = self.anomaly_map.shape
-        rows, cols = self.owners.shape
-        return int(self.owners[min(rows - 1, y * rows // height), min(cols - 1, x * cols // width)])
+        return int(self.owners[cell_at(x, y, self.anomaly_map.shape, self.owners.shape)])
 
 
 class PatchKNN:

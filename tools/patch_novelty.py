@@ -122,6 +122,13 @@ def to_image(cell_map: np.ndarray, shape: tuple[int, int], cell: int = CELL) -> 
     return cv2.GaussianBlur(full, (0, 0), sigma)
 
 
+def cell_at(x: int, y: int, image_shape: tuple[int, int], grid_shape: tuple[int, int]) -> tuple[int, int]:
+    """The (row, column) of the ``grid_shape`` cell map that image pixel ``(x, y)`` falls in, the inverse of
+    ``to_image`` for an image of ``image_shape`` ``(h, w)``."""
+    (height, width), (rows, cols) = image_shape, grid_shape
+    return min(rows - 1, y * rows // height), min(cols - 1, x * cols // width)
+
+
 @dataclass
 class NoveltyMap:
     anomaly_map: np.ndarray  # (h, w) at the image's resolution, 1.0 = the normal extreme
@@ -130,9 +137,7 @@ class NoveltyMap:
 
     def deviations(self, x: int, y: int) -> dict[str, float]:
         """Descriptor name -> standardised deviation of the cell at image pixel ``(x, y)``."""
-        height, width = self.anomaly_map.shape
-        rows, cols = self.cells.shape[:2]
-        cell = self.cells[min(rows - 1, y * rows // height), min(cols - 1, x * cols // width)]
+        cell = self.cells[cell_at(x, y, self.anomaly_map.shape, self.cells.shape[:2])]
         return {name: float(cell[k]) for k, name in enumerate(DESCRIPTOR_NAMES)}
 
 
