@@ -4,8 +4,8 @@ Motion finds and tracks the moving things (``tools.motion``); this module names 
 
 - **what it is**: the COCO detector runs only where motion found something and only when a track is due for a
   look (a few looks when it appears, then one every ``RELOOK_SECONDS``), on the region around the tracks due
-  (zoomed in, so small objects get more of the detector's canvas); each blob takes the class of the detection
-  that contains it, and a track keeps the class its detections voted for (score-weighted), so frames between
+  (zoomed in, so small objects get more of the detector's canvas); each blob takes the class of the best
+  detection that contains it or that it contains (a blob can merge a rider and a bicycle), and a track keeps the class its detections voted for (score-weighted), so frames between
   looks keep their names. A blob no detection ever covered stays ``UNKNOWN``: the motion blobs are the
   fallback;
 - **how fast for its size**: speed in body heights per second (``relative_speed``), comparable across the
@@ -27,7 +27,7 @@ from anomalens.tools.protocols import Detector, Embedder
 from anomalens.video import Frame
 
 UNKNOWN = "object"  # a moving thing no detection named
-CONTAINED = 0.5  # a blob takes a detection's class when at least half of the blob lies inside the box
+CONTAINED = 0.5  # a blob and a detection match when at least half of either lies inside the other
 REGION_MARGIN = 0.5  # the detector's region: the moving things' bounding box, grown by half its size
 MIN_REGION = 96  # analysis px: smaller regions are grown to this side (context for the detector)
 MIN_CROP = 8  # analysis px: blobs smaller than this on either side are noise, not embedded
@@ -223,9 +223,10 @@ class ObjectTagger:
         if not len(found.boxes):
             return
         boxes = found.boxes + [x1, y1, x1, y1]
-        inside = containment(blobs, boxes)
+        # Either way round: a blob that merges a rider and a bicycle, or two walkers, holds each detection
+        matched = np.maximum(containment(blobs, boxes), containment(boxes, blobs).T) >= CONTAINED
         for i, track_id in enumerate(track_ids):
-            candidates = np.flatnonzero(inside[i] >= CONTAINED)
+            candidates = np.flatnonzero(matched[i])
             if len(candidates):
                 best = candidates[np.argmax(found.scores[candidates])]
                 self._votes[track_id][found.class_names[best]] += float(found.scores[best])
