@@ -83,6 +83,7 @@ def run_magnetic_tile(
     }
     return {
         "method": report.method,
+        "mode": report.mode,
         "shots": shots,
         "image_auroc": roc_auc(labels, scores),
         "image_auroc_per_class": per_class,

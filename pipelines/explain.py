@@ -35,7 +35,7 @@ def inspect_images(
     return ImageReport(
         title=f"anomalens: {len(findings)} image(s)",
         method=inspector.method,
-        mode=mode_of(inspector.method, len(normal)),
+        mode=inspector.mode,
         normal=inspector.normal,
         findings=findings,
         absent_tools=inspector.perception.absent,

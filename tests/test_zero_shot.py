@@ -165,6 +165,31 @@ def test_batched_zero_shot_scores_each_image_against_the_others(patch_tools, tmp
         inspector.inspect_array(tile(1))
 
 
+def test_a_batch_raises_the_few_shot_threshold_when_the_normal_shots_miss_its_lighting(patch_tools, tmp_path):
+    from anomalens.tools.patch_knn import PatchMap, relative_to_batch
+
+    flat = [PatchMap(np.full((4, 4), v), v) for v in (1.0, 1.1, 0.9, 1.05, 0.95, 5.0)]
+    scaled, level = relative_to_batch(flat, floor=0.0)
+    assert 1.1 < level < 1.5 and [m.score >= 1.0 for m in scaled] == [False] * 5 + [True]
+    assert relative_to_batch(flat, floor=3.0)[1] == 3.0 and scaled[-1].anomaly_map.max() == 5.0 / level
+
+    def dim(image: np.ndarray) -> np.ndarray:  # another lighting than the normal shots'
+        return cv2.convertScaleAbs(image, alpha=0.6, beta=30)
+
+    paths = []
+    for seed in range(12):
+        paths.append(tmp_path / f"clean{seed}.png")
+        cv2.imwrite(str(paths[-1]), dim(tile(60 + seed)))
+    paths.append(tmp_path / "pitted.png")
+    cv2.imwrite(str(paths[-1]), dim(tile(79, blob=True)))
+    inspector = ImageInspector(patch_tools, images=len(paths), shots=2).fit_arrays([tile(10), tile(11)])
+    assert inspector.mode == "few-shot against 2 normal image(s); threshold: the normal images' extreme"
+    assert inspector.inspect(paths[0]).anomalous  # one at a time, the dim lighting is beyond the normal shots
+    findings = inspector.inspect_all(paths, progress=False)
+    assert [f.anomalous for f in findings] == [False] * 12 + [True], [f.score for f in findings]
+    assert inspector.mode.endswith("threshold: where a score stands out from the 13 images inspected together")
+
+
 def test_saa_and_winclip_methods_with_tiny_models(tiny_perception):
     image = tile(50, blob=True)
     saa = ImageInspector(tiny_perception)

@@ -8,7 +8,7 @@ Methods, best first, by what this machine has:
 2. ``winclip``: CLIP's WinCLIP map and score (zero-shot);
 3. ``patch-knn``: pretrained CNN patch features (``tools.patch_knn``): few-shot against a few normal images
    (PatchCore), or batched zero-shot, each image against the others of the batch (MuSc), given at least
-   ``patch_knn.MIN_BATCH`` images;
+   ``patch_knn.MIN_BATCH`` images; a batch's threshold is where a score stands out from the batch's;
 4. ``patch-novelty``: the embedded detector (no weights): self-referenced zero-shot, or few-shot against a few
    normal images.
 
@@ -28,7 +28,13 @@ from anomalens.errors import MediaError
 from anomalens.progress import track
 from anomalens.prompts import load as load_prompts
 from anomalens.report import ImageFinding
-from anomalens.tools.patch_knn import MIN_BATCH, PatchKNN, PatchMap, mutual_scores
+from anomalens.tools.patch_knn import (
+    MIN_BATCH,
+    PatchKNN,
+    PatchMap,
+    mutual_scores,
+    relative_to_batch,
+)
 from anomalens.tools.patch_novelty import PatchNovelty
 from anomalens.tools.perception import Perception
 from anomalens.types import Evidence, EvidenceKind, Measurement, Source
@@ -37,11 +43,11 @@ MAX_BOX_FRACTION = 0.3  # SAA+'s filter: a "defect" box over 30% of the image is
 MAX_REGIONS = 5  # regions described per image
 SAA_BOX_THRESHOLD = 0.2
 WINCLIP_THRESHOLD = 0.5  # anomalous when the anomalous prompts are the likelier class
-NOVELTY_THRESHOLD = 1.0  # the normal extreme
+NOVELTY_THRESHOLD = 1.0  # patch maps come in units of their threshold (the normal extreme, or a batch's level)
 PEAK_UNITS = {
     "saa": "confidence",
     "winclip": "probability of the anomalous prompts",
-    "patch-knn": "times the normal extreme",
+    "patch-knn": "times the threshold",
     "patch-novelty": "times the normal extreme",
 }
 # What a method saw at an image point (x, y), in words ("is closest to ...", "shows ..."), or None.
@@ -153,6 +159,7 @@ class ImageInspector:
         self.novelty = PatchNovelty()
         self.patches = PatchKNN(self.perception.embedder) if self.method == "patch-knn" else None
         self.normal: list[str] = []
+        self.threshold_basis = ""  # patch-knn: what its threshold is, in words, once images were inspected
         self._normal_windows: np.ndarray | None = None
 
     def fit(self, normal: Sequence[str | Path]) -> ImageInspector:
@@ -165,6 +172,7 @@ class ImageInspector:
         self.normal = list(names or [f"normal image {k}" for k in range(len(normal))])
         if self.method == "patch-knn":
             self.patches.fit(normal)
+            self.threshold_basis = "the normal images' extreme"  # until a batch of images raises it
         elif self.method == "patch-novelty":
             self.novelty.fit(normal, self.normal)
         else:
@@ -182,15 +190,33 @@ class ImageInspector:
             return f"the {len(self.normal)} normal images"
         return "the other images of the batch" if self.method == "patch-knn" else "the rest of this image"
 
+    @property
+    def mode(self) -> str:
+        """How normality was known and, once known, what the threshold is, in words for the report."""
+        mode = mode_of(self.method, len(self.normal))
+        return f"{mode}; threshold: {self.threshold_basis}" if self.threshold_basis else mode
+
     def inspect(self, path: str | Path) -> ImageFinding:
         return self.inspect_array(read_image(path), str(path))
 
     def inspect_all(self, paths: Sequence[str | Path], progress: bool = True) -> list[ImageFinding]:
-        """Every image of ``paths``; zero-shot patch features score them together, as one batch."""
-        if self.method == "patch-knn" and not self.normal:
+        """Every image of ``paths``. Patch features score them together, as one batch, and set the threshold from
+        the batch's scores: zero-shot (at least ``MIN_BATCH`` images), each image against the others; few-shot,
+        from ``MIN_BATCH`` images on."""
+        if self.method == "patch-knn" and (not self.normal or len(paths) >= MIN_BATCH):
             images = [read_image(p) for p in paths]
             started = time.perf_counter()
-            maps = mutual_scores(self.perception.embedder, images, progress)
+            if self.normal:
+                scoring = track(images, "scoring against the normal images", enabled=progress)
+                maps = [self.patches.score(image) for image in scoring]
+            else:
+                maps = mutual_scores(self.perception.embedder, images, progress)
+            extreme = 1.0 if self.normal else 0.0  # few-shot maps come in units of the normal images' extreme
+            maps, level = relative_to_batch(maps, extreme)
+            self.threshold_basis = (
+                f"where a score stands out from the {len(images)} images inspected together"
+                if level > extreme else "the normal images' extreme"
+            )  # fmt: skip
             latency = (time.perf_counter() - started) / len(images)
             return [
                 self._finding(str(p), *self._patch_knn(image, found), latency)
