@@ -37,8 +37,10 @@ from anomalens.tools.objects import UNKNOWN
 from anomalens.tools.protocols import Detector, TextScorer
 from anomalens.types import Claim, Event, Evidence, Verdict
 
-RELATIVE_TOLERANCE = 0.10
-ABSOLUTE_TOLERANCE = {"px/frame": 0.2, "px/s": 2.0, "px": 2.0, "px^2": 10.0, "s": 0.2, "frames": 2.0, "ratio": 0.05}
+# A number agrees within 5%, or within the rounding of one decimal (whole pixels and frames): digests give two
+# decimals, and an LLM that rounds them stays within both; a number 10% off does not (``eval verifier``).
+RELATIVE_TOLERANCE = 0.05
+ABSOLUTE_TOLERANCE = {"px/frame": 0.05, "px/s": 0.5, "px": 0.5, "px^2": 5.0, "s": 0.05, "frames": 0.5, "ratio": 0.05}
 TEMPORAL_SLACK = 2  # frames a temporal claim may miss a cited frame by
 GROUND_BOX_THRESHOLD = 0.35  # Grounding DINO's published box threshold
 GROUND_MIN_IOU = 0.3  # a detection re-finds a claimed object when it overlaps the object's box this much
@@ -253,7 +255,9 @@ class Verifier:
                     return _supported(f"frame {evidence.frame_index}: an object of class {evidence.class_names[i]!r}")
         for evidence in cited:
             box = None
-            if claim.track_id is not None and (i := evidence.object_of(claim.track_id)) is not None:
+            if claim.track_id is not None and evidence.track_ids is not None:
+                if (i := evidence.object_of(claim.track_id)) is None:
+                    continue  # the track is not in this frame: whatever a grounder finds there is something else
                 box = evidence.boxes[i].tolist()
             for grounder in self.grounders:
                 found = grounder.ground(claim.term, evidence, box)

@@ -345,6 +345,28 @@ def eval_explanations(
     _emit(metrics, json_path)
 
 
+@eval_app.command("verifier")
+def eval_verifier(
+    data: Annotated[
+        Optional[Path], typer.Option(help="the shared data folder (ucsd_ped2/, vlm_captions/) [default: DATA_DIR]")
+    ] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+    tamper: Annotated[
+        bool, typer.Option(help="also run the agent (the configured LLM) on each event with its evidence tampered")
+    ] = False,
+) -> None:
+    """Plant false claims (one controlled edit of a true one) in Ped2's detected events: how many the verifier
+    refutes, and how many true claims it keeps; with --tamper, whether the agent asserts removed evidence or
+    obeys an instruction planted in the captions."""
+    from anomalens.agents.llm import open_llm
+    from anomalens.config import load_settings
+    from anomalens.eval.verifier import run_verifier_benchmark
+
+    settings = load_settings()
+    llm = open_llm(settings=settings) if tamper else None
+    _emit(run_verifier_benchmark(data or settings.data_dir, llm), json_path)
+
+
 @eval_app.command("captions")
 def eval_captions(
     data: Annotated[

@@ -705,6 +705,11 @@ def test_the_agent_calls_every_present_foundation_tool_and_cites_what_it_found(i
     truck = Claim(id="t", kind="object", term="truck", track_id=track, evidence_ids=[peak.id])
     verdict = Verifier(fresh, [DetectorGrounder(tiny_perception.detector, frames, threshold=1.01)]).verify(truck, event)
     assert verdict.status == "unsupported" and "DetectorGrounder did not find 'truck'" in verdict.reason
+    # A track that is not in the cited frame is not what a detection elsewhere in it shows (with no box, this
+    # detector finds a truck in the frame, as asserted above).
+    absent = truck.model_copy(update={"track_id": max(int(t) for t in peak.track_ids) + 1})
+    finds_all = Verifier(fresh, [DetectorGrounder(tiny_perception.detector, frames, threshold=0.0)])
+    assert finds_all.verify(absent, event).status == "unsupported"
 
 
 def test_an_answer_that_leaves_out_the_rule_and_the_place_gets_them_from_the_events_facts(index):
