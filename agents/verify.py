@@ -37,10 +37,11 @@ from anomalens.tools.objects import UNKNOWN
 from anomalens.tools.protocols import Detector, TextScorer
 from anomalens.types import Claim, Event, Evidence, Verdict
 
-# A number agrees within 5%, or within the rounding of one decimal (whole pixels and frames): digests give two
-# decimals, and an LLM that rounds them stays within both; a number 10% off does not (``eval verifier``).
+# A number agrees within 5%, or within the rounding of the digests' two decimals (of a tenth of a second, of whole
+# pixels and frames): an LLM that copies or rounds a digest's number stays within them; a number 10% off does
+# not, down to 0.2 px/frame (``eval verifier``).
 RELATIVE_TOLERANCE = 0.05
-ABSOLUTE_TOLERANCE = {"px/frame": 0.05, "px/s": 0.5, "px": 0.5, "px^2": 5.0, "s": 0.05, "frames": 0.5, "ratio": 0.05}
+ABSOLUTE_TOLERANCE = {"px/frame": 0.01, "px/s": 0.1, "px": 0.5, "px^2": 5.0, "s": 0.05, "frames": 0.5, "ratio": 0.01}
 TEMPORAL_SLACK = 2  # frames a temporal claim may miss a cited frame by
 GROUND_BOX_THRESHOLD = 0.35  # Grounding DINO's published box threshold
 GROUND_MIN_IOU = 0.3  # a detection re-finds a claimed object when it overlaps the object's box this much

@@ -5,7 +5,8 @@ broken, measured values, zones, headings, classes, its time span), the object co
 tracks at its peak frame, and a COCO class a caption of the event mentions. Each planted false claim is one
 controlled edit of a true one (``EDITS``). The independent checker of ``eval.explanations`` (``judge``), which
 shares no code with the verifier, decides what is true: a claim built as true that it does not confirm is left
-out, and edits that pick another frame, track, zone or rule pick one where it finds the claim false. The other
+out, and edits that pick another frame, track, zone or rule pick one where it finds the claim false (a class
+claimed of a track screening left unnamed is undecided, and not planted). The other
 edits are false by construction (a number off by 10% or more, a count off by one, a frame outside the event,
 an opposite heading, a class nobody named, a phrase no caption says, a time range shifted off the event).
 
@@ -63,6 +64,16 @@ class Case:
 
     def holds(self, claim: Claim) -> bool:
         return judge(claim, self.records, self.captions, self.labels)
+
+    def false(self, claim: Claim) -> bool:
+        """Whether the checker finds ``claim`` false; a class claimed of a track screening left unnamed (in a
+        cited frame) is undecided, not false: the detector may see what screening's looks missed."""
+        if claim.kind == "object" and claim.track_id is not None:
+            for ev in (self.records.get(i) for i in claim.evidence_ids):
+                i = ev.object_of(claim.track_id) if ev is not None else None
+                if i is not None and (ev.class_names is None or ev.class_names[i] == UNKNOWN):
+                    return False
+        return not self.holds(claim)
 
     def frame(self, k: int) -> Evidence | None:
         return self.index.frame_evidence(k)
@@ -132,7 +143,7 @@ def _wrong_frame(claim: Claim, case: Case) -> Claim | None:
         return None
     for evidence in case.event_frames():
         planted = claim.model_copy(update={"evidence_ids": [evidence.id]})
-        if evidence.id not in claim.evidence_ids and not case.holds(planted):
+        if evidence.id not in claim.evidence_ids and case.false(planted):
             return planted
     return None
 
@@ -149,14 +160,14 @@ def _frame_outside_the_event(claim: Claim, case: Case) -> Claim | None:
 
 
 def _wrong_track(claim: Claim, case: Case) -> Claim | None:
-    """Another track in view (one where the claim does not hold), else a track that never existed."""
+    """Another track in view (one where the claim is false), else a track that never existed."""
     if claim.track_id is None:
         return None
     in_view = {int(t) for i in claim.evidence_ids if (ev := case.records.get(i)) and ev.track_ids is not None
                for t in ev.track_ids}  # fmt: skip
     for track in sorted(in_view - {claim.track_id, claim.other_track_id}):
         planted = claim.model_copy(update={"track_id": track})
-        if not case.holds(planted):
+        if case.false(planted):
             return planted
     return claim.model_copy(update={"track_id": max(in_view | {claim.track_id}) + 1000})
 
@@ -165,7 +176,7 @@ def _wrong_zone(claim: Claim, case: Case) -> Claim | None:
     if claim.kind != "spatial" or claim.zone is None:
         return None
     zones = sorted({z for ev in case.index.evidence if ev.zones for z in ev.zones} - {claim.zone})
-    return next((p for z in zones if not case.holds(p := claim.model_copy(update={"zone": z}))), None)
+    return next((p for z in zones if case.false(p := claim.model_copy(update={"zone": z}))), None)
 
 
 def _wrong_heading(claim: Claim, case: Case) -> Claim | None:
@@ -197,7 +208,7 @@ def _rule_not_broken(claim: Claim, case: Case) -> Claim | None:
         return None
     for rule in case.index.rulebook.rules:
         planted = claim.model_copy(update={"rule_id": rule.id})
-        if rule.id != claim.rule_id and not case.holds(planted):
+        if rule.id != claim.rule_id and case.false(planted):
             return planted
     return None
 
@@ -281,10 +292,26 @@ def score_cases(cases: Iterator[Case], verifier_for: Callable[[VideoIndex], Veri
     }
 
 
+def synthetic_cases(folder: Path) -> list[Case]:
+    """The demo's walkway with its six anomalies, every fact known, learned from its normal clip with motion
+    alone as the demo does (the COCO detector sees kites in its painted shapes)."""
+    from anomalens.eval.demo import DEMO_ANOMALIES, DEMO_FRAMES, NORMAL_FRAMES
+    from anomalens.eval.synthetic import SceneSpec, write_scene
+    from anomalens.pipelines import learn_scene
+    from anomalens.pipelines.audit import index_video, screen_video
+
+    normal = write_scene(SceneSpec(n_frames=NORMAL_FRAMES, seed=1), folder / "normal")
+    test = write_scene(SceneSpec(n_frames=DEMO_FRAMES, seed=2, anomalies=DEMO_ANOMALIES), folder / "test")
+    scene = learn_scene([normal.video], objects=False, progress=False)
+    index = index_video(screen_video(scene.open(test.video), scene, progress=False), scene, every_frame=True)
+    labels = np.asarray(json.loads(test.labels.read_text())["labels"], dtype=bool)
+    return [Case(index, event, labels, []) for event in index.events]
+
+
 def run_verifier_benchmark(data: str | Path, llm=None, progress: bool = True) -> dict:
     """Learn Ped2's scene, screen its test videos, and score the verifier (with the detector and CLIP
-    grounders present here) on every detected event's true and planted claims; with ``llm``, also run the agent
-    on every tampering of every event."""
+    grounders present here) on every detected event's true and planted claims, and on the demo's synthetic
+    walkway; with ``llm``, also run the agent on every tampering of every Ped2 event."""
     from anomalens.agents.verify import grounders
     from anomalens.eval.ped2 import PED2_FPS, _videos
     from anomalens.pipelines import learn_scene
@@ -316,8 +343,9 @@ def run_verifier_benchmark(data: str | Path, llm=None, progress: bool = True) ->
 
     screened = list(cases())
     result = {"dataset": "ucsd_ped2", "grounders": perception.present, **score_cases(iter(screened), verifier_for)}
-    if llm is not None:
-        with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder:
+        result["synthetic"] = score_cases(iter(synthetic_cases(Path(folder))), Verifier)
+        if llm is not None:
             result["tampered"] = tampered_runs(screened, llm, Path(folder), progress)
     return result | {"seconds": time.perf_counter() - started}
 
