@@ -6,9 +6,9 @@ tracks at its peak frame, and a COCO class a caption of the event mentions. Each
 controlled edit of a true one (``EDITS``). The independent checker of ``eval.explanations`` (``judge``), which
 shares no code with the verifier, decides what is true: a claim built as true that it does not confirm is left
 out, and edits that pick another frame, track, zone or rule pick one where it finds the claim false (a class
-claimed of a track screening left unnamed is undecided, and not planted). The other
-edits are false by construction (a number off by 10% or more, a count off by one, a frame outside the event,
-an opposite heading, a class nobody named, a phrase no caption says, a time range shifted off the event).
+claimed of a track screening left unnamed is undecided, and not planted). The other edits are false by
+construction (a number off by 10% or more, a count off by one, a frame outside the event, an opposite heading,
+a class nobody named, a phrase no caption says, a time range shifted off the event).
 
 Catch rate: the share of planted claims the verifier does not support. Keep rate: the share of true claims it
 supports.
@@ -55,7 +55,7 @@ class Case:
     index: VideoIndex
     event: Event
     labels: np.ndarray  # per frame, True where the ground truth is anomalous
-    captions: list[str]  # per frame ("" without captions)
+    captions: list[str]  # per frame (none without captions)
 
     def __post_init__(self):
         self.book = EvidenceBook(self.index)
@@ -255,7 +255,9 @@ def score_cases(cases: Iterator[Case], verifier_for: Callable[[VideoIndex], Veri
     caught_by_kind: dict[str, list[bool]] = defaultdict(list)
     missed, verifiers = [], {}
     for case in cases:
-        verifier = verifiers.setdefault(case.index.video, verifier_for(case.index))
+        if case.index.video not in verifiers:
+            verifiers[case.index.video] = verifier_for(case.index)
+        verifier = verifiers[case.index.video]
         for claim in true_claims(case):
             kept[_subject(claim)].append(verifier.verify(claim, case.event).status == "supported")
             for name, edit in EDITS.items():
