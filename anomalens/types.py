@@ -44,6 +44,8 @@ OBJECT_QUANTITIES = {
     "aspect": "ratio",
 }
 FRAME_QUANTITIES = {"count": "count", "occupancy": "ratio", "flow_novelty": "ratio", "reconstruction": "ratio"}
+# Evidence fields that hold one entry per object (None or of length N), besides boxes, scores, labels and masks.
+OBJECT_FIELDS = ("track_ids", "class_names", "class_scores", "headings", "zones", "keypoints", "embeddings")
 
 
 def _unique(ids: list[str], what: str) -> None:
@@ -151,7 +153,7 @@ class Evidence(BaseModel):
         self.boxes = boxes
         n = len(boxes)
         lengths = {"scores": len(self.scores), "labels": len(self.labels)}
-        for name in ("track_ids", "class_names", "class_scores", "headings", "zones", "keypoints", "embeddings"):
+        for name in OBJECT_FIELDS:
             if (value := getattr(self, name)) is not None:
                 lengths[name] = len(value)
         if self.masks is not None:

@@ -40,7 +40,7 @@ from anomalens.eval.explanations import judge
 from anomalens.tools.captions import mentions
 from anomalens.tools.coco import coco
 from anomalens.tools.objects import UNKNOWN
-from anomalens.types import SECTORS, Claim, Event, Evidence, EvidenceKind
+from anomalens.types import OBJECT_FIELDS, SECTORS, Claim, Event, Evidence, EvidenceKind
 
 UNSEEN_CLASSES = ("car", "dog", "horse", "truck", "umbrella")  # a class planted where the detector named another
 INVENTED_PHRASES = ("a dog", "a fire", "a fallen tree", "a suitcase")  # planted as what a caption says
@@ -355,19 +355,16 @@ def run_verifier_benchmark(data: str | Path, llm=None, progress: bool = True) ->
 # --- tampering: the agent on evidence changed after screening -------------------------------------------------
 
 
-PER_OBJECT = ("boxes", "scores", "labels", "track_ids", "class_names", "class_scores", "headings", "zones",
-              "keypoints", "embeddings", "masks")  # fmt: skip
-
-
 def without_objects(evidence: Evidence, drop: set[int]) -> Evidence:
     """``evidence`` without the objects at indices ``drop`` (their per-object fields and measurements); its id
     stays, so what cites it still finds it."""
     keep = [i for i in range(len(evidence)) if i not in drop]
     renumber = {old: new for new, old in enumerate(keep)}
+    per_object = ("boxes", "scores", "labels", "masks", *OBJECT_FIELDS)
     update = {name: (value[keep] if isinstance(value, np.ndarray) else [value[i] for i in keep])
-              for name in PER_OBJECT if (value := getattr(evidence, name)) is not None}  # fmt: skip
+              for name in per_object if (value := getattr(evidence, name)) is not None}  # fmt: skip
     update["measurements"] = [
-        m.model_copy(update={"object_index": renumber.get(m.object_index)} if m.object_index is not None else {})
+        m.model_copy(update={"object_index": renumber[m.object_index]} if m.object_index is not None else {})
         for m in evidence.measurements
         if m.object_index is None or m.object_index in renumber
     ]

@@ -5,8 +5,8 @@ Motion finds and tracks the moving things (``tools.motion``); this module names 
 - **what it is**: the COCO detector runs only where motion found something and only when a track is due for a
   look (a few looks when it appears, then one every ``RELOOK_SECONDS``), on the region around the tracks due
   (zoomed in, so small objects get more of the detector's canvas); each blob takes the class of the best
-  detection that contains it or that it contains (a blob can merge a rider and a bicycle), and a track keeps the class its detections voted for (score-weighted), so frames between
-  looks keep their names. A blob no detection ever covered stays ``UNKNOWN``: the motion blobs are the
+  detection that contains it or that it contains (a blob can merge a rider and a bicycle), and a track keeps
+  the class its detections voted for (score-weighted), so frames between looks keep their names. A blob no detection ever covered stays ``UNKNOWN``: the motion blobs are the
   fallback;
 - **how fast for its size**: speed in body heights per second (``relative_speed``), comparable across the
   near and far ends of a view;
