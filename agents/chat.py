@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from anomalens.agents.graph import Agent, build_graph
-from anomalens.agents.index import VideoIndex
+from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.agents.llm import LLM
 from anomalens.tools.perception import Perception
 from anomalens.types import Explanation
@@ -55,6 +55,30 @@ class ChatSession:
             raise ValueError("ask a question (it was empty)")
         values = self.graph.invoke({"question": question.strip()}, self.config)
         return Explanation.model_validate(values["history"][-1]["explanation"])
+
+    def record(self, question: str, answer: Explanation) -> dict[str, Any]:
+        """One answer for scripts: its text, the query it was read as, every claim with its verdict and the
+        handles it cites, and what it cost."""
+        turn = self.history[-1]
+        book = EvidenceBook(self.index, answer.evidence)
+
+        def cites(claim) -> list[str]:
+            return [handle(ev) if (ev := book.get(i)) is not None else i for i in claim.evidence_ids]
+
+        claims = [
+            {"kind": c.kind, "text": c.text, "verdict": c.verdict.status, "reason": c.verdict.reason, "cites": cites(c)}
+            for c in answer.claims
+        ]
+        return {
+            "session": self.session,
+            "question": question,
+            "answer": answer.prose or answer.note,
+            "verified": bool(answer.supported),
+            "query": turn.get("query"),
+            "claims": claims,
+            "llm_calls": answer.llm_calls,
+            "seconds": round(answer.seconds, 3),
+        }
 
     @property
     def history(self) -> list[dict[str, Any]]:

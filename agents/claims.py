@@ -189,9 +189,41 @@ def render(claim: Claim, book: EvidenceBook) -> str:
     if claim.kind == "temporal":
         first, last = claim.frames
         return text["temporal"].format(first=first, last=last, start_s=first / index.fps, end_s=last / index.fps)
+    if claim.kind in ("tally", "appearance"):
+        return _said_of_frames(claim, index, text)
+    if claim.kind == "count":
+        return text["count"].format(**fields, things=plural(claim.term or "object", claim.value or 0))
     if claim.kind == "measurement" and f"measurement_{claim.quantity}" in text:
         return text[f"measurement_{claim.quantity}"].format(**fields)
     return text[claim.kind].format(**fields)
+
+
+def _said_of_frames(claim: Claim, index, text: dict) -> str:
+    """A tally of events or an appearance: claims about a span of frames rather than one frame."""
+    first, last = claim.frames or (0, 0)
+    span = {"first": first, "last": last, "first_s": first / index.fps, "last_s": last / index.fps}
+    n = round(claim.value)
+    if claim.kind == "tally":
+        events = "no anomalous event" if n == 0 else plural("anomalous event", n)
+        if claim.rule_id is not None:
+            rule = index.rule(claim.rule_id)
+            sentence = rule.sentence.rstrip(".") if rule is not None else "?"
+            return text["tally_rule"].format(rule_id=claim.rule_id, sentence=sentence, events=plural("event", n))
+        whole = first == 0 and last == index.frames - 1
+        return text["tally_video" if whole else "tally"].format(events=events[0].upper() + events[1:], **span)
+    key = f"appearance_{claim.seen_by}" + ("_never" if n == 0 else "")
+    return text[key].format(term=claim.term, frames=plural("frame", n), count=index.frames, **span)
+
+
+def plural(noun: str, n: float) -> str:
+    """``n`` and the noun, plural unless ``n`` is one ("1 person", "3 people", "2 bicycles")."""
+    n = round(n)
+    if n == 1:
+        return f"1 {noun}"
+    irregular = {"person": "people"}
+    *head, last = noun.split()
+    word = irregular.get(last, last if last.endswith("s") else f"{last}s")
+    return f"{n} {' '.join([*head, word])}"
 
 
 def _any_reading(evidence, quantity: str):

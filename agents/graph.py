@@ -1,8 +1,12 @@
 """The agent as an explicit LangGraph ``StateGraph``: act with tools, compose claims, verify, revise, render.
 
 One graph serves both jobs. Explaining events: ``select_event`` takes the next event from the queue and
-states its facts; chat: ``ask`` states the user's question (with the conversation so far). Then:
+states its facts. Chat: ``ask`` reads the user's question as a typed query (``agents/questions.py``: by its
+words, else by the LLM's constrained choice); a question tool answers it from the index with claims that go
+straight to ``verify`` and then ``render``; a question no tool fits goes to ``act`` with the conversation so
+far. Then:
 
+    ask --(a question tool fits)--> answer_question --> verify --> render
     act --(data tool calls)--> tools --> act
     act --(answer call)--> compose --> verify --(all supported, or rounds used up)--> render
                                         verify --(some unsupported)--> revise --> act
@@ -41,6 +45,13 @@ from anomalens.agents.digest import event_digest, event_facts, overview
 from anomalens.agents.index import EvidenceBook, VideoIndex
 from anomalens.agents.llm import LLM, Message, ToolCall
 from anomalens.agents.llm.structured import problem_summary
+from anomalens.agents.questions import (
+    Query,
+    QuestionTools,
+    choose,
+    chooser_prefix,
+    route,
+)
 from anomalens.agents.toolbox import ToolArgumentError, Toolbox
 from anomalens.agents.verify import Verifier, grounders
 from anomalens.prompts import load as load_prompts
@@ -69,7 +80,10 @@ class AgentState(TypedDict, total=False):
     llm_calls: int
     started: float
     explanations: Annotated[list[dict], operator.add]
-    history: Annotated[list[dict], operator.add]  # chat memory: question, answer prose, explanation
+    history: Annotated[list[dict], operator.add]  # chat memory: question, answer prose, explanation, query
+    query: dict  # the chat question as a typed query (agents/questions.py)
+    named_events: list[int]  # the events (numbered from 1) a question tool's answer named
+    note: str  # what a question tool knows when it has no claim to make
     evidence: Annotated[list[dict], operator.add]  # what live tools found, in the order they found it
 
 
@@ -103,10 +117,11 @@ class Agent:
         max_tool_rounds: int = MAX_TOOL_ROUNDS,
         max_tokens: int = MAX_TOKENS,
     ):
-        self.llm, self.index = llm, index
+        self.llm, self.index, self.chat = llm, index, chat
         # Live tools and grounders look at frames: only when a foundation tool is present.
         frames = FrameReader(index.video, fps=index.fps) if perception is not None and perception.present else None
         self.toolbox = Toolbox(index, chat=chat, perception=perception, frames=frames, namer=namer)
+        self.questions = QuestionTools(index, self.toolbox.namer)
         live = perception or Perception()
         self.verifier = Verifier(index, grounders(live.detector, live.clip, frames))
         self.max_steps, self.max_rounds, self.max_tokens = max_steps, max_rounds, max_tokens
@@ -116,8 +131,12 @@ class Agent:
         self.generator = f"agent ({llm.backend}:{llm.model})"
 
     def warm(self) -> None:
-        """Let the LLM precompute the prompt prefix every call shares (the system turn and the tools)."""
-        self.llm.warm([Message(role="system", content=self.system)], self.toolbox.specs, tool_choice="required")
+        """Let the LLM precompute the prompt prefix most calls share: in a chat, the choice of a question's query;
+        else the agent's system turn and tools."""
+        if self.chat:
+            self.llm.warm(chooser_prefix())
+        else:
+            self.llm.warm([Message(role="system", content=self.system)], self.toolbox.specs, tool_choice="required")
 
     def book(self, state: AgentState) -> EvidenceBook:
         """What claims may cite in this state: the index and what live tools found."""
@@ -145,14 +164,28 @@ class Agent:
         return {"queue": rest, "event_id": event_id, **self._fresh(self.text["event"].format(digest=digest))}
 
     def ask(self, state: AgentState) -> dict[str, Any]:
+        """A chat question: routed to a question tool by its words, else by the LLM's choice of query; a
+        question no tool fits goes to the agent's data tools."""
+        started = time.time()
         turns = state.get("history", [])[-HISTORY_TURNS:]
+        previous = next((t for t in reversed(turns) if t.get("query")), None)
+        query, calls = route(state["question"], self.index, previous), 0
+        if query is None:
+            query, calls = choose(self.llm, state["question"], self.index, previous)
         history = ""
         if turns:
             history = self.text["history"].format(
                 turns="\n".join(f"Q: {t['question']}\nA: {t['answer'] or '(no verified answer)'}" for t in turns)
             )
         user = self.text["question"].format(overview=overview(self.index), history=history, question=state["question"])
-        return {"event_id": None, **self._fresh(user)}
+        fresh = self._fresh(user) | {"started": started, "llm_calls": calls}
+        return {"event_id": None, "query": query.model_dump(exclude_none=True), "named_events": [], "note": "", **fresh}
+
+    def answer_question(self, state: AgentState) -> dict[str, Any]:
+        """The question tool's claims, to be verified like an agent's answer."""
+        answered = self.questions.answer(Query(**state["query"]), self.book(state), state["question"])
+        claims = [c.model_copy(update={"id": f"c{k}"}).model_dump() for k, c in enumerate(answered.claims, 1)]
+        return {"claims": claims, "named_events": answered.events, "note": answered.note}
 
     # --- the loop ------------------------------------------------------------------------------------
 
@@ -270,6 +303,7 @@ class Agent:
         cited = {i for c in claims + first_draft for i in c.evidence_ids}
         explanation = Explanation(
             event_id=state.get("event_id") or f"question-{len(state.get('history', [])) + 1}",
+            note=state.get("note", "") if state.get("question") else "",
             generator=self.generator,
             claims=claims,
             first_draft=first_draft,
@@ -280,8 +314,8 @@ class Agent:
         )
         if not state.get("question"):
             return {"explanations": [explanation.model_dump(mode="json")]}
-        turn = {"question": state["question"], "answer": explanation.prose}
-        turn["explanation"] = explanation.model_dump(mode="json")
+        turn = {"question": state["question"], "answer": explanation.prose or explanation.note, "query": state["query"]}
+        turn |= {"events": state.get("named_events", []), "explanation": explanation.model_dump(mode="json")}
         return {"history": [turn], "question": None}
 
     def _missing_facts(self, claims: list[Claim], event: Event, book: EvidenceBook) -> list[Claim]:
@@ -320,7 +354,13 @@ class Agent:
     def after_tools(self, state: AgentState) -> str:
         return "act" if state["steps"] < self.max_steps else "give_up"
 
+    @staticmethod
+    def after_ask(state: AgentState) -> str:
+        return "act" if state["query"]["kind"] == "other" else "answer_question"
+
     def after_verify(self, state: AgentState) -> str:
+        if _answered_by_tool(state):  # its claims come from the index: nothing for the LLM to revise
+            return "render"
         unsupported = any(c["verdict"]["status"] != "supported" for c in state["claims"])
         if unsupported and state["rounds"] < self.max_rounds and state["steps"] < self.max_steps:
             return "revise"
@@ -329,6 +369,10 @@ class Agent:
     @staticmethod
     def next_event(state: AgentState) -> str:
         return "select_event" if state.get("queue") else "end"
+
+
+def _answered_by_tool(state: AgentState) -> bool:
+    return bool(state.get("question")) and state.get("query", {}).get("kind", "other") != "other"
 
 
 def _distinct(claims: list[Claim]) -> list[Claim]:
@@ -350,6 +394,7 @@ def build_graph(agent: Agent, checkpointer: Any = None):
     for name, node in (
         ("select_event", agent.select_event),
         ("ask", agent.ask),
+        ("answer_question", agent.answer_question),
         ("act", agent.act),
         ("tools", agent.run_tools),
         ("compose", agent.compose),
@@ -361,7 +406,8 @@ def build_graph(agent: Agent, checkpointer: Any = None):
         graph.add_node(name, node)
     graph.add_conditional_edges(START, agent.start_route, ["ask", "select_event"])
     graph.add_edge("select_event", "act")
-    graph.add_edge("ask", "act")
+    graph.add_conditional_edges("ask", agent.after_ask, ["act", "answer_question"])
+    graph.add_edge("answer_question", "verify")
     graph.add_conditional_edges("act", agent.after_act, ["compose", "tools", "act", "give_up"])
     graph.add_conditional_edges("tools", agent.after_tools, ["act", "give_up"])
     graph.add_conditional_edges("compose", agent.after_compose, ["verify", "act", "give_up"])

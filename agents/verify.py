@@ -8,13 +8,16 @@ the evidence, never against display labels:
 - ``rule``: the rule exists and a cited frame records it broken (by ``track_id``, when given);
 - ``measurement``: the quantity is read back from the cited evidence (converted to the claimed unit) and must
   agree within ``tolerance``;
-- ``count``: the number of objects in the cited frame;
+- ``count``: the number of objects (of the claimed class, when it names one) in the cited frame;
 - ``object``: the term is the cited object's class (``class_names``), or, for a claim about the frame rather
   than one object, a cited caption mentions it; else a grounder (detector, CLIP) looks at the frame again;
 - ``attribute``: the heading is the one the cited frame recorded for the track (``headings``);
 - ``spatial``: the zone is the one recorded for the track (``zones``); a relation is recomputed from the boxes;
 - ``temporal`` (anomalous activity during a frame range): the range overlaps an event (lies inside the event
   being explained, if any) and holds every cited frame;
+- ``tally`` (how many events in a frame range, breaking a rule when it names one): counted in the index;
+- ``appearance`` (in how many frames a class, caption words or an activity was seen, first and last): the
+  sightings are read again from the whole index, and the first of them must be cited;
 - ``other``: nothing can check it, so it is ``unverifiable`` and never said.
 
 A claim that fails is told, where it helps, which of the event's frames would support it, so a revision can
@@ -30,9 +33,9 @@ from typing import Protocol
 import numpy as np
 
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
+from anomalens.agents.sightings import activities, same_class, sighted_frames
 from anomalens.geometry import box_iou
 from anomalens.tools.captions import mentions
-from anomalens.tools.coco import coco_class
 from anomalens.tools.objects import UNKNOWN
 from anomalens.tools.protocols import Detector, TextScorer
 from anomalens.types import Claim, Event, Evidence, Verdict
@@ -47,7 +50,6 @@ GROUND_BOX_THRESHOLD = 0.35  # Grounding DINO's published box threshold
 GROUND_MIN_IOU = 0.3  # a detection re-finds a claimed object when it overlaps the object's box this much
 CLIP_DECISIVE = 0.6  # CLIP confirms a term at >= 0.6 probability against a neutral text, refutes at <= 0.4
 CLIP_NEUTRAL = "a photo of something else"
-_ARTICLES = {"a", "an", "the", "photo", "of"}
 
 
 class Grounder(Protocol):
@@ -102,15 +104,6 @@ def grounders(detector: Detector | None, clip: TextScorer | None, frames: Callab
     if clip is not None:
         found.append(ClipGrounder(clip, frames))
     return found
-
-
-def same_class(term: str, class_name: str) -> bool:
-    """Whether a claimed term names the class: the same words (``"bicycles"``, ``"a bicycle"``) or the same COCO
-    class (``"pedestrian"`` and ``"person"``)."""
-    bare = " ".join(w for w in class_name.lower().split() if w not in _ARTICLES)
-    if bare and mentions(bare, term) and mentions(term, bare):
-        return True
-    return (known := coco_class(class_name)) is not None and coco_class(term) == known
 
 
 def _supported(reason: str) -> Verdict:
@@ -232,10 +225,50 @@ class Verifier:
             return _unsupported("a count claim needs a value")
         if not frames:
             return _unsupported("a count claim must cite a frame's measured objects (F<frame>), not a caption")
+        what = f"{claim.term} objects" if claim.term else "objects"
+        counted = []
         for evidence in frames:
-            if round(claim.value) == len(evidence):
-                return _supported(f"{len(evidence)} objects at frame {evidence.frame_index}")
-        return _unsupported(f"frame {frames[0].frame_index} has {len(frames[0])} objects, not {claim.value:g}")
+            if claim.term is None:
+                n = len(evidence)
+            elif evidence.class_names is None:
+                return _unsupported(f"frame {evidence.frame_index} names no objects: claim the count without term")
+            else:
+                n = sum(c != UNKNOWN and same_class(claim.term, c) for c in evidence.class_names)
+            if round(claim.value) == n:
+                return _supported(f"{n} {what} at frame {evidence.frame_index}")
+            counted.append(n)
+        return _unsupported(f"frame {frames[0].frame_index} has {counted[0]} {what}, not {claim.value:g}")
+
+    def _tally(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
+        if claim.frames is None or claim.value is None:
+            return _unsupported("a tally claim needs frames [first, last] and a value (the number of events)")
+        if claim.rule_id is not None and self.index.rule(claim.rule_id) is None:
+            return _unsupported(f"there is no rule {claim.rule_id}")
+        first, last = claim.frames
+        counted = [
+            e for e in self.index.events
+            if e.start_frame <= last and first <= e.end_frame and (claim.rule_id is None or claim.rule_id in e.rule_ids)
+        ]
+        what = f"events breaking {claim.rule_id}" if claim.rule_id else "events"
+        if round(claim.value) != len(counted):
+            return _unsupported(f"frames {first}-{last} hold {len(counted)} {what}, not {claim.value:g}")
+        return _supported(f"frames {first}-{last} hold {len(counted)} {what}")
+
+    def _appearance(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
+        if not claim.term or claim.seen_by is None or claim.value is None:
+            return _unsupported("an appearance claim needs a term, what saw it (seen_by) and a value (frames)")
+        if claim.seen_by == "activity" and claim.term not in activities():
+            return _unsupported(f"{claim.term!r} is not an activity (activities: {', '.join(activities())})")
+        seen = sighted_frames(self.index, claim.term, claim.seen_by)
+        if round(claim.value) != len(seen):
+            return _unsupported(f"{claim.term!r} was seen in {len(seen)} frames, not {claim.value:g}")
+        if not seen:
+            return _supported(f"no frame shows {claim.term!r}")
+        if claim.frames != (seen[0], seen[-1]):
+            return _unsupported(f"{claim.term!r} was first seen at frame {seen[0]} and last at {seen[-1]}")
+        if not any(ev.frame_index == seen[0] for ev in cited):
+            return _unsupported(f"cite frame {seen[0]}, where {claim.term!r} was first seen")
+        return _supported(f"{claim.term!r} seen in {len(seen)} frames, {seen[0]}-{seen[-1]}")
 
     def _objects(self, claim: Claim, evidence: Evidence) -> list[int]:
         """The cited objects of ``evidence``: the claim's track, or every object when it names none."""

@@ -227,11 +227,32 @@ def chat(
         Optional[Path], typer.Option(help="replayed captions: a text file (line k = frame k) or JSONL")
     ] = None,
     fps: Annotated[Optional[float], typer.Option(help="frame rate of a frame folder")] = None,
+    ask: Annotated[
+        Optional[list[str]], typer.Option("--ask", help="ask this and exit (repeatable; no prompt is read)")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="with --ask: print each answer as JSON (claims, verdicts, handles, timing)")
+    ] = False,
 ) -> None:
     """Ask questions about a video; answers cite frames and are verified. Sessions persist (--session ID)."""
     from anomalens.pipelines import chat as open_chat
 
-    talk = open_chat(video, scene=scene_dir, captions=captions, session=session, fps=fps)
+    if as_json and not ask:
+        raise AnomalensError("--json needs --ask: it prints the answers to the questions given there")
+    if ask and not all(question.strip() for question in ask):
+        raise AnomalensError("--ask: a question is empty")
+    talk = open_chat(video, scene=scene_dir, captions=captions, session=session, fps=fps, progress=not as_json)
+    if ask:
+        import json
+
+        for question in ask:
+            answer = talk.ask(question)
+            if as_json:
+                out.print(json.dumps(talk.record(question, answer)), highlight=False, soft_wrap=True)
+            else:
+                out.print(f"> {question}\n{_said(answer)}", highlight=False)
+        talk.close()
+        return
     index, llm = talk.index, talk.agent.llm
     console.print(
         f"session {talk.session} ({len(talk.history)} earlier turns) · {index.video}: {index.frames} frames,"
@@ -249,11 +270,15 @@ def chat(
         if not question.strip():
             break
         answer = talk.ask(question)
-        out.print(answer.prose or "I found no evidence I could verify for an answer.", highlight=False)
+        out.print(_said(answer), highlight=False)
         dropped = len(answer.claims) - len(answer.supported)
         if dropped:
             console.print(f"({dropped} claim(s) failed verification and were left out)", highlight=False)
     talk.close()
+
+
+def _said(answer) -> str:
+    return answer.prose or answer.note or "I found no evidence I could verify for an answer."
 
 
 @app.command()
@@ -365,6 +390,26 @@ def eval_verifier(
     settings = load_settings()
     llm = open_llm(settings=settings) if tamper else None
     _emit(run_verifier_benchmark(data or settings.data_dir, llm), json_path)
+
+
+@eval_app.command("chat")
+def eval_chat(
+    data: Annotated[
+        Optional[Path], typer.Option(help="the shared data folder (ucsd_ped2/, vlm_captions/) [default: DATA_DIR]")
+    ] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+) -> None:
+    """Ask the chat (the configured LLM) questions with known answers about synthetic clips and Ped2's test
+    videos: per question type, how many it answers correctly with verified claims, wrongly, or declines."""
+    from anomalens.agents.llm import open_llm
+    from anomalens.config import load_settings
+    from anomalens.eval.chat import run_chat_benchmark
+    from anomalens.pipelines.captions import sentence_embedder
+    from anomalens.tools.coco import ClassNamer
+
+    settings = load_settings()
+    namer = ClassNamer(sentence_embedder(settings))
+    _emit(run_chat_benchmark(data or settings.data_dir, open_llm(settings=settings), namer=namer), json_path)
 
 
 @eval_app.command("captions")

@@ -390,7 +390,11 @@ class Verdict(BaseModel):
     reason: str = ""
 
 
-ClaimKind = Literal["object", "attribute", "count", "measurement", "spatial", "temporal", "rule", "other"]
+ClaimKind = Literal[
+    "object", "attribute", "count", "measurement", "spatial", "temporal", "rule", "tally", "appearance", "other"
+]
+# What an ``appearance`` claim's term was seen by: a detector class, a caption's words, or rules of a kind broken.
+SeenBy = Literal["class", "caption", "activity"]
 Relation = Literal["left_of", "right_of", "above", "below"]
 
 
@@ -398,8 +402,10 @@ class Claim(BaseModel):
     """One checkable statement; it must cite at least one evidence id.
 
     Which fields a claim of each kind fills is described once, for the LLM and for people, in
-    ``prompts/claims.yaml`` (``kinds``). ``text`` is rendered from the checked fields, so it never says more
-    than what was checked.
+    ``prompts/claims.yaml`` (``kinds``); ``tally`` (events in ``frames``, breaking ``rule_id`` when given: ``value``)
+    and ``appearance`` (``term`` seen by ``seen_by`` in ``value`` frames, first and last in ``frames``) are made
+    by the chat's question tools (``agents/questions.py``), not drafted by the LLM. ``text`` is rendered from the
+    checked fields, so it never says more than what was checked.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -418,6 +424,7 @@ class Claim(BaseModel):
     relation: Relation | None = None
     other_track_id: int | None = None
     frames: tuple[int, int] | None = None
+    seen_by: SeenBy | None = None
     verdict: Verdict | None = None
     from_facts: bool = False  # added from the event's facts: the answer left out this class of fact
 
@@ -434,6 +441,7 @@ class Explanation(BaseModel):
     claims: list[Claim]  # the final claims with their verdicts; only supported ones are said
     first_draft: list[Claim] = Field(default_factory=list)  # the first draft with its verdicts, before revision
     evidence: list[Evidence] = Field(default_factory=list)
+    note: str = ""  # a chat answer with no claim to make: what is known instead ("there is no event 4")
     rounds: int = 0  # revision rounds the verifier asked for
     llm_calls: int = 0
     seconds: float = 0.0

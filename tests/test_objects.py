@@ -136,7 +136,7 @@ def test_the_detector_runs_only_when_something_moves_and_its_class_stays_with_th
     assert tagger.tag(frame(6, True), young) is None and len(detector.regions) == 2  # too young to look at
 
 
-def test_a_blob_merging_a_rider_and_a_bicycle_takes_the_class_of_the_best_detection_it_holds():
+def test_a_blob_merging_a_rider_and_a_bicycle_is_named_by_the_bicycle_a_lone_rider_by_the_best_detection():
     class Rider:  # a person on a bicycle, and a skateboard elsewhere: boxes in the region given (the whole frame)
         def detect(self, image, prompts, box_threshold=0.3, frame_index=None):
             boxes = np.array([[60, 20, 90, 80], [50, 60, 110, 100], [0, 0, 10, 10]], float)
@@ -145,10 +145,11 @@ def test_a_blob_merging_a_rider_and_a_bicycle_takes_the_class_of_the_best_detect
                             boxes=boxes, scores=np.array([0.55, 0.4, 0.9]), labels=names, class_names=names)  # fmt: skip
 
     tagger = ObjectTagger(Rider(), None, fps=10, every=1)
-    # the merged blob holds both detections (neither holds half of it); the small blob lies inside the person's box
+    # the merged blob holds both detections (neither holds half of it): the person scores higher, but what moves is
+    # a cyclist; the small blob lies inside the person's box alone
     facts = Facts([[40, 20, 120, 100], [62, 30, 70, 50], [130, 100, 150, 118]], [1, 2, 3])
     tagger.tag(frame(0, True), facts)
-    assert [o["class"] for o in facts.objects] == ["person", "person", UNKNOWN]
+    assert [o["class"] for o in facts.objects] == ["bicycle", "person", UNKNOWN]
 
 
 def test_settled_tracks_are_looked_at_again_only_every_relook_seconds_all_on_the_same_frames():

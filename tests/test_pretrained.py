@@ -271,7 +271,8 @@ def test_words_name_coco_classes():
 
 @pytest.mark.slow
 def test_the_real_detector_is_the_agents_and_the_verifiers_when_no_open_vocabulary_one_is_here(shared_data, tmp_path):
-    from anomalens.agents.verify import DetectorGrounder, same_class
+    from anomalens.agents.sightings import same_class
+    from anomalens.agents.verify import DetectorGrounder
     from anomalens.config import load_settings
     from anomalens.tools.perception import Perception
 

@@ -28,6 +28,9 @@ from anomalens.video import Frame
 
 UNKNOWN = "object"  # a moving thing no detection named
 CONTAINED = 0.5  # a blob and a detection match when at least half of either lies inside the other
+# What a person rides: a blob holding a person and one of these moves as the ridden thing (a cyclist is named by
+# its bicycle, which is what sets it apart from the walkers around it; the rider's box usually scores higher).
+RIDDEN = frozenset({"bicycle", "motorcycle", "skateboard", "horse"})
 REGION_MARGIN = 0.5  # the detector's region: the moving things' bounding box, grown by half its size
 MIN_REGION = 96  # analysis px: smaller regions are grown to this side (context for the detector)
 MIN_CROP = 8  # analysis px: blobs smaller than this on either side are noise, not embedded
@@ -229,4 +232,7 @@ class ObjectTagger:
             candidates = np.flatnonzero(matched[i])
             if len(candidates):
                 best = candidates[np.argmax(found.scores[candidates])]
+                ridden = [c for c in candidates if found.class_names[c] in RIDDEN]
+                if ridden and found.class_names[best] == "person":
+                    best = ridden[int(np.argmax(found.scores[ridden]))]
                 self._votes[track_id][found.class_names[best]] += float(found.scores[best])

@@ -13,7 +13,13 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from anomalens.agents.llm.base import LLM, ChatResult, Message, extract_json, with_system
+from anomalens.agents.llm.base import (
+    LLM,
+    ChatResult,
+    Message,
+    extract_json,
+    with_system,
+)
 from anomalens.errors import LLMError
 from anomalens.prompts import load as load_prompts
 
@@ -47,10 +53,7 @@ def ask_structured(
         raise ValueError("attempts must be at least 1")
     schema = model.model_json_schema()
     text = load_prompts("llm")
-    # The format goes in the system turn, before the question: calls that share it then share a prompt
-    # prefix, which llama.cpp and vLLM reuse instead of recomputing.
-    instruction = text["json_reply"].format(schema=json.dumps(schema))
-    conversation = with_system(messages, instruction)
+    conversation = structured_messages(messages, model)
     results: list[ChatResult] = []
     error = ""
     for attempt in range(1, attempts + 1):
@@ -67,6 +70,13 @@ def ask_structured(
     raise LLMError(
         f"{llm.backend}:{llm.model} gave no valid {model.__name__} in {attempts} attempt(s); last error: {error}"
     )
+
+
+def structured_messages(messages: list[Message], model: type[BaseModel]) -> list[Message]:
+    """``messages`` as ``ask_structured`` sends them: the reply format goes in the system turn, before the
+    question, so calls that share it share a prompt prefix, which llama.cpp and vLLM reuse (``LLM.warm``)."""
+    instruction = load_prompts("llm")["json_reply"].format(schema=json.dumps(model.model_json_schema()))
+    return with_system(messages, instruction)
 
 
 def problem_summary(problem: ValueError, whole: str = "reply", limit: int = 5) -> str:
