@@ -49,14 +49,23 @@ def demo(
     out.print(f"report: {result.report_html}\njson:   {result.report_json}")
 
 
+def _positive(value: float | None) -> float | None:
+    """A frame rate option's check: click prints it as one usage error (exit code 2)."""
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"{value:g} frames a second: give a rate above 0")
+    return value
+
+
 @app.command("induce-rules")
 def induce_rules(
     normal: Annotated[list[Path], typer.Argument(help="normal videos or frame folders of one camera view")],
     out_dir: Annotated[Path, typer.Option("--out", help="scene folder to write (scene.json, motion.npz, rules.yaml)")],
     max_side: Annotated[
-        Optional[int], typer.Option(help="longest side of the analysis resolution, px [default: settings, 640]")
+        Optional[int], typer.Option(min=16, help="longest side of the analysis resolution, px [default: settings, 640]")
     ] = None,
-    fps: Annotated[Optional[float], typer.Option(help="frame rate of frame folders (videos report their own)")] = None,
+    fps: Annotated[
+        Optional[float], typer.Option(callback=_positive, help="frame rate of frame folders (videos report their own)")
+    ] = None,
     objects: Annotated[
         Optional[bool],
         typer.Option(help="name the moving objects (COCO detector), learn their look [default: settings, on]"),
@@ -86,7 +95,9 @@ def audit(
     video: Annotated[Path, typer.Argument(help="video, frame folder or image to audit")],
     scene_dir: Annotated[Path, typer.Option("--scene", help="scene folder written by induce-rules")],
     out_dir: Annotated[Path, typer.Option("--out", help="folder for report.json and report.html")],
-    fps: Annotated[Optional[float], typer.Option(help="frame rate of a frame folder (default: the scene's)")] = None,
+    fps: Annotated[
+        Optional[float], typer.Option(callback=_positive, help="frame rate of a frame folder (default: the scene's)")
+    ] = None,
     explainer: Annotated[Optional[str], typer.Option(help=EXPLAINER_HELP)] = None,
     captions: Annotated[
         Optional[Path], typer.Option(help="replayed captions for the agent: a text file (line k = frame k) or JSONL")
@@ -116,7 +127,7 @@ def explain(
     prompt: Annotated[
         Optional[list[str]], typer.Option(help="what the detector looks for in images, repeatable [default: defects]")
     ] = None,
-    fps: Annotated[Optional[float], typer.Option(help="frame rate of a frame folder")] = None,
+    fps: Annotated[Optional[float], typer.Option(callback=_positive, help="frame rate of a frame folder")] = None,
     explainer: Annotated[Optional[str], typer.Option(help=EXPLAINER_HELP)] = None,
 ) -> None:
     """Find and explain anomalies with no scene model: foundation tools when their weights are present, else
@@ -179,7 +190,7 @@ def reason_captions(
         list[Path], typer.Argument(help="caption files, one per video: text (line k = frame k) or JSONL")
     ],
     rules: Annotated[Path, typer.Option(help="caption rules: rule text (.txt, numbered items under headings) or YAML")],
-    fps: Annotated[float, typer.Option(help="frame rate of the captioned videos")] = 25.0,
+    fps: Annotated[float, typer.Option(callback=_positive, help="frame rate of the captioned videos")] = 25.0,
     threshold: Annotated[
         Optional[float], typer.Option(help="smoothed score above which a frame is anomalous (default 0.10)")
     ] = None,
@@ -226,7 +237,7 @@ def chat(
     captions: Annotated[
         Optional[Path], typer.Option(help="replayed captions: a text file (line k = frame k) or JSONL")
     ] = None,
-    fps: Annotated[Optional[float], typer.Option(help="frame rate of a frame folder")] = None,
+    fps: Annotated[Optional[float], typer.Option(callback=_positive, help="frame rate of a frame folder")] = None,
     ask: Annotated[
         Optional[list[str]], typer.Option("--ask", help="ask this and exit (repeatable; no prompt is read)")
     ] = None,
@@ -287,7 +298,7 @@ def synth(
     anomaly: Annotated[
         Optional[list[str]], typer.Option(help="KIND@FRAME, repeatable, e.g. cyclist@40 (kinds: see below)")
     ] = None,
-    frames: Annotated[int, typer.Option(help="number of frames")] = 300,
+    frames: Annotated[int, typer.Option(min=1, help="number of frames")] = 300,
     seed: Annotated[int, typer.Option(help="seed of the people and noise")] = 0,
     camera_seed: Annotated[int, typer.Option(help="seed of the place; equal seeds show the same place")] = 0,
     as_frames: Annotated[bool, typer.Option("--as-frames", help="write PNG frames instead of video.avi")] = False,

@@ -13,10 +13,11 @@ from anomalens.types import Event
 def smooth(scores: np.ndarray, width: int) -> np.ndarray:
     """Centred moving average over ``width`` frames (odd; edges use the frames that exist)."""
     scores = np.asarray(scores, dtype=np.float64)
-    if width <= 1 or scores.size == 0:
-        return scores.copy()
-    if width % 2 == 0:
+    if width > 1 and width % 2 == 0:
         raise ValueError(f"smoothing width must be odd, got {width}")
+    width = min(width, scores.size - (scores.size % 2 == 0))  # a clip shorter than the window: all of it
+    if width <= 1:
+        return scores.copy()
     kernel = np.ones(width)
     total = np.convolve(scores, kernel, mode="same")
     count = np.convolve(np.ones_like(scores), kernel, mode="same")

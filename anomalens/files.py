@@ -10,6 +10,19 @@ from pathlib import Path
 from anomalens.errors import ConfigError
 
 
+def read_text(path: Path, what: str) -> str:
+    """The text of a file a user gave (``what`` it should be, for the error): a missing file, a folder or bytes
+    that are not UTF-8 get one clear line naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a {what}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a {what}: not UTF-8 text (byte {error.start})") from None
+
+
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Write via a temporary file in the same folder, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

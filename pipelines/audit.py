@@ -22,6 +22,7 @@ from anomalens.pipelines.describe import Describer
 from anomalens.progress import say
 from anomalens.report import GroundTruth, Report, compact_map, write_report
 from anomalens.rules.captions import EVERYDAY
+from anomalens.tools.captions import ReplayedCaptions
 from anomalens.tools.perception import AGENT_KINDS, Perception, object_tools
 from anomalens.tools.protocols import Cue
 from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
@@ -179,16 +180,19 @@ def audit(
     if caption_rules is not None and captions is None:
         raise AnomalensError("caption rules screen the video's captions: give them with --captions FILE")
     scene = scene if isinstance(scene, Scene) else Scene.load(scene)
-    # Opened before the LLM loads: bad input fails fast.
+    # Opened and read before the LLM loads and screening starts: bad input fails fast.
     source = video if isinstance(video, FrameSource) else scene.open(video, fps=fps)
+    replayed = ReplayedCaptions.load(captions, source.fps) if captions is not None else None
+    if caption_rules is not None:
+        from anomalens.pipelines.captions import caption_rulebook, open_caption_cue
+
+        read_caption_rules = caption_rulebook(caption_rules)
     who = f"agent ({llm.backend}:{llm.model})" if llm is not None else None
     if llm is None:
         llm, who = open_explainer(explainer)
     say(f"explanations: {who}", progress)
     if caption_rules is not None:
-        from anomalens.pipelines.captions import open_caption_cue
-
-        cues = [*cues, open_caption_cue(captions, caption_rules, source.fps, llm, progress=progress)]
+        cues = [*cues, open_caption_cue(replayed, read_caption_rules, llm, progress=progress)]
     if llm is not None and perception is None:
         perception = foundation_tools(progress)
     screened = screen_video(source, scene, cues=cues, self_referenced=self_referenced, progress=progress)

@@ -210,11 +210,10 @@ def sentence_embedder(settings: Settings | None = None) -> SentenceEmbedder:
 
 
 def open_caption_cue(
-    captions: str | Path, rules: str | Path, fps: float, llm: LLM | None, progress: bool = True
+    captions: ReplayedCaptions, rules: Rulebook, llm: LLM | None, progress: bool = True
 ) -> CaptionCue:
-    """A video's captions read against caption rules (a file), ready to fuse into screening."""
-    scorer = CaptionScorer(caption_rulebook(rules), sentence_embedder())
-    return caption_cue(ReplayedCaptions.load(captions, fps), scorer, llm, progress=progress)
+    """A video's captions read against caption rules, ready to fuse into screening."""
+    return caption_cue(captions, CaptionScorer(rules, sentence_embedder()), llm, progress=progress)
 
 
 @dataclass(frozen=True)

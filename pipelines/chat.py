@@ -18,6 +18,7 @@ from anomalens.errors import MediaError
 from anomalens.pipelines.audit import foundation_tools, index_video, screen_video
 from anomalens.pipelines.captions import sentence_embedder
 from anomalens.pipelines.scene import self_referenced_scene
+from anomalens.tools.captions import ReplayedCaptions
 from anomalens.tools.coco import ClassNamer
 from anomalens.tools.scene import Scene
 
@@ -46,6 +47,8 @@ def video_index(
     cached = Path(cache_dir) / f"index-{key.hexdigest()[:16]}.json"
     if cached.is_file():
         return VideoIndex.load(cached)
+    if captions:
+        ReplayedCaptions.load(captions)  # read before screening: a bad caption file fails fast
     if scene_dir:
         scene = Scene.load(scene_dir)
     else:

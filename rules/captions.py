@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from anomalens.errors import ConfigError
+from anomalens.files import read_text
 from anomalens.types import Predicate, Rule, Rulebook
 
 _ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.*\S)\s*$")
@@ -85,11 +86,7 @@ def parse_rule_text(text: str, source: str = "rules") -> Rulebook:
 
 def load_rule_text(path: str | Path) -> Rulebook:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: rule text not found") from None
-    return parse_rule_text(text, str(path))
+    return parse_rule_text(read_text(path, "rule text"), str(path))
 
 
 EVERYDAY = "everyday-"  # the id prefix of the priors the everyday anomalies give a scene with no normal footage

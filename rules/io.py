@@ -8,7 +8,7 @@ import yaml
 from pydantic import ValidationError
 
 from anomalens.errors import ConfigError
-from anomalens.files import atomic_write
+from anomalens.files import atomic_write, read_text
 from anomalens.types import Rulebook
 
 HEADER = """\
@@ -61,10 +61,7 @@ def _upgrade(data: dict) -> dict:
 def load_rulebook(path: str | Path) -> Rulebook:
     """Read a rulebook; malformed YAML or fields raise ``ConfigError`` naming file, line and field."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: rulebook not found") from None
+    text = read_text(path, "rulebook")
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:

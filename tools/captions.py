@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from anomalens.errors import AnomalensError
+from anomalens.files import read_text
 from anomalens.types import Evidence, EvidenceKind, Source
 
 
@@ -31,9 +32,7 @@ class ReplayedCaptions:
     @classmethod
     def load(cls, path: str | Path, fps: float | None = None) -> ReplayedCaptions:
         path = Path(path)
-        if not path.is_file():
-            raise AnomalensError(f"{path}: caption file not found")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text(path, "caption file").splitlines()
         if path.suffix == ".jsonl":
             captions = {}
             for number, line in enumerate(lines, 1):

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,25 +84,37 @@ class Scene:
         meta_path = folder / "scene.json"
         if not meta_path.is_file():
             raise ConfigError(f"{folder}: not a scene folder (no scene.json); create one with `anomalens induce-rules`")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("version") != SCENE_VERSION:
-            raise ConfigError(
-                f"{meta_path}: scene version {meta.get('version')}, this anomalens reads {SCENE_VERSION}: learn the "
-                "scene again with `anomalens induce-rules`"
-            )
-        with np.load(folder / "motion.npz") as npz:
-            state = dict(npz)
-        return cls(
-            model=MotionModel.from_state(state),
-            reconstruction=FlowPatchPCA.from_state(state),
-            rulebook=load_rulebook(folder / "rules.yaml"),
-            analysis_size=tuple(meta["analysis_size"]),
-            max_side=meta["max_side"],
-            fps=float(meta["fps"]),
-            sources=list(meta["sources"]),
-            objects=dict(meta["objects"]),
-            appearance=Appearance.from_state(state),
-        )
+        again = "learn the scene again with `anomalens induce-rules`"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"{meta_path}: damaged, not JSON ({error}); {again}") from None
+        if not isinstance(meta, dict) or meta.get("version") != SCENE_VERSION:
+            found = meta.get("version") if isinstance(meta, dict) else None
+            raise ConfigError(f"{meta_path}: scene version {found}, this anomalens reads {SCENE_VERSION}: {again}")
+        state_path = folder / "motion.npz"
+        try:
+            with np.load(state_path) as npz:
+                state = dict(npz)
+            learned = {
+                "model": MotionModel.from_state(state),
+                "reconstruction": FlowPatchPCA.from_state(state),
+                "appearance": Appearance.from_state(state),
+            }
+            described = {
+                "analysis_size": tuple(meta["analysis_size"]),
+                "max_side": meta["max_side"],
+                "fps": float(meta["fps"]),
+                "sources": list(meta["sources"]),
+                "objects": dict(meta["objects"]),
+            }
+        except FileNotFoundError:
+            raise ConfigError(f"{state_path}: missing; {again}") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # a truncated or altered file
+            raise ConfigError(f"{state_path}: damaged ({error}); {again}") from None
+        except KeyError as error:
+            raise ConfigError(f"{folder}: the scene lacks {error}; {again}") from None
+        return cls(rulebook=load_rulebook(folder / "rules.yaml"), **learned, **described)
 
     @classmethod
     def learn(
