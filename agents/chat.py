@@ -7,23 +7,42 @@ step of the graph, so a session resumes after a restart, or a crash, with nothin
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from anomalens.agents.graph import Agent, build_graph
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.agents.llm import LLM
+from anomalens.errors import ConfigError
 from anomalens.tools.perception import Perception
 from anomalens.types import Explanation
 
 RECURSION_LIMIT = 60  # graph steps per question: far above what the step budget allows
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class _Unlocked:
+    """An in-memory session: no other process can open it."""
+
+    def release(self) -> None:
+        pass
 
 
 def new_session_id() -> str:
     return uuid.uuid4().hex[:8]
+
+
+def checked_session_id(session: str) -> str:
+    """``session`` if it can be a session id (it names a lock file: nothing that reads as a path)."""
+    if not SESSION_ID.fullmatch(session):
+        raise ConfigError(f"session {session!r}: letters, digits, '_' and '-' only, at most 64")
+    return session
 
 
 class ChatSession:
@@ -42,13 +61,47 @@ class ChatSession:
         from langgraph.checkpoint.sqlite import SqliteSaver
 
         self.index = index
-        self.session = session or new_session_id()
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-        self._connection = sqlite3.connect(str(database), check_same_thread=False)
+        self.session = checked_session_id(session) if session else new_session_id()
+        self._lock = self._only_open_here(database)
+        try:
+            self._connection = sqlite3.connect(str(database), check_same_thread=False)
+            about = self._video_of_session()
+        except (OSError, sqlite3.Error) as error:
+            self._lock.release()
+            raise ConfigError(
+                f"{database}: cannot keep chat sessions there ({error}); move it aside or set ANOMALENS_CHAT_DIR"
+            ) from None
+        if about != index.video:  # resumed on another video, it would show that video's turns as history
+            self.close()
+            raise ConfigError(f"session {self.session} is about {about}, not {index.video}: start a new session")
         self.agent = Agent(llm, index, chat=True, perception=perception, namer=namer)
         self.agent.warm()
         self.graph = build_graph(self.agent, SqliteSaver(self._connection))
         self.config = {"configurable": {"thread_id": self.session}, "recursion_limit": RECURSION_LIMIT}
+
+    def _only_open_here(self, database: str | Path) -> FileLock | _Unlocked:
+        """One process at a time per session: two writing it would each keep only their own turns."""
+        if str(database) == ":memory:":
+            return _Unlocked()
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(Path(database).parent / f".session-{self.session}.lock")
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise ConfigError(
+                f"session {self.session} is open in another chat: end that one, or start a new session"
+            ) from None
+        except OSError as error:
+            raise ConfigError(f"{Path(database).parent}: cannot keep chat sessions there ({error.strerror})") from None
+        return lock
+
+    def _video_of_session(self) -> str:
+        """The video this session is about (recorded at its first opening)."""
+        with self._connection:
+            db = self._connection
+            db.execute("CREATE TABLE IF NOT EXISTS anomalens_sessions (id TEXT PRIMARY KEY, video TEXT)")
+            db.execute("INSERT OR IGNORE INTO anomalens_sessions VALUES (?, ?)", (self.session, self.index.video))
+            return db.execute("SELECT video FROM anomalens_sessions WHERE id = ?", (self.session,)).fetchone()[0]
 
     def ask(self, question: str) -> Explanation:
         if not question.strip():
@@ -87,3 +140,4 @@ class ChatSession:
 
     def close(self) -> None:
         self._connection.close()
+        self._lock.release()

@@ -36,6 +36,9 @@ class Settings(BaseModel):
     )
     llm_base_url: str | None = Field(default=None, description="base URL of an OpenAI-compatible server")
     llm_api_key: str | None = Field(default=None, description="API key of that server (local servers need none)")
+    llm_timeout: float = Field(
+        default=60.0, gt=0, description="seconds a server's LLM call may take before it fails (it is not retried)"
+    )
     captioner_base_url: str | None = Field(
         default=None, description="base URL of an OpenAI-compatible server whose vision model is the caption tool"
     )

@@ -23,6 +23,21 @@ def read_text(path: Path, what: str) -> str:
         raise ConfigError(f"{path}: not a {what}: not UTF-8 text (byte {error.start})") from None
 
 
+def writable_folder(path: str | Path) -> Path:
+    """``path`` as a folder that exists and takes files, checked before long work writes there: a path that is
+    a file, a folder that cannot be made or written (read-only, immutable) gets one clear line."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: exists and is not a folder; give a folder for the results")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot write results there ({error.strerror or error})") from None
+    return path
+
+
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Write via a temporary file in the same folder, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

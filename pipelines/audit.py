@@ -17,7 +17,8 @@ from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import LLM
 from anomalens.config import Settings, load_settings
 from anomalens.draw import overlay
-from anomalens.errors import AnomalensError
+from anomalens.errors import AnomalensError, LLMError
+from anomalens.files import writable_folder
 from anomalens.pipelines.describe import Describer
 from anomalens.progress import say
 from anomalens.report import GroundTruth, Report, compact_map, write_report
@@ -187,7 +188,10 @@ def audit(
         from anomalens.pipelines.captions import caption_rulebook, open_caption_cue
 
         read_caption_rules = caption_rulebook(caption_rules)
+    if out is not None:
+        writable_folder(out)
     who = f"agent ({llm.backend}:{llm.model})" if llm is not None else None
+    insists = llm is not None or (explainer or load_settings().explainer) == "agent"  # an LLM failure is an error
     if llm is None:
         llm, who = open_explainer(explainer)
     say(f"explanations: {who}", progress)
@@ -196,34 +200,50 @@ def audit(
     if llm is not None and perception is None:
         perception = foundation_tools(progress)
     screened = screen_video(source, scene, cues=cues, self_referenced=self_referenced, progress=progress)
-    explanations: list[Explanation] = []
-    cited: dict[str, Evidence] = {}
-    if llm is not None and screened.result.events:
-        index = index_video(screened, scene, captions=captions)
-        for explanation in explain_events(llm, index, perception=perception, progress=progress):
-            explanations.append(explanation)
-            extra = {ev.id: ev for ev in explanation.evidence}
-            for claim in explanation.claims:  # what the agent cited goes into the report with the rest
-                for evidence_id in claim.evidence_ids:
-                    if (found := extra.get(evidence_id) or index.get(evidence_id)) is not None:
-                        cited[evidence_id] = found
     scorer = "scene rules + motion" + (" + objects" if scene.objects else "")
     scorer += " (trained on " + ", ".join(scene.sources) + ")"
     scorer += "".join(f" + caption rules on {cue.origin}" for cue in cues)
     if self_referenced:
         scorer += "; normality assumed: " + normality(scene)
-    report, keyframes = build_report(
-        screened,
-        scene,
-        title=title or f"anomalens audit: {source.name}",
-        scorer=scorer,
-        explainer=who,
-        explanations=explanations,
-        cited=cited,
-        ground_truth=ground_truth,
-        metrics=metrics(screened.result) if metrics else None,
-    )
+    explanations: list[Explanation] = []
+    cited: dict[str, Evidence] = {}
+
+    def reported(explainer_said: str) -> tuple[Report, dict[str, np.ndarray]]:
+        return build_report(
+            screened,
+            scene,
+            title=title or f"anomalens audit: {source.name}",
+            scorer=scorer,
+            explainer=explainer_said,
+            explanations=explanations,
+            cited=cited,
+            ground_truth=ground_truth,
+            metrics=metrics(screened.result) if metrics else None,
+        )
+
+    failure = None
+    if llm is not None and screened.result.events:
+        if out is not None:  # screening is kept whatever happens to the explanations (a failure, a kill)
+            write_report(*reported(f"deterministic until the {who} has explained the events"), out)
+        index = index_video(screened, scene, captions=captions)
+        try:
+            for explanation in explain_events(llm, index, perception=perception, progress=progress):
+                explanations.append(explanation)
+                extra = {ev.id: ev for ev in explanation.evidence}
+                for claim in explanation.claims:  # what the agent cited goes into the report with the rest
+                    for evidence_id in claim.evidence_ids:
+                        if (found := extra.get(evidence_id) or index.get(evidence_id)) is not None:
+                            cited[evidence_id] = found
+        except LLMError as error:
+            failure = error
+            events = len(screened.result.events)
+            who = f"{who} for {len(explanations)} of {events} event(s), deterministic for the rest (the LLM failed)"
+            say(f"explanations: the LLM failed ({error}); the deterministic explainer explains the events left")
+    report, keyframes = reported(who)
     files = write_report(report, keyframes, out) if out is not None else None
+    if failure is not None and insists:
+        written = f"; the report is written: {files[1]}" if files else ""
+        raise LLMError(f"{failure}{written}") from None
     return Audit(screened, explanations, report, keyframes, files)
 
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
 from anomalens.config import load_settings
+from anomalens.errors import ConfigError
+from anomalens.files import writable_folder
 from anomalens.progress import say
 from anomalens.rules.captions import everyday_anomalies
+from anomalens.rules.io import load_rulebook
 from anomalens.tools.perception import Perception, object_tools
-from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION, everyday_priors, relative_speed_id
+from anomalens.tools.rule_induction import (
+    SELF_REFERENCED_CONTAMINATION,
+    everyday_priors,
+    relative_speed_id,
+)
 from anomalens.tools.scene import Scene
 
 
@@ -31,12 +39,33 @@ def learn_scene(
     the settings')."""
     settings = load_settings()
     max_side = max_side or settings.max_side
+    if out is not None:
+        writable_folder(out)
     tools = scene_objects(progress) if (settings.objects if objects is None else objects) else None
     scene = Scene.learn([str(p) for p in normal], max_side=max_side, fps=fps, contamination=contamination,
                         tools=tools, progress=progress)  # fmt: skip
     if out is not None:
+        _keep_edits(scene, Path(out))
         scene.save(out)
     return scene
+
+
+def _keep_edits(scene: Scene, folder: Path) -> None:
+    """Learning again into a scene folder whose rulebook a person may have edited: its rules.yaml is kept beside
+    the new one as ``rules.v<N>.yaml`` (the next free N), and rules the person disabled stay disabled."""
+    path = folder / "rules.yaml"
+    if not path.exists():
+        return
+    try:
+        disabled = {r.id for r in load_rulebook(path).rules if not r.enabled}
+    except ConfigError:
+        disabled = set()  # unreadable as a rulebook: kept as it is, nothing carried over
+    kept = next(folder / f"rules.v{n}.yaml" for n in itertools.count(1) if not (folder / f"rules.v{n}.yaml").exists())
+    path.replace(kept)
+    rules = [r.model_copy(update={"enabled": False}) if r.id in disabled else r for r in scene.rulebook.rules]
+    scene.rulebook = scene.rulebook.model_copy(update={"rules": rules})
+    still = sum(r.id in disabled for r in rules)
+    say(f"{path}: the earlier rulebook is kept as {kept.name}; {still} rule(s) disabled there stay disabled")
 
 
 def scene_objects(progress: bool = True) -> Perception | None:

@@ -117,3 +117,125 @@ def test_a_clip_shorter_than_the_smoothing_window_is_audited(inputs, frames, mon
     assert code == 0, err
     report = Report.model_validate_json((out / "report.json").read_text())
     assert len(report.scores) == frames  # a grey clip is not the scene: it may well be anomalous
+
+
+def test_an_output_that_cannot_take_the_results_is_refused_before_any_work(inputs, monkeypatch, capsys):
+    folder, video, _ = inputs
+    (folder / "a-file").write_text("not a folder")
+    for out, problem in ((folder / "a-file", "exists and is not a folder"),
+                         ("/dev/null/results", "cannot write results there")):  # fmt: skip
+        for argv in (["audit", video, "--scene", folder / "scene", "--explainer", "deterministic"],
+                     ["induce-rules", video, "--no-objects"]):  # fmt: skip
+            code, err = run([*argv, "--out", out], monkeypatch, capsys)
+            assert code == 2 and err.strip() == f"error: {out}: {problem}" + (
+                "; give a folder for the results" if "file" in str(out) else " (Not a directory)"
+            ), (argv, err)
+    assert (folder / "a-file").read_text() == "not a folder"
+
+
+def test_learning_again_keeps_the_rulebook_a_person_edited(walkway, tmp_path, monkeypatch, capsys):
+    """Data loss 1: re-running induce-rules into a scene overwrote a hand-edited rules.yaml without a word."""
+    normal, _ = walkway
+    out = tmp_path / "scene"
+    assert run(["induce-rules", normal.video, "--out", out, "--no-objects"], monkeypatch, capsys)[0] == 0
+    edited = (out / "rules.yaml").read_text().replace("enabled: true", "enabled: false", 2)
+    (out / "rules.yaml").write_text(edited)
+    code, err = run(["induce-rules", normal.video, "--out", out, "--no-objects"], monkeypatch, capsys)
+    assert code == 0 and (out / "rules.v1.yaml").read_text() == edited  # the person's file, byte for byte
+    from anomalens.rules.io import load_rulebook
+
+    before, after = load_rulebook(out / "rules.v1.yaml"), load_rulebook(out / "rules.yaml")
+    disabled = {r.id for r in before.rules if not r.enabled}
+    assert len(disabled) == 2 and disabled == {r.id for r in after.rules if not r.enabled}
+    assert "kept as rules.v1.yaml; 2 rule(s) disabled there stay disabled" in " ".join(err.split())
+    run(["induce-rules", normal.video, "--out", out, "--no-objects"], monkeypatch, capsys)
+    assert (out / "rules.v1.yaml").read_text() == edited and (out / "rules.v2.yaml").exists()  # versions pile up
+
+
+def test_chat_sessions_are_locked_bound_to_their_video_and_named_safely(index, tmp_path, monkeypatch, capsys):
+    from anomalens.agents.chat import ChatSession
+    from anomalens.agents.llm.scripted import ScriptedLLM
+    from anomalens.errors import ConfigError
+
+    database = tmp_path / "chat" / "sessions.sqlite"
+    first = ChatSession(index, ScriptedLLM([]), database, "s1")
+    # Data loss 2: a second chat on the same session kept only one of the two new turns; it is refused now.
+    with pytest.raises(ConfigError, match="session s1 is open in another chat"):
+        ChatSession(index, ScriptedLLM([]), database, "s1")
+    first.ask("summarize the video")
+    first.close()
+    again = ChatSession(index, ScriptedLLM([]), database, "s1")
+    assert [t["question"] for t in again.history] == ["summarize the video"]
+    again.close()
+    elsewhere = index.model_copy(update={"video": "another.avi"})
+    with pytest.raises(ConfigError, match=r"session s1 is about .*video\.avi, not another\.avi"):
+        ChatSession(elsewhere, ScriptedLLM([]), database, "s1")
+    ChatSession(index, ScriptedLLM([]), database, "s1").close()  # the refusal left no lock behind
+    for bad in ("../../x", "a/b", "", "x" * 65):
+        with pytest.raises(ConfigError, match="letters, digits"):
+            ChatSession(index, ScriptedLLM([]), database, bad or " ")
+    (tmp_path / "broken.sqlite").write_bytes(GARBAGE)
+    with pytest.raises(ConfigError, match=r"broken\.sqlite: cannot keep chat sessions there"):
+        ChatSession(index, ScriptedLLM([]), tmp_path / "broken.sqlite", "s1")
+    with pytest.raises(ConfigError, match=r"/dev/null: cannot keep chat sessions there"):
+        ChatSession(index, ScriptedLLM([]), "/dev/null/sessions.sqlite", "s1")
+    code, err = run(["chat", index.video, "--session", "../../x", "--ask", "hi"], monkeypatch, capsys)
+    assert code == 2 and err.strip() == "error: session '../../x': letters, digits, '_' and '-' only, at most 64"
+
+
+@pytest.fixture
+def hanging_server():
+    """An "LLM server" on 127.0.0.1 that accepts connections and never answers; yields its base URL."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # read nothing, answer nothing
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("server", ["hangs", "refuses"])
+def test_an_llm_server_that_fails_costs_the_timeout_and_never_the_screening(
+    inputs, server, hanging_server, monkeypatch, capsys
+):
+    """--explainer auto fell back on nothing: a refused connection lost the audit, a hung server held it 366 s."""
+    pytest.importorskip("openai", reason="pip install 'anomalens[openai]'")
+    folder, video, _ = inputs
+    url = hanging_server if server == "hangs" else f"http://127.0.0.1:{_free_port()}/v1"
+    for name, value in {"LLM": "openai", "LLM_MODEL": "m", "LLM_BASE_URL": url, "LLM_TIMEOUT": "1"}.items():
+        monkeypatch.setenv(f"ANOMALENS_{name}", value)
+    argv = ["audit", video, "--scene", folder / "scene", "--out", folder / "out"]
+    code, err = run([*argv, "--explainer", "auto"], monkeypatch, capsys)
+    assert code == 0 and "the LLM failed" in " ".join(err.split()), err
+    report = Report.model_validate_json((folder / "out" / "report.json").read_text())
+    assert report.events and report.explanations == [] and "deterministic for the rest" in report.explainer
+    code, err = run([*argv, "--explainer", "agent"], monkeypatch, capsys)  # asked for the agent: an error, kept work
+    problem = "no answer within 1 s" if server == "hangs" else "cannot reach the LLM server"
+    assert code == 2 and problem in err and "the report is written" in err
+    assert Report.model_validate_json((folder / "out" / "report.json").read_text()).events == report.events

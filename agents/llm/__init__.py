@@ -33,6 +33,7 @@ def open_llm(backend: str | None = None, model: str | None = None, *, settings: 
     if backend == "openai":
         options.setdefault("base_url", settings.llm_base_url)
         options.setdefault("api_key", settings.llm_api_key)
+        options.setdefault("timeout", settings.llm_timeout)
         return cls(model, **options)
     if backend == "scripted":
         return cls(**options)

@@ -29,9 +29,11 @@ class OpenAICompatibleLLM(LLM):
         base_url: str | None = None,
         api_key: str | None = None,
         multimodal: bool = False,
-        timeout: float = 120.0,
-        retries: int = 2,
+        timeout: float = 60.0,
+        retries: int = 0,
     ):
+        """``timeout``: seconds one call may take; ``retries``: further tries after a failed call (each may take
+        the timeout again: a server that hangs would hold every call that long)."""
         import openai
 
         base_url = base_url or os.environ.get("OPENAI_BASE_URL")
@@ -39,7 +41,7 @@ class OpenAICompatibleLLM(LLM):
             raise LLMError("openai backend: no base URL (pass base_url or set ANOMALENS_LLM_BASE_URL)")
         # Local servers accept any key; the client refuses to start without one.
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or "none"
-        self.model, self.base_url, self.multimodal = model, base_url, multimodal
+        self.model, self.base_url, self.multimodal, self.timeout = model, base_url, multimodal, timeout
         self._openai = openai
         self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=retries)
         self._styles = ["json_schema", "json_object"]
@@ -94,6 +96,8 @@ class OpenAICompatibleLLM(LLM):
                         # The name comes whole (some servers repeat it in every delta); arguments in pieces.
                         call["name"] = call["name"] or part.function.name or ""
                         call["arguments"] += part.function.arguments or ""
+        except self._openai.APITimeoutError:
+            raise LLMError(f"{self.base_url}: no answer within {self.timeout:g} s (ANOMALENS_LLM_TIMEOUT)") from None
         except self._openai.APIConnectionError as error:
             raise LLMError(f"{self.base_url}: cannot reach the LLM server ({error.__cause__ or error})") from None
         except self._openai.APIStatusError as error:
