@@ -45,6 +45,7 @@ class Report(BaseModel):
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     anomalens_version: str = __version__
     fps: float
+    fps_note: str | None = None  # the rate was assumed (a frame folder, a video header without one)
     source_size: tuple[int, int]
     scorer: str
     explainer: str = "deterministic"
@@ -361,7 +362,8 @@ def render_html(report: Report, keyframes: dict[str, np.ndarray]) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(report.title)}</title>
 <style>{_STYLE}</style></head><body>
 <h1>{esc(report.title)}</h1>
-<p class="meta">{esc(report.input)} · {width}x{height} · {report.fps:g} fps · {len(report.scores)} frames analysed
+<p class="meta">{esc(report.input)} · {width}x{height} · {report.fps:g} fps{
+    f" ({esc(report.fps_note)})" if report.fps_note else ""} · {len(report.scores)} frames analysed
 in {report.seconds:.1f} s · scorer {esc(report.scorer)} · explanations: {esc(report.explainer)} ·
 anomalens {esc(report.anomalens_version)} · {esc(report.created)}</p>
 <p class="metrics">{metrics}</p>

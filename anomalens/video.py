@@ -84,7 +84,8 @@ class FrameSource:
         target_fps: keep frames at about this rate (``stride = round(fps / target_fps)``).
         max_side: downscale so the longer side is at most this many pixels (never upscales).
         start, stop: source frame range ``[start, stop)``; the video is seeked, not decoded from 0.
-        fps: frame rate of image inputs (videos report their own).
+        fps: frame rate of image inputs, and of videos whose header states none (others report their own).
+        default_fps: the rate assumed when neither the input nor ``fps`` gives one (``fps_note`` says so).
     """
 
     def __init__(
@@ -96,7 +97,8 @@ class FrameSource:
         max_side: int | None = None,
         start: int = 0,
         stop: int | None = None,
-        fps: float = DEFAULT_IMAGE_FPS,
+        fps: float | None = None,
+        default_fps: float = DEFAULT_IMAGE_FPS,
     ):
         if stride is not None and target_fps is not None:
             raise ValueError("give stride or target_fps, not both")
@@ -142,12 +144,17 @@ class FrameSource:
             self._images = paths
             self.name = f"{paths[0]} (+{len(paths) - 1} images)"
 
+        stated = None  # the rate the input itself states: a video's header, never an image
         if self._video is not None:
-            self.fps, self.declared_frames, self.source_size = self._probe_video(self._video)
+            stated, self.declared_frames, self.source_size = self._probe_video(self._video)
         else:
-            self.fps = float(fps)
             self.declared_frames = len(self._images)
             self.source_size = self._probe_image(self._images[0])
+        self.fps = float(stated or fps or default_fps)
+        self.fps_note = None  # said aloud and in reports: every time in seconds rests on the rate
+        if not stated and not fps:
+            what = "the video's header" if self._video is not None else "an image input"
+            self.fps_note = f"{self.fps:g} frames/s assumed: {what} states no frame rate (give --fps if it differs)"
         self.stride = stride or (max(1, round(self.fps / target_fps)) if target_fps else 1)
 
     @staticmethod
@@ -160,7 +167,7 @@ class FrameSource:
         return images
 
     @staticmethod
-    def _probe_video(path: Path) -> tuple[float, int, tuple[int, int]]:
+    def _probe_video(path: Path) -> tuple[float | None, int, tuple[int, int]]:
         capture = cv2.VideoCapture(str(path))
         try:
             if not capture.isOpened():
@@ -170,7 +177,7 @@ class FrameSource:
                 raise MediaError(path, "no decodable frames (0 frames)")
             fps = capture.get(cv2.CAP_PROP_FPS)
             count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-            return (fps if fps and fps > 0 else DEFAULT_IMAGE_FPS), max(count, 1), (image.shape[1], image.shape[0])
+            return (fps if fps and fps > 0 else None), max(count, 1), (image.shape[1], image.shape[0])
         finally:
             capture.release()
 
@@ -268,7 +275,7 @@ class FrameReader:
     """Random access to frames of one input at source resolution (where evidence boxes live), the last few
     kept: the live tools and the verifier look at the frames that claims cite."""
 
-    def __init__(self, inputs: str | os.PathLike, keep: int = 8, fps: float = DEFAULT_IMAGE_FPS):
+    def __init__(self, inputs: str | os.PathLike, keep: int = 8, fps: float | None = None):
         self.source = FrameSource(inputs, max_side=None, fps=fps)
         self._kept: OrderedDict[int, np.ndarray] = OrderedDict()
         self.keep = keep

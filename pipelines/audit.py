@@ -119,9 +119,11 @@ def build_report(
     cited: dict[str, Evidence] | None = None,
     ground_truth: GroundTruth | None = None,
     metrics: dict[str, float] | None = None,
+    fps_note: str | None = None,
 ) -> tuple[Report, dict[str, np.ndarray]]:
     """The report of a screened video and its keyframe pictures (raw frame | frame with overlays); ``cited``:
-    evidence the explanations cite beyond screening's (captions, what live tools found)."""
+    evidence the explanations cite beyond screening's (captions, what live tools found); ``fps_note``: the frame
+    rate was assumed, not read from the input."""
     result = screened.result
     keyframes = {
         event_id: np.hstack([frame.image, _separator(frame.image), overlay(frame.image, evidence, frame.scale)])
@@ -132,6 +134,7 @@ def build_report(
         title=title,
         input=result.source_name,
         fps=result.fps,
+        fps_note=fps_note,
         source_size=result.source_size,
         scorer=scorer,
         explainer=explainer,
@@ -183,6 +186,8 @@ def audit(
     scene = scene if isinstance(scene, Scene) else Scene.load(scene)
     # Opened and read before the LLM loads and screening starts: bad input fails fast.
     source = video if isinstance(video, FrameSource) else scene.open(video, fps=fps)
+    if source.fps_note:
+        say(f"{source.name}: {source.fps_note}")
     replayed = ReplayedCaptions.load(captions, source.fps) if captions is not None else None
     if caption_rules is not None:
         from anomalens.pipelines.captions import caption_rulebook, open_caption_cue
@@ -219,6 +224,7 @@ def audit(
             cited=cited,
             ground_truth=ground_truth,
             metrics=metrics(screened.result) if metrics else None,
+            fps_note=source.fps_note,
         )
 
     failure = None

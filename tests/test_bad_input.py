@@ -239,3 +239,25 @@ def test_an_llm_server_that_fails_costs_the_timeout_and_never_the_screening(
     problem = "no answer within 1 s" if server == "hangs" else "cannot reach the LLM server"
     assert code == 2 and problem in err and "the report is written" in err
     assert Report.model_validate_json((folder / "out" / "report.json").read_text()).events == report.events
+
+
+def test_an_assumed_frame_rate_is_said_aloud_and_in_the_report(inputs, monkeypatch, capsys):
+    """A frame folder states no rate: it was taken as 25 fps without a word, and every time in seconds with it."""
+    import cv2
+
+    folder, video, _ = inputs
+    frames = folder / "frames"
+    frames.mkdir()
+    capture = cv2.VideoCapture(str(video))
+    for k in range(20):
+        cv2.imwrite(str(frames / f"{k:04d}.png"), capture.read()[1])
+    capture.release()
+    argv = ["audit", frames, "--scene", folder / "scene", "--explainer", "deterministic"]
+    code, err = run([*argv, "--out", folder / "assumed"], monkeypatch, capsys)
+    report = Report.model_validate_json((folder / "assumed" / "report.json").read_text())
+    note = "15 frames/s assumed: an image input states no frame rate (give --fps if it differs)"  # the scene's rate
+    assert code == 0 and report.fps == 15 and report.fps_note == note and note in " ".join(err.split())
+    assert note in (folder / "assumed" / "report.html").read_text()
+    code, err = run([*argv, "--out", folder / "given", "--fps", "10"], monkeypatch, capsys)
+    report = Report.model_validate_json((folder / "given" / "report.json").read_text())
+    assert code == 0 and report.fps == 10 and report.fps_note is None and "frames/s assumed" not in err, err

@@ -20,7 +20,7 @@ import numpy as np
 
 from anomalens.errors import AnomalensError, ConfigError
 from anomalens.files import atomic_write
-from anomalens.progress import track
+from anomalens.progress import say, track
 from anomalens.rules.engine import RuleIndex, check
 from anomalens.rules.io import load_rulebook, save_rulebook
 from anomalens.tools.motion import (
@@ -56,8 +56,9 @@ class Scene:
     appearance: Appearance | None = None  # the normal objects' look (when an embedder was present)
 
     def open(self, path: str | Path, fps: float | None = None, **options) -> FrameSource:
-        """Frames of ``path`` at this scene's analysis resolution (image inputs at ``fps`` or the scene's)."""
-        return FrameSource(path, max_side=self.max_side, fps=fps or self.fps, **options)
+        """Frames of ``path`` at this scene's analysis resolution (image inputs at ``fps``, else at the scene's
+        rate, which ``fps_note`` then says was assumed)."""
+        return FrameSource(path, max_side=self.max_side, fps=fps, default_fps=self.fps, **options)
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
@@ -135,6 +136,9 @@ class Scene:
             raise AnomalensError("give at least one normal video or frame folder")
         options = {"max_side": max_side} | ({"fps": fps} if fps else {})
         sources = [FrameSource(p, **options) for p in inputs]
+        for source in sources:
+            if source.fps_note:
+                say(f"{source.name}: {source.fps_note}", progress)
         sizes = {tuple(s.source_size) for s in sources}
         if len(sizes) > 1:
             raise AnomalensError(f"normal footage comes in several frame sizes {sorted(sizes)}: use one camera view")
