@@ -310,6 +310,10 @@ Fact = Literal[
     "occupancy", "time", "caption",
 ]
 Operator = Literal["<=", ">=", "<", ">", "==", "!=", "between", "in", "not_in"]
+# Facts measured as sizes, rates and counts: a limit below 0 on one of them is a typo, not a rule.
+MEASURED_FACTS = frozenset(
+    {"area", "width", "height", "aspect", "speed", "relative_speed", "dwell", "count", "occupancy"}
+)
 
 
 class Predicate(BaseModel):
@@ -340,6 +344,9 @@ class Predicate(BaseModel):
                 raise ValueError(f"'{self.op}' needs a list value")
         elif self.op in ("<=", ">=", "<", ">") and not isinstance(self.value, (int, float)):
             raise ValueError(f"'{self.op}' needs a number value")
+        numbers = self.value if isinstance(self.value, list) else [self.value]
+        if self.fact in MEASURED_FACTS and any(isinstance(v, (int, float)) and v < 0 for v in numbers):
+            raise ValueError(f"{self.fact} is never negative: a limit below 0 cannot hold")
         return self
 
 

@@ -261,3 +261,17 @@ def test_an_assumed_frame_rate_is_said_aloud_and_in_the_report(inputs, monkeypat
     code, err = run([*argv, "--out", folder / "given", "--fps", "10"], monkeypatch, capsys)
     report = Report.model_validate_json((folder / "given" / "report.json").read_text())
     assert code == 0 and report.fps == 10 and report.fps_note is None and "frames/s assumed" not in err, err
+
+
+def test_a_negative_limit_in_a_rulebook_is_named_with_its_line(inputs, monkeypatch, capsys):
+    """It was accepted, with a numpy overflow warning, and every frame broke the rule."""
+    folder, video, _ = inputs
+    scene = folder / "scene"
+    text = (scene / "rules.yaml").read_text()
+    limit = re.search(r"(- id: speed-any\n(?:.*\n)*?\s+value: )([0-9.]+)", text)
+    (scene / "rules.yaml").write_text(text[: limit.start(2)] + "-1.5" + text[limit.end(2) :])
+    code, err = run(["audit", video, "--scene", scene, "--out", folder / "out", "--explainer", "deterministic"],
+                    monkeypatch, capsys)  # fmt: skip
+    assert code == 2 and "speed is never negative: a limit below 0 cannot hold" in err, err
+    assert re.search(r"rules\.yaml:\d+: rules\.\d+\.predicate", err)  # the file, its line, the field
+    assert not (folder / "out").exists()
