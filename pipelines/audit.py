@@ -189,6 +189,8 @@ def audit(
     if source.fps_note:
         say(f"{source.name}: {source.fps_note}")
     replayed = ReplayedCaptions.load(captions, source.fps) if captions is not None else None
+    if replayed is not None and (problem := replayed.mismatch(source.declared_frames)):
+        say(f"warning: {problem}")
     if caption_rules is not None:
         from anomalens.pipelines.captions import caption_rulebook, open_caption_cue
 

@@ -18,6 +18,7 @@ from anomalens.errors import MediaError
 from anomalens.pipelines.audit import foundation_tools, index_video, screen_video
 from anomalens.pipelines.captions import sentence_embedder
 from anomalens.pipelines.scene import self_referenced_scene
+from anomalens.progress import say
 from anomalens.tools.captions import ReplayedCaptions
 from anomalens.tools.coco import ClassNamer
 from anomalens.tools.scene import Scene
@@ -47,13 +48,15 @@ def video_index(
     cached = Path(cache_dir) / f"index-{key.hexdigest()[:16]}.json"
     if cached.is_file():
         return VideoIndex.load(cached)
-    if captions:
-        ReplayedCaptions.load(captions)  # read before screening: a bad caption file fails fast
+    replayed = ReplayedCaptions.load(captions) if captions else None  # read before screening: bad ones fail fast
     if scene_dir:
         scene = Scene.load(scene_dir)
     else:
         scene = self_referenced_scene(path, fps=fps, progress=progress)
-    screened = screen_video(scene.open(path, fps=fps), scene, self_referenced=not scene_dir, progress=progress)
+    source = scene.open(path, fps=fps)
+    if replayed is not None and (problem := replayed.mismatch(source.declared_frames)):
+        say(f"warning: {problem}")
+    screened = screen_video(source, scene, self_referenced=not scene_dir, progress=progress)
     index = index_video(screened, scene, captions=captions, every_frame=True)
     index.save(cached)
     return index

@@ -275,3 +275,23 @@ def test_a_negative_limit_in_a_rulebook_is_named_with_its_line(inputs, monkeypat
     assert code == 2 and "speed is never negative: a limit below 0 cannot hold" in err, err
     assert re.search(r"rules\.yaml:\d+: rules\.\d+\.predicate", err)  # the file, its line, the field
     assert not (folder / "out").exists()
+
+
+def test_captions_that_do_not_fit_the_video_are_warned_about(inputs, monkeypatch, capsys):
+    """Caption files with fewer or more lines than frames, or all blank, passed without a word (and fewer lines
+    changed the events)."""
+    folder, video, captions = inputs
+    lines = captions.read_text().splitlines()  # one per frame of the clip (300)
+    argv = ["audit", video, "--scene", folder / "scene", "--explainer", "deterministic"]
+    cases = {
+        "short.txt": (lines[:200], "100 of the 300 frames have no caption"),
+        "long.txt": (lines + ["A person walks."] * 5, "5 caption(s) lie beyond the video's last frame"),
+        "blank.txt": ([""] * 300, "every caption is blank"),
+        "fits.txt": (lines, None),
+    }
+    for name, (text, warning) in cases.items():
+        (folder / name).write_text("\n".join(text) + "\n")
+        code, err = run([*argv, "--captions", folder / name, "--out", folder / name[:-4]], monkeypatch, capsys)
+        said = " ".join(err.split())
+        expected = f"warning: {folder / name}: {warning}" in said if warning else "warning" not in said
+        assert code == 0 and expected, said

@@ -54,6 +54,20 @@ class ReplayedCaptions:
     def __len__(self) -> int:
         return len(self.captions)
 
+    def mismatch(self, frames: int) -> str | None:
+        """What is wrong with these captions for a video of ``frames`` frames (said as a warning: a caption file
+        of another video, or cut short, silently changes what screening and the agent read), or None."""
+        said = [k for k, text in self.captions.items() if text.strip()]
+        if not said:
+            return f"{self.origin}: every caption is blank"
+        missing = frames - len([k for k in said if 0 <= k < frames])
+        beyond = len([k for k in self.captions if not 0 <= k < frames])
+        if not missing and not beyond:
+            return None
+        parts = [f"{missing} of the {frames} frames have no caption"] if missing else []
+        parts += [f"{beyond} caption(s) lie beyond the video's last frame"] if beyond else []
+        return f"{self.origin}: {' and '.join(parts)}: is it the caption file of this video?"
+
     def __contains__(self, frame_index: int) -> bool:
         return frame_index in self.captions
 
