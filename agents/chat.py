@@ -11,6 +11,7 @@ import re
 import sqlite3
 import uuid
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,14 @@ from anomalens.agents.graph import Agent, build_graph
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.agents.llm import LLM
 from anomalens.errors import ConfigError
+from anomalens.files import writable_folder
 from anomalens.tools.perception import Perception
 from anomalens.types import Explanation
 
 RECURSION_LIMIT = 60  # graph steps per question: far above what the step budget allows
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+SESSIONS_TABLE = "CREATE TABLE IF NOT EXISTS anomalens_sessions (id TEXT PRIMARY KEY, video TEXT)"
 
 
 class _Unlocked:
@@ -43,6 +47,24 @@ def checked_session_id(session: str) -> str:
     if not SESSION_ID.fullmatch(session):
         raise ConfigError(f"session {session!r}: letters, digits, '_' and '-' only, at most 64")
     return session
+
+
+def check_sessions_database(database: Path) -> None:
+    """Fail before any work when ``database`` cannot keep chat sessions: a file in the folder's way, a read-only
+    folder, a file that is not a database."""
+    writable_folder(database.parent, "chat sessions")
+    if not database.exists():
+        return
+    try:
+        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=rw", uri=True)) as connection:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except (OSError, sqlite3.Error) as error:
+        raise _cannot_keep_sessions(database, error) from None
+
+
+def _cannot_keep_sessions(where: str | Path, error: Exception) -> ConfigError:
+    said = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return ConfigError(f"{where}: cannot keep chat sessions there ({said}); move it aside or set ANOMALENS_CHAT_DIR")
 
 
 class ChatSession:
@@ -68,9 +90,7 @@ class ChatSession:
             about = self._video_of_session()
         except (OSError, sqlite3.Error) as error:
             self._lock.release()
-            raise ConfigError(
-                f"{database}: cannot keep chat sessions there ({error}); move it aside or set ANOMALENS_CHAT_DIR"
-            ) from None
+            raise _cannot_keep_sessions(database, error) from None
         if about != index.video:  # resumed on another video, it would show that video's turns as history
             self.close()
             raise ConfigError(f"session {self.session} is about {about}, not {index.video}: start a new session")
@@ -92,14 +112,14 @@ class ChatSession:
                 f"session {self.session} is open in another chat: end that one, or start a new session"
             ) from None
         except OSError as error:
-            raise ConfigError(f"{Path(database).parent}: cannot keep chat sessions there ({error.strerror})") from None
+            raise _cannot_keep_sessions(Path(database).parent, error) from None
         return lock
 
     def _video_of_session(self) -> str:
         """The video this session is about (recorded at its first opening)."""
         with self._connection:
             db = self._connection
-            db.execute("CREATE TABLE IF NOT EXISTS anomalens_sessions (id TEXT PRIMARY KEY, video TEXT)")
+            db.execute(SESSIONS_TABLE)
             db.execute("INSERT OR IGNORE INTO anomalens_sessions VALUES (?, ?)", (self.session, self.index.video))
             return db.execute("SELECT video FROM anomalens_sessions WHERE id = ?", (self.session,)).fetchone()[0]
 

@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)
 EXPLAINER_HELP = "agent, deterministic or auto (the agent when the configured LLM loads) [default: settings, auto]"
+FRESH_HELP = "screen and explain again, not reusing the work an earlier run of the same audit kept in --out"
 out = Console(soft_wrap=True)
 
 
@@ -54,6 +55,23 @@ def _positive(value: float | None) -> float | None:
     if value is not None and value <= 0:
         raise typer.BadParameter(f"{value:g} frames a second: give a rate above 0")
     return value
+
+
+def _output_file(value: Path | None) -> Path | None:
+    """A file option's check before any work: a folder, or a file in a folder that takes none, is a usage error."""
+    from anomalens.errors import ConfigError
+    from anomalens.files import writable_file
+
+    if value is not None:
+        try:
+            writable_file(value)
+        except ConfigError as error:
+            raise typer.BadParameter(str(error)) from None
+    return value
+
+
+def _json_option(what: str):
+    return typer.Option("--json", callback=_output_file, help=what)
 
 
 @app.command("induce-rules")
@@ -106,12 +124,20 @@ def audit(
         Optional[Path],
         typer.Option(help="caption rules (rule text or YAML): also screen the --captions, fused with motion"),
     ] = None,
+    fresh: Annotated[bool, typer.Option(help=FRESH_HELP)] = False,
 ) -> None:
     """Audit footage against a scene's rules: events, evidence, explanations, report."""
     from anomalens.pipelines import audit as run_audit
 
     result = run_audit(
-        video, scene_dir, out=out_dir, fps=fps, explainer=explainer, captions=captions, caption_rules=caption_rules
+        video,
+        scene_dir,
+        out=out_dir,
+        fps=fps,
+        explainer=explainer,
+        captions=captions,
+        caption_rules=caption_rules,
+        fresh=fresh,
     )
     _print_audit(result)
 
@@ -129,13 +155,16 @@ def explain(
     ] = None,
     fps: Annotated[Optional[float], typer.Option(callback=_positive, help="frame rate of a frame folder")] = None,
     explainer: Annotated[Optional[str], typer.Option(help=EXPLAINER_HELP)] = None,
+    fresh: Annotated[bool, typer.Option(help=FRESH_HELP)] = False,
 ) -> None:
     """Find and explain anomalies with no scene model: foundation tools when their weights are present, else
     the embedded detectors, learning normality from the input itself or from a few --normal examples."""
     from anomalens.pipelines import explain as run_explain
     from anomalens.report import ImageReport
 
-    result = run_explain(inputs, out=out_dir, normal=normal or [], prompts=prompt, fps=fps, explainer=explainer)
+    result = run_explain(
+        inputs, out=out_dir, normal=normal or [], prompts=prompt, fps=fps, explainer=explainer, fresh=fresh
+    )
     if not isinstance(result, ImageReport):
         _print_audit(result, f" (scene learned: {out_dir / 'scene'})", why=True)
         return
@@ -150,7 +179,9 @@ def explain(
 @app.command("induce-caption-rules")
 def induce_caption_rules(
     captions: Annotated[list[Path], typer.Argument(help="caption files of normal footage: text or JSONL")],
-    out_path: Annotated[Path, typer.Option("--out", help="rulebook YAML to write (for reason-captions --rules)")],
+    out_path: Annotated[
+        Path, typer.Option("--out", callback=_output_file, help="rulebook YAML to write (for reason-captions --rules)")
+    ],
     anomalies: Annotated[
         Optional[Path],
         typer.Option(help="anomaly rule text to start from (default: the everyday anomalies shipped with anomalens)"),
@@ -195,7 +226,7 @@ def reason_captions(
         Optional[float], typer.Option(help="smoothed score above which a frame is anomalous (default 0.10)")
     ] = None,
     llm_fraction: LLMFraction = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write frame scores, rules and events")] = None,
+    json_path: Annotated[Optional[Path], _json_option("write frame scores, rules and events")] = None,
 ) -> None:
     """Find anomalies in captioned video: every caption scored against the rules, the LLM settling the rest."""
     from anomalens.pipelines.captions import EVENT_THRESHOLD
@@ -308,6 +339,7 @@ def synth(
     Anomaly kinds: cyclist, lawn_crossing, wrong_way, loitering, left_object, crowd.
     """
     from anomalens.eval.synthetic import ANOMALY_KINDS, Anomaly, SceneSpec, write_scene
+    from anomalens.files import writable_folder
 
     anomalies = []
     for item in anomaly or []:
@@ -319,7 +351,7 @@ def synth(
         spec = SceneSpec(n_frames=frames, seed=seed, camera_seed=camera_seed, anomalies=tuple(anomalies))
     except ValueError as error:
         raise AnomalensError(str(error)) from None
-    files = write_scene(spec, out_dir, as_frames=as_frames)
+    files = write_scene(spec, writable_folder(out_dir, "the scene"), as_frames=as_frames)
     out.print(f"video: {files.video}\nlabels: {files.labels}\nmasks: {files.masks}\nevents: {files.events}")
 
 
@@ -342,7 +374,7 @@ def eval_ped2(
         Optional[Path],
         typer.Option(help="UCSD Ped2 folder (train/, test/, test_masks/, labels.json) [default: DATA_DIR/ucsd_ped2]"),
     ] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+    json_path: Annotated[Optional[Path], _json_option("write the metrics here")] = None,
     objects: Annotated[
         Optional[bool], typer.Option(help="name the objects and score their look [default: settings, on]")
     ] = None,
@@ -363,7 +395,7 @@ def eval_explanations(
     data: Annotated[
         Optional[Path], typer.Option(help="the shared data folder (ucsd_ped2/, vlm_captions/) [default: DATA_DIR]")
     ] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+    json_path: Annotated[Optional[Path], _json_option("write the metrics here")] = None,
     max_events: Annotated[Optional[int], typer.Option(help="explain at most this many events (a quick look)")] = None,
     motion_only: Annotated[
         bool, typer.Option(help="screen with motion alone, not also the captions against the published rules")
@@ -386,7 +418,7 @@ def eval_verifier(
     data: Annotated[
         Optional[Path], typer.Option(help="the shared data folder (ucsd_ped2/, vlm_captions/) [default: DATA_DIR]")
     ] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+    json_path: Annotated[Optional[Path], _json_option("write the metrics here")] = None,
     tamper: Annotated[
         bool, typer.Option(help="also run the agent (the configured LLM) on each event with its evidence tampered")
     ] = False,
@@ -408,7 +440,7 @@ def eval_chat(
     data: Annotated[
         Optional[Path], typer.Option(help="the shared data folder (ucsd_ped2/, vlm_captions/) [default: DATA_DIR]")
     ] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+    json_path: Annotated[Optional[Path], _json_option("write the metrics here")] = None,
 ) -> None:
     """Ask the chat (the configured LLM) questions with known answers about synthetic clips and Ped2's test
     videos: per question type, how many it answers correctly with verified claims, wrongly, or declines."""
@@ -429,7 +461,7 @@ def eval_captions(
         Path, typer.Option(help="one dataset: captions/*.txt, labels/*.csv, published_rules.txt (vlm_captions/NAME)")
     ],
     dataset: Annotated[str, typer.Option(help="a name for the dataset in the results")],
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+    json_path: Annotated[Optional[Path], _json_option("write the metrics here")] = None,
     llm_fraction: LLMFraction = None,
 ) -> None:
     """Score captioned frames against their rules (embeddings, then the LLM on unsettled phrases) and measure."""
@@ -443,7 +475,7 @@ def eval_captions(
 def eval_magnetic_tile(
     data: Annotated[Path, typer.Option(help="the magnetic_tile folder: Free/ and defect class folders")],
     shots: Annotated[int, typer.Option(min=0, help="Free images as few-shot normal references (0 = zero-shot)")] = 0,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the metrics here")] = None,
+    json_path: Annotated[Optional[Path], _json_option("write the metrics here")] = None,
 ) -> None:
     """Image and pixel AUROC of the image inspector on the magnetic-tile defects, zero- or few-shot."""
     from anomalens.eval.magnetic_tile import run_magnetic_tile
@@ -460,7 +492,7 @@ def eval_perception_speed(
         Optional[Path], typer.Option(help="the shared data folder (ucsd_ped2/) [default: DATA_DIR]")
     ] = None,
     frames: Annotated[int, typer.Option(min=1, help="Ped2 frames to time each backend on")] = 8,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the timings here")] = None,
+    json_path: Annotated[Optional[Path], _json_option("write the timings here")] = None,
 ) -> None:
     """Milliseconds per frame of the COCO detectors (one at a time and batched) and MoveNet, and per crop of
     the embedders, with the pretrained weights from the model store."""
@@ -477,7 +509,7 @@ def eval_llm(
         typer.Option(help="model to measure (store name or GGUF path), repeatable [default: every LLM in the store]"),
     ] = None,
     backend: Annotated[str, typer.Option(help="LLM backend that runs them")] = "llamacpp",
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="write the results here")] = None,
+    json_path: Annotated[Optional[Path], _json_option("write the results here")] = None,
 ) -> None:
     """Measure LLMs on the fixed anomaly-reasoning prompt set: accuracy, JSON validity, tool calls, speed."""
     from anomalens import modelstore
@@ -714,10 +746,16 @@ def _doctor_tiny() -> None:
         raise typer.Exit(1)
 
 
+_debug = False  # set by --debug: errors end with their traceback
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="on an error, show its Python traceback too")] = False,
 ) -> None:
+    global _debug
+    _debug = debug
     if version:
         out.print(__version__)
         raise typer.Exit()
@@ -728,9 +766,33 @@ def _warn_one_line(message, category, filename, lineno, file=None, line=None) ->
 
 
 def main() -> None:
+    """The console script: every error ends in one line (exit code 2, or 1 for a bug), its traceback only with
+    ``--debug``."""
     warnings.showwarning = _warn_one_line
     try:
-        app()
-    except AnomalensError as error:
-        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        code = app(standalone_mode=False)  # errors come back here instead of click's boxed usage message
+    except typer.Abort:
+        _fail("interrupted", 130)
+    except typer.TyperException as error:  # click's usage errors (typer vendors click): a bad option or argument
+        if type(error).__name__ == "NoArgsIsHelpError":  # a command group given no command: its help
+            error.show()
+            sys.exit(error.exit_code)
+        context = getattr(error, "ctx", None)
+        command = context.command_path if context is not None else "anomalens"
+        _fail(f"{error.format_message()} (see `{command} --help`)", error.exit_code)
+    except Exception as error:  # noqa: BLE001 - the one place that turns errors into a line
+        if _debug:
+            raise
+        if isinstance(error, AnomalensError):
+            _fail(str(error), 2)
+        if isinstance(error, OSError) and error.filename and error.strerror:  # the system refused a file
+            _fail(f"{error.filename}: {error.strerror}", 2)
+        first = (str(error).strip().splitlines() or [""])[0]
+        _fail(f"unexpected {type(error).__name__}: {first} (a bug; `anomalens --debug ...` shows where)", 1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _fail(said: str, code: int) -> None:
+    console.print(f"[red]error:[/] {escape(said)}", highlight=False, soft_wrap=True)
+    sys.exit(code)

@@ -23,18 +23,31 @@ def read_text(path: Path, what: str) -> str:
         raise ConfigError(f"{path}: not a {what}: not UTF-8 text (byte {error.start})") from None
 
 
-def writable_folder(path: str | Path) -> Path:
-    """``path`` as a folder that exists and takes files, checked before long work writes there: a path that is
-    a file, a folder that cannot be made or written (read-only, immutable) gets one clear line."""
+def writable_folder(path: str | Path, what: str = "the results") -> Path:
+    """``path`` as a folder that can take files, checked before long work writes there and left as it is (made
+    when the first file is written): a file in the way, or a folder that cannot be written (read-only,
+    immutable), gets one clear line."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{path}: exists and is not a folder; give a folder for the results")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{existing}: exists and is not a folder; give a folder for {what}")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise ConfigError(f"{path}: cannot write results there ({error.strerror or error})") from None
+        raise ConfigError(f"{path}: cannot write {what} there ({error.strerror or error})") from None
+    return path
+
+
+def writable_file(path: str | Path) -> Path:
+    """``path`` as a file that long work can write when it ends, checked before it starts: not a folder, in a
+    folder that takes files."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder; give a file name to write")
+    writable_folder(path.parent, path.name)
     return path
 
 

@@ -8,8 +8,10 @@ source pixels (``source = analysis / scale``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -57,6 +59,20 @@ class Frame:
 def natural_key(path: Path) -> list:
     """Sort key that orders ``frame2.png`` before ``frame10.png``."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def _open_video(path: Path) -> cv2.VideoCapture:
+    """``cv2.VideoCapture`` of ``path``, quietly: OpenCV's own AVI parser writes a damaged file's parse errors
+    straight to file descriptor 2, past FFmpeg's log level; the caller's MediaError says what matters."""
+    sys.stderr.flush()
+    kept = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        return cv2.VideoCapture(str(path))
+    finally:
+        os.dup2(kept, 2)
+        os.close(kept)
 
 
 def _check_readable(path: Path) -> None:
@@ -168,7 +184,7 @@ class FrameSource:
 
     @staticmethod
     def _probe_video(path: Path) -> tuple[float | None, int, tuple[int, int]]:
-        capture = cv2.VideoCapture(str(path))
+        capture = _open_video(path)
         try:
             if not capture.isOpened():
                 raise MediaError(path, "cannot be decoded: corrupt file or unsupported codec")
@@ -204,16 +220,33 @@ class FrameSource:
         stop = self.declared_frames if self.stop is None else min(self.stop, self.declared_frames)
         return range(self.start, stop, self.stride)
 
+    def identity(self) -> str:
+        """What this source yields, as text to hash: its files (path, size, modification time) and how they are
+        read (stride, range, resolution, rate); a resumed audit's check that its input is unchanged."""
+        files = [self._video] if self._video is not None else self._images
+        stats = [(str(p.resolve()), (stat := p.stat()).st_size, stat.st_mtime_ns) for p in files]
+        return json.dumps([stats, self.stride, self.start, self.stop, self.max_side, self.fps])
+
     def __len__(self) -> int:
         """Frames this source will yield (from the container's frame count for videos)."""
         return len(self._range())
 
+    def _scaled(self, width: int, height: int) -> tuple[float, tuple[int, int]]:
+        """The scale and the (width, height) at which a ``width`` x ``height`` frame is analysed."""
+        if self.max_side is None or max(width, height) <= self.max_side:
+            return 1.0, (width, height)
+        scale = self.max_side / max(width, height)
+        return scale, (max(1, round(width * scale)), max(1, round(height * scale)))
+
+    @property
+    def analysis_size(self) -> tuple[int, int]:
+        """(width, height) of the frames yielded (the first frame's, for image inputs)."""
+        return self._scaled(*self.source_size)[1]
+
     def _frame(self, index: int, image: np.ndarray, path: Path | None) -> Frame:
         height, width = image.shape[:2]
-        scale = 1.0
-        if self.max_side is not None and max(width, height) > self.max_side:
-            scale = self.max_side / max(width, height)
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        scale, size = self._scaled(width, height)
+        if scale != 1.0:
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         return Frame(index, index / self.fps, image, scale, (width, height), None if path is None else str(path))
 
@@ -227,7 +260,7 @@ class FrameSource:
 
     def _iter_video(self) -> Iterator[Frame]:
         wanted = self._range()
-        capture = cv2.VideoCapture(str(self._video))
+        capture = _open_video(self._video)
         try:
             if self.start:
                 capture.set(cv2.CAP_PROP_POS_FRAMES, self.start)
@@ -260,7 +293,7 @@ class FrameSource:
         if self._images is not None:
             path = self._images[index]
             return self._frame(index, self._read_image(path), path)
-        capture = cv2.VideoCapture(str(self._video))
+        capture = _open_video(self._video)
         try:
             capture.set(cv2.CAP_PROP_POS_FRAMES, index)
             ok, image = capture.read()

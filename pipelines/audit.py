@@ -19,6 +19,7 @@ from anomalens.config import Settings, load_settings
 from anomalens.draw import overlay
 from anomalens.errors import AnomalensError, LLMError
 from anomalens.files import writable_folder
+from anomalens.pipelines.audit_state import AuditState, fingerprint
 from anomalens.pipelines.describe import Describer
 from anomalens.progress import say
 from anomalens.report import GroundTruth, Report, compact_map, write_report
@@ -163,12 +164,12 @@ def audit(
     llm: LLM | None = None,
     captions: str | Path | None = None,
     caption_rules: str | Path | None = None,
-    cues: Sequence[Cue] = (),
     perception: Perception | None = None,
     self_referenced: bool = False,
     title: str | None = None,
     ground_truth: GroundTruth | None = None,
     metrics: Callable[[ScreeningResult], dict[str, float]] | None = None,
+    fresh: bool = False,
     progress: bool = True,
 ) -> Audit:
     """Audit ``video`` (a path, or a ``FrameSource`` opened with ``scene.open``) against ``scene`` (a ``Scene``
@@ -178,8 +179,12 @@ def audit(
     ``deterministic``; default: the settings) chooses, else by the deterministic explainer. The agent reads the
     replayed ``captions`` and calls the foundation tools in ``perception`` (default: those with weights here);
     the report shows its verified prose where it verified anything, the deterministic summary elsewhere.
-    ``caption_rules`` (rule text or YAML) also screens the ``captions`` against them, fused with motion;
-    ``cues`` adds other screening cues. ``fps``: the frame rate of a frame folder (default: the scene's).
+    ``caption_rules`` (rule text or YAML) also screens the ``captions`` against them, fused with motion.
+    ``fps``: the frame rate of a frame folder (default: the scene's).
+
+    With ``out``, the work is kept there as it finishes (``audit_state``): the report is written once screening
+    ends and again after each explanation, and a re-run with the same inputs reuses the screening and the
+    explanations already verified, unless ``fresh``.
     """
     if caption_rules is not None and captions is None:
         raise AnomalensError("caption rules screen the video's captions: give them with --captions FILE")
@@ -195,21 +200,29 @@ def audit(
         from anomalens.pipelines.captions import caption_rulebook, open_caption_cue
 
         read_caption_rules = caption_rulebook(caption_rules)
+    state = None
     if out is not None:
         writable_folder(out)
+        state = AuditState(Path(out), fingerprint(source.identity(), scene.digest(), captions, caption_rules))
     who = f"agent ({llm.backend}:{llm.model})" if llm is not None else None
     insists = llm is not None or (explainer or load_settings().explainer) == "agent"  # an LLM failure is an error
     if llm is None:
         llm, who = open_explainer(explainer)
     say(f"explanations: {who}", progress)
-    if caption_rules is not None:
-        cues = [*cues, open_caption_cue(replayed, read_caption_rules, llm, progress=progress)]
     if llm is not None and perception is None:
         perception = foundation_tools(progress)
-    screened = screen_video(source, scene, cues=cues, self_referenced=self_referenced, progress=progress)
+    kept = state.screening() if state is not None and not fresh else None
+    if kept is not None:
+        screened = Screened(*kept)
+        say(f"{out}: reusing the screening of an earlier run of this audit (--fresh screens again)", progress)
+    else:
+        cues = [] if caption_rules is None else [open_caption_cue(replayed, read_caption_rules, llm, progress=progress)]
+        screened = screen_video(source, scene, cues=cues, self_referenced=self_referenced, progress=progress)
+        if state is not None:
+            state.keep_screening(screened.result, screened.tracks)
     scorer = "scene rules + motion" + (" + objects" if scene.objects else "")
     scorer += " (trained on " + ", ".join(scene.sources) + ")"
-    scorer += "".join(f" + caption rules on {cue.origin}" for cue in cues)
+    scorer += f" + caption rules on {replayed.origin}" if caption_rules is not None else ""
     if self_referenced:
         scorer += "; normality assumed: " + normality(scene)
     explanations: list[Explanation] = []
@@ -229,23 +242,44 @@ def audit(
             fps_note=source.fps_note,
         )
 
+    def cite(explanation: Explanation) -> None:
+        """What the agent cited goes into the report with the rest."""
+        extra = {ev.id: ev for ev in explanation.evidence}
+        for claim in explanation.claims:
+            for evidence_id in claim.evidence_ids:
+                if (found := extra.get(evidence_id) or index.get(evidence_id)) is not None:
+                    cited[evidence_id] = found
+
     failure = None
-    if llm is not None and screened.result.events:
-        if out is not None:  # screening is kept whatever happens to the explanations (a failure, a kill)
-            write_report(*reported(f"deterministic until the {who} has explained the events"), out)
+    events = screened.result.events
+    if llm is not None and events:
         index = index_video(screened, scene, captions=captions)
+        if state is not None:
+            explanations.extend(e for e in state.explanations(who) if index.event(e.event_id) is not None)
+            if explanations:
+                say(f"{len(explanations)} of {len(events)} event(s) explained by an earlier run: kept", progress)
+        for explanation in explanations:
+            cite(explanation)
+        done = {e.event_id for e in explanations}
+
+        def so_far() -> str:
+            return f"{who} for {len(explanations)} of {len(events)} event(s) so far, deterministic for the rest"
+
+        if out is not None:  # screening is kept whatever happens to the explanations (a failure, a kill)
+            write_report(*reported(so_far()), out)
         try:
-            for explanation in explain_events(llm, index, perception=perception, progress=progress):
+            todo = [e.id for e in events if e.id not in done]
+            for explanation in explain_events(llm, index, event_ids=todo, perception=perception, progress=progress):
                 explanations.append(explanation)
-                extra = {ev.id: ev for ev in explanation.evidence}
-                for claim in explanation.claims:  # what the agent cited goes into the report with the rest
-                    for evidence_id in claim.evidence_ids:
-                        if (found := extra.get(evidence_id) or index.get(evidence_id)) is not None:
-                            cited[evidence_id] = found
+                cite(explanation)
+                if state is not None:
+                    state.keep_explanations(who, explanations)
+                if out is not None:
+                    write_report(*reported(so_far()), out)
         except LLMError as error:
             failure = error
-            events = len(screened.result.events)
-            who = f"{who} for {len(explanations)} of {events} event(s), deterministic for the rest (the LLM failed)"
+            who = f"{who} for {len(explanations)} of {len(events)} event(s), deterministic for the rest"
+            who += " (the LLM failed)"
             say(f"explanations: the LLM failed ({error}); the deterministic explainer explains the events left")
     report, keyframes = reported(who)
     files = write_report(report, keyframes, out) if out is not None else None

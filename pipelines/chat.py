@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from anomalens.agents.chat import ChatSession, checked_session_id
+from anomalens.agents.chat import ChatSession, check_sessions_database, checked_session_id
 from anomalens.agents.index import INDEX_FORMAT, VideoIndex
 from anomalens.agents.llm import open_llm
 from anomalens.config import Settings, load_settings
@@ -76,8 +76,9 @@ def chat(
     claims. The video is indexed once (cached in the chat folder); ``session`` resumes an earlier conversation
     kept there. ``scene``: a scene folder (default: learn the video's own normality)."""
     settings = settings or load_settings()
-    if session is not None:
-        checked_session_id(session)  # before the video is indexed
+    if session is not None:  # checked before the video is indexed
+        checked_session_id(session)
+    check_sessions_database(settings.chat_dir / "sessions.sqlite")
     index = video_index(video, scene_dir=scene, captions=captions, cache_dir=settings.chat_dir, fps=fps,
                         progress=progress)  # fmt: skip
     llm = open_llm(settings=settings)

@@ -51,6 +51,7 @@ def explain(
     prompts: Sequence[str] | None = None,
     fps: float | None = None,
     explainer: str | None = None,
+    fresh: bool = False,
     progress: bool = True,
 ) -> ImageReport | Audit:
     """Find and explain anomalies in ``inputs`` (one or more images, or one video or frame folder) with no scene
@@ -59,6 +60,7 @@ def explain(
     Images: with the foundation tools whose weights are present, else the embedded patch-novelty detector;
     few-shot against ``normal`` images when given. A video: normality is learned from ``normal`` footage, or
     from the video itself (its dominant behaviour), saved in ``out/scene``, then the video is audited.
+    ``fresh``: the audit does not reuse the work an earlier run kept in ``out`` (see ``audit``).
     """
     paths = [Path(p) for p in inputs]
     images = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -81,4 +83,7 @@ def explain(
         scene = learn_scene(list(normal), out=Path(out) / "scene", fps=fps, progress=progress)
     else:
         scene = self_referenced_scene(paths[0], out=Path(out) / "scene", fps=fps, progress=progress)
-    return audit(paths[0], scene, out=out, fps=fps, explainer=explainer, self_referenced=not normal, progress=progress)
+    return audit(
+        paths[0], scene, out=out, fps=fps, explainer=explainer, self_referenced=not normal, fresh=fresh,
+        progress=progress,
+    )

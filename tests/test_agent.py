@@ -4,6 +4,7 @@ report, and chat sessions that survive a killed process."""
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -442,11 +443,15 @@ CHAT_PROCESS = textwrap.dedent(
     from anomalens.agents.index import VideoIndex
     from anomalens.agents.llm.scripted import ScriptedLLM
 
+    def thinks_forever(messages):
+        print("answering the second question", flush=True)
+        time.sleep(600)  # killed here, in the middle of an answer
+
     index = VideoIndex.load(sys.argv[1])
     frame = int(sys.argv[4])
-    talk = ChatSession(index, ScriptedLLM([]), sys.argv[2], sys.argv[3])  # a count question needs no LLM
-    print(talk.ask("how many objects are in view at frame %d?" % frame).prose, flush=True)
-    time.sleep(600)  # killed here, mid-session
+    talk = ChatSession(index, ScriptedLLM([thinks_forever]), sys.argv[2], sys.argv[3])
+    print(talk.ask("how many objects are in view at frame %d?" % frame).prose, flush=True)  # needs no LLM
+    talk.ask("tell me about bicycles")  # no route fits: the LLM chooses the query
     """
 )
 
@@ -464,8 +469,11 @@ def test_chat_session_survives_a_killed_process(index, tmp_path):
         text=True,
     )
     first_answer = process.stdout.readline().strip()
-    process.kill()
+    assert process.stdout.readline().strip() == "answering the second question"
+    process.kill()  # SIGKILL: no cleanup runs
     process.wait()
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert first_answer == f"{count} objects in view at {frame / index.fps:.1f} s (frame {frame})."
 
     def remembers(messages):

@@ -5,6 +5,7 @@ synthetic scene."""
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,36 +34,200 @@ def inputs(scene_and_video, tmp_path):
     return tmp_path, test.video, captions
 
 
-def _scene_with(folder, name: str, damage) -> str:
-    damaged = folder / f"scene-{name}"
-    shutil.copytree(folder / "scene", damaged)
-    damage(damaged)
-    return str(damaged)
+class Workspace:
+    """Bad inputs, each built on demand in a temporary folder beside a good scene, video and caption file."""
+
+    def __init__(self, folder: Path, video: Path, captions: Path):
+        self.folder, self.video, self.captions = folder, Path(video), Path(captions)
+        self.scene, self.out = folder / "scene", folder / "out"
+        self.audit = ["audit", self.video, "--scene", self.scene, "--out", self.out, "--explainer", "deterministic"]
+
+    def file(self, name: str, content: bytes | str) -> Path:
+        path = self.folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return path
+
+    def empty_folder(self, name: str) -> Path:
+        (self.folder / name).mkdir()
+        return self.folder / name
+
+    def image(self, name: str, width: int, height: int) -> Path:
+        import cv2
+
+        path = self.folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), np.full((height, width, 3), 90, np.uint8))
+        return path
+
+    def scene_with(self, name: str, damage) -> Path:
+        damaged = self.folder / f"scene-{name}"
+        shutil.copytree(self.scene, damaged)
+        damage(damaged)
+        return damaged
+
+    def rules_with(self, name: str, edit) -> Path:
+        return self.scene_with(name, lambda d: (d / "rules.yaml").write_text(edit((d / "rules.yaml").read_text())))
+
+    def audit_of(self, video: Path) -> list:
+        return ["audit", video, *self.audit[2:]]
 
 
-SCENE_DAMAGE = {
-    "scene.json not JSON": (lambda d: (d / "scene.json").write_text("{"), r"scene\.json: damaged, not JSON"),
-    "motion.npz missing": (lambda d: (d / "motion.npz").unlink(), r"motion\.npz: missing"),
-    "motion.npz truncated": (
-        lambda d: (d / "motion.npz").write_bytes((d / "motion.npz").read_bytes()[:100]),
-        r"motion\.npz: damaged",
+# name -> (the case built in a Workspace: argv, a fragment of the one line it must print, env settings)
+CORPUS = {
+    # media
+    "video missing": lambda w: (w.audit_of(w.folder / "nope.avi"), f"{w.folder / 'nope.avi'}: no such file"),
+    "video empty": lambda w: (w.audit_of(w.file("empty.avi", b"")), "empty.avi: file is empty (0 bytes)"),
+    "text as video": lambda w: (w.audit_of(w.file("text.avi", "not a video\n" * 50)), "text.avi: cannot be decoded"),
+    "video truncated": lambda w: (
+        w.audit_of(w.file("cut.avi", w.video.read_bytes()[:3000])), "cut.avi: cannot be decoded"
     ),
-    "rules.yaml not UTF-8": (
-        lambda d: (d / "rules.yaml").write_bytes(GARBAGE), r"rules\.yaml: not a rulebook: not UTF-8"
+    "unknown file type": lambda w: (w.audit_of(w.file("clip.xyz", "x")), "clip.xyz: unsupported file type '.xyz'"),
+    "frame folder empty": lambda w: (w.audit_of(w.empty_folder("frames")), "frames: folder contains no images"),
+    "frame folder without images": lambda w: (
+        w.audit_of(w.file("noimages/readme.txt", "x").parent), "noimages: folder contains no images"
     ),
+    "corrupt image in a folder": lambda w: (
+        w.audit_of(w.file("corrupt/0001.png", GARBAGE).parent), "0001.png: cannot be decoded as an image"
+    ),
+    "corrupt image": lambda w: (w.audit_of(w.file("bad.png", GARBAGE)), "bad.png: cannot be decoded as an image"),
+    "frames of another camera": lambda w: (
+        w.audit_of(w.image("small/0001.png", 80, 60).parent), "small: 80x60 frames do not fit this scene"
+    ),
+    "video to learn is text": lambda w: (
+        ["induce-rules", w.file("text.avi", "not a video\n" * 50), "--out", w.out, "--no-objects"],
+        "text.avi: cannot be decoded",
+    ),
+    # scenes
+    "scene missing": lambda w: (
+        ["audit", w.video, "--scene", w.folder / "none", "--out", w.out], f"{w.folder / 'none'}: not a scene folder"
+    ),
+    "scene is a file": lambda w: (
+        ["audit", w.video, "--scene", w.file("a-file", "x"), "--out", w.out], "a-file: not a scene folder"
+    ),
+    "scene.json not JSON": lambda w: (
+        w.audit[:3] + [w.scene_with("json", lambda d: (d / "scene.json").write_text("{"))] + w.audit[4:],
+        "scene.json: damaged, not JSON",
+    ),
+    "motion.npz missing": lambda w: (
+        w.audit[:3] + [w.scene_with("npz", lambda d: (d / "motion.npz").unlink())] + w.audit[4:],
+        "motion.npz: missing",
+    ),
+    "motion.npz truncated": lambda w: (
+        w.audit[:3]
+        + [w.scene_with("cut", lambda d: (d / "motion.npz").write_bytes((d / "motion.npz").read_bytes()[:100]))]
+        + w.audit[4:],
+        "motion.npz: damaged",
+    ),
+    # rulebooks
+    "rulebook missing": lambda w: (
+        w.audit[:3] + [w.scene_with("norules", lambda d: (d / "rules.yaml").unlink())] + w.audit[4:],
+        "rules.yaml: rulebook not found",
+    ),
+    "rulebook not YAML": lambda w: (
+        w.audit[:3] + [w.rules_with("yaml", lambda text: text + "\n  - id: [unclosed\n")] + w.audit[4:],
+        "rules.yaml:",
+    ),
+    "rulebook field of the wrong type": lambda w: (
+        w.audit[:3] + [w.rules_with("type", lambda text: text.replace("enabled: true", "enabled: maybe", 1))]
+        + w.audit[4:],
+        "rules.0.enabled: Input should be a valid boolean",
+    ),
+    "rulebook not UTF-8": lambda w: (
+        w.audit[:3] + [w.scene_with("utf8", lambda d: (d / "rules.yaml").write_bytes(GARBAGE))] + w.audit[4:],
+        "rules.yaml: not a rulebook: not UTF-8",
+    ),
+    # captions
+    "captions missing": lambda w: ([*w.audit, "--captions", w.folder / "none.txt"], "none.txt: caption file not found"),
+    "captions a folder": lambda w: ([*w.audit, "--captions", w.folder], f"{w.folder}: a folder, not a caption file"),
+    "captions JSONL damaged": lambda w: (
+        [*w.audit, "--captions", w.file("c.jsonl", '{"frame": 0, "caption": "a"}\n{oops\n')], "c.jsonl:2: expected"
+    ),
+    "caption rules without captions": lambda w: (
+        [*w.audit, "--caption-rules", w.file("r.txt", "Anomaly rules:\n1. Running\n")],
+        "caption rules screen the video's captions: give them with --captions FILE",
+    ),
+    "caption rules missing": lambda w: (
+        [*w.audit, "--captions", w.captions, "--caption-rules", w.folder / "none.txt"], "none.txt: rule text not found"
+    ),
+    "caption rules without a rule": lambda w: (
+        [*w.audit, "--captions", w.captions, "--caption-rules", w.file("r.txt", "nothing here\n")],
+        "r.txt:1: 'nothing here' is neither a numbered rule nor a heading",
+    ),
+    "captions to reason about missing": lambda w: (
+        ["reason-captions", w.folder / "none.txt", "--rules", w.file("r.txt", "Anomaly rules:\n1. Running\n")],
+        "none.txt: caption file not found",
+    ),
+    # outputs
+    "--json is a folder": lambda w: (
+        ["reason-captions", w.captions, "--rules", w.file("r.txt", "Anomaly rules:\n1. Running\n"), "--json",
+         w.folder, "--llm-fraction", "0"],
+        f"Invalid value for '--json': {w.folder}: a folder; give a file name to write",
+    ),  # fmt: skip
+    "rulebook written under a file": lambda w: (
+        ["induce-caption-rules", w.captions, "--out", w.file("a-file", "x") / "rules.yaml"],
+        "a-file: exists and is not a folder",
+    ),
+    "synthetic scene written into a file": lambda w: (
+        ["synth", w.file("a-file", "x"), "--frames", "3"], "a-file: exists and is not a folder"
+    ),
+    "eval metrics written under /dev/null": lambda w: (
+        ["eval", "ped2", "--json", "/dev/null/metrics.json"], "/dev/null: exists and is not a folder"
+    ),
+    # chat state
+    "sessions database damaged": lambda w: (
+        ["chat", w.video, "--scene", w.scene, "--ask", "hi"],
+        "sessions.sqlite: cannot keep chat sessions there (file is not a database)",
+        {"CHAT_DIR": str(w.file("chat/sessions.sqlite", GARBAGE).parent)},
+    ),
+    "chat folder is a file": lambda w: (
+        ["chat", w.video, "--scene", w.scene, "--ask", "hi"],
+        "a-file: exists and is not a folder; give a folder for chat sessions",
+        {"CHAT_DIR": str(w.file("a-file", "x"))},
+    ),
+    "chat about a missing video": lambda w: (["chat", w.folder / "nope.avi", "--ask", "hi"], "nope.avi: not found"),
+    # settings
+    "LLM timeout not a number": lambda w: (w.audit, "settings: llm_timeout", {"LLM_TIMEOUT": "soon"}),
+    "analysis size too small": lambda w: (
+        ["induce-rules", w.video, "--out", w.out, "--no-objects"], "settings: max_side", {"MAX_SIDE": "5"}
+    ),
+    "explainer unknown": lambda w: (
+        [*w.audit[:-1], "oracle"], "explainer 'oracle': choose auto, agent or deterministic"
+    ),
+    "LLM backend unknown": lambda w: (
+        [*w.audit[:-1], "agent"], "unknown backend 'llm:nosuch'", {"LLM": "nosuch"}
+    ),
+    "LLM model file missing": lambda w: (
+        [*w.audit[:-1], "agent"], "none.gguf: no such GGUF file", {"LLM_MODEL": str(w.folder / "none.gguf")}
+    ),
+    "model store empty": lambda w: (
+        [*w.audit[:-1], "agent"], "model 'qwen2.5-coder-1.5b' is not in the store",
+        {"MODEL_DIR": str(w.folder / "none")},
+    ),
+    "model unknown to the store": lambda w: (["models", "pull", "no-such-model"], "unknown model 'no-such-model'"),
+    "benchmark data missing": lambda w: (
+        ["eval", "ped2", "--data", w.folder / "none"], f"{w.folder / 'none'}: not a UCSD Ped2 folder"
+    ),
+    "option unknown": lambda w: ([*w.audit, "--colour", "red"], "No such option: --colour"),
 }
 
 
-@pytest.mark.parametrize("case", SCENE_DAMAGE)
-def test_a_damaged_scene_folder_is_named_and_nothing_is_written(inputs, case, monkeypatch, capsys):
-    folder, video, _ = inputs
-    damage, message = SCENE_DAMAGE[case]
-    scene = _scene_with(folder, case.split()[0].replace(".", "-"), damage)
-    code, err = run(["audit", video, "--scene", scene, "--out", folder / "out", "--explainer", "deterministic"],
-                    monkeypatch, capsys)  # fmt: skip
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CORPUS)
+def test_bad_input_gets_one_line_naming_it_and_leaves_no_file(inputs, case, monkeypatch, capsys):
+    folder, video, captions = inputs
+    monkeypatch.setenv("ANOMALENS_CHAT_DIR", str(folder / "chat"))
+    argv, said, *env = CORPUS[case](Workspace(folder, video, captions))
+    for name, value in (env[0] if env else {}).items():
+        monkeypatch.setenv(f"ANOMALENS_{name}", value)
+    before = _files(folder)
+    code, err = run(argv, monkeypatch, capsys)
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
-    assert re.search(message, err) and "Traceback" not in err
-    assert not (folder / "out").exists()
+    assert said in " ".join(err.split()) and "Traceback" not in err, err
+    assert _files(folder) == before and not (folder / "out").exists()  # nothing written, nothing half-written
 
 
 def test_text_files_that_are_not_utf8_are_named_before_any_work(inputs, monkeypatch, capsys):
@@ -122,14 +287,17 @@ def test_a_clip_shorter_than_the_smoothing_window_is_audited(inputs, frames, mon
 def test_an_output_that_cannot_take_the_results_is_refused_before_any_work(inputs, monkeypatch, capsys):
     folder, video, _ = inputs
     (folder / "a-file").write_text("not a folder")
-    for out, problem in ((folder / "a-file", "exists and is not a folder"),
-                         ("/dev/null/results", "cannot write results there")):  # fmt: skip
+    in_the_way = f"{folder / 'a-file'}: exists and is not a folder; give a folder for the results"
+    cases = {  # the output given: the line said (sysfs takes no new files, even from root)
+        folder / "a-file": in_the_way,
+        folder / "a-file" / "results": in_the_way,
+        "/sys/results": "/sys/results: cannot write the results there (Permission denied)",
+    }
+    for out, said in cases.items():
         for argv in (["audit", video, "--scene", folder / "scene", "--explainer", "deterministic"],
                      ["induce-rules", video, "--no-objects"]):  # fmt: skip
             code, err = run([*argv, "--out", out], monkeypatch, capsys)
-            assert code == 2 and err.strip() == f"error: {out}: {problem}" + (
-                "; give a folder for the results" if "file" in str(out) else " (Not a directory)"
-            ), (argv, err)
+            assert code == 2 and err.strip() == f"error: {said}", (argv, err)
     assert (folder / "a-file").read_text() == "not a folder"
 
 
@@ -212,6 +380,33 @@ def hanging_server():
     listener.close()
 
 
+@pytest.fixture
+def web_page_server():
+    """A server on 127.0.0.1 that answers every request with a web page, not a chat completion; yields its URL."""
+    import http.server
+    import threading
+
+    class WebPage(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            page = b"<html><body>It works!</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WebPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
 def _free_port() -> int:
     import socket
 
@@ -220,14 +415,16 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.parametrize("server", ["hangs", "refuses"])
+@pytest.mark.parametrize("server", ["hangs", "refuses", "answers a web page"])
 def test_an_llm_server_that_fails_costs_the_timeout_and_never_the_screening(
-    inputs, server, hanging_server, monkeypatch, capsys
+    inputs, server, hanging_server, web_page_server, monkeypatch, capsys
 ):
     """--explainer auto fell back on nothing: a refused connection lost the audit, a hung server held it 366 s."""
     pytest.importorskip("openai", reason="pip install 'anomalens[openai]'")
     folder, video, _ = inputs
-    url = hanging_server if server == "hangs" else f"http://127.0.0.1:{_free_port()}/v1"
+    refusing = f"http://127.0.0.1:{_free_port()}/v1"
+    urls = {"hangs": hanging_server, "refuses": refusing, "answers a web page": web_page_server}
+    url = urls[server]
     for name, value in {"LLM": "openai", "LLM_MODEL": "m", "LLM_BASE_URL": url, "LLM_TIMEOUT": "1"}.items():
         monkeypatch.setenv(f"ANOMALENS_{name}", value)
     argv = ["audit", video, "--scene", folder / "scene", "--out", folder / "out"]
@@ -236,8 +433,10 @@ def test_an_llm_server_that_fails_costs_the_timeout_and_never_the_screening(
     report = Report.model_validate_json((folder / "out" / "report.json").read_text())
     assert report.events and report.explanations == [] and "deterministic for the rest" in report.explainer
     code, err = run([*argv, "--explainer", "agent"], monkeypatch, capsys)  # asked for the agent: an error, kept work
-    problem = "no answer within 1 s" if server == "hangs" else "cannot reach the LLM server"
-    assert code == 2 and problem in err and "the report is written" in err
+    problem = {"hangs": "no answer within 1 s", "refuses": "cannot reach the LLM server"}.get(
+        server, "the reply held no chat completion"
+    )
+    assert code == 2 and problem in " ".join(err.split()) and "the report is written" in err
     assert Report.model_validate_json((folder / "out" / "report.json").read_text()).events == report.events
 
 
@@ -295,3 +494,20 @@ def test_captions_that_do_not_fit_the_video_are_warned_about(inputs, monkeypatch
         said = " ".join(err.split())
         expected = f"warning: {folder / name}: {warning}" in said if warning else "warning" not in said
         assert code == 0 and expected, said
+
+
+def test_a_bug_is_one_line_and_debug_shows_its_traceback(inputs, monkeypatch, capsys):
+    folder, video, _ = inputs
+
+    def broken(*args, **kwargs):
+        raise TypeError("an internal fault\nits second line")
+
+    monkeypatch.setattr("anomalens.pipelines.audit", broken)
+    argv = ["audit", video, "--scene", folder / "scene", "--out", folder / "out"]
+    code, err = run(argv, monkeypatch, capsys)
+    assert code == 1 and err == (
+        "error: unexpected TypeError: an internal fault (a bug; `anomalens --debug ...` shows where)\n"
+    )
+    with pytest.raises(TypeError, match="an internal fault"):  # the traceback, for whoever reports it
+        run(["--debug", *argv], monkeypatch, capsys)
+    assert run(argv, monkeypatch, capsys)[0] == 1  # --debug holds for that run only

@@ -312,8 +312,9 @@ class MotionAnalyzer:
         model = self.model
         gray = _gray(frame.image)
         if gray.shape != model.background.shape:
+            where = frame.path or f"frame {frame.index}"
             raise AnomalensError(
-                f"frame {frame.index} is {gray.shape[1]}x{gray.shape[0]} but the scene was learned at "
+                f"{where}: {gray.shape[1]}x{gray.shape[0]} at analysis but the scene was learned at "
                 f"{model.background.shape[1]}x{model.background.shape[0]} (same camera, same --max-side?)"
             )
         mask = (np.abs(gray.astype(np.float32) - model.background) > model.fg_threshold).astype(np.uint8)

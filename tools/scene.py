@@ -7,6 +7,7 @@ and ``rules.yaml`` (the editable rulebook).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomalens.errors import AnomalensError, ConfigError
+from anomalens.errors import AnomalensError, ConfigError, MediaError
 from anomalens.files import atomic_write
 from anomalens.progress import say, track
 from anomalens.rules.engine import RuleIndex, check
@@ -58,7 +59,14 @@ class Scene:
     def open(self, path: str | Path, fps: float | None = None, **options) -> FrameSource:
         """Frames of ``path`` at this scene's analysis resolution (image inputs at ``fps``, else at the scene's
         rate, which ``fps_note`` then says was assumed)."""
-        return FrameSource(path, max_side=self.max_side, fps=fps, default_fps=self.fps, **options)
+        source = FrameSource(path, max_side=self.max_side, fps=fps, default_fps=self.fps, **options)
+        if source.analysis_size != tuple(self.analysis_size):
+            (width, height), (learned_width, learned_height) = source.source_size, self.analysis_size
+            raise MediaError(
+                path, f"{width}x{height} frames do not fit this scene, learned at {learned_width}x{learned_height} "
+                f"(analysed at most {self.max_side} px a side): is it the same camera?",
+            )
+        return source
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
@@ -68,7 +76,11 @@ class Scene:
         np.savez_compressed(buffer, **self.model.state(), **self.reconstruction.state(), **looks)
         atomic_write(folder / "motion.npz", buffer.getvalue())
         save_rulebook(self.rulebook, folder / "rules.yaml")
-        meta = {
+        atomic_write(folder / "scene.json", json.dumps(self._meta(), indent=2))
+        return folder
+
+    def _meta(self) -> dict:
+        return {
             "version": SCENE_VERSION,
             "analysis_size": list(self.analysis_size),
             "max_side": self.max_side,
@@ -76,8 +88,17 @@ class Scene:
             "sources": self.sources,
             "objects": self.objects,
         }
-        atomic_write(folder / "scene.json", json.dumps(meta, indent=2))
-        return folder
+
+    def digest(self) -> str:
+        """A hash of everything that scores frames (learned state, rulebook, settings): a resumed audit's check
+        that the scene is the one it screened with."""
+        hashed = hashlib.sha256(json.dumps(self._meta()).encode())
+        hashed.update(self.rulebook.model_dump_json().encode())
+        looks = self.appearance.state() if self.appearance is not None else {}
+        for name, value in sorted({**self.model.state(), **self.reconstruction.state(), **looks}.items()):
+            hashed.update(name.encode())
+            hashed.update(np.ascontiguousarray(value).tobytes())
+        return hashed.hexdigest()
 
     @classmethod
     def load(cls, folder: str | Path) -> Scene:

@@ -78,12 +78,13 @@ class OpenAICompatibleLLM(LLM):
         first_token: float | None = None
         text: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
-        usage, chunks = None, 0
+        usage, chunks, answered = None, 0, False
         try:
             for chunk in self._client.chat.completions.create(**request):
                 usage = chunk.usage or usage
                 if not chunk.choices:
                     continue
+                answered = True
                 delta = chunk.choices[0].delta
                 if delta.content or delta.tool_calls:
                     chunks += 1
@@ -105,6 +106,8 @@ class OpenAICompatibleLLM(LLM):
             if "response_format" in request and (error.status_code in (400, 422) or "response_format" in error.message):
                 raise _Rejected(error.message) from None
             raise LLMError(f"{self.base_url}: server answered {error.status_code}: {error.message}") from None
+        if not answered:  # e.g. a web page or other JSON where the event stream of a chat completion belongs
+            raise LLMError(f"{self.base_url}: the reply held no chat completion (is it an OpenAI-compatible server?)")
         return ChatResult(
             text="".join(text),
             tool_calls=[_tool_call(index, call) for index, call in sorted(calls.items())],
