@@ -142,6 +142,37 @@ def audit(
     _print_audit(result)
 
 
+@app.command("audit-batch")
+def audit_batch(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="videos, frame folders, folders of videos, manifests (.txt: a path a line)")
+    ],
+    scene_dir: Annotated[Path, typer.Option("--scene", help="scene folder written by induce-rules")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for OUT/<video>/report.* and OUT/batch.jsonl")],
+    workers: Annotated[int, typer.Option(min=1, help="videos audited at once (Ray workers, a CPU each)")] = 2,
+    ray_address: Annotated[
+        Optional[str], typer.Option(help="an existing Ray cluster [default: start one on this machine]")
+    ] = None,
+    explainer: Annotated[Optional[str], typer.Option(help=EXPLAINER_HELP)] = None,
+    fresh: Annotated[bool, typer.Option(help="audit every video again, reusing nothing an earlier run kept")] = False,
+) -> None:
+    """Audit many videos against one scene on Ray: reports written as each finishes; a rerun skips what is
+    done and redoes what failed."""
+    from anomalens.pipelines.batch import audit_batch as run_batch
+
+    result = run_batch(inputs, scene_dir, out=out_dir, workers=workers, address=ray_address, explainer=explainer,
+                       fresh=fresh)  # fmt: skip
+    for record in result.done:
+        out.print(f"  {record['video']}: {record['events']} events -> {record['report']}", highlight=False)
+    for record in result.failed:
+        out.print(f"  {record['video']}: FAILED: {record['error']}", highlight=False)
+    audited = len(result.done) + len(result.skipped)
+    out.print(f"{audited} audited ({len(result.skipped)} by an earlier run), {len(result.failed)} failed")
+    out.print(f"ledger: {result.ledger}")
+    if result.failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def explain(
     inputs: Annotated[list[Path], typer.Argument(help="a video or frame folder, or one or more images")],
@@ -500,6 +531,19 @@ def eval_perception_speed(
     from anomalens.eval.perception_speed import run_speed
 
     _emit(run_speed(data or load_settings().data_dir, frames=frames), json_path)
+
+
+@eval_app.command("batch-speed")
+def eval_batch_speed(
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for the clips, the scene and both runs' reports")],
+    videos: Annotated[int, typer.Option(min=2, help="synthetic clips in the batch")] = 6,
+    frames: Annotated[int, typer.Option(min=30, help="frames a clip")] = 900,
+    json_path: Annotated[Optional[Path], _json_option("write the timings here")] = None,
+) -> None:
+    """audit-batch's throughput with 1 and with 2 Ray workers on the same synthetic clips, side by side."""
+    from anomalens.eval.batch_speed import run_batch_speed
+
+    _emit(run_batch_speed(out_dir, videos=videos, frames=frames), json_path)
 
 
 @eval_app.command("llm")

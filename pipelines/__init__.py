@@ -6,6 +6,7 @@
 - ``audit(video, scene, out=)``: events, evidence, verified explanations and a report;
 - ``explain(inputs, out=)``: the same with no scene model (images, or a video that learns its own normality);
 - ``chat(video)``: a conversation whose answers are verified claims.
+- ``batch.audit_batch(inputs, scene, out=)``: ``audit`` on many videos, on Ray (the ``ray`` extra).
 
 Layers point one way: kernel (``anomalens``) <- ``rules`` <- ``tools`` <- ``agents`` <- ``pipelines``; the CLI
 and the eval runners call pipelines.

@@ -205,7 +205,8 @@ def audit(
         writable_folder(out)
         state = AuditState(Path(out), fingerprint(source.identity(), scene.digest(), captions, caption_rules))
     who = f"agent ({llm.backend}:{llm.model})" if llm is not None else None
-    insists = llm is not None or (explainer or load_settings().explainer) == "agent"  # an LLM failure is an error
+    # An LLM failure is an error when the agent was asked for: by name, or by giving the LLM without a choice.
+    insists = (explainer or ("agent" if llm is not None else load_settings().explainer)) == "agent"
     if llm is None:
         llm, who = open_explainer(explainer)
     say(f"explanations: {who}", progress)
