@@ -174,6 +174,41 @@ def audit_batch(
 
 
 @app.command()
+def watch(
+    sources: Annotated[
+        list[str], typer.Argument(help="RTSP/HTTP URLs, webcams (0, /dev/video0) or video files; several at once")
+    ],
+    scene_dir: Annotated[Path, typer.Option("--scene", help="scene folder written by induce-rules")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="folder for events.jsonl (every record)")] = None,
+    realtime: Annotated[bool, typer.Option(help="play video files at their own frame rate, as a camera would")] = False,
+    fps: Annotated[
+        Optional[float], typer.Option(callback=_positive, help="frame rate of sources that state none")
+    ] = None,
+    explainer: Annotated[Optional[str], typer.Option(help=EXPLAINER_HELP)] = None,
+    backlog: Annotated[int, typer.Option(min=1, help="events waiting for an explanation, at most")] = 8,
+    webhook: Annotated[Optional[str], typer.Option(help="URL to POST each record to (JSON)")] = None,
+) -> None:
+    """Watch live sources against a scene: each event a JSON line on stdout the moment it closes, its
+    explanation after it; Ctrl-C or SIGTERM stops, keeping every event."""
+    import signal
+    import threading
+
+    from anomalens.pipelines.watch import watch as run_watch
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    watched = run_watch(sources, scene_dir, out=out_dir, realtime=realtime, fps=fps, explainer=explainer,
+                        backlog=backlog, webhook=webhook, stop=stop)  # fmt: skip
+    for record in watched:
+        said = f"{record.source}: {record.frames} frames, {record.events} events, {record.reconnects} reconnection(s)"
+        console.print(said + (f"; {record.error}" if record.error else "") + (" (stopped)" if stop.is_set() else ""),
+                      highlight=False)  # fmt: skip
+    if any(record.error for record in watched):
+        raise typer.Exit(2)
+
+
+@app.command()
 def explain(
     inputs: Annotated[list[Path], typer.Argument(help="a video or frame folder, or one or more images")],
     out_dir: Annotated[Path, typer.Option("--out", help="folder for report.json and report.html")],
@@ -544,6 +579,22 @@ def eval_batch_speed(
     from anomalens.eval.batch_speed import run_batch_speed
 
     _emit(run_batch_speed(out_dir, videos=videos, frames=frames), json_path)
+
+
+@eval_app.command("watch-speed")
+def eval_watch_speed(
+    video: Annotated[Path, typer.Option(help="a video to play as every stream, at its own frame rate")],
+    scene_dir: Annotated[Path, typer.Option("--scene", help="its scene folder")],
+    streams: Annotated[
+        Optional[list[int]], typer.Option(help="stream counts to try, repeatable [default: 1 2 4 6]")
+    ] = None,
+    seconds: Annotated[float, typer.Option(min=5, help="seconds each count is watched")] = 30.0,
+    json_path: Annotated[Optional[Path], _json_option("write the timings here")] = None,
+) -> None:
+    """How many streams `watch` keeps up with here, and how soon each event is out, side by side."""
+    from anomalens.eval.watch_speed import run_watch_speed
+
+    _emit(run_watch_speed(video, scene_dir, streams=streams or (1, 2, 4, 6), seconds=seconds), json_path)
 
 
 @eval_app.command("llm")

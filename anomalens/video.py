@@ -8,19 +8,23 @@ source pixels (``source = analysis / scale``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import sys
+import threading
+import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from anomalens.errors import MediaError, MediaWarning
+from anomalens.progress import say
 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own stderr chatter; we raise clear errors
 import cv2  # noqa: E402
@@ -73,6 +77,22 @@ def _open_video(path: Path) -> cv2.VideoCapture:
     finally:
         os.dup2(kept, 2)
         os.close(kept)
+
+
+def _scaled(width: int, height: int, max_side: int | None) -> tuple[float, tuple[int, int]]:
+    """The scale and the (width, height) at which a ``width`` x ``height`` frame is analysed."""
+    if max_side is None or max(width, height) <= max_side:
+        return 1.0, (width, height)
+    scale = max_side / max(width, height)
+    return scale, (max(1, round(width * scale)), max(1, round(height * scale)))
+
+
+def _analysis_frame(index: int, fps: float, image: np.ndarray, max_side: int | None, path: Path | None) -> Frame:
+    height, width = image.shape[:2]
+    scale, size = _scaled(width, height, max_side)
+    if scale != 1.0:
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return Frame(index, index / fps, image, scale, (width, height), None if path is None else str(path))
 
 
 def _check_readable(path: Path) -> None:
@@ -231,24 +251,13 @@ class FrameSource:
         """Frames this source will yield (from the container's frame count for videos)."""
         return len(self._range())
 
-    def _scaled(self, width: int, height: int) -> tuple[float, tuple[int, int]]:
-        """The scale and the (width, height) at which a ``width`` x ``height`` frame is analysed."""
-        if self.max_side is None or max(width, height) <= self.max_side:
-            return 1.0, (width, height)
-        scale = self.max_side / max(width, height)
-        return scale, (max(1, round(width * scale)), max(1, round(height * scale)))
-
     @property
     def analysis_size(self) -> tuple[int, int]:
         """(width, height) of the frames yielded (the first frame's, for image inputs)."""
-        return self._scaled(*self.source_size)[1]
+        return _scaled(*self.source_size, self.max_side)[1]
 
     def _frame(self, index: int, image: np.ndarray, path: Path | None) -> Frame:
-        height, width = image.shape[:2]
-        scale, size = self._scaled(width, height)
-        if scale != 1.0:
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        return Frame(index, index / self.fps, image, scale, (width, height), None if path is None else str(path))
+        return _analysis_frame(index, self.fps, image, self.max_side, path)
 
     def __iter__(self) -> Iterator[Frame]:
         if self._images is not None:
@@ -319,3 +328,111 @@ class FrameReader:
             if len(self._kept) > self.keep:
                 self._kept.popitem(last=False)
         return self._kept[frame_index]
+
+
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+RECONNECT_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # waits before each try to reopen a dropped stream, then the last
+
+
+class Stream:
+    """Frames of a live source as they arrive, at ``max_side``: an RTSP/HTTP/... URL, a webcam (its number or
+    ``/dev/videoN``), or a video file, played at its own frame rate with ``realtime`` (else as fast as it
+    decodes). Each frame comes with its arrival time (``time.monotonic()``). A URL or webcam that drops is
+    reopened after a growing wait, said each time, until ``stop`` is set; a file ends. Frames are numbered
+    from 0 across reconnections. ``fps``: the rate of a live source (theirs are guesses) or of a file that
+    states none; else ``default_fps``, said in ``fps_note``."""
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        max_side: int | None = None,
+        fps: float | None = None,
+        default_fps: float = DEFAULT_IMAGE_FPS,
+        realtime: bool = False,
+        stop: threading.Event | None = None,
+        say: Callable[[str], None] = say,
+    ):
+        self.spec, self.max_side, self.realtime, self.say = spec, max_side, realtime, say
+        self.stop = stop
+        self.live = spec.startswith(STREAM_SCHEMES) or spec.isdigit() or spec.startswith("/dev/video")
+        if not self.live:
+            _check_readable(Path(spec))
+        self.name = spec
+        self.reconnects = 0
+        self._capture = self._open()
+        if self._capture is None:
+            raise MediaError(spec, "cannot be opened (no stream there, or a codec OpenCV's FFmpeg lacks)")
+        stated = self._capture.get(cv2.CAP_PROP_FPS)
+        stated = stated if 0 < stated < 1000 and not self.live else None  # live streams state guesses (MJPEG: 25)
+        self.fps = float(fps or stated or default_fps)
+        self.fps_note = None if fps or stated else f"{self.fps:g} frames/s assumed: the source states none (--fps)"
+        ok, self._first = self._capture.read()
+        if not ok or self._first is None:
+            raise MediaError(spec, "opened, but no frame could be decoded")
+        self.source_size = (self._first.shape[1], self._first.shape[0])
+        self.analysis_size = _scaled(*self.source_size, max_side)[1]
+
+    @property
+    def first_frame(self) -> Frame:
+        """The frame the source opened with (it is also the first one iterated)."""
+        return _analysis_frame(0, self.fps, self._first, self.max_side, None)
+
+    def _open(self) -> cv2.VideoCapture | None:
+        if self.spec.isdigit():
+            capture = cv2.VideoCapture(int(self.spec))
+        elif self.live:
+            capture = cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG)
+        else:
+            capture = _open_video(Path(self.spec))
+        if capture.isOpened():
+            return capture
+        capture.release()
+        return None
+
+    def _stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def _wait(self, seconds: float) -> bool:
+        """Wait ``seconds``; True when stopped meanwhile."""
+        if self.stop is None:
+            time.sleep(seconds)
+            return False
+        return self.stop.wait(seconds)
+
+    def _reopen(self) -> bool:
+        """Reopen a dropped live source, waiting longer each time; False once stopped."""
+        self._capture.release()
+        for attempt in itertools.count():
+            wait = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
+            said = "the stream dropped; reopening" if attempt == 0 else "still unreachable; trying again"
+            self.say(f"{self.name}: {said} in {wait:g} s")
+            if self._wait(wait):
+                return False
+            capture = self._open()
+            if capture is not None:
+                self._capture, self.reconnects = capture, self.reconnects + 1
+                self.say(f"{self.name}: reopened")
+                return True
+
+    def __iter__(self) -> Iterator[tuple[Frame, float]]:
+        started = time.monotonic()
+        index, image = 0, self._first
+        try:
+            while not self._stopped():
+                if image is None:
+                    ok, image = self._capture.read()
+                    if not ok or image is None:
+                        if not self.live or not self._reopen():
+                            return
+                        image = None
+                        continue
+                arrival = time.monotonic()
+                if self.realtime and not self.live:  # a file plays at its own rate: the frame arrives on time
+                    arrival = started + index / self.fps
+                    if arrival > time.monotonic() and self._wait(arrival - time.monotonic()):
+                        return
+                yield _analysis_frame(index, self.fps, image, self.max_side, None), arrival
+                index, image = index + 1, None
+        finally:
+            self._capture.release()

@@ -38,6 +38,7 @@ class BatchResult:
     failed: list[dict]
     skipped: list[dict]  # done by an earlier run
     ledger: Path
+    start_seconds: float = 0.0  # starting the local Ray instance and its workers, included in the batch's time
 
 
 def batch_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -159,8 +160,9 @@ def audit_batch(
     if skipped:
         say(f"{len(skipped)} of {len(videos)} video(s) audited by an earlier run: skipped (--fresh audits them again)",
             progress)  # fmt: skip
-    done, failed = [], []
+    done, failed, start_seconds = [], [], 0.0
     if todo:
+        started = time.perf_counter()
         started_here = not ray.is_initialized()
         if started_here:
             options = {"address": address} if address else {"num_cpus": workers}
@@ -168,7 +170,10 @@ def audit_batch(
         try:
             scene_ref = ray.put(scene)  # read by every worker from the object store, not copied per task
             remote = ray.remote(num_cpus=1)(Auditor)
-            pool = ray.util.ActorPool([remote.remote(scene_ref, explainer) for _ in range(min(workers, len(todo)))])
+            actors = [remote.remote(scene_ref, explainer) for _ in range(min(workers, len(todo)))]
+            ray.get([actor.__ray_ready__.remote() for actor in actors])
+            start_seconds = time.perf_counter() - started
+            pool = ray.util.ActorPool(actors)
             tasks = ((str(v), str(out / names[v]), fresh) for v in todo)
             results = pool.map_unordered(lambda actor, task: actor.audit.remote(*task), tasks)
             for record in track(results, f"auditing {len(todo)} video(s) on Ray", total=len(todo), enabled=progress):
@@ -179,4 +184,4 @@ def audit_batch(
         finally:
             if started_here:
                 ray.shutdown()
-    return BatchResult(done, failed, skipped, ledger)
+    return BatchResult(done, failed, skipped, ledger, start_seconds)

@@ -214,6 +214,14 @@ class ObjectTagger:
         vectors = self.embedder.embed(frame.image, crops, side=CROP_SIDE).embeddings.astype(np.float32)
         return Looks(np.array(due), vectors)
 
+    def warm(self, frame: Frame) -> None:
+        """Run the detector and the embedder once on ``frame``, results dropped: their first run allocates and
+        prepares, which a live stream should not wait for."""
+        height, width = frame.image.shape[:2]
+        self.detector.detect(frame.image, ())
+        if self.embedder is not None:
+            self.embedder.embed(frame.image, np.array([[0.0, 0.0, width, height]]), side=CROP_SIDE)
+
     def _vote(self, frame: Frame, blobs: np.ndarray, track_ids: list[int]) -> None:
         size = (frame.image.shape[1], frame.image.shape[0])
         region = grown(np.concatenate([blobs[:, :2].min(axis=0), blobs[:, 2:].max(axis=0)]), REGION_MARGIN,

@@ -286,6 +286,11 @@ class SceneScorer:
         self.tagger = _tagger(tools, fps) if scene.objects else None
         self._looks: dict[int, float] = {}  # track -> its latest appearance ratio
 
+    def warm(self, frame: Frame) -> None:
+        """Ready the object tools on ``frame`` (nothing recorded): a stream's first frames then come on time."""
+        if self.tagger is not None:
+            self.tagger.warm(frame)
+
     def score(self, frame: Frame) -> Evidence:
         started = time.perf_counter()
         facts = self.analyzer.analyze(frame)

@@ -103,29 +103,15 @@ def screen(
 
     def details(start: int, end: int, peak: int) -> dict:
         inside = [ev for ev in compact if start <= ev.frame_index <= end]
-        cited = [ev for ev in inside if (ev.frame_score or 0.0) > threshold] or inside
         kept = keyframes.within(start, end)
-        if kept is not None:
-            frame, full = kept
-        else:  # no run's best frame lies inside (smoothing carried the event): decode its strongest frame again
+        if kept is None:  # no run's best frame lies inside (smoothing carried the event): decode its strongest frame
             full = max(inside, key=lambda ev: ev.frame_score or 0.0)
-            frame = source.read(full.frame_index)
-        breaches = [(ev, b) for ev in cited for b in ev.breaches()]
-        tracks = {ev.track_of(b.object_index) for ev, b in breaches} - {None}
-        fields = {
-            "peak_frame": full.frame_index,
-            "evidence_ids": [ev.id for ev in cited],
-            "rule_ids": sorted({b.rule_id for _, b in breaches}),
-            "track_ids": sorted(tracks),
-            "reasons": [reason for cue in cues if (reason := cue.reason(start, end)) is not None],
-        }
+            kept = (source.read(full.frame_index), full)
+        reasons = [reason for cue in cues if (reason := cue.reason(start, end)) is not None]
+        fields, cited = _event_fields(start, end, inside, kept[1], threshold, source.fps, describe, reasons)
         evidence.update({ev.id: ev for ev in cited})
-        evidence[full.id] = full
-        chosen[(start, end)] = (frame, full)
-        if describe is not None:
-            draft = Event(id="draft", start_frame=start, end_frame=end, start_s=start / source.fps,
-                          end_s=end / source.fps, score=0.0, **fields)  # fmt: skip
-            fields["summary"] = describe(draft, cited, full)
+        evidence[kept[1].id] = kept[1]
+        chosen[(start, end)] = kept
         return fields
 
     events = group_events(
@@ -136,6 +122,141 @@ def screen(
         evidence, {event.id: chosen[(event.start_frame, event.end_frame)] for event in events}, compact,
         seconds=time.perf_counter() - started,
     )
+
+
+def _event_fields(
+    start: int,
+    end: int,
+    inside: list[Evidence],
+    keyframe: Evidence,
+    threshold: float,
+    fps: float,
+    describe: Describe | None,
+    reasons: Sequence = (),
+) -> tuple[dict, list[Evidence]]:
+    """An event's fields beyond its frames and score (for ``group_events``), and the evidence it cites: its
+    frames above the threshold (all of ``inside`` when none is), the rules they break and the tracks that broke
+    them, its peak at ``keyframe``, and the ``describe``d summary."""
+    cited = [ev for ev in inside if (ev.frame_score or 0.0) > threshold] or inside
+    breaches = [(ev, b) for ev in cited for b in ev.breaches()]
+    fields = {
+        "peak_frame": keyframe.frame_index,
+        "evidence_ids": [ev.id for ev in cited],
+        "rule_ids": sorted({b.rule_id for _, b in breaches}),
+        "track_ids": sorted({ev.track_of(b.object_index) for ev, b in breaches} - {None}),
+        "reasons": list(reasons),
+    }
+    if describe is not None:
+        draft = Event(id="draft", start_frame=start, end_frame=end, start_s=start / fps, end_s=end / fps, score=0.0,
+                      **fields)  # fmt: skip
+        fields["summary"] = describe(draft, cited, keyframe)
+    return fields, cited
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """An event of a stream, complete once it has closed: the event, the evidence it cites, its keyframe."""
+
+    event: Event
+    evidence: list[Evidence]
+    keyframe: tuple[Frame, Evidence]
+
+
+class LiveScreening:
+    """``screen`` for a stream, frame by frame: the same scorer, centred smoothing, threshold and grouping, so a
+    file fed through it gives ``screen``'s events (with no cues and no self-referenced threshold). An event is
+    complete, and returned by ``feed``, once ``max_gap`` smoothed frames below the threshold follow it: half a
+    smoothing window plus ``max_gap`` frames after its last anomalous frame. Memory stays bounded: frames are
+    kept only while an event may still include them, and images only for the best frame of each run."""
+
+    def __init__(
+        self,
+        scorer: FrameScorer,
+        fps: float,
+        *,
+        threshold: float = 1.0,
+        smooth_seconds: float = 1.0,
+        min_event_frames: int = 3,
+        max_gap: int = 5,
+        describe: Describe | None = None,
+    ):
+        self.scorer, self.fps, self.threshold = scorer, fps, threshold
+        self.half = max(1, round(smooth_seconds * fps)) // 2
+        self.min_event_frames, self.max_gap, self.describe = min_event_frames, max_gap, describe
+        self.frames: list[Evidence] = []  # compact evidence of the frames kept, in order
+        self.raw: list[float] = []
+        self.smoothed: list[float] = []  # final smoothed scores of the first len(smoothed) frames kept
+        self.run: tuple[int, int] | None = None  # positions (first, last above) of the run still open
+        self.keyframes = _Keyframes(limit=1_000_000)  # emptied as events close: bounded by the open runs
+        self.count = 0
+
+    def feed(self, frame: Frame) -> list[LiveEvent]:
+        """Score ``frame``; the events that closed with it."""
+        evidence = self.scorer.score(frame)
+        score = float(evidence.frame_score or 0.0)
+        self.frames.append(evidence.model_copy(update={"anomaly_map": None, "masks": None}))
+        self.raw.append(score)
+        self.keyframes.see(frame, evidence, score / self.threshold, 0.0)
+        closed = []
+        while len(self.smoothed) + self.half < len(self.raw):  # the window of the next frame is whole
+            closed += self._settle(len(self.smoothed))
+        return closed
+
+    def close(self) -> list[LiveEvent]:
+        """The end of the stream: the frames left settle with the window they have, and an open event closes."""
+        self.keyframes.close()
+        closed = []
+        while len(self.smoothed) < len(self.raw):
+            closed += self._settle(len(self.smoothed))
+        if self.run is not None:
+            closed += self._emit(*self.run)
+        return closed
+
+    def _settle(self, position: int) -> list[LiveEvent]:
+        window = self.raw[max(0, position - self.half) : position + self.half + 1]
+        value = float(np.mean(window))
+        self.smoothed.append(value)
+        if value > self.threshold:
+            self.run = (self.run[0] if self.run else position, position)
+            return []
+        if self.run is not None and position - self.run[1] > self.max_gap:
+            first, last = self.run
+            return self._emit(first, last)
+        if self.run is None:  # nothing can join an event any more before the smoothing window's reach
+            self._forget(position - self.half)
+        return []
+
+    def _emit(self, first: int, last: int) -> list[LiveEvent]:
+        self.run = None
+        kept = self.frames[first : last + 1]
+        found: list[tuple[list[Evidence], tuple[Frame, Evidence]]] = []
+
+        def details(start: int, end: int, peak: int) -> dict:
+            inside = [ev for ev in kept if start <= ev.frame_index <= end]
+            keyframe = self.keyframes.near(start, end)
+            fields, cited = _event_fields(start, end, inside, keyframe[1], self.threshold, self.fps, self.describe)
+            found.append(([*cited, keyframe[1]], keyframe))
+            return fields
+
+        indices = np.array([ev.frame_index for ev in kept])
+        events = group_events(indices, np.array(self.smoothed[first : last + 1]), self.threshold, self.fps,
+                              min_frames=self.min_event_frames, max_gap=self.max_gap, details=details)  # fmt: skip
+        live = []
+        for event, (evidence, keyframe) in zip(events, found):
+            self.count += 1
+            live.append(LiveEvent(event.model_copy(update={"id": f"event-{self.count}"}), evidence, keyframe))
+        self._forget(last + 1 - self.half)
+        return live
+
+    def _forget(self, position: int) -> None:
+        """Drop the frames before ``position`` (never those a smoothing window still needs)."""
+        drop = max(0, min(position, len(self.smoothed) - self.half))
+        if drop <= 0:
+            return
+        self.keyframes.forget_before(self.frames[drop].frame_index if drop < len(self.frames) else None)
+        del self.frames[:drop], self.raw[:drop], self.smoothed[:drop]
+        if self.run is not None:
+            self.run = (self.run[0] - drop, self.run[1] - drop)
 
 
 class _Keyframes:
@@ -172,6 +293,22 @@ class _Keyframes:
             heapq.heappush(heap, item)
         elif item[0] > heap[0][0]:
             heapq.heapreplace(heap, item)
+
+    def forget_before(self, index: int | None) -> None:
+        """Drop the kept frames before source frame ``index`` (all of them with None)."""
+        for kind, heap in self.kept.items():
+            self.kept[kind] = [item for item in heap if index is not None and item[1] >= index]
+            heapq.heapify(self.kept[kind])
+
+    def near(self, start: int, end: int) -> tuple[Frame, Evidence]:
+        """``within(start, end)``, else the kept frame (or a run's best so far) nearest the range: a smoothed
+        event's anomalous frames can lie up to half a smoothing window outside it."""
+        found = self.within(start, end)
+        if found is not None:
+            return found
+        items = [item for heap in self.kept.values() for item in heap] + [r for r in self.runs.values() if r]
+        _, _, frame, evidence = min(items, key=lambda item: max(start - item[1], item[1] - end))
+        return frame, evidence
 
     def within(self, start: int, end: int) -> tuple[Frame, Evidence] | None:
         """The strongest kept frame between ``start`` and ``end``: by its own score first, else by a cue."""

@@ -1,0 +1,247 @@
+"""Live sources watched against a scene: screening keeps up with each stream, the LLM never holds it up.
+
+Each source is screened in its own thread with the scene's scorer (``tools.screening.LiveScreening``: the same
+scoring, smoothing and grouping as ``audit``), and each event is emitted the moment it closes: a JSON line on
+stdout, a line in ``OUT/events.jsonl``, and a POST to the webhook when one is configured. Its explanation
+queues behind a bounded backlog, explained oldest first by the agent on the event's recorded evidence (a live
+stream cannot be read back, so the agent's live tools are not offered); when the backlog is full the new
+event's explanation is skipped and said so, rather than memory growing without bound. Stopping (Ctrl-C,
+SIGTERM, the ``stop`` event) closes every open event and keeps it; queued explanations are skipped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import queue
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anomalens.agents.graph import explain_events
+from anomalens.agents.index import VideoIndex
+from anomalens.agents.llm import LLM
+from anomalens.errors import AnomalensError, LLMError, MediaError
+from anomalens.files import writable_folder
+from anomalens.pipelines.audit import open_explainer
+from anomalens.pipelines.describe import Describer
+from anomalens.progress import say
+from anomalens.tools.perception import object_tools
+from anomalens.tools.scene import Scene, SceneScorer
+from anomalens.tools.screening import LiveEvent, LiveScreening
+from anomalens.video import Stream
+
+EVENTS = "events.jsonl"
+WEBHOOK_TIMEOUT = 5.0  # seconds a webhook may take; a slow one delays its own deliveries, never screening
+
+
+@dataclass
+class Watched:
+    """One source's run: frames screened, events emitted, each event's latency (the arrival of its last frame
+    to its emission, seconds), how far screening fell behind the frames' arrival, reconnections."""
+
+    source: str
+    frames: int = 0
+    events: int = 0
+    latencies: list[float] = field(default_factory=list)
+    lag: list[float] = field(default_factory=list)  # per frame: scored at, minus arrived at
+    reconnects: int = 0
+    error: str | None = None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class _Outlet:
+    """Where records go, one whole line at a time: ``emit`` (stdout), ``OUT/events.jsonl``, the webhook."""
+
+    def __init__(self, emit: Callable[[dict], None], out: Path | None, webhook: str | None):
+        self.emit, self.webhook = emit, webhook
+        self.ledger = out / EVENTS if out is not None else None
+        self.lock = threading.Lock()
+        self.posting = ThreadPoolExecutor(max_workers=1) if webhook else None
+
+    def __call__(self, record: dict) -> None:
+        line = json.dumps(record)
+        with self.lock:
+            self.emit(record)
+            if self.ledger is not None:
+                with self.ledger.open("a", encoding="utf-8") as ledger:
+                    ledger.write(line + "\n")
+                    ledger.flush()
+                    os.fsync(ledger.fileno())
+        if self.posting is not None:
+            self.posting.submit(self._post, line.encode())
+
+    def _post(self, body: bytes) -> None:
+        request = urllib.request.Request(self.webhook, body, {"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT):
+                pass
+        except OSError as error:
+            say(f"webhook {self.webhook}: not delivered ({getattr(error, 'reason', error)})")
+
+    def close(self) -> None:
+        if self.posting is not None:
+            self.posting.shutdown(wait=True)
+
+
+class _Explainer:
+    """The agent on closed events, oldest first, from a backlog of at most ``backlog`` events."""
+
+    def __init__(self, llm, backlog: int, outlet: _Outlet):
+        self.llm, self.outlet = llm, outlet
+        self.waiting: queue.Queue = queue.Queue(maxsize=backlog)
+        self.thread = threading.Thread(target=self._run, name="explainer", daemon=True)
+        self.thread.start()
+
+    def submit(self, source: str, index: VideoIndex, event_id: str) -> None:
+        try:
+            self.waiting.put_nowait((source, index, event_id))
+        except queue.Full:
+            self._skipped(source, event_id, "backlog full")
+
+    def _skipped(self, source: str, event_id: str, why: str) -> None:
+        say(f"{source}: {event_id}: explanation skipped: {why}")
+        self.outlet({"type": "explanation", "source": source, "event_id": event_id, "skipped": why, "at": _now()})
+
+    def _run(self) -> None:
+        while (item := self.waiting.get()) is not None:
+            source, index, event_id = item
+            try:
+                (explanation,) = explain_events(self.llm, index, event_ids=[event_id], progress=False)
+            except LLMError as error:
+                self._skipped(source, event_id, f"the LLM failed ({error})")
+                continue
+            claims = [{"kind": c.kind, "text": c.text, "verdict": c.verdict.status} for c in explanation.claims]
+            record = {"type": "explanation", "source": source, "event_id": event_id, "prose": explanation.prose,
+                      "claims": claims, "seconds": round(explanation.seconds, 2), "at": _now()}  # fmt: skip
+            self.outlet(record)
+
+    def finish(self, stopped: bool) -> None:
+        """Explain what waits (or, when stopped, skip it), then end."""
+        if stopped:
+            while True:
+                try:
+                    source, _, event_id = self.waiting.get_nowait()
+                except queue.Empty:
+                    break
+                self._skipped(source, event_id, "stopped")
+        self.waiting.put(None)
+        if not stopped:
+            self.thread.join()
+
+
+def _index_of(live: LiveEvent, stream: Stream, screening: LiveScreening, scorer: SceneScorer, scene: Scene):
+    """What the agent reads about one closed event: its evidence, the tracks it cites, the rulebook."""
+    event = live.event
+    return VideoIndex(
+        video=stream.name,
+        fps=stream.fps,
+        source_size=stream.source_size,
+        frames=event.end_frame + 1,
+        threshold=screening.threshold,
+        events=[event],
+        evidence=sorted({ev.id: ev for ev in live.evidence}.values(), key=lambda ev: ev.frame_index or 0),
+        tracks=[t for t in scorer.analyzer.tracks() if t.id in event.track_ids],
+        rulebook=scene.rulebook,
+    )
+
+
+def _screen(stream: Stream, scene: Scene, watched: Watched, outlet: _Outlet, explainer: _Explainer | None, tools):
+    scorer = SceneScorer(scene, stream.fps, tools)
+    scorer.warm(stream.first_frame)
+    screening = LiveScreening(scorer, stream.fps, describe=Describer(scene.rulebook))
+    arrived: dict[int, float] = {}
+
+    def publish(closed: list[LiveEvent]) -> None:
+        for live in closed:
+            emitted = time.monotonic()
+            latency = emitted - arrived.get(live.event.end_frame, emitted)
+            watched.events += 1
+            watched.latencies.append(latency)
+            outlet({"type": "event", "source": stream.name, "event": live.event.model_dump(mode="json"),
+                    "latency_s": round(latency, 3), "at": _now()})  # fmt: skip
+            if explainer is not None:
+                explainer.submit(stream.name, _index_of(live, stream, screening, scorer, scene), live.event.id)
+        for index in [k for k in arrived if k < (screening.frames[0].frame_index if screening.frames else 0)]:
+            del arrived[index]
+
+    for frame, arrival in stream:
+        arrived[frame.index] = arrival
+        publish(screening.feed(frame))
+        watched.frames += 1
+        watched.lag.append(time.monotonic() - arrival)
+    publish(screening.close())
+    watched.reconnects = stream.reconnects
+
+
+def watch(
+    sources: Sequence[str],
+    scene: Scene | str | Path,
+    *,
+    out: str | Path | None = None,
+    realtime: bool = False,
+    fps: float | None = None,
+    explainer: str | None = None,
+    llm: LLM | None = None,
+    backlog: int = 8,
+    webhook: str | None = None,
+    emit: Callable[[dict], None] | None = None,
+    stop: threading.Event | None = None,
+    progress: bool = True,
+) -> list[Watched]:
+    """Watch ``sources`` (URLs, webcams, files) against ``scene`` until every one ends or ``stop`` is set.
+
+    Records (``{"type": "event", ...}`` as each event closes, ``{"type": "explanation", ...}`` as the agent
+    explains it or skips it) go to ``emit`` (default: a JSON line on stdout), to ``out/events.jsonl`` and to
+    ``webhook``. ``realtime`` plays files at their own rate; ``fps`` is the rate of sources that state none.
+    Events are explained by the agent with ``llm``, else by the LLM ``explainer`` chooses (see ``audit``).
+    """
+    if backlog < 1:
+        raise AnomalensError(f"backlog {backlog}: give at least 1")
+    scene = scene if isinstance(scene, Scene) else Scene.load(scene)
+    stop = stop or threading.Event()
+    out = writable_folder(out) if out is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    streams = []
+    for spec in sources:  # opened before anything starts: a bad source fails the command at once
+        stream = Stream(spec, max_side=scene.max_side, fps=fps, default_fps=scene.fps, realtime=realtime, stop=stop)
+        if stream.analysis_size != tuple(scene.analysis_size):
+            raise MediaError(spec, f"{stream.source_size[0]}x{stream.source_size[1]} frames do not fit this scene")
+        if stream.fps_note:
+            say(f"{spec}: {stream.fps_note}", progress)
+        streams.append(stream)
+    if llm is None:
+        llm, who = open_explainer(explainer)
+        say(f"explanations: {who}", progress)
+    outlet = _Outlet(emit or (lambda record: print(json.dumps(record), flush=True)), out, webhook)
+    agent = _Explainer(llm, backlog, outlet) if llm is not None else None
+    watched = [Watched(stream.name) for stream in streams]
+
+    def run(stream: Stream, record: Watched) -> None:
+        try:  # each source has its own object tools: the detector's state is per stream
+            _screen(stream, scene, record, outlet, agent, object_tools(scene.objects) if scene.objects else None)
+        except Exception as error:  # noqa: BLE001 - one source's failure must not stop the others
+            bug = not isinstance(error, AnomalensError)
+            record.error = f"unexpected {type(error).__name__}: {error}" if bug else str(error)
+            say(f"{stream.name}: stopped: {record.error}")
+
+    threads = [threading.Thread(target=run, args=pair, name=pair[0].name) for pair in zip(streams, watched)]
+    for thread in threads:
+        thread.start()
+        say(f"{thread.name}: watching", progress)
+    for thread in threads:
+        while thread.is_alive():  # in short waits: the main thread stays free for Ctrl-C and SIGTERM handlers
+            thread.join(0.2)
+    if agent is not None:
+        agent.finish(stopped=stop.is_set())
+    outlet.close()
+    return watched

@@ -1,0 +1,202 @@
+"""Watching live sources: the live screening gives what `audit` gives, a stream served here over HTTP (MJPEG, as
+many IP cameras serve it) has its anomalies emitted while it plays, a server that goes away and comes back is
+reconnected, and SIGTERM ends the watch with every event kept."""
+
+import http.server
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import pytest
+
+from anomalens.pipelines.audit import screen_video
+from anomalens.pipelines.describe import Describer
+from anomalens.pipelines.watch import EVENTS, watch
+from anomalens.tools.scene import SceneScorer
+from anomalens.tools.screening import LiveScreening
+
+
+def test_live_screening_gives_the_events_screen_gives(scene_and_video):
+    scene, test, _ = scene_and_video
+    batch = screen_video(scene.open(test.video), scene, progress=False).result
+    source = scene.open(test.video)
+    live = LiveScreening(SceneScorer(scene, source.fps), source.fps, describe=Describer(scene.rulebook))
+    closed, held = [], []
+    for frame in source:
+        closed += [(item, frame.index) for item in live.feed(frame)]
+        held.append(len(live.frames))
+    closed += [(item, None) for item in live.close()]
+    assert [item.event for item, _ in closed] == batch.events and len(batch.events) >= 2
+    for item, at in closed[:-1]:  # emitted soon after its end: half a smoothing window and the gap allowed
+        assert at - item.event.end_frame <= source.fps // 2 + 6
+    longest = max(e.end_frame - e.start_frame + 1 for e in batch.events)
+    assert max(held) <= longest + source.fps + 6  # frames are let go once no event can need them
+    assert held[closed[0][1] + 1] <= source.fps + 6  # none of the first event's once it is out
+
+
+class MJPEGCamera:
+    """An IP camera on 127.0.0.1: serves ``frames`` as an MJPEG stream at ``fps``, from ``start`` on; ``stop``
+    takes it off the network mid-stream (its connections dropped), as a camera that loses power."""
+
+    def __init__(self, frames, fps: float):
+        self.frames, self.fps, self.served = frames, fps, 0
+        self.port = None
+        self.server = None
+
+    def start(self, start: int = 0) -> None:
+        camera = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                for image in camera.frames[start:]:
+                    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+                    head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                    try:
+                        self.wfile.write(head + jpeg + b"\r\n")
+                    except OSError:
+                        return
+                    camera.served += 1
+                    time.sleep(1 / camera.fps)
+
+            def log_message(self, *args):
+                pass
+
+        http.server.ThreadingHTTPServer.allow_reuse_address = True
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port or 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.server.socket.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+
+def _frames(video) -> list:
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    capture.release()
+    return frames
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_stream_is_watched_through_a_camera_restart(scene_and_video, tmp_path, capsys):
+    scene, test, _ = scene_and_video
+    frames = _frames(test.video)  # a cyclist from frame 10, someone crossing the lawn from frame 150
+    camera = MJPEGCamera(frames, fps=60)  # faster than the clip's 15 fps (which --fps gives: MJPEG states none)
+    camera.start()
+    records, stop = [], threading.Event()
+    watching = threading.Thread(
+        target=lambda: records.append(
+            watch([camera.url], scene, out=tmp_path, fps=scene.fps, explainer="deterministic",
+                  emit=records.append, stop=stop, progress=False)  # fmt: skip
+        )
+    )
+    watching.start()
+    assert _wait_for(lambda: camera.served >= 140, 60), "the camera served its first part"
+    camera.stop()  # mid-stream, with the watch reading
+    time.sleep(1.0)
+    camera.start(start=150)  # back on the same address, further on in the scene
+    assert _wait_for(lambda: camera.served >= 290, 60), "the camera served the rest"
+    _wait_for(lambda: sum(r.get("type") == "event" for r in records if isinstance(r, dict)) >= 2, 10)
+    stop.set()
+    watching.join(30)
+    assert not watching.is_alive(), "the watch ends when stopped"
+    camera.stop()
+    (watched,) = records.pop()
+    events = [r["event"] for r in records if r["type"] == "event"]
+    assert watched.reconnects >= 1 and watched.error is None
+    assert "reopened" in capsys.readouterr().err
+    assert any(e["start_frame"] <= 70 for e in events), "the cyclist, before the camera went away"
+    assert any(e["end_frame"] >= 150 for e in events), "the lawn crossing, after it came back"
+    ledger = [json.loads(line) for line in (tmp_path / EVENTS).read_text().splitlines()]
+    assert ledger == records  # every record kept, whole
+
+
+@pytest.fixture
+def webhook():
+    """A receiver on 127.0.0.1 for the records POSTed to it; yields (its URL, what it received)."""
+    received = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/events", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_sigterm_ends_a_watch_keeping_every_event(scene_and_video, tmp_path, webhook):
+    scene, test, _ = scene_and_video
+    scene.save(tmp_path / "scene")
+    url, posted = webhook
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anomalens", "watch", str(test.video), "--scene", str(tmp_path / "scene"),
+         "--realtime", "--explainer", "deterministic", "--out", str(tmp_path / "out"), "--webhook", url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    first = json.loads(process.stdout.readline())  # the cyclist's event, while the clip plays
+    assert first["type"] == "event" and first["latency_s"] < 2.0
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0 and "(stopped)" in err, err
+    kept = [json.loads(line) for line in (tmp_path / "out" / EVENTS).read_text().splitlines()]
+    assert kept[0] == first and [json.loads(line) for line in out.splitlines()] == kept[1:]
+    assert kept[-1]["event"]["end_frame"] < 299, "stopped before the clip's end"
+    assert posted == kept  # the webhook got every record, in order
+
+
+def test_explanations_wait_in_a_bounded_backlog_and_never_hold_screening(scene_and_video, tmp_path):
+    """Two sources close four events while the LLM is busy with the first: one waits, the rest are skipped."""
+    from anomalens.agents.llm.scripted import ScriptedLLM
+    from tests.test_kept_work import from_digest
+
+    scene, test, _ = scene_and_video
+    busy, released = threading.Event(), threading.Event()
+
+    def slow(messages):
+        busy.set()
+        released.wait(60)
+        return from_digest(messages)
+
+    records = []
+    llm = ScriptedLLM([slow, from_digest])
+    watching = threading.Thread(target=lambda: watch([str(test.video), str(test.video)], scene, llm=llm, backlog=1,
+                                                     emit=records.append, progress=False))  # fmt: skip
+    watching.start()
+    assert busy.wait(60)
+    assert _wait_for(lambda: sum(r["type"] == "event" for r in records) == 4, 60), "screening went on"
+    released.set()
+    watching.join(60)
+    explained = [r for r in records if r["type"] == "explanation" and "prose" in r]
+    skipped = [r for r in records if r["type"] == "explanation" and r.get("skipped") == "backlog full"]
+    assert len(explained) == 2 and len(skipped) == 2 and all(r["prose"] for r in explained)
+    assert all(c["verdict"] == "supported" for r in explained for c in r["claims"])
