@@ -98,6 +98,16 @@ CORPUS = {
         ["induce-rules", w.file("text.avi", "not a video\n" * 50), "--out", w.out, "--no-objects"],
         "text.avi: cannot be decoded",
     ),
+    "stream unreachable": lambda w: (
+        ["watch", "http://127.0.0.1:9/stream.mjpg", "--scene", w.scene],
+        "http://127.0.0.1:9/stream.mjpg: cannot be opened",
+    ),
+    "video to watch missing": lambda w: (
+        ["watch", w.folder / "nope.avi", "--scene", w.scene], "nope.avi: no such file"
+    ),
+    "batch input missing": lambda w: (
+        ["audit-batch", w.folder / "none", "--scene", w.scene, "--out", w.out], f"{w.folder / 'none'}: no such file"
+    ),
     # scenes
     "scene missing": lambda w: (
         ["audit", w.video, "--scene", w.folder / "none", "--out", w.out], f"{w.folder / 'none'}: not a scene folder"
