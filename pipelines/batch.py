@@ -94,14 +94,12 @@ def _append(path: Path, record: dict) -> None:
 class Auditor:
     """One Ray worker: the scene from the object store, the explaining LLM loaded once, ``audit`` per video."""
 
-    def __init__(self, scene: Scene, explainer: str | None):
-        from anomalens.config import load_settings
+    def __init__(self, scene: Scene, explainer: str):
         from anomalens.pipelines.audit import foundation_tools, open_explainer
 
         self.scene = scene
-        choice = explainer or load_settings().explainer
-        self.llm, _ = open_explainer(choice)
-        self.explainer = choice if self.llm is not None else "deterministic"  # "auto" falls back per video
+        self.llm, _ = open_explainer(explainer)
+        self.explainer = explainer if self.llm is not None else "deterministic"
         self.perception = foundation_tools(progress=False) if self.llm is not None else None
 
     def audit(self, video: str, out: str, fresh: bool) -> dict:
@@ -128,6 +126,20 @@ class Auditor:
         }
 
 
+def _checked_explainer(explainer: str | None, progress: bool) -> str:
+    """The explainer the workers use, the LLM loaded here once first: an agent that cannot load fails the batch
+    before any worker starts, and ``auto`` without an LLM is the deterministic explainer everywhere."""
+    from anomalens.config import load_settings
+    from anomalens.pipelines.audit import open_explainer
+
+    choice = explainer or load_settings().explainer
+    if choice == "deterministic":
+        return choice
+    llm, who = open_explainer(choice)
+    say(f"explanations: {who}", progress)
+    return choice if llm is not None else "deterministic"
+
+
 def audit_batch(
     inputs: Sequence[str | Path],
     scene: Scene | str | Path,
@@ -150,6 +162,7 @@ def audit_batch(
         raise AnomalensError(f"{workers} workers: give at least 1")
     scene = scene if isinstance(scene, Scene) else Scene.load(scene)
     videos = batch_inputs(inputs)
+    explainer = _checked_explainer(explainer, progress)
     out = writable_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     ledger = out / LEDGER

@@ -108,6 +108,11 @@ CORPUS = {
     "batch input missing": lambda w: (
         ["audit-batch", w.folder / "none", "--scene", w.scene, "--out", w.out], f"{w.folder / 'none'}: no such file"
     ),
+    "batch explained by an agent that cannot load": lambda w: (
+        ["audit-batch", w.video, "--scene", w.scene, "--out", w.out, "--explainer", "agent"],
+        "model 'qwen2.5-coder-1.5b' is not in the store",
+        {"MODEL_DIR": str(w.folder / "none")},
+    ),
     # scenes
     "scene missing": lambda w: (
         ["audit", w.video, "--scene", w.folder / "none", "--out", w.out], f"{w.folder / 'none'}: not a scene folder"
