@@ -51,6 +51,14 @@ def writable_file(path: str | Path) -> Path:
     return path
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append one whole line and flush it to disk: a log that a kill can cut only between lines."""
+    with path.open("a", encoding="utf-8") as log:
+        log.write(line + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+
+
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Write via a temporary file in the same folder, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from anomalens.errors import AnomalensError, MediaError, MissingExtra
-from anomalens.files import writable_folder
+from anomalens.files import append_line, writable_folder
 from anomalens.progress import say, track
 from anomalens.tools.scene import Scene
 from anomalens.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -81,14 +80,6 @@ def _read_ledger(path: Path) -> dict[str, dict]:
                 continue
             records[record["video"]] = record
     return records
-
-
-def _append(path: Path, record: dict) -> None:
-    """One whole line, on disk before the next video's result is taken."""
-    with path.open("a", encoding="utf-8") as ledger:
-        ledger.write(json.dumps(record) + "\n")
-        ledger.flush()
-        os.fsync(ledger.fileno())
 
 
 class Auditor:
@@ -190,7 +181,7 @@ def audit_batch(
             tasks = ((str(v), str(out / names[v]), fresh) for v in todo)
             results = pool.map_unordered(lambda actor, task: actor.audit.remote(*task), tasks)
             for record in track(results, f"auditing {len(todo)} video(s) on Ray", total=len(todo), enabled=progress):
-                _append(ledger, record)
+                append_line(ledger, json.dumps(record))  # on disk before the next result is taken
                 (done if record["status"] == "done" else failed).append(record)
                 if record["status"] == "failed":
                     say(f"{record['video']}: failed: {record['error']}", progress)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import queue
 import threading
 import time
@@ -27,7 +26,7 @@ from anomalens.agents.graph import explain_events
 from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import LLM
 from anomalens.errors import AnomalensError, LLMError, MediaError
-from anomalens.files import writable_folder
+from anomalens.files import append_line, writable_folder
 from anomalens.pipelines.audit import open_explainer
 from anomalens.pipelines.describe import Describer
 from anomalens.progress import say
@@ -72,10 +71,7 @@ class _Outlet:
         with self.lock:
             self.emit(record)
             if self.ledger is not None:
-                with self.ledger.open("a", encoding="utf-8") as ledger:
-                    ledger.write(line + "\n")
-                    ledger.flush()
-                    os.fsync(ledger.fileno())
+                append_line(self.ledger, line)
         if self.posting is not None:
             self.posting.submit(self._post, line.encode())
 
@@ -170,8 +166,9 @@ def _screen(stream: Stream, scene: Scene, watched: Watched, outlet: _Outlet, exp
                     "latency_s": round(latency, 3), "at": _now()})  # fmt: skip
             if explainer is not None:
                 explainer.submit(stream.name, _index_of(live, stream, screening, scorer, scene), live.event.id)
-        for index in [k for k in arrived if k < (screening.frames[0].frame_index if screening.frames else 0)]:
-            del arrived[index]
+        kept_from = screening.frames[0].frame_index if screening.frames else 0
+        while arrived and next(iter(arrived)) < kept_from:  # in frame order: the oldest first
+            del arrived[next(iter(arrived))]
 
     for frame, arrival in stream:
         arrived[frame.index] = arrival

@@ -68,7 +68,6 @@ class MJPEGCamera:
             def log_message(self, *args):
                 pass
 
-        http.server.ThreadingHTTPServer.allow_reuse_address = True
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port or 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
