@@ -22,6 +22,7 @@ from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.agents.llm import LLM
 from anomalens.errors import ConfigError
 from anomalens.files import writable_folder
+from anomalens.store import EventStore
 from anomalens.tools.perception import Perception
 from anomalens.types import Explanation
 
@@ -78,11 +79,13 @@ class ChatSession:
         session: str | None = None,
         perception: Perception | None = None,
         namer: Callable[[str], str | None] | None = None,
+        store: EventStore | None = None,
     ):
-        """``namer`` maps free text to a COCO class for the ``appears`` tool (default: ``coco.yaml``'s words)."""
+        """``namer`` maps free text to a COCO class for the ``appears`` tool (default: ``coco.yaml``'s words);
+        ``store``: the event store that keeps every answer beside the events (``anomalens serve`` shows them)."""
         from langgraph.checkpoint.sqlite import SqliteSaver
 
-        self.index = index
+        self.index, self.store = index, store
         self.session = checked_session_id(session) if session else new_session_id()
         self._lock = self._only_open_here(database)
         try:
@@ -127,7 +130,12 @@ class ChatSession:
         if not question.strip():
             raise ValueError("ask a question (it was empty)")
         values = self.graph.invoke({"question": question.strip()}, self.config)
-        return Explanation.model_validate(values["history"][-1]["explanation"])
+        answer = Explanation.model_validate(values["history"][-1]["explanation"])
+        if self.store is not None:
+            claims = [{"text": c.text, "kind": c.kind, "status": c.verdict.status if c.verdict else "unchecked"}
+                      for c in answer.claims]  # fmt: skip
+            self.store.add_answer(self.session, question.strip(), answer.prose or answer.note, claims)
+        return answer
 
     def record(self, question: str, answer: Explanation) -> dict[str, Any]:
         """One answer for scripts: its text, the query it was read as, every claim with its verdict and the

@@ -275,7 +275,7 @@ class QuestionTools:
         cite = [self._cite(e.peak_frame) for e in events[:4]] or [self._cite(first)]
         return self._claim("tally", cite, value=len(events), frames=(first, last), rule_id=rule_id)
 
-    def _event_claims(self, event: Event, book: EvidenceBook, facts: int) -> list[Claim]:
+    def event_claims(self, event: Event, book: EvidenceBook, facts: int) -> list[Claim]:
         """The event's span, then its strongest ``facts`` facts (who broke which rule, what it is, where)."""
         span = self._claim("temporal", [self._cite(event.peak_frame)], frames=(event.start_frame, event.end_frame))
         drafts = parse_drafts([c for c, _ in event_facts(book, event) if c["kind"] != "temporal"][:facts])
@@ -302,7 +302,7 @@ class QuestionTools:
         events = [e for e in self.index.events if e.start_frame <= last and first <= e.end_frame]
         claims = [self._tally(events, first, last)]
         for event in events[:EVENTS_SAID]:
-            claims += self._event_claims(event, book, facts=1)
+            claims += self.event_claims(event, book, facts=1)
         if not events:
             claims += self._counts((first + last) // 2, None)
         return Answered(claims=claims, events=[self._number(e) for e in events])
@@ -356,13 +356,13 @@ class QuestionTools:
         else:
             number = query.event if query.event is not None else 1
             return Answered(claims=[], note=self.text["no_event"].format(number=number, count=len(events)))
-        return Answered(claims=self._event_claims(event, book, facts=3), events=[self._number(event)])
+        return Answered(claims=self.event_claims(event, book, facts=3), events=[self._number(event)])
 
     def _summary(self, query: Query, book: EvidenceBook, question: str) -> Answered:
         events = self.index.events
         claims = [self._tally(events, 0, self.index.frames - 1)]
         for event in events[:SUMMARY_EVENTS]:
-            claims += self._event_claims(event, book, facts=1)
+            claims += self.event_claims(event, book, facts=1)
         if not events:
             claims += self._counts(self.index.frames // 2, None)
         return Answered(claims=claims, events=[self._number(e) for e in events])

@@ -390,6 +390,59 @@ def _said(answer) -> str:
 
 
 @app.command()
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="report.json files, or folders to search for them")],
+) -> None:
+    """Add reports written earlier (or elsewhere) to the event store that `serve` shows."""
+    from anomalens.pipelines.history import index_reports, open_store
+
+    store = open_store()
+    done = index_reports(paths, store)
+    videos = [d for d in done if d.video_id is not None]
+    out.print(
+        f"{len(videos)} video report(s), {sum(d.events for d in videos)} event(s) in {store.path}", highlight=False
+    )
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on; any but the loopback one needs a token")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8765,
+    token: Annotated[
+        Optional[str],
+        typer.Option(envvar="ANOMALENS_TOKEN", help="token every request must carry [default: a new one when the "
+                     "address is not the loopback one]"),
+    ] = None,
+    llm: Annotated[
+        bool, typer.Option(help="let the embedded LLM read chat questions the router's words do not settle")
+    ] = True,
+) -> None:
+    """Open the app: the timeline of every stored event, event pages with review, and chat over the history."""
+    import secrets
+
+    import uvicorn
+
+    from anomalens.pipelines.audit import open_explainer
+    from anomalens.pipelines.history import open_store
+    from anomalens.web.app import create_app
+
+    if host not in LOOPBACK and not token:
+        token = secrets.token_urlsafe(24)
+    store = open_store()
+    reader, who = open_explainer("auto") if llm else (None, "off")
+    console.print(f"event store: {store.path} ({len(store.videos())} videos) · chat questions read by: {who}",
+                  highlight=False)
+    address = f"http://{'[' + host + ']' if ':' in host else host}:{port}/" + (f"?token={token}" if token else "")
+    console.print(f"open {address} (Ctrl-C stops)", highlight=False)
+    uvicorn.run(create_app(store, token=token, llm=reader), host=host, port=port, log_level="warning")
+
+
+@app.command()
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="folder to write the scene into")],
     anomaly: Annotated[

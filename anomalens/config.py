@@ -60,6 +60,10 @@ class Settings(BaseModel):
     chat_dir: Path = Field(
         default=Path("~/.cache/anomalens/chat").expanduser(), description="chat sessions and per-video indexes"
     )
+    store_dir: Path = Field(
+        default=Path("~/.local/share/anomalens").expanduser(),
+        description="the event store (events.sqlite): every audit's events, reviews and chat answers, for `serve`",
+    )
 
 
 def load_settings(path: str | os.PathLike | None = None, **overrides) -> Settings:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from anomalens.types import Evidence
+from anomalens.types import Evidence, Zone
 
 BOX_COLOR = (0, 0, 255)  # BGR red
 
@@ -55,3 +55,35 @@ def heat_overlay(image: np.ndarray, evidence: Evidence, threshold: float, alpha:
             cv2.putText(out, str(evidence.track_ids[i]), corner, cv2.FONT_HERSHEY_SIMPLEX, 0.4, BOX_COLOR, 1,
                         cv2.LINE_AA)
     return out
+
+
+ZONE_COLOR = (0, 200, 255)  # BGR amber: drawn zones
+GRID_COLOR = (255, 255, 255)
+
+
+def zone_map(image: np.ndarray, rows: int, cols: int, zones: list[Zone]) -> np.ndarray:
+    """``image`` (BGR, any resolution) with the scene's grid cells named ``r{row}c{col}`` and the drawn zones
+    outlined and named on top: the picture that tells what a rule's zone means."""
+    out = image.copy()
+    h, w = out.shape[:2]
+    size = max(0.3, min(w, h) / 700)
+    for row in range(rows):
+        for col in range(cols):
+            x1, y1 = col * w // cols, row * h // rows
+            cv2.rectangle(out, (x1, y1), ((col + 1) * w // cols, (row + 1) * h // rows), GRID_COLOR, 1)
+            _label(out, f"r{row}c{col}", (x1 + 3, y1 + int(14 * size / 0.5)), size, GRID_COLOR)
+    for zone in zones:
+        polygon = np.array([(x * w, y * h) for x, y in zone.points], dtype=np.int32)
+        tint = out.copy()
+        cv2.fillPoly(tint, [polygon], ZONE_COLOR)
+        out = cv2.addWeighted(tint, 0.25, out, 0.75, 0)
+        cv2.polylines(out, [polygon], True, ZONE_COLOR, 2)
+        cx, cy = polygon.mean(axis=0).astype(int)
+        _label(out, zone.name, (int(cx), int(cy)), size * 1.3, ZONE_COLOR)
+    return out
+
+
+def _label(image: np.ndarray, text: str, at: tuple[int, int], size: float, color: tuple[int, int, int]) -> None:
+    """Text with a dark outline, readable on any background."""
+    cv2.putText(image, text, at, cv2.FONT_HERSHEY_SIMPLEX, size, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, text, at, cv2.FONT_HERSHEY_SIMPLEX, size, color, 1, cv2.LINE_AA)

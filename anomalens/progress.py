@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TypeVar
 
 from rich.console import Console
@@ -18,10 +19,28 @@ from rich.progress import (
 
 T = TypeVar("T")
 _console = Console(stderr=True)
+# Who follows long work instead of a terminal bar (the app's job runner): called with (description, done, total).
+_observer: ContextVar[Callable[[str, int, int | None], None] | None] = ContextVar("progress_observer", default=None)
+
+
+@contextmanager
+def observed(callback: Callable[[str, int, int | None], None]) -> Iterator[None]:
+    """Within this block (in this thread), every ``track`` reports its items to ``callback`` instead of a bar."""
+    token = _observer.set(callback)
+    try:
+        yield
+    finally:
+        _observer.reset(token)
 
 
 def track(items: Iterable[T], description: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
-    """Yield ``items`` while drawing a progress bar (a no-op wrapper when ``enabled`` is false)."""
+    """Yield ``items`` while drawing a progress bar (a no-op wrapper when ``enabled`` is false; reported to the
+    observer instead, when one is set by ``observed``)."""
+    if (observer := _observer.get()) is not None:
+        for done, item in enumerate(items, start=1):
+            yield item
+            observer(description, done, total)
+        return
     if not enabled:
         yield from items
         return

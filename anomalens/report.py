@@ -21,6 +21,8 @@ from anomalens.errors import ConfigError
 from anomalens.files import atomic_write, read_versioned
 from anomalens.types import Claim, Event, Evidence, Explanation, Rulebook, Track
 
+ZONE_MAP = "zones.jpg"  # beside report.json: a frame with the grid cells and the drawn zones named
+SEPARATOR_PX = 6  # the white strip between a keyframe's raw frame and its overlay
 MAP_SIDE_IN_JSON = 64  # anomaly maps are stored downscaled in report.json; the HTML draws full ones
 REPORT_FORMAT = 2
 
@@ -57,6 +59,8 @@ class Report(BaseModel):
     evidence: list[Evidence]
     tracks: list[Track] = Field(default_factory=list)  # the tracks events cite, with every box over time
     rulebook: Rulebook | None = None
+    scene: str | None = None  # the scene folder screened against (None in reports of earlier versions)
+    zone_grid: tuple[int, int] | None = None  # rows and columns of the scene's grid cells, for the zone map
     ground_truth: GroundTruth | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     seconds: float = 0.0
@@ -122,13 +126,34 @@ def compact_map(evidence: Evidence) -> Evidence:
     return evidence.model_copy(update={"anomaly_map": cv2.resize(amap, size, interpolation=cv2.INTER_AREA)})
 
 
+def keyframe_file(report_dir: str | Path, event_id: str) -> Path:
+    """Where a report keeps an event's keyframe picture (JPEG) for the event store and the app."""
+    return Path(report_dir) / "keyframes" / f"{event_id}.jpg"
+
+
 def write_report(report: Report, keyframes: dict[str, np.ndarray], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.html``; ``keyframes`` maps event id -> BGR image to show."""
+    """Write ``report.json``, ``report.html`` and the keyframes; ``keyframes`` maps event id -> BGR image."""
     out = Path(out_dir)
     json_path, html_path = out / "report.json", out / "report.html"
+    for event_id, image in keyframes.items():
+        atomic_write(keyframe_file(out, event_id), _jpeg(image))
+    zones = drawn_zones(report, keyframes)
+    if zones is not None:
+        atomic_write(out / ZONE_MAP, _jpeg(zones))
     atomic_write(json_path, report.model_dump_json(indent=1))
-    atomic_write(html_path, render_html(report, keyframes))
+    atomic_write(html_path, render_html(report, keyframes, zones))
     return json_path, html_path
+
+
+def drawn_zones(report: Report, keyframes: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The zone map over the first keyframe's raw frame, or None (no keyframe, or no grid known)."""
+    from anomalens.draw import zone_map
+
+    if report.zone_grid is None or not keyframes:
+        return None
+    first = next(iter(keyframes.values()))
+    raw = first[:, : (first.shape[1] - SEPARATOR_PX) // 2]
+    return zone_map(raw, *report.zone_grid, report.rulebook.zones if report.rulebook is not None else [])
 
 
 def write_image_report(report: ImageReport, images: dict[str, np.ndarray], out_dir: str | Path) -> tuple[Path, Path]:
@@ -197,11 +222,15 @@ def _image_claims_table(finding: ImageFinding) -> str:
     )
 
 
-def _jpeg_data_uri(image: np.ndarray) -> str:
+def _jpeg(image: np.ndarray) -> bytes:
     ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise ValueError("could not encode keyframe as JPEG")
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.tobytes()).decode()
+    return buffer.tobytes()
+
+
+def _jpeg_data_uri(image: np.ndarray) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(_jpeg(image)).decode()
 
 
 def true_runs(labels: np.ndarray) -> list[tuple[int, int]]:
@@ -271,7 +300,7 @@ body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1000px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px} .meta{color:#666;font-size:13px}
 table{border-collapse:collapse;font-size:13px} td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}
 .event{border:1px solid #ddd;border-radius:6px;padding:10px 14px;margin:14px 0}
-.event img{width:100%;image-rendering:pixelated;border:1px solid #ccc}
+.event img{width:100%;image-rendering:pixelated;border:1px solid #ccc} img.zones{width:50%;border:1px solid #ccc}
 .metrics span{display:inline-block;margin-right:18px}
 .claims td{vertical-align:top} .supported{color:#2e7d32;font-weight:600} .unsupported,.unverifiable{color:#c62828}
 .claims .said{color:#222} .claims .unsaid{color:#888;font-style:italic}
@@ -310,7 +339,7 @@ def _claims_table(explanation: Explanation | None, evidence: dict[str, Evidence]
     )
 
 
-def render_html(report: Report, keyframes: dict[str, np.ndarray]) -> str:
+def render_html(report: Report, keyframes: dict[str, np.ndarray], zones: np.ndarray | None = None) -> str:
     esc = html.escape
     width, height = report.source_size
     rows = "".join(
@@ -375,6 +404,9 @@ anomalens {esc(report.anomalens_version)} · {esc(report.created)}</p>
         else "<p>No anomalous events: every frame stayed below the threshold.</p>"
     }
 {broken}
+{f'<h2>Zones</h2><img class="zones" src="{_jpeg_data_uri(zones)}" alt="zone map"><p class="meta">The grid cells '
+ "rules name (r&lt;row&gt;c&lt;col&gt;) and the zones drawn in `anomalens serve`, which take the objects standing "
+ "in them.</p>" if zones is not None else ""}
 {"".join(sections)}
 {truth}
 </body></html>

@@ -19,6 +19,7 @@ Conventions (stated once, here):
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from enum import Enum
 from typing import Literal, NamedTuple
@@ -367,18 +368,50 @@ class Rule(BaseModel):
     enabled: bool = True
 
 
-class Rulebook(BaseModel):
-    """A versioned set of rules for one scene; YAML I/O (and reading older versions) lives in ``anomalens.rules``."""
+GRID_ZONE = re.compile(r"^r\d+c\d+$")  # the cells of the scene's grid: r{row}c{col}
+
+
+class Zone(BaseModel):
+    """A place a person drew and named ("lawn", "road"): a polygon in fractions of the frame's width and height
+    (x right, y down, 0-1), so it fits the frame at any resolution. An object standing in it (its box's bottom
+    centre) is in this zone; elsewhere it is in its grid cell."""
 
     model_config = ConfigDict(extra="forbid")
-    schema_version: Literal[2] = 2
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_ -]{0,39}$")
+    points: list[tuple[float, float]] = Field(min_length=3, max_length=200)
+
+    @model_validator(mode="after")
+    def _checked(self) -> Zone:
+        if GRID_ZONE.match(self.name):
+            raise ValueError(f"{self.name!r} is the name of a grid cell: give the zone a name of its own")
+        if any(not (0.0 <= v <= 1.0) for point in self.points for v in point):
+            raise ValueError(f"zone {self.name!r}: points are fractions of the frame, between 0 and 1")
+        return self
+
+    def contains(self, x: float, y: float) -> bool:
+        """Whether the point (fractions of the frame) lies inside (even-odd rule)."""
+        inside = False
+        for (x1, y1), (x2, y2) in zip(self.points, self.points[1:] + self.points[:1]):
+            if (y1 > y) != (y2 > y) and x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
+                inside = not inside
+        return inside
+
+
+class Rulebook(BaseModel):
+    """A versioned set of rules for one scene, and the zones people drew in it; YAML I/O (and reading older
+    versions) lives in ``anomalens.rules``."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: Literal[3] = 3
     scene: str = ""
     induced_from: list[str] = Field(default_factory=list)
+    zones: list[Zone] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Rulebook:
         _unique([r.id for r in self.rules], "rule")
+        _unique([z.name for z in self.zones], "zone")
         return self
 
     def get(self, rule_id: str) -> Rule:

@@ -21,9 +21,11 @@ from anomalens.errors import AnomalensError, LLMError
 from anomalens.files import writable_folder
 from anomalens.pipelines.audit_state import AuditState, fingerprint
 from anomalens.pipelines.describe import Describer
+from anomalens.pipelines.history import record
 from anomalens.progress import say
-from anomalens.report import GroundTruth, Report, compact_map, write_report
+from anomalens.report import SEPARATOR_PX, GroundTruth, Report, compact_map, write_report
 from anomalens.rules.captions import EVERYDAY
+from anomalens.store import EventStore
 from anomalens.tools.captions import ReplayedCaptions
 from anomalens.tools.perception import AGENT_KINDS, Perception, object_tools
 from anomalens.tools.protocols import Cue
@@ -106,7 +108,7 @@ def index_video(
 
 
 def _separator(image: np.ndarray) -> np.ndarray:
-    return np.full((image.shape[0], 6, 3), 255, dtype=np.uint8)
+    return np.full((image.shape[0], SEPARATOR_PX, 3), 255, dtype=np.uint8)
 
 
 def build_report(
@@ -147,6 +149,8 @@ def build_report(
         evidence=[compact_map(ev) for ev in evidence.values()],
         tracks=[t for t in screened.tracks if any(t.id in e.track_ids for e in result.events)],
         rulebook=scene.rulebook,
+        scene=str(scene.folder.resolve()) if scene.folder is not None else None,
+        zone_grid=(scene.model.geometry.rows, scene.model.geometry.cols),
         ground_truth=ground_truth,
         metrics=metrics or {},
         seconds=result.seconds,
@@ -170,6 +174,7 @@ def audit(
     ground_truth: GroundTruth | None = None,
     metrics: Callable[[ScreeningResult], dict[str, float]] | None = None,
     fresh: bool = False,
+    store: EventStore | None = None,
     progress: bool = True,
 ) -> Audit:
     """Audit ``video`` (a path, or a ``FrameSource`` opened with ``scene.open``) against ``scene`` (a ``Scene``
@@ -184,7 +189,8 @@ def audit(
 
     With ``out``, the work is kept there as it finishes (``audit_state``): the report is written once screening
     ends and again after each explanation, and a re-run with the same inputs reuses the screening and the
-    explanations already verified, unless ``fresh``.
+    explanations already verified, unless ``fresh``. A written report lands in the event ``store`` (default: the
+    settings' one).
     """
     if caption_rules is not None and captions is None:
         raise AnomalensError("caption rules screen the video's captions: give them with --captions FILE")
@@ -284,6 +290,8 @@ def audit(
             say(f"explanations: the LLM failed ({error}); the deterministic explainer explains the events left")
     report, keyframes = reported(who)
     files = write_report(report, keyframes, out) if out is not None else None
+    if files is not None:
+        record(report, files[0], store, progress=progress)
     if failure is not None and insists:
         written = f"; the report is written: {files[1]}" if files else ""
         raise LLMError(f"{failure}{written}") from None

@@ -19,6 +19,7 @@ from anomalens.pipelines.audit import foundation_tools, index_video, screen_vide
 from anomalens.pipelines.captions import sentence_embedder
 from anomalens.pipelines.scene import self_referenced_scene
 from anomalens.progress import say
+from anomalens.store import EventStore
 from anomalens.tools.captions import ReplayedCaptions
 from anomalens.tools.coco import ClassNamer
 from anomalens.tools.scene import Scene
@@ -84,4 +85,5 @@ def chat(
     llm = open_llm(settings=settings)
     tools = foundation_tools(progress)
     namer = ClassNamer(sentence_embedder(settings))  # the encoder loads at the first word the vocabulary lacks
-    return ChatSession(index, llm, settings.chat_dir / "sessions.sqlite", session, perception=tools, namer=namer)
+    return ChatSession(index, llm, settings.chat_dir / "sessions.sqlite", session, perception=tools, namer=namer,
+                       store=EventStore(settings.store_dir))  # fmt: skip

@@ -17,14 +17,19 @@ HEADER = """\
 # Each rule: id, sentence (what people read), predicate (what the engine checks: fact op value, limited
 # to objects matching `where`), margin (slack added beyond the normal extreme), stats (what it came from).
 # Units: px and px^2 of the source frame, px/frame for speed, s for dwell, compass sectors for direction,
-# zones r{row}c{col} of a grid over the frame.
+# zones r{row}c{col} of a grid over the frame, or the names of the zones drawn under `zones` (polygons in
+# fractions of the frame's width and height; draw them in `anomalens serve`).
 """
+
+
+def rulebook_text(rulebook: Rulebook) -> str:
+    """The YAML a rulebook is saved as."""
+    return HEADER + yaml.safe_dump(rulebook.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=110)
 
 
 def save_rulebook(rulebook: Rulebook, path: str | Path) -> Path:
     path = Path(path)
-    body = yaml.safe_dump(rulebook.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=110)
-    atomic_write(path, HEADER + body)
+    atomic_write(path, rulebook_text(rulebook))
     return path
 
 
@@ -45,8 +50,10 @@ def _line_of(node: yaml.Node | None, location: tuple) -> int | None:
 
 
 def _upgrade(data: dict) -> dict:
-    """A rulebook of an earlier schema in today's: version 1 had no rule kinds, and told a caption rule's kind by
-    its operator (``not_in``: anomaly, ``in``: normal)."""
+    """A rulebook of an earlier schema in today's: version 2 had no drawn zones; version 1 had no rule kinds
+    either, and told a caption rule's kind by its operator (``not_in``: anomaly, ``in``: normal)."""
+    if data.get("schema_version", 1) == 2:
+        return {**data, "schema_version": 3}
     if data.get("schema_version", 1) != 1:
         return data
     rules = []
@@ -55,7 +62,7 @@ def _upgrade(data: dict) -> dict:
         if isinstance(predicate, dict) and predicate.get("fact") == "caption" and "kind" not in rule:
             rule = {**rule, "kind": "anomaly" if predicate.get("op") == "not_in" else "normal"}
         rules.append(rule)
-    return {**data, "schema_version": 2, "rules": rules}
+    return {**data, "schema_version": 3, "rules": rules}
 
 
 def load_rulebook(path: str | Path) -> Rulebook:

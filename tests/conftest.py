@@ -20,6 +20,14 @@ def motion_only_scenes():
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_event_store(tmp_path_factory):
+    """Audits in tests land in an event store of the test run, never in the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ANOMALENS_STORE_DIR", str(tmp_path_factory.mktemp("event-store")))
+        yield
+
+
 def absent(message: str, in_ci: str = "") -> None:
     """Skip the test for something missing here; under ``CI=true`` its absence is a failure."""
     if os.environ.get("CI") == "true":

@@ -102,6 +102,12 @@ CORPUS = {
         ["watch", "http://127.0.0.1:9/stream.mjpg", "--scene", w.scene],
         "http://127.0.0.1:9/stream.mjpg: cannot be opened",
     ),
+    "report to index missing": lambda w: (["index", w.folder / "nope"], "nope: not found"),
+    "report to index is not one": lambda w: (["index", w.file("report.json", "[1, 2]")], "report.json:"),
+    "event store is a file": lambda w: (
+        ["index", w.file("r/report.json", "{}")], "exists and is not a folder; give a folder for the event store",
+        {"STORE_DIR": str(w.file("store-file", "x"))},
+    ),
     "video to watch missing": lambda w: (
         ["watch", w.folder / "nope.avi", "--scene", w.scene], "nope.avi: no such file"
     ),

@@ -46,7 +46,10 @@ def test_demo_writes_reports_that_open(tmp_path):
 
     page = Images()
     page.feed((out / "report.html").read_text())
-    assert page.count == len(report.events)
+    assert page.count == len(report.events) + 1  # each event's keyframe, and the zone map
+    assert (out / "zones.jpg").is_file() and sorted(p.stem for p in (out / "keyframes").glob("*.jpg")) == sorted(
+        e.id for e in report.events
+    )
 
 
 def test_synth_writes_ground_truth_and_bad_arguments_get_one_line_errors(tmp_path):

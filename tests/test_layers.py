@@ -7,10 +7,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {"anomalens": "anomalens", "prompts": "anomalens.prompts", "rules": "anomalens.rules",
            "tools": "anomalens.tools", "agents": "anomalens.agents", "pipelines": "anomalens.pipelines",
-           "eval": "anomalens.eval"}  # fmt: skip
-# Lower layers never import higher ones. Prompts are data anyone may read; the CLI sits on top.
+           "eval": "anomalens.eval", "web": "anomalens.web"}  # fmt: skip
+# Lower layers never import higher ones. Prompts are data anyone may read; the app, like the benchmarks, calls
+# pipelines; the CLI sits on top.
 RANK = {"anomalens": 0, "anomalens.prompts": 0, "anomalens.rules": 1, "anomalens.tools": 2, "anomalens.agents": 3,
-        "anomalens.pipelines": 4, "anomalens.eval": 5, "anomalens.cli": 6}  # fmt: skip
+        "anomalens.pipelines": 4, "anomalens.eval": 5, "anomalens.web": 5, "anomalens.cli": 6}  # fmt: skip
 
 
 def modules() -> dict[str, Path]:

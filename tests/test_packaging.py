@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SUBPACKAGES = [
     "anomalens.agents", "anomalens.tools", "anomalens.prompts", "anomalens.rules", "anomalens.eval",
-    "anomalens.pipelines",
+    "anomalens.pipelines", "anomalens.web",
 ]  # fmt: skip
 MODULES = SUBPACKAGES + [
     "anomalens.cli",

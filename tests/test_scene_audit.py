@@ -117,7 +117,8 @@ def test_audit_report_has_rule_table_keyframes_and_tracks(walkway, learned, tmp_
     result = audit(test.video, scene, out=tmp_path, explainer="deterministic", progress=False)
     _, html_path = result.files
     html = html_path.read_text()
-    assert "Rules broken" in html and html.count("<img") == len(result.events)
+    assert "Rules broken" in html and html.count("<img") == len(result.events) + 1  # and the zone map
+    assert 'alt="zone map"' in html
     back = load_report(tmp_path / "report.json")
     assert isinstance(back, Report) and back.rulebook == scene.rulebook
     cited = {i for e in back.events for i in e.track_ids}

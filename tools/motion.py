@@ -29,7 +29,7 @@ import supervision as sv
 from trackers import ByteTrackTracker
 
 from anomalens.errors import AnomalensError
-from anomalens.types import SECTORS, STILL, Evidence, EvidenceKind, Measurement, Source, Track
+from anomalens.types import SECTORS, STILL, Evidence, EvidenceKind, Measurement, Source, Track, Zone
 from anomalens.video import Frame
 
 FLOW_SCALE = 0.5  # optical flow runs at half the analysis resolution: 4x cheaper, ample for speeds
@@ -62,14 +62,19 @@ def heading(dx: float, dy: float, speed: float, still_below: float) -> str:
 
 @dataclass
 class SceneGeometry:
-    """Analysis frame size and the zone grid laid over it (zones are named ``r{row}c{col}``)."""
+    """Analysis frame size and the zone grid laid over it (zones are named ``r{row}c{col}``), and the zones people
+    drew (``Rulebook.zones``), which take the points inside them."""
 
     width: int
     height: int
     rows: int = 4
     cols: int = 4
+    drawn: list[Zone] = field(default_factory=list)
 
     def zone(self, x: float, y: float) -> str:
+        for drawn in self.drawn:
+            if drawn.contains(x / self.width, y / self.height):
+                return drawn.name
         row = min(self.rows - 1, max(0, int(y * self.rows / self.height)))
         col = min(self.cols - 1, max(0, int(x * self.cols / self.width)))
         return f"r{row}c{col}"

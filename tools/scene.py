@@ -55,6 +55,7 @@ class Scene:
     sources: list[str]
     objects: dict[str, str] = field(default_factory=dict)  # kind -> backend that named and described the objects
     appearance: Appearance | None = None  # the normal objects' look (when an embedder was present)
+    folder: Path | None = None  # where it was saved or loaded from: its rules.yaml is the one reviews change
 
     def open(self, path: str | Path, fps: float | None = None, **options) -> FrameSource:
         """Frames of ``path`` at this scene's analysis resolution (image inputs at ``fps``, else at the scene's
@@ -77,6 +78,7 @@ class Scene:
         atomic_write(folder / "motion.npz", buffer.getvalue())
         save_rulebook(self.rulebook, folder / "rules.yaml")
         atomic_write(folder / "scene.json", json.dumps(self._meta(), indent=2))
+        self.folder = folder
         return folder
 
     def _meta(self) -> dict:
@@ -136,7 +138,9 @@ class Scene:
             raise ConfigError(f"{state_path}: damaged ({error}); {again}") from None
         except KeyError as error:
             raise ConfigError(f"{folder}: the scene lacks {error}; {again}") from None
-        return cls(rulebook=load_rulebook(folder / "rules.yaml"), **learned, **described)
+        rulebook = load_rulebook(folder / "rules.yaml")
+        learned["model"].geometry.drawn = list(rulebook.zones)
+        return cls(rulebook=rulebook, folder=folder, **learned, **described)
 
     @classmethod
     def learn(

@@ -1,0 +1,1 @@
+"""The browser app over the event store (``anomalens serve``)."""

@@ -1,0 +1,268 @@
+"""``anomalens serve``: the event history in the browser (FastAPI, pages rendered on the server with Jinja2).
+
+Pages: the timeline of events across videos with filters, an event page (keyframe with boxes and heat map, the
+score plot, every claim with its verdict and evidence, the review that proposes a rule change), chat over the
+history, and the progress of audits started from the app. Every request passes the token check when a token is
+set, which ``serve`` insists on for any address but the loopback one.
+
+Pages are rendered with autoescaping: captions, rule sentences and claims are shown as text, never as markup; the
+few scripts set text with ``textContent``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import cv2
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+
+from anomalens.agents.history import HistoryChat
+from anomalens.agents.llm import LLM
+from anomalens.errors import AnomalensError
+from anomalens.pipelines.history import ZONE_RULE, accept, review, save_zones, scene_zones
+from anomalens.progress import observed
+from anomalens.report import SEPARATOR_PX
+from anomalens.store import EventFilter, EventStore
+from anomalens.types import Zone
+from anomalens.web.plots import score_svg
+
+TOKEN_COOKIE = "anomalens_token"
+JOB_REPORT_EVERY_S = 0.5  # a running audit writes its progress to the store at most this often
+
+
+class ReviewIn(BaseModel):
+    verdict: Literal["false alarm", "confirmed"]
+    note: str = Field(default="", max_length=2000)
+
+
+class AcceptIn(BaseModel):
+    based_on: str = Field(min_length=1, max_length=64)
+
+
+class ZonesIn(BaseModel):
+    zones: list[Zone] = Field(max_length=50)
+    forbidden: list[str] = Field(default_factory=list)
+    based_on: str = Field(min_length=1, max_length=64)
+
+
+class ChatIn(BaseModel):
+    question: str = Field(min_length=1, max_length=2000)
+    session: str = Field(default="app", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class AuditIn(BaseModel):
+    video: str = Field(min_length=1)
+    scene: str = Field(min_length=1)
+    explainer: Literal["auto", "agent", "deterministic"] = "auto"
+
+
+def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None = None) -> FastAPI:
+    """The app over ``store``; ``token``: required on every request when given; ``llm``: reads the chat questions
+    that the router's words do not settle."""
+    app = FastAPI(title="anomalens", docs_url=None, redoc_url=None, openapi_url=None)
+    pages = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+    chat = HistoryChat(store, llm)
+    for job in store.jobs():  # an audit that was running when the server stopped will not finish
+        if job["state"] in ("queued", "running"):
+            store.update_job(job["id"], state="interrupted", step="the server stopped before it finished")
+
+    @app.middleware("http")
+    async def check_token(request: Request, call_next):
+        if token is None:
+            return await call_next(request)
+        given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE) or ""
+        bearer = request.headers.get("authorization", "")
+        if bearer.lower().startswith("bearer "):
+            given = bearer[7:]
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return PlainTextResponse("a token is needed: open the address `anomalens serve` printed", status_code=401)
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    def page(request: Request, name: str, **context) -> HTMLResponse:
+        return pages.TemplateResponse(request, name, context)
+
+    def found_event(event_id: int) -> dict:
+        event = store.event(event_id)
+        if event is None:
+            raise HTTPException(404, f"event {event_id} is not in the event store")
+        return event
+
+    @app.exception_handler(AnomalensError)
+    async def said(request: Request, error: AnomalensError):
+        return JSONResponse({"detail": str(error)}, status_code=409)
+
+    @app.get("/", response_class=HTMLResponse)
+    def timeline(
+        request: Request, video: int | None = None, since: str = "", until: str = "", rule: str = "",
+        object_class: str = "", verdict: str = "", words: str = "", show: str = "open",
+    ):
+        where = EventFilter(
+            video=video, since=since or None, until=until or None, rule=rule or None,
+            object_class=object_class or None, verdict=verdict or None, words=words or None,
+            silenced=None if show == "all" else (show == "silenced"),
+        )
+        started = time.perf_counter()
+        events = store.events(where)
+        return page(
+            request, "timeline.html", events=events, where=where, show=show, videos=store.videos(),
+            rules=store.rule_ids(), classes=store.classes(), query_s=time.perf_counter() - started,
+        )
+
+    @app.get("/events/{event_id}", response_class=HTMLResponse)
+    def event_page(request: Request, event_id: int):
+        event = found_event(event_id)
+        video = store.video(event["video_id"])
+        plot = score_svg(video["scores"], video["threshold"], video["fps"], event)
+        return page(request, "event.html", event=event, video=video, plot=plot)
+
+    @app.get("/keyframes/{event_id}")
+    def keyframe(event_id: int):
+        event = found_event(event_id)
+        if not event["keyframe"] or not Path(event["keyframe"]).is_file():
+            raise HTTPException(404, f"event {event_id} has no keyframe picture")
+        return FileResponse(event["keyframe"], media_type="image/jpeg")
+
+    @app.post("/api/events/{event_id}/review")
+    def give_review(event_id: int, given: ReviewIn):
+        found_event(event_id)
+        store.review(event_id, given.verdict, given.note)
+        if given.verdict == "confirmed":
+            return {"verdict": given.verdict, "proposal": None, "why_not": ""}
+        seen = review(store, event_id)
+        proposal = None
+        if seen.proposal is not None:
+            proposal = {
+                "changes": [c.said for c in seen.proposal.changes], "diff": seen.proposal.diff,
+                "based_on": seen.based_on, "rules_file": str(seen.rules_file),
+                "unchanged": seen.proposal.unchanged,
+            }
+        return {"verdict": given.verdict, "proposal": proposal, "why_not": seen.why_not}
+
+    @app.post("/api/events/{event_id}/accept")
+    def accept_change(event_id: int, given: AcceptIn):
+        found_event(event_id)
+        done = accept(store, event_id, given.based_on)
+
+        def brief(e: dict) -> dict:
+            return {"id": e["id"], "key": e["key"], "title": e["title"], "at": e["at"]}
+
+        return {
+            "version": done.version, "kept_as": str(done.kept_as), "silenced": [brief(e) for e in done.silenced],
+            "still_raised": [brief(e) for e in done.still_raised],
+        }
+
+    @app.get("/videos/{video_id}/zones", response_class=HTMLResponse)
+    def zones_page(request: Request, video_id: int):
+        zones = scene_zones(store, video_id)
+        forbidden = [r.predicate.value for r in zones.rulebook.rules if r.id.startswith(ZONE_RULE) and r.enabled]
+        drawn = [z.model_dump() for z in zones.rulebook.zones]
+        return page(request, "zones.html", video=store.video(video_id), zones=zones, drawn=drawn, forbidden=forbidden)
+
+    @app.get("/videos/{video_id}/frame.jpg")
+    def scene_frame(video_id: int):
+        """A frame of the video to draw zones on: the raw half of its first keyframe."""
+        keyframe = next((e["keyframe"] for e in store.events(EventFilter(video=video_id)) if e["keyframe"]), None)
+        image = cv2.imread(keyframe) if keyframe else None
+        if image is None:
+            raise HTTPException(404, f"video {video_id} has no keyframe to draw zones on")
+        ok, jpeg = cv2.imencode(".jpg", image[:, : (image.shape[1] - SEPARATOR_PX) // 2])
+        return Response(jpeg.tobytes(), media_type="image/jpeg")
+
+    @app.post("/api/videos/{video_id}/zones")
+    def put_zones(video_id: int, given: ZonesIn):
+        version, based_on = save_zones(store, video_id, given.zones, set(given.forbidden), given.based_on)
+        return {"version": version, "based_on": based_on}
+
+    @app.get("/api/events")
+    def events_json(
+        video: int | None = None, since: str | None = None, until: str | None = None, rule: str | None = None,
+        object_class: str | None = None, words: str | None = None,
+    ):
+        where = EventFilter(video=video, since=since, until=until, rule=rule, object_class=object_class, words=words)
+        return [{k: v for k, v in e.items() if k != "facts"} for e in store.events(where)]
+
+    @app.get("/chat", response_class=HTMLResponse)
+    def chat_page(request: Request, session: str = "app"):
+        return page(request, "chat.html", session=session, answers=store.answers(session))
+
+    @app.post("/api/chat")
+    def ask(given: ChatIn):
+        return chat.ask(given.question, session=given.session).model_dump()
+
+    @app.get("/jobs", response_class=HTMLResponse)
+    def jobs_page(request: Request):
+        return page(request, "jobs.html", jobs=store.jobs())
+
+    @app.get("/jobs/{job_id}", response_class=HTMLResponse)
+    def job_page(request: Request, job_id: int):
+        job = store.job(job_id)
+        if job is None:
+            raise HTTPException(404, f"job {job_id} not found")
+        return page(request, "job.html", job=job)
+
+    @app.get("/api/jobs/{job_id}")
+    def job_json(job_id: int):
+        job = store.job(job_id)
+        if job is None:
+            raise HTTPException(404, f"job {job_id} not found")
+        return job
+
+    @app.post("/api/jobs")
+    def start_audit(given: AuditIn):
+        for path, what in ((given.video, "video"), (given.scene, "scene folder")):
+            if not Path(path).exists():
+                raise HTTPException(422, f"{path}: {what} not found")
+        job_id = store.add_job("audit", given.model_dump())
+        threading.Thread(target=_run_audit, args=(store, job_id, given), daemon=True, name=f"job-{job_id}").start()
+        return {"id": job_id}
+
+    @app.get("/favicon.ico")
+    def no_icon():
+        return RedirectResponse("data:,")
+
+    return app
+
+
+def _run_audit(store: EventStore, job_id: int, given: AuditIn) -> None:
+    """An audit started from the app, its progress written to the store so that any page (or a reload) shows it."""
+    from anomalens.pipelines import audit
+
+    last = 0.0
+
+    def report(description: str, done: int, total: int | None) -> None:
+        nonlocal last
+        if time.monotonic() - last >= JOB_REPORT_EVERY_S or done == total:
+            last = time.monotonic()
+            store.update_job(job_id, step=description, done=done, total=total)
+
+    store.update_job(job_id, state="running")
+    out = store.folder / "audits" / f"job-{job_id}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    try:
+        with observed(report):
+            result = audit(given.video, given.scene, out=out, explainer=given.explainer, store=store, progress=False)
+    except AnomalensError as error:
+        store.update_job(job_id, state="failed", result=str(error))
+    except Exception as error:  # a bug: kept for the page, with where it happened for the server's log
+        traceback.print_exc()
+        store.update_job(job_id, state="failed", result=f"unexpected {type(error).__name__}: {error} (a bug)")
+    else:
+        store.update_job(job_id, state="done", result=str(result.files[1]) if result.files else "")
