@@ -193,6 +193,10 @@ def render(claim: Claim, book: EvidenceBook) -> str:
         return _said_of_frames(claim, index, text)
     if claim.kind == "count":
         return text["count"].format(**fields, things=plural(claim.term or "object", claim.value or 0))
+    if claim.kind == "measurement" and claim.quantity == "speed":
+        scale = index.rulebook.metres_per_pixel if index.rulebook is not None else None
+        speed = said_speed(claim.value, fields["unit"], index.fps, scale)
+        return text["measurement_speed"].format(**fields, speed=speed)
     if claim.kind == "measurement" and f"measurement_{claim.quantity}" in text:
         return text[f"measurement_{claim.quantity}"].format(**fields)
     return text[claim.kind].format(**fields)
@@ -232,6 +236,16 @@ def _any_reading(evidence, quantity: str):
     return found if found is not None else next(
         (m for i in range(len(evidence)) if (m := evidence.measurement(quantity, i)) is not None), None
     )
+
+
+def said_speed(value: float | None, unit: str | None, fps: float | None, scale: float | None = None) -> str:
+    """A speed as people read it: per second (the verifier checks the claimed number in its own unit), and in m/s
+    where a person gave the scale (metres per source pixel)."""
+    per_second = {"px/frame": (value or 0.0) * fps if fps else None, "px/s": value or 0.0}.get(unit or "")
+    if per_second is None:
+        return f"{number(value)} {unit or ''}".strip()
+    metres = f" (about {per_second * scale:.1f} m/s)" if scale else ""
+    return f"{number(per_second)} px/s{metres}"
 
 
 def number(value: float | None) -> str:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from anomalens.agents.claims import render
 from anomalens.agents.index import EvidenceBook, VideoIndex
 from anomalens.agents.llm import LLM, Message
-from anomalens.agents.llm.structured import ask_structured
+from anomalens.agents.llm.structured import ask_structured, structured_messages
 from anomalens.agents.questions import QuestionTools
 from anomalens.agents.verify import Verifier
 from anomalens.errors import LLMError
@@ -44,11 +44,12 @@ class HistoryQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["events", "count", "rules", "why"] = "events"
-    object_class: str | None = None
-    rule: str | None = None
-    words: str | None = None
-    since: str | None = None  # ISO times
-    until: str | None = None
+    # Lengths bound what a small model's constrained output can ramble into (llama.cpp's grammar enforces them).
+    object_class: str | None = Field(default=None, max_length=40)
+    rule: str | None = Field(default=None, max_length=60)
+    words: str | None = Field(default=None, max_length=60)
+    since: str | None = Field(default=None, max_length=40)  # ISO times
+    until: str | None = Field(default=None, max_length=40)
     event: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="before")
@@ -124,17 +125,41 @@ def route(question: str, now: datetime, rule_ids: list[str], last_review: str | 
     return None
 
 
-def choose(llm: LLM, question: str, now: datetime) -> tuple[HistoryQuery, int]:
-    """The LLM's reading of a question no route settles; every event when it gives none that validates."""
-    messages = [
-        Message(role="system", content=_text()["choose"].format(now=now.isoformat(timespec="seconds"))),
-        Message(role="user", content=question),
-    ]
+def choose(llm: LLM, question: str, now: datetime, rule_ids: list[str]) -> tuple[HistoryQuery, int]:
+    """The LLM's reading of a question no route settles (each field kept only where the question bears it out);
+    every event when it gives none that validates."""
+    said = _text()["question"].format(now=now.isoformat(timespec="seconds"), question=question)
+    messages = [Message(role="system", content=_text()["choose"]), Message(role="user", content=said)]
     try:
         chosen = ask_structured(llm, messages, HistoryQuery, attempts=2, max_tokens=CHOOSER_TOKENS)
     except LLMError:
         return HistoryQuery(kind="events"), 2
-    return chosen.value, chosen.attempts
+    return _settled(chosen.value, question, rule_ids), chosen.attempts
+
+
+def _settled(query: HistoryQuery, question: str, rule_ids: list[str]) -> HistoryQuery:
+    """A small model fills fields the question never asked for ("person", a rule named after a word of the
+    question): keep a class only if a word of the question names it, a rule only if it exists, words only if the
+    question quotes them, times only if they read as times, and "why" only with an event number."""
+    named = {found for w in re.findall(r"[a-z]+", question.lower()) if (found := coco_class(w)) is not None}
+    quoted = re.findall(r"[\"'“‘]([^\"'”’]+)[\"'”’]", question)
+
+    def time_or_none(value: str | None) -> str | None:
+        try:
+            return datetime.fromisoformat(value).isoformat() if value else None
+        except ValueError:
+            return None
+
+    since, until = time_or_none(query.since), time_or_none(query.until)
+    if since and until and until <= since:  # an empty window ("since now until now") asks for nothing
+        since = until = None
+    return HistoryQuery(
+        kind="events" if query.kind == "why" and query.event is None else query.kind,
+        object_class=query.object_class if query.object_class in named else None,
+        rule=query.rule if query.rule in rule_ids else None,
+        words=query.words if query.words and query.words in quoted else None,
+        since=since, until=until, event=query.event,
+    )
 
 
 def report_index(report: Report) -> VideoIndex:
@@ -157,6 +182,8 @@ class HistoryChat:
         self.said = _text()["said"]
         self._index = lru_cache(maxsize=32)(self._load_index)
         self._llm_lock = threading.Lock()  # the app answers in threads; an in-process LLM takes one call at a time
+        if llm is not None:  # the reading prompt's system turn, computed once: each question then costs its own words
+            llm.warm(structured_messages([Message(role="system", content=_text()["choose"])], HistoryQuery))
 
     @staticmethod
     def _load_index(report_path: str) -> VideoIndex:
@@ -171,7 +198,7 @@ class HistoryChat:
         if query is None:
             if self.llm is not None:
                 with self._llm_lock:
-                    query, calls = choose(self.llm, question, now)
+                    query, calls = choose(self.llm, question, now, self.store.rule_ids())
             else:
                 query = HistoryQuery(kind="events")
         answer = getattr(self, f"_{query.kind}")(query)

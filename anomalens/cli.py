@@ -574,6 +574,17 @@ def eval_chat(
     _emit(run_chat_benchmark(data or settings.data_dir, open_llm(settings=settings), namer=namer), json_path)
 
 
+@eval_app.command("history-chat")
+def eval_history_chat(json_path: Annotated[Optional[Path], _json_option("write the metrics here")] = None) -> None:
+    """Seconds per answer of the chat over the event store (`serve`'s chat), for questions its words settle and
+    for questions the configured LLM reads, side by side."""
+    from anomalens.agents.llm import open_llm
+    from anomalens.eval.history_chat import run_history_chat_speed
+    from anomalens.pipelines.history import open_store
+
+    _emit(run_history_chat_speed(open_store(), open_llm()), json_path)
+
+
 @eval_app.command("captions")
 def eval_captions(
     data: Annotated[

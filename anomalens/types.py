@@ -405,6 +405,8 @@ class Rulebook(BaseModel):
     schema_version: Literal[3] = 3
     scene: str = ""
     induced_from: list[str] = Field(default_factory=list)
+    fps: float | None = Field(default=None, gt=0)  # the frame rate its px/frame limits were learned at
+    metres_per_pixel: float | None = Field(default=None, gt=0)  # a person's scale: speeds then read in m/s too
     zones: list[Zone] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
 

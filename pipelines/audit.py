@@ -107,8 +107,10 @@ def index_video(
     )
 
 
-def _separator(image: np.ndarray) -> np.ndarray:
-    return np.full((image.shape[0], SEPARATOR_PX, 3), 255, dtype=np.uint8)
+def keyframe_picture(frame: Frame, evidence: Evidence) -> np.ndarray:
+    """An event's keyframe as reports show it: the frame beside the same frame with boxes, masks and heat map."""
+    white = np.full((frame.image.shape[0], SEPARATOR_PX, 3), 255, dtype=np.uint8)
+    return np.hstack([frame.image, white, overlay(frame.image, evidence, frame.scale)])
 
 
 def build_report(
@@ -128,10 +130,7 @@ def build_report(
     evidence the explanations cite beyond screening's (captions, what live tools found); ``fps_note``: the frame
     rate was assumed, not read from the input."""
     result = screened.result
-    keyframes = {
-        event_id: np.hstack([frame.image, _separator(frame.image), overlay(frame.image, evidence, frame.scale)])
-        for event_id, (frame, evidence) in result.keyframes.items()
-    }
+    keyframes = {event_id: keyframe_picture(*shown) for event_id, shown in result.keyframes.items()}
     evidence = result.evidence | (cited or {})
     report = Report(
         title=title,

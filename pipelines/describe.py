@@ -3,6 +3,7 @@ and what cues say (no LLM). Screening calls it as it builds each event (``tools.
 
 from __future__ import annotations
 
+from anomalens.agents.claims import said_speed
 from anomalens.prompts import load as load_prompts
 from anomalens.tools.objects import UNKNOWN, named
 from anomalens.types import Breach, Event, Evidence, Rulebook
@@ -16,6 +17,12 @@ class Describer:
 
     def __init__(self, rulebook: Rulebook | None):
         self.rulebook = rulebook
+
+    def _said(self, m) -> str:
+        """A measurement in words: speeds per second (and in m/s with the person's scale), the rest as measured."""
+        if m.name == "speed" and self.rulebook is not None:
+            return said_speed(m.value, m.unit, self.rulebook.fps, self.rulebook.metres_per_pixel)
+        return f"{m.value:.1f} {m.unit}"
 
     def __call__(self, event: Event, cited: list[Evidence], keyframe: Evidence) -> str:
         """The worst breach of the event's worst-broken rules (who, where, when, with numbers), unusual motion at
@@ -40,7 +47,7 @@ class Describer:
                 sentences.append(text["frame_rule"].format(**said))
                 continue
             measured = "".join(
-                f", {name.replace('_', ' ')} {m.value:.1f} {m.unit}"
+                f", {name.replace('_', ' ')} {self._said(m)}"
                 for name in _MEASURED
                 if (m := evidence.measurement(name, i))
             )

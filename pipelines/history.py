@@ -47,9 +47,10 @@ def started_at(report: Report) -> str:
     return report.created
 
 
-def stored_video(report: Report, report_path: Path) -> StoredVideo:
+def stored_video(report: Report, report_path: Path, started: str | None = None) -> StoredVideo:
     """What the store keeps of a video's report: each event's summary, classes seen, rules broken with the facts
-    that broke them, claims with verdicts and keyframe picture."""
+    that broke them, claims with verdicts and keyframe picture. ``started``: when the video began (ISO; default:
+    ``started_at``)."""
     evidence = {ev.id: ev for ev in report.evidence}
     explained = {x.event_id: x for x in report.explanations}
     events = []
@@ -73,16 +74,20 @@ def stored_video(report: Report, report_path: Path) -> StoredVideo:
         )
     return StoredVideo(
         report=str(report_path.resolve()), input=report.input, title=report.title, scene=report.scene,
-        fps=report.fps, width=report.source_size[0], height=report.source_size[1], started=started_at(report),
+        fps=report.fps, width=report.source_size[0], height=report.source_size[1],
+        started=started or started_at(report),
         threshold=report.threshold, scores=list(zip(report.frame_indices, report.scores)), events=events,
     )
 
 
-def record(report: Report, report_path: Path, store: EventStore | None = None, progress: bool = True) -> None:
+def record(
+    report: Report, report_path: Path, store: EventStore | None = None, progress: bool = True,
+    started: str | None = None,
+) -> None:
     """Put a just-written report into the event store; a store that cannot take it costs a warning, not the
     audit (the report is written, and ``anomalens index`` adds it later)."""
     try:
-        (store or open_store()).add_video(stored_video(report, report_path))
+        (store or open_store()).add_video(stored_video(report, report_path, started))
     except (AnomalensError, OSError) as error:
         say(f"warning: the event store did not take {report_path} ({error}); `anomalens index` adds it later")
     else:
@@ -238,11 +243,13 @@ def scene_zones(store: EventStore, video_id: int) -> SceneZones:
 
 
 def save_zones(
-    store: EventStore, video_id: int, zones: list[Zone], forbidden: set[str], based_on: str
+    store: EventStore, video_id: int, zones: list[Zone], forbidden: set[str], based_on: str,
+    metres_per_pixel: float | None = None,
 ) -> tuple[int, str]:
     """Store the zones drawn over a video's scene in its rulebook, with a keep-out rule for each zone in
     ``forbidden`` (nothing may enter it); returns the rulebook's new version and its digest. Stored events keep the
-    zones they were screened with: the next audit uses the new ones."""
+    zones they were screened with: the next audit uses the new ones. ``metres_per_pixel``: the person's scale
+    (source pixels), with which speeds are said in m/s too."""
     where = scene_zones(store, video_id)
     unknown = forbidden - {z.name for z in zones}
     if unknown:
@@ -253,7 +260,9 @@ def save_zones(
              predicate=Predicate(fact="zone", op="!=", value=name))
         for name in sorted(forbidden)
     ]
-    rulebook = where.rulebook.model_copy(update={"zones": zones, "rules": kept + drawn_rules})
+    rulebook = where.rulebook.model_copy(
+        update={"zones": zones, "rules": kept + drawn_rules, "metres_per_pixel": metres_per_pixel}
+    )
     try:  # the names and rule ids must hold together
         Rulebook.model_validate(rulebook.model_dump())
     except ValidationError as error:

@@ -2,7 +2,8 @@
 
 Each source is screened in its own thread with the scene's scorer (``tools.screening.LiveScreening``: the same
 scoring, smoothing and grouping as ``audit``), and each event is emitted the moment it closes: a JSON line on
-stdout, a line in ``OUT/events.jsonl``, and a POST to the webhook when one is configured. Its explanation
+stdout, a line in ``OUT/events.jsonl``, and a POST to the webhook when one is configured; with ``OUT``, each
+event is also a small report (``OUT/events/<source>-<event>/``) in the event store, for the app. Its explanation
 queues behind a bounded backlog, explained oldest first by the agent on the event's recorded evidence (a live
 stream cannot be read back, so the agent's live tools are not offered); when the backlog is full the new
 event's explanation is skipped and said so, rather than memory growing without bound. Stopping (Ctrl-C,
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import queue
+import re
 import threading
 import time
 import urllib.request
@@ -27,12 +29,16 @@ from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import LLM
 from anomalens.errors import AnomalensError, LLMError, MediaError
 from anomalens.files import append_line, writable_folder
-from anomalens.pipelines.audit import open_explainer
+from anomalens.pipelines.audit import keyframe_picture, open_explainer
 from anomalens.pipelines.describe import Describer
+from anomalens.pipelines.history import record
 from anomalens.progress import say
+from anomalens.report import Report, compact_map, write_report
+from anomalens.store import EventStore
 from anomalens.tools.perception import object_tools
 from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.tools.screening import LiveEvent, LiveScreening
+from anomalens.types import Explanation
 from anomalens.video import Stream
 
 EVENTS = "events.jsonl"
@@ -88,11 +94,50 @@ class _Outlet:
             self.posting.shutdown(wait=True)
 
 
+class _Archive:
+    """Each closed event as a one-event report under ``OUT/events/`` and in the event store (rewritten when its
+    explanation comes), so the app shows live events beside audited ones."""
+
+    def __init__(self, out: Path, scene: Scene, store: EventStore | None):
+        self.out, self.scene, self.store = out / "events", scene, store
+        self.kept: dict[tuple[str, str], tuple[Report, dict, Path, str]] = {}
+        self.lock = threading.Lock()
+
+    def keep(self, live: LiveEvent, index: VideoIndex, started: str) -> None:
+        event = live.event
+        evidence = sorted(live.evidence, key=lambda ev: ev.frame_index or 0)
+        report = Report(
+            title=f"watch: {index.video}", input=index.video, fps=index.fps, source_size=index.source_size,
+            scorer="scene rules + motion, live", threshold=index.threshold,
+            frame_indices=[ev.frame_index for ev in evidence], scores=[ev.frame_score or 0.0 for ev in evidence],
+            events=[event], evidence=[compact_map(ev) for ev in evidence], tracks=index.tracks,
+            rulebook=self.scene.rulebook, scene=str(self.scene.folder.resolve()) if self.scene.folder else None,
+            zone_grid=(self.scene.model.geometry.rows, self.scene.model.geometry.cols),
+        )  # fmt: skip
+        folder = self.out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', index.video)[-60:]}-{event.id}"
+        keyframes = {event.id: keyframe_picture(*live.keyframe)}
+        with self.lock:
+            self.kept[(index.video, event.id)] = (report, keyframes, folder, started)
+            self._write(report, keyframes, folder, started)
+
+    def explained(self, source: str, event_id: str, explanation: Explanation) -> None:
+        with self.lock:
+            if (kept := self.kept.get((source, event_id))) is not None:
+                report, keyframes, folder, started = kept
+                said = {"explanations": [explanation], "explainer": explanation.generator}
+                explained = report.model_copy(update=said)
+                self._write(explained, keyframes, folder, started)
+
+    def _write(self, report: Report, keyframes: dict, folder: Path, started: str) -> None:
+        json_path, _ = write_report(report, keyframes, folder)
+        record(report, json_path, self.store, progress=False, started=started)
+
+
 class _Explainer:
     """The agent on closed events, oldest first, from a backlog of at most ``backlog`` events."""
 
-    def __init__(self, llm, backlog: int, outlet: _Outlet):
-        self.llm, self.outlet = llm, outlet
+    def __init__(self, llm, backlog: int, outlet: _Outlet, archive: _Archive | None = None):
+        self.llm, self.outlet, self.archive = llm, outlet, archive
         self.waiting: queue.Queue = queue.Queue(maxsize=backlog)
         self.thread = threading.Thread(target=self._run, name="explainer", daemon=True)
         self.thread.start()
@@ -119,6 +164,8 @@ class _Explainer:
             record = {"type": "explanation", "source": source, "event_id": event_id, "prose": explanation.prose,
                       "claims": claims, "seconds": round(explanation.seconds, 2), "at": _now()}  # fmt: skip
             self.outlet(record)
+            if self.archive is not None:
+                self.archive.explained(source, event_id, explanation)
 
     def finish(self, stopped: bool) -> None:
         """Explain what waits (or, when stopped, skip it), then end."""
@@ -150,7 +197,11 @@ def _index_of(live: LiveEvent, stream: Stream, screening: LiveScreening, scorer:
     )
 
 
-def _screen(stream: Stream, scene: Scene, watched: Watched, outlet: _Outlet, explainer: _Explainer | None, tools):
+def _screen(
+    stream: Stream, scene: Scene, watched: Watched, outlet: _Outlet, explainer: _Explainer | None, tools,
+    archive: _Archive | None,
+):
+    started = _now()  # events' times count from the stream's first frame
     scorer = SceneScorer(scene, stream.fps, tools)
     scorer.warm(stream.first_frame)
     screening = LiveScreening(scorer, stream.fps, describe=Describer(scene.rulebook))
@@ -164,8 +215,11 @@ def _screen(stream: Stream, scene: Scene, watched: Watched, outlet: _Outlet, exp
             watched.latencies.append(latency)
             outlet({"type": "event", "source": stream.name, "event": live.event.model_dump(mode="json"),
                     "latency_s": round(latency, 3), "at": _now()})  # fmt: skip
+            index = _index_of(live, stream, screening, scorer, scene)
+            if archive is not None:
+                archive.keep(live, index, started)
             if explainer is not None:
-                explainer.submit(stream.name, _index_of(live, stream, screening, scorer, scene), live.event.id)
+                explainer.submit(stream.name, index, live.event.id)
         kept_from = screening.frames[0].frame_index if screening.frames else 0
         while arrived and next(iter(arrived)) < kept_from:  # in frame order: the oldest first
             del arrived[next(iter(arrived))]
@@ -192,6 +246,7 @@ def watch(
     webhook: str | None = None,
     emit: Callable[[dict], None] | None = None,
     stop: threading.Event | None = None,
+    store: EventStore | None = None,
     progress: bool = True,
 ) -> list[Watched]:
     """Watch ``sources`` (URLs, webcams, files) against ``scene`` until every one ends or ``stop`` is set.
@@ -200,6 +255,8 @@ def watch(
     explains it or skips it) go to ``emit`` (default: a JSON line on stdout), to ``out/events.jsonl`` and to
     ``webhook``. ``realtime`` plays files at their own rate; ``fps`` is the rate of sources that state none.
     Events are explained by the agent with ``llm``, else by the LLM ``explainer`` chooses (see ``audit``).
+    With ``out``, each event is also kept as a report under ``out/events/`` and in the event ``store`` (default:
+    the settings' one).
     """
     if backlog < 1:
         raise AnomalensError(f"backlog {backlog}: give at least 1")
@@ -220,12 +277,14 @@ def watch(
         llm, who = open_explainer(explainer)
         say(f"explanations: {who}", progress)
     outlet = _Outlet(emit or (lambda record: print(json.dumps(record), flush=True)), out, webhook)
-    agent = _Explainer(llm, backlog, outlet) if llm is not None else None
+    archive = _Archive(out, scene, store) if out is not None else None
+    agent = _Explainer(llm, backlog, outlet, archive) if llm is not None else None
     watched = [Watched(stream.name) for stream in streams]
 
     def run(stream: Stream, record: Watched) -> None:
         try:  # each source has its own object tools: the detector's state is per stream
-            _screen(stream, scene, record, outlet, agent, object_tools(scene.objects) if scene.objects else None)
+            tools = object_tools(scene.objects) if scene.objects else None
+            _screen(stream, scene, record, outlet, agent, tools, archive)
         except Exception as error:  # noqa: BLE001 - one source's failure must not stop the others
             bug = not isinstance(error, AnomalensError)
             record.error = f"unexpected {type(error).__name__}: {error}" if bug else str(error)

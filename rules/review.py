@@ -81,7 +81,7 @@ def propose(rulebook: Rulebook, breaches: list[dict]) -> Proposal:
         if values is None or not rule.enabled:
             rules.append(rule)
             continue
-        changed, said = _loosened(rule, values)
+        changed, said = _loosened(rule, values, rulebook.fps)
         if changed is None:
             unchanged.append(rule.id)
             rules.append(rule)
@@ -99,7 +99,7 @@ def propose(rulebook: Rulebook, breaches: list[dict]) -> Proposal:
     return Proposal(changes, proposed, diff, sorted(unchanged))
 
 
-def _loosened(rule: Rule, values: list[float | str]) -> tuple[Rule | None, str]:
+def _loosened(rule: Rule, values: list[float | str], fps: float | None) -> tuple[Rule | None, str]:
     """``rule`` changed so that every value holds, and the change in words; (None, why) when it cannot be."""
     predicate, op = rule.predicate, rule.predicate.op
     if predicate.fact == CAPTION_FACT:
@@ -111,14 +111,14 @@ def _loosened(rule: Rule, values: list[float | str]) -> tuple[Rule | None, str]:
         new = float(math.ceil(worst)) if predicate.fact == "count" else _round_up(max(worst * SLACK, old))
         value = [predicate.value[0], new] if op == "between" else new
         said = f"raise the limit of {rule.id} from {_number(old)} to {_number(new)}{unit}"
-        sentence = _renumbered(rule.sentence, old, new)
+        sentence = _renumbered(rule.sentence, old, new, fps if predicate.unit == "px/frame" else None)
     elif op in (">=", ">") and all(isinstance(v, (int, float)) for v in values):
         worst = min(float(v) for v in values)
         old = float(predicate.value)
         new = _round_down(min(worst / SLACK, old))
         value = new
         said = f"lower the limit of {rule.id} from {_number(old)} to {_number(new)}{unit}"
-        sentence = _renumbered(rule.sentence, old, new)
+        sentence = _renumbered(rule.sentence, old, new, fps if predicate.unit == "px/frame" else None)
     elif op == "in":
         added = sorted({str(v) for v in values} - {str(v) for v in predicate.value})
         value = [*predicate.value, *added]
@@ -158,8 +158,11 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def _renumbered(sentence: str, old: float, new: float) -> str:
-    """The rule's sentence with its number changed, in the format it was written in; else a note appended."""
+def _renumbered(sentence: str, old: float, new: float, fps: float | None = None) -> str:
+    """The rule's sentence with its number changed, in the format it was written in (and, for a speed in px/frame
+    said per second too, its px/s), else a note appended."""
+    if fps is not None and f"{old * fps:.0f} px/s" in sentence:
+        sentence = sentence.replace(f"{old * fps:.0f} px/s", f"{new * fps:.0f} px/s", 1)
     for fmt in ("{:.2f}", "{:.1f}", "{:.0f}", "{:g}"):
         written = re.compile(rf"(?<![\d.]){re.escape(fmt.format(old))}(?![\d])")
         if written.search(sentence):

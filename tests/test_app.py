@@ -308,6 +308,7 @@ def test_zones_drawn_and_named_are_used_by_the_next_audit(browser, audited_store
             page.check("#keep-out")
             page.click("#close-zone")
         assert page.locator("#canvas polygon.zone").count() == 2
+        page.fill("#width-m", "32")  # a 320-pixel-wide walkway clip: 0.1 m a pixel
         shot(page, "zones")
         page.click("#save")
         page.wait_for_selector("#saved[data-done]")
@@ -316,7 +317,7 @@ def test_zones_drawn_and_named_are_used_by_the_next_audit(browser, audited_store
     book = load_rulebook(folder / "rules.yaml")
     assert [z.name for z in book.zones] == ["lower lawn", "upper lawn"]
     assert {r.id for r in book.rules if r.id.startswith("keep-out-")} == {"keep-out-lower_lawn", "keep-out-upper_lawn"}
-    assert (folder / "rules.v1.yaml").is_file()
+    assert (folder / "rules.v1.yaml").is_file() and book.metres_per_pixel == pytest.approx(32 / 320)
     # The next audit names the zones: the lawn crossing breaks a keep-out rule, said with the zone's name.
     _, test, _ = scene_and_video
     again = audit(test.video, folder, out=tmp_path / "again", explainer="deterministic", progress=False)
@@ -324,3 +325,6 @@ def test_zones_drawn_and_named_are_used_by_the_next_audit(browser, audited_store
     assert broken & {"keep-out-lower_lawn", "keep-out-upper_lawn"}
     assert any("lawn" in (z or "") for ev in again.report.evidence for z in ev.zones or [])
     assert (tmp_path / "again" / "zones.jpg").is_file()
+    said = " ".join(again.report.why(e) for e in again.report.events)
+    assert "in zone lower lawn" in said or "in zone upper lawn" in said
+    assert re.search(r"speed [\d.]+ px/s \(about [\d.]+ m/s\)", said)  # per second, and in m/s with the scale

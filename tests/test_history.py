@@ -1,10 +1,11 @@
 """The event store, reviews that become rule changes, and chat over the history (no browser: see test_app.py)."""
 
+import json
 import sqlite3
 
 import pytest
 
-from anomalens.agents.history import HistoryChat, route
+from anomalens.agents.history import HistoryChat, HistoryQuery, route
 from anomalens.agents.llm.scripted import ScriptedLLM
 from anomalens.errors import ConfigError
 from anomalens.pipelines import audit
@@ -182,3 +183,17 @@ def test_the_router_reads_times_classes_and_rules():
     assert (away.kind, away.since) == ("events", "2026-12-02T18:00:00+00:00")
     assert route("which events broke speed-r1c1 yesterday?", now, ["speed-r1c1"], None).rule == "speed-r1c1"
     assert route("tell me a joke", now, [], None) is None
+
+
+def test_what_the_llm_reads_into_a_question_is_kept_only_where_the_question_bears_it_out(audited):
+    """A small model fills fields nobody asked for; they are dropped, and what the question does say is kept."""
+    store, _, _ = audited
+    rule = store.events()[0]["rules"][0]
+    rambling = '{"kind": "why", "object_class": "person", "rule": "cameras", "words": "worth a look"}'
+    grounded = json.dumps({"kind": "count", "object_class": "bicycle", "rule": rule, "since": "2026-12-01T00:00:00",
+                           "until": "2026-12-01T00:00:00", "words": "blue tarp"})  # fmt: skip
+    chat = HistoryChat(store, ScriptedLLM([rambling, grounded]))
+    first = chat.ask("did the cameras catch anything worth a look?")
+    assert first.query == HistoryQuery(kind="events") and first.llm_calls == 1
+    second = chat.ask('tally the "blue tarp" sightings against the strictest limit please')
+    assert second.query == HistoryQuery(kind="count", rule=rule, words="blue tarp")

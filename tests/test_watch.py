@@ -4,11 +4,13 @@ reconnected, and SIGTERM ends the watch with every event kept."""
 
 import http.server
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 
 import cv2
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from anomalens.pipelines.audit import screen_video
 from anomalens.pipelines.describe import Describer
 from anomalens.pipelines.watch import EVENTS, watch
+from anomalens.store import EventStore
 from anomalens.tools.scene import SceneScorer
 from anomalens.tools.screening import LiveScreening
 
@@ -161,6 +164,7 @@ def test_sigterm_ends_a_watch_keeping_every_event(scene_and_video, tmp_path, web
         [sys.executable, "-m", "anomalens", "watch", str(test.video), "--scene", str(tmp_path / "scene"),
          "--realtime", "--explainer", "deterministic", "--out", str(tmp_path / "out"), "--webhook", url],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=os.environ | {"ANOMALENS_STORE_DIR": str(tmp_path / "store")},
     )  # fmt: skip
     first = json.loads(process.stdout.readline())  # the cyclist's event, while the clip plays
     assert first["type"] == "event" and first["latency_s"] < 2.0
@@ -171,6 +175,12 @@ def test_sigterm_ends_a_watch_keeping_every_event(scene_and_video, tmp_path, web
     assert kept[0] == first and [json.loads(line) for line in out.splitlines()] == kept[1:]
     assert kept[-1]["event"]["end_frame"] < 299, "stopped before the clip's end"
     assert posted == kept  # the webhook got every record, in order
+    # Each event is in the event store too, at the wall-clock time it happened, for the app.
+    stored = EventStore(tmp_path / "store").events()
+    events = [r["event"] for r in kept if r["type"] == "event"]
+    assert [(e["key"], e["start_frame"]) for e in stored] == [(e["id"], e["start_frame"]) for e in events]
+    assert stored[0]["title"] == f"watch: {test.video}" and stored[0]["keyframe"].endswith(".jpg")
+    assert stored[0]["at"][:10] == datetime.now(timezone.utc).isoformat()[:10]
 
 
 def test_explanations_wait_in_a_bounded_backlog_and_never_hold_screening(scene_and_video, tmp_path):

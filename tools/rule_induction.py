@@ -37,6 +37,16 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     }
 
 
+SPEED_UNIT = "px/frame"  # what the engine checks speeds in; people read them per second
+
+
+def said_per_second(sentence: str, limit: float, fps: float | None) -> str:
+    """A speed rule's sentence with its limit (``{limit:.2f} px/frame`` in it) said in px/s first."""
+    if fps is None:
+        return sentence
+    return sentence.replace(f"{limit:.2f} {SPEED_UNIT}", f"{limit * fps:.0f} px/s ({limit:.2f} {SPEED_UNIT})", 1)
+
+
 def induce_rules(
     objects: list[dict],
     zones: list[str],
@@ -45,12 +55,14 @@ def induce_rules(
     scene: str = "",
     sources: list[str] | None = None,
     contamination: float = 0.0,
+    fps: float | None = None,
 ) -> Rulebook:
     """Rules that every object in ``objects`` (facts from normal footage) satisfies, with margin.
 
     Zones nobody entered get an "empty" rule unless they are in ``walkable`` (they look like the ground
     people were seen on, see ``tools.motion.walkable_zones``). ``contamination`` is the share of
-    observations that may be anomalous (0 for footage known to be normal)."""
+    observations that may be anomalous (0 for footage known to be normal). With the footage's ``fps``, speed limits
+    (checked in px/frame) are said in px/s too."""
     quantile = min(QUANTILE, 1 - contamination)
     direction_share = max(DIRECTION_SHARE, contamination)
     if len(objects) < MIN_SUPPORT:
@@ -65,7 +77,8 @@ def induce_rules(
         rules.append(
             Rule(
                 id=rule_id,
-                sentence=sentence.format(limit=limit, unit=unit),
+                sentence=said_per_second(sentence.format(limit=limit, unit=unit), limit, fps) if unit == SPEED_UNIT
+                else sentence.format(limit=limit, unit=unit),
                 predicate=Predicate(fact=fact, op="<=", value=round(limit, 3), unit=unit, where=where),
                 margin=MARGIN,
                 stats=_stats(values),
@@ -83,7 +96,7 @@ def induce_rules(
                 )
             )
     speeds = np.array([o["speed"] for o in objects])
-    upper("speed-any", "speed", "px/frame", speeds, {}, "Nothing anywhere moves faster than {limit:.2f} {unit}.")
+    upper("speed-any", "speed", SPEED_UNIT, speeds, {}, "Nothing anywhere moves faster than {limit:.2f} {unit}.")
     for zone in zones:
         members = by_zone.get(zone, [])
         # Support counts established tracks only: a zone that saw nothing but flickering noise blobs would
@@ -92,7 +105,7 @@ def induce_rules(
             continue
         speed = np.array([o["speed"] for o in members])
         area = np.array([o["area"] for o in members])
-        upper(f"speed-{zone}", "speed", "px/frame", speed, {"zone": zone},
+        upper(f"speed-{zone}", "speed", SPEED_UNIT, speed, {"zone": zone},
               f"In zone {zone}, objects move at most {{limit:.2f}} {{unit}}.")
         upper(f"size-{zone}", "area", "px^2", area, {"zone": zone},
               f"In zone {zone}, objects are at most {{limit:.0f}} {{unit}} in size.")
@@ -126,7 +139,7 @@ def induce_rules(
             stats=_stats(dwell),
         )
     )
-    return Rulebook(scene=scene, induced_from=sources or [], rules=rules)
+    return Rulebook(scene=scene, induced_from=sources or [], fps=fps, rules=rules)
 
 
 def _class_rules(objects: list[dict], quantile: float, class_share: float) -> list[Rule]:

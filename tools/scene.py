@@ -216,6 +216,7 @@ class Scene:
                 contamination=contamination,
                 scene=Path(str(inputs[0])).name,
                 sources=[str(p) for p in inputs],
+                fps=sources[0].fps,
             )
         except ValueError as error:
             raise AnomalensError(f"cannot learn the scene: {error}") from None

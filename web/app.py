@@ -59,6 +59,7 @@ class ZonesIn(BaseModel):
     zones: list[Zone] = Field(max_length=50)
     forbidden: list[str] = Field(default_factory=list)
     based_on: str = Field(min_length=1, max_length=64)
+    frame_width_m: float | None = Field(default=None, gt=0, le=100_000)  # the person's scale, if any
 
 
 class ChatIn(BaseModel):
@@ -189,7 +190,9 @@ def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None =
 
     @app.post("/api/videos/{video_id}/zones")
     def put_zones(video_id: int, given: ZonesIn):
-        version, based_on = save_zones(store, video_id, given.zones, set(given.forbidden), given.based_on)
+        width = store.video(video_id)["width"] if store.video(video_id) else 1
+        scale = given.frame_width_m / width if given.frame_width_m else None
+        version, based_on = save_zones(store, video_id, given.zones, set(given.forbidden), given.based_on, scale)
         return {"version": version, "based_on": based_on}
 
     @app.get("/api/events")
