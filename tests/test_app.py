@@ -110,6 +110,7 @@ def test_review_a_false_alarm_accept_the_rule_and_ask_in_chat(browser, audited_s
         assert page.locator("#summary").inner_text() == target["summary"]
         assert page.locator("#claims tr").count() == 1 + len(store.event(target["id"])["claims"])
         assert page.locator("svg.plot polyline").count() == 1
+        assert page.locator("#facts tr").count() == 1 + len(target["rules"])  # a row per rule broken
         assert page.evaluate("document.querySelector('img.keyframe').naturalWidth") > 0
         page.fill("#note", "a cyclist is fine here")
         page.click("#false-alarm")
@@ -117,6 +118,7 @@ def test_review_a_false_alarm_accept_the_rule_and_ask_in_chat(browser, audited_s
         assert "rules.yaml (proposed)" in page.locator("#diff").inner_text()
         assert "false alarm" in store.event(target["id"])["verdict"]
         before = (folder / "rules.yaml").read_text()
+        page.locator("#review").scroll_into_view_if_needed()
         shot(page, "event-review")
         page.click("#accept")
         page.wait_for_selector("#accepted[data-done]")

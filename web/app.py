@@ -133,7 +133,7 @@ def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None =
         event = found_event(event_id)
         video = store.video(event["video_id"])
         plot = score_svg(video["scores"], video["threshold"], video["fps"], event)
-        return page(request, "event.html", event=event, video=video, plot=plot)
+        return page(request, "event.html", event=event, video=video, plot=plot, broken=_by_rule(event["facts"]))
 
     @app.get("/keyframes/{event_id}")
     def keyframe(event_id: int):
@@ -243,6 +243,18 @@ def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None =
         return RedirectResponse("data:,")
 
     return app
+
+
+def _by_rule(breaches: list[dict]) -> list[dict]:
+    """An event's breaches, one row per rule: the frames and tracks that broke it and the first one's facts."""
+    rows: dict[str, dict] = {}
+    for breach in breaches:
+        first = {"rule": breach["rule"], "frames": [], "tracks": [], "first": breach["facts"]}
+        row = rows.setdefault(breach["rule"], first)
+        row["frames"].append(breach["frame"])
+        if breach["track"] is not None and breach["track"] not in row["tracks"]:
+            row["tracks"].append(breach["track"])
+    return list(rows.values())
 
 
 def _run_audit(store: EventStore, job_id: int, given: AuditIn) -> None:
