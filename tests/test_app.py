@@ -144,6 +144,10 @@ def test_review_a_false_alarm_accept_the_rule_and_ask_in_chat(browser, audited_s
         checked, made = map(int, re.match(r"(\d+) of (\d+) claims", verified).groups())
         assert 0 < checked <= made
         shot(page, "chat")
+        cited = links.count()
+        page.reload()  # the session's earlier answers come back, linked
+        assert page.locator("#log .turn a.cite").count() == cited
+        links = page.locator("#log .turn a.cite")
         links.first.click()
         page.wait_for_url("**/events/*")
     finally:
