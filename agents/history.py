@@ -295,14 +295,9 @@ class HistoryChat:
         if not events:
             text = self.said["none"].format(span=self._span(query), filters=self._filters(query))
             return HistoryAnswer(question="", query=query, text=text, claims=[], events=[])
-        return self._listing(query, events, self.said["found"])
+        return self._listing(query, events, self.said["counted" if query.kind == "count" else "found"])
 
-    def _count(self, query: HistoryQuery) -> HistoryAnswer:
-        events = self.store.events(query.filter())
-        if not events:
-            text = self.said["none"].format(span=self._span(query), filters=self._filters(query))
-            return HistoryAnswer(question="", query=query, text=text, claims=[], events=[])
-        return self._listing(query, events, self.said["counted"])
+    _count = _events  # the same search; the answer's first sentence is the count
 
     def _why(self, query: HistoryQuery) -> HistoryAnswer:
         stored = self.store.event(query.event) if query.event is not None else None

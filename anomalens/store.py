@@ -230,7 +230,7 @@ class EventStore:
             row = db.execute("SELECT *, 0 AS events FROM videos WHERE id = ?", (video_id,)).fetchone()
         return _video(row) if row is not None else None
 
-    def events(self, where: EventFilter | None = None, limit: int | None = None) -> list[dict]:
+    def events(self, where: EventFilter | None = None) -> list[dict]:
         """Events matching ``where``, oldest first, each with its video's title and its latest review."""
         where = where or EventFilter()
         clauses, args = [], []
@@ -262,7 +262,6 @@ class EventStore:
             _EVENTS_WITH_REVIEWS
             + (" WHERE " + " AND ".join(clauses) if clauses else "")
             + " ORDER BY e.at, e.id"
-            + (f" LIMIT {int(limit)}" if limit else "")
         )
         with self._connect() as db:
             return [_event(row) for row in db.execute(sql, args).fetchall()]

@@ -177,6 +177,9 @@ def test_html_in_captions_and_rules_is_shown_as_text(browser, tmp_path):
         page.click("#false-alarm")
         page.wait_for_function("document.getElementById('review-said').textContent.length > 0")
         assert "own normality" in page.locator("#review-said").inner_text()  # no scene: no rule to change
+        refused = httpx.get(server.url + "/?verdict=maybe")  # a filter value that is not one: said, not a crash
+        assert refused.status_code == 422 and "filter:" in refused.json()["detail"]
+        assert httpx.get(server.url + "/events/99").status_code == 404
     finally:
         server.stop()
 
