@@ -28,7 +28,7 @@ from anomalens.agents.llm import LLM, Message
 from anomalens.agents.llm.structured import ask_structured, structured_messages
 from anomalens.agents.questions import QuestionTools
 from anomalens.agents.verify import Verifier
-from anomalens.errors import LLMError
+from anomalens.errors import AnomalensError, ConfigError, LLMError
 from anomalens.prompts import load as load_prompts
 from anomalens.report import Report, load_report
 from anomalens.store import EventFilter, EventStore
@@ -189,7 +189,7 @@ class HistoryChat:
     def _load_index(report_path: str) -> VideoIndex:
         report = load_report(Path(report_path))
         if not isinstance(report, Report):
-            raise ValueError(f"{report_path}: not a video report")
+            raise ConfigError(f"{report_path}: not a video report")
         return report_index(report)
 
     def ask(self, question: str, session: str | None = None) -> HistoryAnswer:
@@ -211,8 +211,12 @@ class HistoryChat:
     # --- what is said of one event ---------------------------------------------------------------------
 
     def _verified(self, stored: dict, claims_of: Callable[[VideoIndex, EvidenceBook, Any], list[Claim]]):
-        """The claims ``claims_of`` makes of a stored event, each with the verifier's verdict and its sentence."""
-        index = self._index(stored["report"])
+        """The claims ``claims_of`` makes of a stored event, each with the verifier's verdict and its sentence; none
+        when its report is gone or no longer holds the event (nothing can be checked, so nothing is said)."""
+        try:
+            index = self._index(stored["report"])
+        except AnomalensError:
+            return []
         event = index.event(stored["key"])
         if event is None:
             return []

@@ -391,12 +391,26 @@ def _said(answer) -> str:
 
 @app.command()
 def index(
-    paths: Annotated[list[Path], typer.Argument(help="report.json files, or folders to search for them")],
+    paths: Annotated[
+        Optional[list[Path]], typer.Argument(help="report.json files, or folders to search for them")
+    ] = None,
+    prune: Annotated[
+        bool, typer.Option(help="first forget the stored videos whose report is gone (deleted or moved)")
+    ] = False,
 ) -> None:
     """Add reports written earlier (or elsewhere) to the event store that `serve` shows."""
     from anomalens.pipelines.history import index_reports, open_store
+    from anomalens.pipelines.history import prune as forget_gone
 
+    if not paths and not prune:
+        raise AnomalensError("give report.json files or folders to index (or --prune)")
     store = open_store()
+    if prune:
+        gone = forget_gone(store)
+        out.print(f"{len(gone)} video(s) whose report is gone forgotten" + "".join(f"\n  {r}" for r in gone),
+                  highlight=False)  # fmt: skip
+    if not paths:
+        return
     done = index_reports(paths, store)
     videos = [d for d in done if d.video_id is not None]
     out.print(

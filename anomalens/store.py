@@ -217,6 +217,11 @@ class EventStore:
             )
         return video_id
 
+    def forget(self, video_ids: list[int]) -> None:
+        """Remove videos with their events, claims and reviews."""
+        with self._transaction() as db:
+            db.executemany("DELETE FROM videos WHERE id = ?", [(i,) for i in video_ids])
+
     def videos(self) -> list[dict]:
         with self._connect() as db:
             rows = db.execute(

@@ -130,6 +130,13 @@ def index_reports(paths: list[Path], store: EventStore, progress: bool = True) -
     return done
 
 
+def prune(store: EventStore) -> list[str]:
+    """Forget the stored videos whose report is gone (a deleted or moved folder); returns those reports."""
+    gone = [v for v in store.videos() if not Path(v["report"]).is_file()]
+    store.forget([v["id"] for v in gone])
+    return [v["report"] for v in gone]
+
+
 # --- reviews -------------------------------------------------------------------------------------------------
 
 

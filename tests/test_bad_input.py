@@ -103,6 +103,7 @@ CORPUS = {
         "http://127.0.0.1:9/stream.mjpg: cannot be opened",
     ),
     "report to index missing": lambda w: (["index", w.folder / "nope"], "nope: not found"),
+    "nothing to index": lambda w: (["index"], "give report.json files or folders to index (or --prune)"),
     "report to index is not one": lambda w: (["index", w.file("report.json", "[1, 2]")], "report.json:"),
     "event store is a file": lambda w: (
         ["index", w.file("r/report.json", "{}")], "exists and is not a folder; give a folder for the event store",

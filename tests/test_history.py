@@ -9,7 +9,7 @@ from anomalens.agents.history import HistoryChat, HistoryQuery, route
 from anomalens.agents.llm.scripted import ScriptedLLM
 from anomalens.errors import ConfigError
 from anomalens.pipelines import audit
-from anomalens.pipelines.history import accept, index_reports, review
+from anomalens.pipelines.history import accept, index_reports, prune, review
 from anomalens.rules.io import load_rulebook
 from anomalens.rules.review import propose, still_broken
 from anomalens.store import SCHEMA_VERSION, EventFilter, EventStore, StoredEvent, StoredVideo
@@ -197,3 +197,13 @@ def test_what_the_llm_reads_into_a_question_is_kept_only_where_the_question_bear
     assert first.query == HistoryQuery(kind="events") and first.llm_calls == 1
     second = chat.ask('tally the "blue tarp" sightings against the strictest limit please')
     assert second.query == HistoryQuery(kind="count", rule=rule, words="blue tarp")
+
+
+def test_an_event_whose_report_is_gone_is_counted_but_nothing_is_said_of_it(audited, tmp_path):
+    store, _, _ = audited
+    (tmp_path / "out" / "report.json").unlink()
+    said = HistoryChat(store).ask("anything unusual today?")
+    count = len(store.events())
+    assert not said.events and not said.claims
+    assert f"{count} more event" in said.text and "could be verified" in said.text
+    assert prune(store) == [str(tmp_path / "out" / "report.json")] and store.events() == [] and store.videos() == []

@@ -131,6 +131,8 @@ def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None =
     @app.get("/events/{event_id}", response_class=HTMLResponse)
     def event_page(request: Request, event_id: int):
         event = found_event(event_id)
+        if event["keyframe"] and not Path(event["keyframe"]).is_file():
+            event["keyframe"] = None  # the report's folder was moved or deleted since it was stored
         video = store.video(event["video_id"])
         plot = score_svg(video["scores"], video["threshold"], video["fps"], event)
         return page(request, "event.html", event=event, video=video, plot=plot, broken=_by_rule(event["facts"]))
