@@ -429,8 +429,8 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8765,
     token: Annotated[
         Optional[str],
-        typer.Option(envvar="ANOMALENS_TOKEN", help="token every request must carry [default: a new one when the "
-                     "address is not the loopback one]"),
+        typer.Option(envvar="ANOMALENS_TOKEN", help="token every request must carry (default: a new one when the "
+                     "address is not the loopback one)"),
     ] = None,
     llm: Annotated[
         bool, typer.Option(help="let the embedded LLM read chat questions the router's words do not settle")
@@ -438,6 +438,7 @@ def serve(
 ) -> None:
     """Open the app: the timeline of every stored event, event pages with review, and chat over the history."""
     import secrets
+    import socket
 
     import uvicorn
 
@@ -447,6 +448,13 @@ def serve(
 
     if host not in LOOPBACK and not token:
         token = secrets.token_urlsafe(24)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # before any model loads
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closed server's port is free
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            said = f"{host}:{port}: cannot listen there ({error.strerror or error})"
+            raise AnomalensError(f"{said}; give another --host or --port") from None
     store = open_store()
     reader, who = open_explainer("auto") if llm else (None, "off")
     console.print(f"event store: {store.path} ({len(store.videos())} videos) · chat questions read by: {who}",

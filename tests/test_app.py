@@ -337,3 +337,17 @@ def test_zones_drawn_and_named_are_used_by_the_next_audit(browser, audited_store
     said = " ".join(again.report.why(e) for e in again.report.events)
     assert "in zone lower lawn" in said or "in zone upper lawn" in said
     assert re.search(r"speed [\d.]+ px/s \(about [\d.]+ m/s\)", said)  # per second, and in m/s with the scale
+
+
+def test_a_port_already_taken_is_one_line_before_anything_loads(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ran = subprocess.run(
+            [sys.executable, "-m", "anomalens", "serve", "--port", str(port), "--no-llm"], capture_output=True,
+            text=True, timeout=60, env=os.environ | {"ANOMALENS_STORE_DIR": str(tmp_path)},
+        )  # fmt: skip
+    assert ran.returncode == 2 and ran.stderr.strip().splitlines() == [
+        f"error: 127.0.0.1:{port}: cannot listen there (Address already in use); give another --host or --port"
+    ]
