@@ -6,7 +6,9 @@
 - ``audit(video, scene, out=)``: events, evidence, verified explanations and a report;
 - ``explain(inputs, out=)``: the same with no scene model (images, or a video that learns its own normality);
 - ``chat(video)``: a conversation whose answers are verified claims.
-- ``batch.audit_batch(inputs, scene, out=)``: ``audit`` on many videos, on Ray (the ``ray`` extra).
+- ``batch.audit_batch(inputs, scene, out=)``: ``audit`` on many videos, on Ray (the ``ray`` extra);
+- ``history.index_reports(paths, store)``, ``history.review(store, event)``, ``history.accept(...)``: the event
+  store that ``anomalens serve`` shows, and a reviewed false alarm turned into a rule change.
 
 Layers point one way: kernel (``anomalens``) <- ``rules`` <- ``tools`` <- ``agents`` <- ``pipelines``; the CLI
 and the eval runners call pipelines.
