@@ -186,7 +186,9 @@ class HistoryChat:
             llm.warm(structured_messages([Message(role="system", content=_text()["choose"])], HistoryQuery))
 
     @staticmethod
-    def _load_index(report_path: str) -> VideoIndex:
+    def _load_index(report_path: str, modified_ns: int) -> VideoIndex:
+        """``modified_ns`` keys the cache: a report written again (an audit re-run, a watch event explained) is read
+        again."""
         report = load_report(Path(report_path))
         if not isinstance(report, Report):
             raise ConfigError(f"{report_path}: not a video report")
@@ -194,11 +196,12 @@ class HistoryChat:
 
     def ask(self, question: str, session: str | None = None) -> HistoryAnswer:
         started, now = time.monotonic(), self.clock()
-        query, calls = route(question, now, self.store.rule_ids(), self.store.last_review()), 0
+        rule_ids = self.store.rule_ids()
+        query, calls = route(question, now, rule_ids, self.store.last_review()), 0
         if query is None:
             if self.llm is not None:
                 with self._llm_lock:
-                    query, calls = choose(self.llm, question, now, self.store.rule_ids())
+                    query, calls = choose(self.llm, question, now, rule_ids)
             else:
                 query = HistoryQuery(kind="events")
         answer = getattr(self, f"_{query.kind}")(query)
@@ -214,8 +217,8 @@ class HistoryChat:
         """The claims ``claims_of`` makes of a stored event, each with the verifier's verdict and its sentence; none
         when its report is gone or no longer holds the event (nothing can be checked, so nothing is said)."""
         try:
-            index = self._index(stored["report"])
-        except AnomalensError:
+            index = self._index(stored["report"], Path(stored["report"]).stat().st_mtime_ns)
+        except (AnomalensError, OSError):
             return []
         event = index.event(stored["key"])
         if event is None:

@@ -145,14 +145,18 @@ def write_report(report: Report, keyframes: dict[str, np.ndarray], out_dir: str 
     return json_path, html_path
 
 
+def raw_frame(keyframe: np.ndarray) -> np.ndarray:
+    """The raw frame of a keyframe picture (its left half, before the white strip and the overlay)."""
+    return keyframe[:, : (keyframe.shape[1] - SEPARATOR_PX) // 2]
+
+
 def drawn_zones(report: Report, keyframes: dict[str, np.ndarray]) -> np.ndarray | None:
     """The zone map over the first keyframe's raw frame, or None (no keyframe, or no grid known)."""
     from anomalens.draw import zone_map
 
     if report.zone_grid is None or not keyframes:
         return None
-    first = next(iter(keyframes.values()))
-    raw = first[:, : (first.shape[1] - SEPARATOR_PX) // 2]
+    raw = raw_frame(next(iter(keyframes.values())))
     return zone_map(raw, *report.zone_grid, report.rulebook.zones if report.rulebook is not None else [])
 
 

@@ -21,8 +21,8 @@ from anomalens.config import Settings, load_settings
 from anomalens.errors import AnomalensError, ConfigError
 from anomalens.files import atomic_write, read_text
 from anomalens.progress import say, track
-from anomalens.report import ZONE_MAP, Report, keyframe_file, load_report
-from anomalens.rules.io import load_rulebook, rulebook_text
+from anomalens.report import Report, keyframe_file, load_report
+from anomalens.rules.io import parse_rulebook, rulebook_text
 from anomalens.rules.review import Proposal, breach_facts, propose, still_broken
 from anomalens.store import EventStore, StoredClaim, StoredEvent, StoredVideo
 from anomalens.tools.objects import UNKNOWN
@@ -173,8 +173,8 @@ def review(store: EventStore, event_id: int) -> Review:
         return Review(event, None, why, rules_file, "")
     if not rules_file.is_file():
         return Review(event, None, f"{rules_file}: the scene's rulebook is not there any more", rules_file, "")
-    text = read_text(rules_file, "rulebook")
-    proposal = propose(load_rulebook(rules_file), event["facts"])
+    text = read_text(rules_file, "rulebook")  # the digest and the proposal from one read: they cannot disagree
+    proposal = propose(parse_rulebook(text, rules_file), event["facts"])
     why = "" if proposal.changes else "no rule it broke can be loosened here: " + ", ".join(proposal.unchanged)
     return Review(event, proposal if proposal.changes else None, why, rules_file, _digest(text))
 
@@ -231,7 +231,6 @@ class SceneZones:
     rulebook: Rulebook
     based_on: str
     grid: tuple[int, int]  # rows, cols of the scene's grid cells
-    picture: Path | None  # a frame of the scene with the grid and the zones drawn (the report's zones.jpg)
 
 
 def scene_zones(store: EventStore, video_id: int) -> SceneZones:
@@ -242,11 +241,10 @@ def scene_zones(store: EventStore, video_id: int) -> SceneZones:
     if not video["scene"]:
         raise ConfigError(f"{video['input']}: screened against its own normality, with no scene to draw zones in")
     scene = Scene.load(video["scene"])
-    text = read_text(scene.folder / "rules.yaml", "rulebook")
-    picture = Path(video["report"]).parent / ZONE_MAP
+    rules_file = scene.folder / "rules.yaml"
+    text = read_text(rules_file, "rulebook")  # the rulebook and its digest from one read, like a review's
     geometry = scene.model.geometry
-    return SceneZones(scene.folder / "rules.yaml", scene.rulebook, _digest(text), (geometry.rows, geometry.cols),
-                      picture if picture.is_file() else None)
+    return SceneZones(rules_file, parse_rulebook(text, rules_file), _digest(text), (geometry.rows, geometry.cols))
 
 
 def save_zones(

@@ -96,14 +96,15 @@ class _Outlet:
 
 class _Archive:
     """Each closed event as a one-event report under ``OUT/events/`` and in the event store (rewritten when its
-    explanation comes), so the app shows live events beside audited ones."""
+    explanation comes), so the app shows live events beside audited ones. A report and its keyframe are held in
+    memory only while its explanation is pending, so a long watch keeps memory bounded."""
 
     def __init__(self, out: Path, scene: Scene, store: EventStore | None):
         self.out, self.scene, self.store = out / "events", scene, store
         self.kept: dict[tuple[str, str], tuple[Report, dict, Path, str]] = {}
         self.lock = threading.Lock()
 
-    def keep(self, live: LiveEvent, index: VideoIndex, started: str) -> None:
+    def keep(self, live: LiveEvent, index: VideoIndex, started: str, pending: bool) -> None:
         event = live.event
         evidence = sorted(live.evidence, key=lambda ev: ev.frame_index or 0)
         report = Report(
@@ -117,16 +118,22 @@ class _Archive:
         folder = self.out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', index.video)[-60:]}-{event.id}"
         keyframes = {event.id: keyframe_picture(*live.keyframe)}
         with self.lock:
-            self.kept[(index.video, event.id)] = (report, keyframes, folder, started)
+            if pending:
+                self.kept[(index.video, event.id)] = (report, keyframes, folder, started)
             self._write(report, keyframes, folder, started)
 
     def explained(self, source: str, event_id: str, explanation: Explanation) -> None:
         with self.lock:
-            if (kept := self.kept.get((source, event_id))) is not None:
+            if (kept := self.kept.pop((source, event_id), None)) is not None:
                 report, keyframes, folder, started = kept
                 said = {"explanations": [explanation], "explainer": explanation.generator}
                 explained = report.model_copy(update=said)
                 self._write(explained, keyframes, folder, started)
+
+    def forget(self, source: str, event_id: str) -> None:
+        """Its explanation will not come (skipped): the report stays as written, without one."""
+        with self.lock:
+            self.kept.pop((source, event_id), None)
 
     def _write(self, report: Report, keyframes: dict, folder: Path, started: str) -> None:
         json_path, _ = write_report(report, keyframes, folder)
@@ -151,6 +158,8 @@ class _Explainer:
     def _skipped(self, source: str, event_id: str, why: str) -> None:
         say(f"{source}: {event_id}: explanation skipped: {why}")
         self.outlet({"type": "explanation", "source": source, "event_id": event_id, "skipped": why, "at": _now()})
+        if self.archive is not None:
+            self.archive.forget(source, event_id)
 
     def _run(self) -> None:
         while (item := self.waiting.get()) is not None:
@@ -217,7 +226,7 @@ def _screen(
                     "latency_s": round(latency, 3), "at": _now()})  # fmt: skip
             index = _index_of(live, stream, screening, scorer, scene)
             if archive is not None:
-                archive.keep(live, index, started)
+                archive.keep(live, index, started, pending=explainer is not None)
             if explainer is not None:
                 explainer.submit(stream.name, index, live.event.id)
         kept_from = screening.frames[0].frame_index if screening.frames else 0

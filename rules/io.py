@@ -68,7 +68,12 @@ def _upgrade(data: dict) -> dict:
 def load_rulebook(path: str | Path) -> Rulebook:
     """Read a rulebook; malformed YAML or fields raise ``ConfigError`` naming file, line and field."""
     path = Path(path)
-    text = read_text(path, "rulebook")
+    return parse_rulebook(read_text(path, "rulebook"), path)
+
+
+def parse_rulebook(text: str, path: Path) -> Rulebook:
+    """The rulebook in ``text``, read from ``path`` (named in errors): for a caller that also needs the text itself,
+    from the same read."""
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:

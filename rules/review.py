@@ -141,17 +141,18 @@ def _what_it_forbids(rule: Rule) -> str:
 
 def _round_up(value: float) -> float:
     """``value`` rounded up to three significant digits, so the YAML stays readable and the limit still clears."""
-    if value <= 0:
-        return 0.0
-    step = 10.0 ** (math.floor(math.log10(value)) - 2)
-    return round(math.ceil(round(value / step, 6)) * step, 10)
+    return _three_digits(value, math.ceil)
 
 
 def _round_down(value: float) -> float:
+    return _three_digits(value, math.floor)
+
+
+def _three_digits(value: float, direction) -> float:
     if value <= 0:
         return 0.0
     step = 10.0 ** (math.floor(math.log10(value)) - 2)
-    return round(math.floor(round(value / step, 6)) * step, 10)
+    return round(direction(round(value / step, 6)) * step, 10)
 
 
 def _number(value: float) -> str:

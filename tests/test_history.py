@@ -10,6 +10,7 @@ from anomalens.agents.llm.scripted import ScriptedLLM
 from anomalens.errors import ConfigError
 from anomalens.pipelines import audit
 from anomalens.pipelines.history import accept, index_reports, prune, review
+from anomalens.report import Report
 from anomalens.rules.io import load_rulebook
 from anomalens.rules.review import propose, still_broken
 from anomalens.store import SCHEMA_VERSION, EventFilter, EventStore, StoredEvent, StoredVideo
@@ -207,3 +208,16 @@ def test_an_event_whose_report_is_gone_is_counted_but_nothing_is_said_of_it(audi
     assert not said.events and not said.claims
     assert f"{count} more event" in said.text and "could be verified" in said.text
     assert prune(store) == [str(tmp_path / "out" / "report.json")] and store.events() == [] and store.videos() == []
+
+
+def test_a_report_written_again_is_read_again(audited, tmp_path):
+    """The chat caches each report's index; a report rewritten since (an audit run again) is not checked against
+    what it used to say."""
+    store, _, _ = audited
+    chat = HistoryChat(store)
+    assert chat.ask("anything unusual today?").events
+    path = tmp_path / "out" / "report.json"
+    report = Report.model_validate_json(path.read_text())
+    path.write_text(report.model_copy(update={"events": []}).model_dump_json())
+    again = chat.ask("anything unusual today?")
+    assert not again.events and not again.claims

@@ -21,6 +21,9 @@ from anomalens.tools.protocols import Cue, FrameScorer
 from anomalens.types import Event, Evidence
 from anomalens.video import Frame, FrameSource
 
+# How scores become events, the same for a video (``screen``) and a stream (``LiveScreening``): the threshold,
+# the centred smoothing window, the shortest event and the gap of frames below the threshold an event bridges.
+THRESHOLD, SMOOTH_SECONDS, MIN_EVENT_FRAMES, MAX_GAP = 1.0, 1.0, 3, 5
 # Writes an event's summary from the event (its summary still empty), the evidence it cites and its keyframe.
 Describe = Callable[[Event, list[Evidence], Evidence], str]
 
@@ -45,10 +48,10 @@ def screen(
     source: FrameSource,
     scorer: FrameScorer,
     *,
-    threshold: float = 1.0,
-    smooth_seconds: float = 1.0,
-    min_event_frames: int = 3,
-    max_gap: int = 5,
+    threshold: float = THRESHOLD,
+    smooth_seconds: float = SMOOTH_SECONDS,
+    min_event_frames: int = MIN_EVENT_FRAMES,
+    max_gap: int = MAX_GAP,
     max_keyframes: int = 50,
     self_referenced: bool = False,
     cues: Sequence[Cue] = (),
@@ -174,10 +177,10 @@ class LiveScreening:
         scorer: FrameScorer,
         fps: float,
         *,
-        threshold: float = 1.0,
-        smooth_seconds: float = 1.0,
-        min_event_frames: int = 3,
-        max_gap: int = 5,
+        threshold: float = THRESHOLD,
+        smooth_seconds: float = SMOOTH_SECONDS,
+        min_event_frames: int = MIN_EVENT_FRAMES,
+        max_gap: int = MAX_GAP,
         describe: Describe | None = None,
     ):
         self.scorer, self.fps, self.threshold = scorer, fps, threshold

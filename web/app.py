@@ -36,7 +36,7 @@ from anomalens.agents.llm import LLM
 from anomalens.errors import AnomalensError
 from anomalens.pipelines.history import ZONE_RULE, accept, review, save_zones, scene_zones
 from anomalens.progress import observed
-from anomalens.report import SEPARATOR_PX
+from anomalens.report import raw_frame
 from anomalens.store import EventFilter, EventStore
 from anomalens.types import Zone
 from anomalens.web.plots import score_svg
@@ -187,13 +187,13 @@ def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None =
         image = cv2.imread(keyframe) if keyframe else None
         if image is None:
             raise HTTPException(404, f"video {video_id} has no keyframe to draw zones on")
-        ok, jpeg = cv2.imencode(".jpg", image[:, : (image.shape[1] - SEPARATOR_PX) // 2])
+        ok, jpeg = cv2.imencode(".jpg", raw_frame(image))
         return Response(jpeg.tobytes(), media_type="image/jpeg")
 
     @app.post("/api/videos/{video_id}/zones")
     def put_zones(video_id: int, given: ZonesIn):
-        width = store.video(video_id)["width"] if store.video(video_id) else 1
-        scale = given.frame_width_m / width if given.frame_width_m else None
+        video = store.video(video_id)
+        scale = given.frame_width_m / video["width"] if given.frame_width_m and video is not None else None
         version, based_on = save_zones(store, video_id, given.zones, set(given.forbidden), given.based_on, scale)
         return {"version": version, "based_on": based_on}
 
