@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from anomalens.agents.index import HANDLE_PATTERN, EvidenceBook, handle
 from anomalens.agents.llm import ToolSpec, tool_parameters
 from anomalens.prompts import load as load_prompts
-from anomalens.types import OBJECT_QUANTITIES, Claim, Heading, Relation
+from anomalens.facts import OBJECT_MEASURED
+from anomalens.types import Claim, Heading, Relation
 
 ANSWER_TOOL = "answer"
 MAX_CLAIMS = 3  # per answer: each costs about 3 s of generation on 2 cores (the budget is 20 s an event)
@@ -170,7 +171,7 @@ def render(claim: Claim, book: EvidenceBook) -> str:
     frame = cited[0].frame_index if cited else None
     when = f"at {frame / index.fps:.1f} s (frame {frame})" if frame is not None else ""
     subject = f"Track {claim.track_id}" if claim.track_id is not None else "The scene"
-    if claim.kind == "measurement" and claim.track_id is None and claim.quantity in OBJECT_QUANTITIES:
+    if claim.kind == "measurement" and claim.track_id is None and claim.quantity in OBJECT_MEASURED:
         subject = "An object"
     if claim.kind == "object" and claim.track_id is None and cited and cited[0].text is not None:
         return text["caption"].format(frame=frame, term=claim.term, time_s=frame / index.fps)

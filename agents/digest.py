@@ -13,8 +13,8 @@ import numpy as np
 
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.prompts import load as load_prompts
-from anomalens.tools.objects import UNKNOWN
-from anomalens.types import OBJECT_QUANTITIES, Breach, Event, Evidence
+from anomalens.facts import OBJECT_MEASURED
+from anomalens.types import Breach, Event, Evidence
 
 MAX_LISTED = 8  # longest list the agent is given (events, objects): the LLM's context is small
 MAX_BREACHES = 2  # rule breaches an event's digest details
@@ -34,7 +34,7 @@ def describe_objects(evidence: Evidence, which: list[int] | None = None) -> list
     lines = []
     for i in chosen[:MAX_LISTED]:
         facts = ", ".join(
-            f"{name} {m.value:.3g} {m.unit}" for name in OBJECT_QUANTITIES if (m := evidence.measurement(name, i))
+            f"{name} {m.value:.3g} {m.unit}" for name in OBJECT_MEASURED if (m := evidence.measurement(name, i))
         )
         broken = [f"{b.rule_id} {b.severity:.1f}x" for b in evidence.breaches() if b.object_index == i]
         line = text["object"].format(track=evidence.track_of(i), what=what_it_is(evidence, i), facts=facts)
@@ -108,7 +108,7 @@ def _breach_facts(index: VideoIndex, breach: Breach, evidence: Evidence, every_p
     track = evidence.track_of(i)
     facts = [({"kind": "rule", "cite": cite, "rule": breach.rule_id, "track": track}, meaning)]
     fact = rule.predicate.fact if rule is not None else ""
-    if fact in OBJECT_QUANTITIES and (m := evidence.measurement(fact, i)) is not None:
+    if fact in OBJECT_MEASURED and (m := evidence.measurement(fact, i)) is not None:
         value = {"quantity": fact, "value": round(m.value, 2), "unit": m.unit, "track": track}
         facts.append(({"kind": "measurement", "cite": cite} | value, ""))
     if evidence.zones is not None and (fact == "zone" or every_place):
@@ -120,30 +120,26 @@ def _breach_facts(index: VideoIndex, breach: Breach, evidence: Evidence, every_p
 
 def _class_fact(evidence: Evidence, i: int) -> list[Fact]:
     """What object ``i`` is, as a claim, when the detector named it."""
-    name = evidence.class_names[i] if evidence.class_names is not None else UNKNOWN
-    if name == UNKNOWN:
+    name = evidence.class_names[i] if evidence.class_names is not None else None
+    if name is None:
         return []
     return [({"kind": "object", "cite": [handle(evidence)], "term": name, "track": evidence.track_of(i)}, "")]
 
 
 def _peak_facts(peak: Evidence) -> list[Fact]:
-    """The peak frame as claims: unusual motion, and its most anomalous object (rules broken or not)."""
+    """The peak frame's most anomalous object (rules broken or not) as claims."""
     cite = [handle(peak)]
     facts = []
-    novelty = peak.measurement("flow_novelty")
-    if novelty is not None and novelty.value > 1.0:
-        value = {"quantity": "flow_novelty", "value": round(novelty.value, 2), "unit": novelty.unit}
-        facts.append(({"kind": "measurement", "cite": cite} | value, _text()["flow"]))
     if len(peak):
         i = int(np.argmax(peak.scores))
         track = peak.track_of(i)
         facts += _class_fact(peak, i)
-        speed, look = peak.measurement("speed", i), peak.measurement("appearance", i)
+        speed, look = peak.measurement("speed", i), peak.measurement("look", i)
         if speed is not None:
             value = {"quantity": "speed", "value": round(speed.value, 2), "unit": speed.unit, "track": track}
             facts.append(({"kind": "measurement", "cite": cite} | value, ""))
         if look is not None and look.value > 1.0:  # it looked unlike the scene's normal objects
-            value = {"quantity": "appearance", "value": round(look.value, 2), "unit": look.unit, "track": track}
+            value = {"quantity": "look", "value": round(look.value, 2), "unit": look.unit, "track": track}
             facts.append(({"kind": "measurement", "cite": cite} | value, _text()["appearance"]))
         if peak.headings is not None:
             facts.append(({"kind": "attribute", "cite": cite, "heading": peak.headings[i], "track": track}, ""))

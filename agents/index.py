@@ -21,9 +21,10 @@ from anomalens.agents.llm.structured import problem_summary
 from anomalens.errors import ConfigError
 from anomalens.files import atomic_write, read_versioned
 from anomalens.tools.captions import ReplayedCaptions
+from anomalens.tools.objects.describers import ESTABLISHED_SECONDS, window
 from anomalens.types import Event, Evidence, EvidenceKind, Rule, Rulebook, Track
 
-INDEX_FORMAT = 2
+INDEX_FORMAT = 3
 HANDLES = {
     EvidenceKind.FRAME: "F",
     EvidenceKind.CAPTION: "C",
@@ -40,7 +41,7 @@ class VideoIndex(BaseModel):
     maps); captions are read from ``captions_file`` (their evidence is rebuilt, with the same ids)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-    format_version: Literal[2] = INDEX_FORMAT
+    format_version: Literal[3] = INDEX_FORMAT
     video: str
     fps: float
     source_size: tuple[int, int]
@@ -49,6 +50,7 @@ class VideoIndex(BaseModel):
     events: list[Event]
     evidence: list[Evidence]
     tracks: list[Track] = Field(default_factory=list)
+    every_track: bool = False  # ``tracks`` holds every track of the video, not only those its events cite
     rulebook: Rulebook | None = None
     captions_file: str | None = None
 
@@ -77,6 +79,17 @@ class VideoIndex(BaseModel):
 
     def track(self, track_id: int) -> Track | None:
         return next((t for t in self.tracks if t.id == track_id), None)
+
+    @cached_property
+    def objects(self) -> list[Track]:
+        """The tracks followed long enough to be objects, not flicker."""
+        least = window(self.fps, ESTABLISHED_SECONDS)
+        return [t for t in self.tracks if len(t.frames) >= least]
+
+    def in_view(self, frame_index: int) -> list[Track] | None:
+        """The objects in view at ``frame_index``: every one alive then (between its first and last sighting); None
+        when the index does not hold every track."""
+        return [t for t in self.objects if t.alive(frame_index)] if self.every_track else None
 
     def rule(self, rule_id: str) -> Rule | None:
         """The rule ``rule_id`` of the scene's rulebook, or None (no rulebook, or no such rule)."""

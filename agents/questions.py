@@ -27,11 +27,11 @@ from anomalens.agents.digest import event_facts
 from anomalens.agents.index import EvidenceBook, VideoIndex
 from anomalens.agents.llm import LLM, Message
 from anomalens.agents.llm.structured import ask_structured, structured_messages
-from anomalens.agents.sightings import activities, activity_of, sighted_frames
+from anomalens.agents.sightings import activities, activity_of, in_state, sighted_frames, state_of
 from anomalens.errors import LLMError
+from anomalens.facts import states as facts_states
 from anomalens.prompts import load as load_prompts
 from anomalens.tools.coco import coco_class
-from anomalens.tools.objects import UNKNOWN
 from anomalens.types import Claim, Event, SeenBy
 
 QueryKind = Literal["between", "count", "appears", "why", "summary", "rules", "other"]
@@ -123,6 +123,8 @@ def route(question: str, index: VideoIndex, previous: dict[str, Any] | None = No
         if edge[1] == "first":
             return Query(kind="between", from_s=0.0, to_s=times[0])
         return Query(kind="between", from_s=max(0.0, length_s - times[0]), to_s=length_s)
+    if (state := state_of(question)) is not None and not times and not _has(words, routes["captions"]):
+        return Query(kind="appears", subject=state[1].name, seen_by="state")
     if _has(words, routes["appears"]) and not times:
         if _has(words, routes["captions"]):
             subject = subject_of(question)
@@ -261,8 +263,8 @@ class QuestionTools:
 
     @cached_property
     def _names_objects(self) -> bool:
-        """Whether screening named objects (ran the detector): else every object is ``UNKNOWN``."""
-        return any(ev.source.backend.endswith("+objects") for ev in self.index.evidence)
+        """Whether screening named objects (ran the detector): else no object has a class."""
+        return any(ev.source.backend.startswith("objects") for ev in self.index.evidence)
 
     def _number(self, event: Event) -> int:
         return self.index.events.index(event) + 1
@@ -282,18 +284,21 @@ class QuestionTools:
         return [span, *claims_from_draft(drafts, book)]
 
     def _counts(self, frame: int, subject: str | None) -> list[Claim]:
-        """How many objects (of ``subject``'s class, when it names one the index records) are in ``frame``."""
+        """How many objects (of ``subject``'s class, when it names one the index records) are in view at ``frame``:
+        the tracks alive then (``VideoIndex.in_view``), else the objects screening saw in that frame."""
         evidence = self.index.frame_evidence(frame)
         if evidence is None:
             return [self._claim("count", [self._cite(frame)], value=0)]
-        named = evidence.class_names if self._names_objects else None
+        tracks = self.index.in_view(frame)
+        names = [t.class_name for t in tracks] if tracks is not None else evidence.class_names or [None] * len(evidence)
+        named = names if self._names_objects else None
         cls = self.namer(subject) if subject and named is not None else None
         if cls is not None:
             return [self._claim("count", [evidence.id], value=sum(c == cls for c in named), term=cls)]
-        if subject is None and named is not None and any(c != UNKNOWN for c in named):
+        if subject is None and named is not None and any(c is not None for c in named):
             return [self._claim("count", [evidence.id], value=n, term=c) for c, n in Counter(named).most_common(3)
-                    if c != UNKNOWN]  # fmt: skip
-        return [self._claim("count", [evidence.id], value=len(evidence))]
+                    if c is not None]  # fmt: skip
+        return [self._claim("count", [evidence.id], value=len(names))]
 
     # --- the tools -----------------------------------------------------------------------------------
 
@@ -316,6 +321,8 @@ class QuestionTools:
         found = self._sought(query.subject, query.seen_by)
         if isinstance(found, str):
             return Answered(claims=[], note=found)
+        if found[1] == "state":
+            return self._state(found[0], book)
         claims = [self._appearance(*found, book)]
         if found[1] == "class" and claims[0].value == 0 and self.index.has_captions:
             claims.append(self._appearance(found[0], "caption", book))  # what the detector missed, a caption may say
@@ -330,10 +337,28 @@ class QuestionTools:
             "appearance", [cite], term=term, seen_by=seen_by, value=len(frames), frames=(frames[0], frames[-1])
         )
 
+    def _state(self, name: str, book: EvidenceBook) -> Answered:
+        """When objects were in the state ``name`` (running, lying, ...), and the most telling measurement: the
+        furthest into it, or, when nobody was, the nearest to it; or why the video cannot tell."""
+        spec, state = next((spec, state) for spec, state in facts_states() if state.name == name)
+        measured = [(v, f, t.id) for t in self.index.objects for f, v in zip(t.frames, t.facts.get(spec.name, []))
+                    if v is not None]  # fmt: skip
+        if not measured:
+            return Answered(claims=[], note=self.text["not_measured"].format(state=name, fact=spec.said))
+        value, frame, track = max(measured)
+        evidence = self.index.frame_evidence(frame)
+        cite = [evidence.id] if evidence is not None else [self._cite(frame)]
+        strongest = self._claim("measurement", cite, quantity=spec.name, value=round(value, 2), unit=spec.unit,
+                                track_id=track)  # fmt: skip
+        return Answered(claims=[self._appearance(name, "state", book), strongest])
+
     def _sought(self, subject: str, seen_by: SeenBy | None) -> tuple[str, SeenBy] | str:
-        """What a subject is looked for as: an activity, a detector class, caption words; or why it cannot be."""
+        """What a subject is looked for as: a state, an activity, a detector class, caption words; or why it cannot
+        be."""
         if seen_by == "caption":
             return (subject, "caption") if self.index.has_captions else self.text["no_captions"]
+        if seen_by == "state" or (found := state_of(subject)) is not None:
+            return (subject if seen_by == "state" else found[1].name), "state"
         if subject in activities() or (subject := activity_of(subject) or subject) in activities():
             return subject, "activity"
         cls = self.namer(subject)

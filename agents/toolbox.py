@@ -28,12 +28,13 @@ from anomalens.agents.llm.structured import problem_summary
 from anomalens.prompts import load as load_prompts
 from anomalens.tools.captions import mentions
 from anomalens.tools.coco import coco_class
-from anomalens.tools.objects import UNKNOWN, named
+from anomalens.facts import named
 from anomalens.tools.perception import Perception
-from anomalens.types import FRAME_QUANTITIES, OBJECT_QUANTITIES, Event, Evidence
+from anomalens.facts import FACTS, MEASURED
+from anomalens.types import Event, Evidence
 
 SEARCH_FRAMES = 500  # frames CLIP embeds for text search, spread over the video
-QUANTITIES = (*OBJECT_QUANTITIES, *FRAME_QUANTITIES)
+QUANTITIES = tuple(name for name in MEASURED if FACTS[name].stored_in is None)  # what ``measure`` reads back
 
 
 class ToolArgumentError(ValueError):
@@ -163,7 +164,7 @@ class Toolbox:
         have |= {kind for kind in ("detector", "clip", "segmenter") if getattr(live, kind) is not None}
         if index.has_captions:
             have.add("captions")
-        if any(ev.class_names and set(ev.class_names) - {UNKNOWN} for ev in index.evidence):
+        if any(ev.class_names and set(ev.class_names) - {None} for ev in index.evidence):
             have.add("classes")
         elif live.captioner is not None:
             have.add("live_captioner")
@@ -251,7 +252,7 @@ class Toolbox:
             raise ToolArgumentError(f"measure: unknown quantity {args.quantity!r}; one of {', '.join(QUANTITIES)}")
         evidence = self._frame(args.frame)
         shown = {"handle": handle(evidence), "quantity": args.quantity, "when": self._when(args.frame)}
-        if args.quantity in FRAME_QUANTITIES:
+        if FACTS[args.quantity].scope == "frame":
             m = evidence.measurement(args.quantity)
             if m is None:
                 raise ToolArgumentError(f"measure: {args.quantity} was not measured at frame {args.frame}")

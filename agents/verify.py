@@ -36,7 +36,6 @@ from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.agents.sightings import activities, same_class, sighted_frames
 from anomalens.geometry import box_iou
 from anomalens.tools.captions import mentions
-from anomalens.tools.objects import UNKNOWN
 from anomalens.tools.protocols import Detector, TextScorer
 from anomalens.types import Claim, Event, Evidence, Verdict
 
@@ -228,12 +227,17 @@ class Verifier:
         what = f"{claim.term} objects" if claim.term else "objects"
         counted = []
         for evidence in frames:
-            if claim.term is None:
-                n = len(evidence)
-            elif evidence.class_names is None:
+            tracks = self.index.in_view(evidence.frame_index)
+            if tracks is not None:  # the objects in view: tracks, not one frame's detections
+                names = [t.class_name for t in tracks]
+            elif claim.term is not None and evidence.class_names is None:
                 return _unsupported(f"frame {evidence.frame_index} names no objects: claim the count without term")
             else:
-                n = sum(c != UNKNOWN and same_class(claim.term, c) for c in evidence.class_names)
+                names = evidence.class_names or [None] * len(evidence)
+            if claim.term is None:
+                n = len(names)
+            else:
+                n = sum(c is not None and same_class(claim.term, c) for c in names)
             if round(claim.value) == n:
                 return _supported(f"{n} {what} at frame {evidence.frame_index}")
             counted.append(n)
@@ -285,7 +289,7 @@ class Verifier:
             if evidence.text is not None and claim.track_id is None and mentions(evidence.text, claim.term):
                 return _supported(f"the caption of frame {evidence.frame_index} mentions {claim.term!r}")
             for i in self._objects(claim, evidence) if evidence.class_names is not None else []:
-                if evidence.class_names[i] != UNKNOWN and same_class(claim.term, evidence.class_names[i]):
+                if evidence.class_names[i] is not None and same_class(claim.term, evidence.class_names[i]):
                     return _supported(f"frame {evidence.frame_index}: an object of class {evidence.class_names[i]!r}")
         for evidence in cited:
             box = None

@@ -51,6 +51,7 @@ class Backend(BaseModel):
     not_built: str | None = None  # why no tiny checkpoint is built
     store: str | None = None  # the model-store entry whose real weights it loads
     vocabulary: str | None = None  # a detector's fixed vocabulary (e.g. coco): it names objects without prompts
+    floor: float | None = Field(default=None, gt=0, lt=1)  # a detector's lowest score kept as a scene's object
     checkpoints: tuple[Checkpoint, ...] = Field(default=())
 
     @property

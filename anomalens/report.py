@@ -24,7 +24,7 @@ from anomalens.types import Claim, Event, Evidence, Explanation, Rulebook, Track
 ZONE_MAP = "zones.jpg"  # beside report.json: a frame with the grid cells and the drawn zones named
 SEPARATOR_PX = 6  # the white strip between a keyframe's raw frame and its overlay
 MAP_SIDE_IN_JSON = 64  # anomaly maps are stored downscaled in report.json; the HTML draws full ones
-REPORT_FORMAT = 2
+REPORT_FORMAT = 3
 
 
 class GroundTruthEvent(BaseModel):
@@ -41,7 +41,7 @@ class GroundTruth(BaseModel):
 
 class Report(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    format_version: Literal[2] = REPORT_FORMAT
+    format_version: Literal[3] = REPORT_FORMAT
     title: str
     input: str
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -92,7 +92,7 @@ class ImageFinding(BaseModel):
 
 class ImageReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    format_version: Literal[2] = REPORT_FORMAT
+    format_version: Literal[3] = REPORT_FORMAT
     title: str
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     anomalens_version: str = __version__

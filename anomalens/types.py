@@ -11,9 +11,11 @@ Conventions (stated once, here):
 - **Masks** are boolean ``(N, H, W)`` at source-frame resolution, one per box. **Anomaly maps** are float
   ``(h, w)`` covering the whole frame at any resolution (resize to the frame to overlay); larger is more
   anomalous. **Keypoints** are ``(N, K, 3)``: x, y in source pixels and a confidence in [0, 1].
-- **Units** travel with every number in ``Measurement.unit``: ``px``, ``px^2``, ``px/frame``, ``px/s``,
-  ``s``, ``frames``, ``count``, ``ratio``, ``cosine``. **Headings** are image-plane compass sectors (north is
-  up on screen) or ``still``; **zones** are named cells of a grid over the frame (``r{row}c{col}``).
+- **Units** travel with every number in ``Measurement.unit``; the facts perception measures, with their units,
+  are the table in ``anomalens.facts``. **Headings** are image-plane compass sectors (north is up on screen) or
+  ``still``; **zones** are named cells of a grid over the frame (``r{row}c{col}``) or zones people drew.
+- **Classes**: an object's class is what a detector named it; an object nothing named (a moving thing no detected
+  box covers) has no class (None), never a made-up one.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from anomalens.arrays import FloatArray, IntArray, MapArray, MaskArray
+from anomalens.facts import FACTS, MEASURED
 
 _ARRAYS = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
@@ -35,16 +38,6 @@ Heading = Literal["E", "NE", "N", "NW", "W", "SW", "S", "SE", "still"]
 SECTORS: tuple[Heading, ...] = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")
 STILL: Heading = "still"
 
-# The quantities tools measure, with their units: of one object, or of the whole frame.
-OBJECT_QUANTITIES = {
-    "speed": "px/frame",
-    "relative_speed": "heights/s",  # body heights per second: speed for the object's size
-    "appearance": "ratio",  # distance of the object's look to the scene's normal objects; 1.0: the normal edge
-    "area": "px^2",
-    "dwell": "s",
-    "aspect": "ratio",
-}
-FRAME_QUANTITIES = {"count": "count", "occupancy": "ratio", "flow_novelty": "ratio", "reconstruction": "ratio"}
 # Evidence fields that hold one entry per object (None or of length N), besides boxes, scores, labels and masks.
 OBJECT_FIELDS = ("track_ids", "class_names", "class_scores", "headings", "zones", "keypoints", "embeddings")
 
@@ -81,7 +74,7 @@ class Source(BaseModel):
 class MeasurementKind(str, Enum):
     """What a measurement's ``name`` names."""
 
-    QUANTITY = "quantity"  # a quantity (``OBJECT_QUANTITIES``, ``FRAME_QUANTITIES``) in its unit
+    QUANTITY = "quantity"  # a measured fact (``anomalens.facts``) in its unit
     RULE_SEVERITY = "rule_severity"  # a rule's id; the value is how far past its limit (> 1: broken), unit ratio
     TEXT_SIMILARITY = "text_similarity"  # a text; the value is its cosine similarity to the frame or object
 
@@ -109,7 +102,8 @@ class Evidence(BaseModel):
     Shapes: ``boxes`` (N, 4) float xyxy source pixels; ``scores`` (N,) what the tool ranks objects by (anomaly
     severity for screening, confidence for a detector); ``labels`` N strings of display text, never parsed.
     Typed per-object facts, each None or of length N: ``track_ids`` int; ``class_names`` and ``class_scores``
-    (what the object is, and how sure); ``headings``; ``zones``; ``keypoints`` (N, K, 3); ``embeddings``
+    (what the object is, None where nothing named it, and how sure); ``headings``; ``zones``; measured facts of
+    objects and frames as ``measurements`` (``fact`` reads any of them by name); ``keypoints`` (N, K, 3); ``embeddings``
     (N, D) appearance features; ``masks`` (N, H, W) bool at ``frame_size``. ``anomaly_map`` (h, w) float or
     None. ``frame_size`` is ``(width, height)`` of the source frame and is required whenever boxes, masks or a
     map are present. ``id`` is derived from the content when omitted, so the same evidence gets the same id in
@@ -127,7 +121,7 @@ class Evidence(BaseModel):
     scores: FloatArray = Field(default_factory=lambda: np.zeros(0))
     labels: list[str] = Field(default_factory=list)
     track_ids: IntArray | None = None
-    class_names: list[str] | None = None
+    class_names: list[str | None] | None = None
     class_scores: FloatArray | None = None
     headings: list[Heading] | None = None
     zones: list[str] | None = None
@@ -236,6 +230,18 @@ class Evidence(BaseModel):
             None,
         )
 
+    def fact(self, name: str, object_index: int | None = None) -> float | str | None:
+        """The fact ``name`` (``anomalens.facts``) of object ``object_index`` (None: of the frame), or None when not
+        known: categorical object facts from their typed field, measured ones from the measurements."""
+        spec = FACTS[name]
+        if spec.stored_in is not None:
+            values = getattr(self, spec.stored_in)
+            if spec.scope == "frame" or values is None:
+                return values
+            return None if object_index is None else values[object_index]
+        found = self.measurement(name, object_index)
+        return None if found is None else found.value
+
     def similarities(self, object_index: int | None = None) -> dict[str, float]:
         """Text -> cosine similarity, for the object ``object_index`` (or the frame)."""
         return {
@@ -246,13 +252,18 @@ class Evidence(BaseModel):
 
 
 class Track(BaseModel):
-    """One object followed over frames; ``boxes[k]`` is its box in ``frames[k]`` (source pixels)."""
+    """One object followed over frames, with everything perception found of it: ``boxes[k]`` is its box in
+    ``frames[k]`` (source pixels) and ``facts[name][k]`` the object fact ``name`` (``anomalens.facts``) there;
+    ``class_name`` is what the detections matched to it voted for (``class_votes``: summed detector scores per
+    class), None when nothing named it."""
 
     model_config = _ARRAYS
     id: int = Field(ge=0)
-    label: str = "object"
     frames: list[int]
     boxes: FloatArray
+    class_name: str | None = None
+    class_votes: dict[str, float] = Field(default_factory=dict)
+    facts: dict[str, list[float | str | None]] = Field(default_factory=dict)
     evidence_ids: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -263,7 +274,29 @@ class Track(BaseModel):
             raise ValueError(f"track {self.id}: frames must be strictly increasing")
         if self.boxes.shape != (len(self.frames), 4):
             raise ValueError(f"track {self.id}: {len(self.frames)} frames but boxes {self.boxes.shape}")
+        for name, values in self.facts.items():
+            if name not in FACTS or FACTS[name].scope != "object":
+                raise ValueError(f"track {self.id}: {name!r} is not a fact of objects")
+            if len(values) != len(self.frames):
+                raise ValueError(f"track {self.id}: {len(self.frames)} frames but {len(values)} values of {name}")
         return self
+
+    def at(self, frame: int) -> int | None:
+        """The position of ``frame`` in the track, or None when the track was not seen there."""
+        from bisect import bisect_left
+
+        k = bisect_left(self.frames, frame)
+        return k if k < len(self.frames) and self.frames[k] == frame else None
+
+    def fact(self, name: str, frame: int) -> float | str | None:
+        """The object fact ``name`` at ``frame`` (None: not seen there, or not measured)."""
+        k = self.at(frame)
+        values = self.facts.get(name)
+        return None if k is None or values is None else values[k]
+
+    def alive(self, frame: int) -> bool:
+        """Whether the object was in view at ``frame`` (between its first and last sighting)."""
+        return self.frames[0] <= frame <= self.frames[-1]
 
 
 class CueReason(BaseModel):
@@ -306,19 +339,11 @@ class Event(BaseModel):
         return self
 
 
-Fact = Literal[
-    "class", "area", "width", "height", "aspect", "speed", "relative_speed", "direction", "zone", "dwell", "count",
-    "occupancy", "time", "caption",
-]
 Operator = Literal["<=", ">=", "<", ">", "==", "!=", "between", "in", "not_in"]
-# Facts measured as sizes, rates and counts: a limit below 0 on one of them is a typo, not a rule.
-MEASURED_FACTS = frozenset(
-    {"area", "width", "height", "aspect", "speed", "relative_speed", "dwell", "count", "occupancy"}
-)
 
 
 class Predicate(BaseModel):
-    """A machine-checkable condition over one fact, e.g. ``speed <= 2.4 px/frame where zone == walkway``.
+    """A machine-checkable condition over one fact, e.g. ``speed <= 40 px/s where zone == walkway``.
 
     ``between`` takes ``[low, high]`` (inclusive); ``in``/``not_in`` take a list; ``where`` limits the
     predicate to objects whose facts equal the given values (e.g. ``{"zone": "walkway"}``).
@@ -329,11 +354,18 @@ class Predicate(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    fact: Fact
+    fact: str
     op: Operator
     value: float | str | list[float] | list[str]
     unit: str | None = None
     where: dict[str, float | str] = Field(default_factory=dict)
+
+    @field_validator("fact")
+    @classmethod
+    def _known_fact(cls, fact: str) -> str:
+        if fact not in FACTS:
+            raise ValueError(f"unknown fact {fact!r}; facts: {', '.join(FACTS)}")
+        return fact
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> Predicate:
@@ -346,7 +378,8 @@ class Predicate(BaseModel):
         elif self.op in ("<=", ">=", "<", ">") and not isinstance(self.value, (int, float)):
             raise ValueError(f"'{self.op}' needs a number value")
         numbers = self.value if isinstance(self.value, list) else [self.value]
-        if self.fact in MEASURED_FACTS and any(isinstance(v, (int, float)) and v < 0 for v in numbers):
+        # Sizes, rates, counts and times are never negative: a limit below 0 on one of them is a typo, not a rule.
+        if self.fact in MEASURED and any(isinstance(v, (int, float)) and v < 0 for v in numbers):
             raise ValueError(f"{self.fact} is never negative: a limit below 0 cannot hold")
         return self
 
@@ -402,10 +435,10 @@ class Rulebook(BaseModel):
     versions) lives in ``anomalens.rules``."""
 
     model_config = ConfigDict(extra="forbid")
-    schema_version: Literal[3] = 3
+    schema_version: Literal[4] = 4
     scene: str = ""
     induced_from: list[str] = Field(default_factory=list)
-    fps: float | None = Field(default=None, gt=0)  # the frame rate its px/frame limits were learned at
+    fps: float | None = Field(default=None, gt=0)  # the frame rate of the footage it was learned from
     metres_per_pixel: float | None = Field(default=None, gt=0)  # a person's scale: speeds then read in m/s too
     zones: list[Zone] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
@@ -435,8 +468,9 @@ class Verdict(BaseModel):
 ClaimKind = Literal[
     "object", "attribute", "count", "measurement", "spatial", "temporal", "rule", "tally", "appearance", "other"
 ]
-# What an ``appearance`` claim's term was seen by: a detector class, a caption's words, or rules of a kind broken.
-SeenBy = Literal["class", "caption", "activity"]
+# What an ``appearance`` claim's term was seen by: a detector class, a caption's words, rules of a kind broken, or a
+# state a measured fact puts an object in (``anomalens.facts``: running, lying, arms raised).
+SeenBy = Literal["class", "caption", "activity", "state"]
 Relation = Literal["left_of", "right_of", "above", "below"]
 
 

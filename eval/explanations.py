@@ -21,8 +21,7 @@ from anomalens.agents.claims import fact_classes
 from anomalens.errors import AnomalensError
 from anomalens.report import true_runs
 from anomalens.tools.coco import coco_class
-from anomalens.tools.objects import UNKNOWN
-from anomalens.types import Claim, Evidence, Explanation, MeasurementKind
+from anomalens.types import Claim, Evidence, Explanation, MeasurementKind, Track
 
 PED2_FPS = 10.0
 TOLERANCE = 0.10  # relative, for numbers
@@ -34,8 +33,13 @@ def _words(text: str) -> set[str]:
     return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in re.findall(r"[a-z0-9]+", text.lower())}
 
 
-def judge(claim: Claim, evidence: dict[str, Evidence], captions: list[str], labels: np.ndarray) -> bool:
-    """True when ``claim`` holds by the raw records (and, for time ranges, by the ground truth)."""
+def judge(
+    claim: Claim, evidence: dict[str, Evidence], captions: list[str], labels: np.ndarray,
+    followed: list[Track] | None = None,
+) -> bool:  # fmt: skip
+    """True when ``claim`` holds by the raw records (and, for time ranges, by the ground truth). ``followed``: every
+    object of the video (the tracks followed long enough to be one), when the records hold them all: a count is
+    then of the objects in view (from their first to their last sighting), not of one frame's boxes."""
     cited = [evidence.get(i) for i in claim.evidence_ids]
     if not cited or any(ev is None for ev in cited):
         return False
@@ -67,7 +71,16 @@ def judge(claim: Claim, evidence: dict[str, Evidence], captions: list[str], labe
                     return True
         return False
     if claim.kind == "count":
-        return any(ev.text is None and len(ev.boxes) == round(claim.value or -1) for ev in cited)
+        wanted = _words(claim.term or "")
+
+        def counted(ev: Evidence) -> int:
+            if followed is not None:
+                names = [t.class_name for t in followed if t.frames[0] <= ev.frame_index <= t.frames[-1]]
+            else:
+                names = ev.class_names or [None] * len(ev.boxes)
+            return sum(not wanted or (c is not None and _words(c) == wanted) for c in names)
+
+        return any(ev.text is None and counted(ev) == round(claim.value or -1) for ev in cited)
     if claim.kind == "object":
         wanted = _words(claim.term or "")
         for ev in cited:
@@ -241,7 +254,7 @@ def described_facts(event, records: dict[str, Evidence]) -> set[str]:
         for breach in evidence.breaches():
             if breach.object_index is not None:
                 facts.add("where")
-                if evidence.class_names is not None and evidence.class_names[breach.object_index] != UNKNOWN:
+                if evidence.class_names is not None and evidence.class_names[breach.object_index] is not None:
                     facts.add("object")
     return facts
 

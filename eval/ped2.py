@@ -33,9 +33,9 @@ from anomalens.video import natural_key
 
 PED2_FPS = 10.0
 PIXEL_GRID = (90, 60)  # pixel AUROC on a 1/4-resolution grid: 10.9 M pixels instead of 174 M
-# Each cue's own frame AUROC is reported beside the fusion: objects (rule severities and look), their look alone,
-# flow novelty, motion reconstruction.
-CUES = ("objects", "appearance", "flow_novelty", "reconstruction")
+# Each cue's own frame AUROC is reported beside the fusion: the objects' novelty (their density), the rules they
+# and their frames break, and the objects' look alone.
+CUES = ("novelty", "rules", "look")
 
 
 def _videos(folder: Path) -> list[Path]:
@@ -194,16 +194,13 @@ def _detector_every_frame_fps(scene, videos: list[Path], detector) -> float:
 
 
 def cue_values(evidence) -> dict[str, float]:
-    """The fused score's parts for one frame: objects (their rule severities and look, and the frame rules),
-    the objects' look alone, flow novelty, reconstruction."""
-    frame_rules = [b.severity for b in evidence.breaches() if b.object_index is None]
-    looks = [m.value for m in evidence.measurements if m.name == "appearance"]
-    return {
-        "objects": max([float(evidence.scores.max(initial=0.0)), *frame_rules]),
-        "appearance": max(looks, default=0.0),
-        "flow_novelty": evidence.measurement("flow_novelty").value,
-        "reconstruction": evidence.measurement("reconstruction").value,
-    }
+    """The fused score's parts for one frame (each the largest over its objects): their novelty, the rules broken
+    (severity), their look."""
+    def most(name: str) -> float:
+        return max((m.value for m in evidence.measurements if m.name == name), default=0.0)
+
+    return {"novelty": most("novelty"), "rules": max((b.severity for b in evidence.breaches()), default=0.0),
+            "look": most("look")}  # fmt: skip
 
 
 def _f1_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> float:

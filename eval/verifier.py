@@ -39,7 +39,6 @@ from anomalens.errors import AnomalensError
 from anomalens.eval.explanations import judge
 from anomalens.tools.captions import mentions
 from anomalens.tools.coco import coco
-from anomalens.tools.objects import UNKNOWN
 from anomalens.types import OBJECT_FIELDS, SECTORS, Claim, Event, Evidence, EvidenceKind
 
 UNSEEN_CLASSES = ("car", "dog", "horse", "truck", "umbrella")  # a class planted where the detector named another
@@ -63,7 +62,8 @@ class Case:
         self.records |= {ev.id: ev for k in self.index.captions if (ev := self.index.caption(k)) is not None}
 
     def holds(self, claim: Claim) -> bool:
-        return judge(claim, self.records, self.captions, self.labels)
+        objects = self.index.objects if self.index.every_track else None
+        return judge(claim, self.records, self.captions, self.labels, objects)
 
     def false(self, claim: Claim) -> bool:
         """Whether the checker finds ``claim`` false; a class claimed of a track screening left unnamed (in a
@@ -71,7 +71,7 @@ class Case:
         if claim.kind == "object" and claim.track_id is not None:
             for ev in (self.records.get(i) for i in claim.evidence_ids):
                 i = ev.object_of(claim.track_id) if ev is not None else None
-                if i is not None and (ev.class_names is None or ev.class_names[i] == UNKNOWN):
+                if i is not None and (ev.class_names is None or ev.class_names[i] is None):
                     return False
         return not self.holds(claim)
 
@@ -90,7 +90,8 @@ def true_claims(case: Case) -> list[Claim]:
     drafts = [claim for claim, _ in event_facts(case.book, case.event, every_place=True)]
     peak = case.frame(case.event.peak_frame)
     if peak is not None:
-        drafts.append({"kind": "count", "cite": [handle(peak)], "value": len(peak)})
+        in_view = case.index.in_view(peak.frame_index)
+        drafts.append({"kind": "count", "cite": [handle(peak)], "value": len(peak if in_view is None else in_view)})
         if len(peak) >= 2 and peak.track_ids is not None:
             (ax1, _, ax2, _), (bx1, _, bx2, _) = peak.boxes[0], peak.boxes[1]
             relation = "left_of" if ax1 + ax2 < bx1 + bx2 else "right_of"
@@ -191,7 +192,7 @@ def _unseen_class(claim: Claim, case: Case) -> Claim | None:
     if claim.kind != "object" or claim.track_id is None:
         return None
     named = {ev.class_names[i] for i_ in claim.evidence_ids if (ev := case.records.get(i_)) and ev.class_names
-             for i in range(len(ev)) if ev.class_names[i] != UNKNOWN}  # fmt: skip
+             for i in range(len(ev)) if ev.class_names[i] is not None}  # fmt: skip
     term = next(name for name in UNSEEN_CLASSES if name not in named)
     return claim.model_copy(update={"term": term})
 

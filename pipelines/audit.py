@@ -79,7 +79,7 @@ def screen_video(
         source, scorer, self_referenced=self_referenced, cues=cues, describe=Describer(scene.rulebook),
         observe=observe, progress=progress,
     )
-    return Screened(result, scorer.analyzer.tracks())
+    return Screened(result, scorer.tracks())
 
 
 def index_video(
@@ -102,6 +102,7 @@ def index_video(
         events=result.events,
         evidence=sorted(compact.values(), key=lambda ev: ev.frame_index or 0),
         tracks=list(screened.tracks) if every_frame else [t for t in screened.tracks if t.id in cited],
+        every_track=every_frame,
         rulebook=scene.rulebook,
         captions_file=str(captions) if captions else None,
     )

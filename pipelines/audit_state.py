@@ -26,7 +26,7 @@ from anomalens.types import Event, Evidence, Explanation, Track
 from anomalens.video import Frame
 
 FOLDER = ".anomalens"
-FORMAT = 1
+FORMAT = 2
 
 
 class _Keyframe(BaseModel):

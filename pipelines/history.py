@@ -25,7 +25,6 @@ from anomalens.report import Report, keyframe_file, load_report
 from anomalens.rules.io import parse_rulebook, rulebook_text
 from anomalens.rules.review import Proposal, breach_facts, propose, still_broken
 from anomalens.store import EventStore, StoredClaim, StoredEvent, StoredVideo
-from anomalens.tools.objects import UNKNOWN
 from anomalens.tools.scene import Scene
 from anomalens.types import Predicate, Rule, Rulebook, Zone
 
@@ -56,7 +55,7 @@ def stored_video(report: Report, report_path: Path, started: str | None = None) 
     events = []
     for event in report.events:
         cited = [evidence[i] for i in event.evidence_ids if i in evidence]
-        classes = sorted({c for ev in cited for c in ev.class_names or [] if c not in (UNKNOWN, "object")})
+        classes = sorted({c for ev in cited for c in ev.class_names or [] if c is not None})
         explanation = explained.get(event.id)
         claims = [
             StoredClaim(text=c.text, kind=c.kind, status=c.verdict.status if c.verdict else "unchecked",

@@ -201,7 +201,7 @@ def _index_of(live: LiveEvent, stream: Stream, screening: LiveScreening, scorer:
         threshold=screening.threshold,
         events=[event],
         evidence=sorted({ev.id: ev for ev in live.evidence}.values(), key=lambda ev: ev.frame_index or 0),
-        tracks=[t for t in scorer.analyzer.tracks() if t.id in event.track_ids],
+        tracks=[t for t in scorer.tracks() if t.id in event.track_ids],
         rulebook=scene.rulebook,
     )
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from anomalens.facts import CAPTION, FRAME_FACTS
 from anomalens.types import Predicate, Rule, Rulebook
 
-FRAME_FACTS = frozenset({"count", "occupancy", "time"})  # facts of the whole frame, not of one object
-CAPTION_FACT = "caption"  # judged by meaning by the caption scorer, never against measured facts
 CATEGORICAL_OPS = frozenset({"in", "not_in", "==", "!="})
 CATEGORICAL_SEVERITY = 2.0  # a broken categorical rule counts like a value at twice its bound
 _TINY = 1e-9
@@ -30,9 +29,10 @@ class Check:
         return self.severity > 1.0
 
 
-def applies(predicate: Predicate, facts: Mapping[str, float | str]) -> bool:
-    """True when the object has the fact and matches every ``where`` condition."""
-    if predicate.fact not in facts:
+def applies(predicate: Predicate, facts: Mapping[str, float | str | None]) -> bool:
+    """True when the object has the fact (an object nothing named has no class) and matches every ``where``
+    condition."""
+    if facts.get(predicate.fact) is None:
         return False
     return all(str(facts.get(key)) == str(value) for key, value in predicate.where.items())
 
@@ -65,7 +65,7 @@ class RuleIndex:
     """A rulebook split for fast checking: frame-level rules once per frame, object rules by zone."""
 
     def __init__(self, rulebook: Rulebook):
-        enabled = [r for r in rulebook.rules if r.enabled and r.predicate.fact != CAPTION_FACT]
+        enabled = [r for r in rulebook.rules if r.enabled and r.predicate.fact != CAPTION]
         self.frame_rules = [r for r in enabled if r.predicate.fact in FRAME_FACTS]
         self._by_zone: dict[str | None, list[Rule]] = {}
         for rule in enabled:

@@ -16,9 +16,9 @@ HEADER = """\
 # Edit freely: change a limit (predicate.value), disable a rule (enabled: false), or delete it.
 # Each rule: id, sentence (what people read), predicate (what the engine checks: fact op value, limited
 # to objects matching `where`), margin (slack added beyond the normal extreme), stats (what it came from).
-# Units: px and px^2 of the source frame, px/frame for speed, s for dwell, compass sectors for direction,
-# zones r{row}c{col} of a grid over the frame, or the names of the zones drawn under `zones` (polygons in
-# fractions of the frame's width and height; draw them in `anomalens serve`).
+# Units: px and px^2 of the source frame, px/s for speed, body heights/s for relative_speed, s for dwell,
+# compass sectors for direction, zones r{row}c{col} of a grid over the frame, or the names of the zones drawn
+# under `zones` (polygons in fractions of the frame's width and height; draw them in `anomalens serve`).
 """
 
 
@@ -49,20 +49,45 @@ def _line_of(node: yaml.Node | None, location: tuple) -> int | None:
     return line
 
 
-def _upgrade(data: dict) -> dict:
-    """A rulebook of an earlier schema in today's: version 2 had no drawn zones; version 1 had no rule kinds
-    either, and told a caption rule's kind by its operator (``not_in``: anomaly, ``in``: normal)."""
-    if data.get("schema_version", 1) == 2:
-        return {**data, "schema_version": 3}
-    if data.get("schema_version", 1) != 1:
+def _upgrade(data: dict, path: Path) -> dict:
+    """A rulebook of an earlier schema in today's: version 3 checked speeds in px/frame (now px/s, at the rulebook's
+    ``fps``); version 2 had no drawn zones either; version 1 had no rule kinds, and told a caption rule's kind by
+    its operator (``not_in``: anomaly, ``in``: normal)."""
+    version = data.get("schema_version", 1)
+    if version == 1:
+        rules = []
+        for rule in data.get("rules") or []:
+            predicate = rule.get("predicate") if isinstance(rule, dict) else None
+            if isinstance(predicate, dict) and predicate.get("fact") == "caption" and "kind" not in rule:
+                rule = {**rule, "kind": "anomaly" if predicate.get("op") == "not_in" else "normal"}
+            rules.append(rule)
+        data = {**data, "rules": rules}
+    if version in (1, 2, 3):
+        data = {**_per_second(data, path), "schema_version": 4}
+    return data
+
+
+def _per_second(data: dict, path: Path) -> dict:
+    """Speed limits in px/frame (schema 3 and before) in px/s, at the frame rate the rulebook was learned at."""
+    rules = data.get("rules") or []
+    speeds = [r for r in rules if isinstance(r, dict) and isinstance(r.get("predicate"), dict)
+              and r["predicate"].get("fact") == "speed"]  # fmt: skip
+    if not speeds:
         return data
-    rules = []
-    for rule in data.get("rules") or []:
+    fps = data.get("fps")
+    if not isinstance(fps, (int, float)) or fps <= 0:
+        raise ConfigError(f"{path}: its speed limits are per frame and it has no fps to say them per second: "
+                          "learn the scene again with `anomalens induce-rules`")  # fmt: skip
+    upgraded = []
+    for rule in rules:
         predicate = rule.get("predicate") if isinstance(rule, dict) else None
-        if isinstance(predicate, dict) and predicate.get("fact") == "caption" and "kind" not in rule:
-            rule = {**rule, "kind": "anomaly" if predicate.get("op") == "not_in" else "normal"}
-        rules.append(rule)
-    return {**data, "schema_version": 3, "rules": rules}
+        value = predicate.get("value") if rule in speeds else None
+        numbers = value if isinstance(value, list) else [value]
+        if numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+            value = [v * fps for v in value] if isinstance(value, list) else value * fps
+            rule = {**rule, "predicate": {**predicate, "value": value, "unit": "px/s"}}
+        upgraded.append(rule)
+    return {**data, "rules": upgraded}
 
 
 def load_rulebook(path: str | Path) -> Rulebook:
@@ -82,7 +107,7 @@ def parse_rulebook(text: str, path: Path) -> Rulebook:
         raise ConfigError(f"{path}{where}: invalid YAML: {error.problem or error.context}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a rulebook is a mapping with a 'rules' list, got {type(data).__name__}")
-    data = _upgrade(data)
+    data = _upgrade(data, path)
     try:
         return Rulebook.model_validate(data)
     except ValidationError as error:

@@ -14,13 +14,12 @@ import math
 import re
 from dataclasses import dataclass
 
-from anomalens.rules.engine import CAPTION_FACT, check
+from anomalens.facts import CAPTION, FRAME_FACTS, OBJECT_FACTS
+from anomalens.rules.engine import check
 from anomalens.rules.io import rulebook_text
 from anomalens.types import Evidence, Rule, Rulebook
 
 SLACK = 1.05  # a raised limit clears the worst value seen by 5%
-OBJECT_QUANTITIES = ("area", "speed", "relative_speed", "dwell", "aspect")
-FRAME_QUANTITIES = ("count", "occupancy")
 
 
 def breach_facts(evidence: Evidence) -> list[dict]:
@@ -28,17 +27,9 @@ def breach_facts(evidence: Evidence) -> list[dict]:
     the object that broke it (or of the frame, for a frame rule)."""
     found = []
     for breach in evidence.breaches():
-        if breach.object_index is None:
-            facts = {name: m.value for name in FRAME_QUANTITIES if (m := evidence.measurement(name)) is not None}
-        else:
-            i = breach.object_index
-            facts = {
-                name: m.value for name in OBJECT_QUANTITIES if (m := evidence.measurement(name, i)) is not None
-            }
-            for name, values in (("class", evidence.class_names), ("zone", evidence.zones),
-                                 ("direction", evidence.headings)):
-                if values is not None:
-                    facts[name] = values[i]
+        i = breach.object_index
+        names = FRAME_FACTS if i is None else OBJECT_FACTS
+        facts = {name: value for name in names if (value := evidence.fact(name, i)) is not None}
         found.append(
             {"rule": breach.rule_id, "frame": evidence.frame_index, "track": evidence.track_of(breach.object_index),
              "facts": facts}
@@ -81,7 +72,7 @@ def propose(rulebook: Rulebook, breaches: list[dict]) -> Proposal:
         if values is None or not rule.enabled:
             rules.append(rule)
             continue
-        changed, said = _loosened(rule, values, rulebook.fps)
+        changed, said = _loosened(rule, values)
         if changed is None:
             unchanged.append(rule.id)
             rules.append(rule)
@@ -99,10 +90,10 @@ def propose(rulebook: Rulebook, breaches: list[dict]) -> Proposal:
     return Proposal(changes, proposed, diff, sorted(unchanged))
 
 
-def _loosened(rule: Rule, values: list[float | str], fps: float | None) -> tuple[Rule | None, str]:
+def _loosened(rule: Rule, values: list[float | str]) -> tuple[Rule | None, str]:
     """``rule`` changed so that every value holds, and the change in words; (None, why) when it cannot be."""
     predicate, op = rule.predicate, rule.predicate.op
-    if predicate.fact == CAPTION_FACT:
+    if predicate.fact == CAPTION:
         return None, "caption rules are judged by meaning; edit their phrases in rules.yaml"
     unit = f" {predicate.unit}" if predicate.unit else ""
     if op in ("<=", "<", "between") and all(isinstance(v, (int, float)) for v in values):
@@ -111,14 +102,14 @@ def _loosened(rule: Rule, values: list[float | str], fps: float | None) -> tuple
         new = float(math.ceil(worst)) if predicate.fact == "count" else _round_up(max(worst * SLACK, old))
         value = [predicate.value[0], new] if op == "between" else new
         said = f"raise the limit of {rule.id} from {_number(old)} to {_number(new)}{unit}"
-        sentence = _renumbered(rule.sentence, old, new, fps if predicate.unit == "px/frame" else None)
+        sentence = _renumbered(rule.sentence, old, new)
     elif op in (">=", ">") and all(isinstance(v, (int, float)) for v in values):
         worst = min(float(v) for v in values)
         old = float(predicate.value)
         new = _round_down(min(worst / SLACK, old))
         value = new
         said = f"lower the limit of {rule.id} from {_number(old)} to {_number(new)}{unit}"
-        sentence = _renumbered(rule.sentence, old, new, fps if predicate.unit == "px/frame" else None)
+        sentence = _renumbered(rule.sentence, old, new)
     elif op == "in":
         added = sorted({str(v) for v in values} - {str(v) for v in predicate.value})
         value = [*predicate.value, *added]
@@ -159,11 +150,8 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def _renumbered(sentence: str, old: float, new: float, fps: float | None = None) -> str:
-    """The rule's sentence with its number changed, in the format it was written in (and, for a speed in px/frame
-    said per second too, its px/s), else a note appended."""
-    if fps is not None and f"{old * fps:.0f} px/s" in sentence:
-        sentence = sentence.replace(f"{old * fps:.0f} px/s", f"{new * fps:.0f} px/s", 1)
+def _renumbered(sentence: str, old: float, new: float) -> str:
+    """The rule's sentence with its number changed, in the format it was written in, else a note appended."""
     for fmt in ("{:.2f}", "{:.1f}", "{:.0f}", "{:g}"):
         written = re.compile(rf"(?<![\d.]){re.escape(fmt.format(old))}(?![\d])")
         if written.search(sentence):

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from anomalens.agents.chat import ChatSession
+from anomalens.agents.claims import plural
 from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import ToolCall
 from anomalens.agents.llm.scripted import ScriptedLLM
@@ -24,7 +25,9 @@ ROUTES = [  # the fixture's clip: 300 frames at 15 fps (20 s)
     ("How many people are in view at 3 s?", {"kind": "count", "at_s": 3.0, "subject": "people"}),
     ("how many objects at frame 45?", {"kind": "count", "at_s": 3.0, "subject": "objects"}),
     ("When does a bicycle first appear?", {"kind": "appears", "subject": "bicycle"}),
-    ("Was anyone running?", {"kind": "appears", "subject": "moving fast"}),
+    ("Was anyone running?", {"kind": "appears", "subject": "running", "seen_by": "state"}),
+    ("Is anyone lying on the ground?", {"kind": "appears", "subject": "lying", "seen_by": "state"}),
+    ("Was anyone speeding?", {"kind": "appears", "subject": "moving fast"}),
     ("When do the captions mention a dog?", {"kind": "appears", "subject": "dog", "seen_by": "caption"}),
     ("Why is the second event anomalous?", {"kind": "why", "event": 2}),
     ("why was event 3 flagged", {"kind": "why", "event": 3}),
@@ -85,11 +88,16 @@ def test_each_question_tool_answers_with_claims_the_verifier_supports(index):
 
     frame = events[0].peak_frame
     count = _ask(index, f"How many objects are in view at frame {frame}?")
-    assert count.claims[0].value == len(index.frame_evidence(frame))
+    assert count.claims[0].value == len(index.in_view(frame))
 
-    fast = _ask(index, "Was anyone running?").claims[0]
+    fast = _ask(index, "Was anyone moving fast?").claims[0]
     seen = _rule_frames(index, {"speed", "relative_speed"})
     assert (fast.frames, fast.value) == ((min(seen), max(seen)), len(seen))
+    running, fastest = _ask(index, "Was anyone running?").claims  # read from the tracks' speeds, not a rule
+    seen = sorted({f for t in index.objects for f, v in zip(t.frames, t.facts["relative_speed"]) if v >= 1.5})
+    assert (running.seen_by, running.value) == ("state", len(seen)) and running.frames == ((seen[0], seen[-1]) if seen else None)
+    top = max(v for t in index.objects for v in t.facts["relative_speed"])
+    assert fastest.quantity == "relative_speed" and fastest.value == pytest.approx(top, abs=0.01)
 
     bicycle = _ask(index, "When do the captions mention a bicycle?")
     assert (bicycle.claims[0].frames, bicycle.claims[0].value) == ((0, 69), 70)  # the fixture's captions
@@ -112,18 +120,19 @@ def test_each_question_tool_answers_with_claims_the_verifier_supports(index):
 def _named(index, name: str = "person") -> VideoIndex:
     """The index as if screening had named every object ``name`` (and run the detector)."""
     def renamed(ev):
-        detected = ev.source.model_copy(update={"backend": "motion+rules+objects"})
+        detected = ev.source.model_copy(update={"backend": "objects+rules"})
         return ev.model_copy(update={"class_names": [name] * len(ev), "source": detected})
 
     evidence = [ev if ev.text is not None else renamed(ev) for ev in index.evidence]
-    return VideoIndex.model_validate(index.model_dump() | {"evidence": evidence})
+    tracks = [t.model_copy(update={"class_name": name}) for t in index.tracks]
+    return VideoIndex.model_validate(index.model_dump() | {"evidence": evidence, "tracks": tracks})
 
 
 def test_classes_are_counted_and_sought_where_screening_named_objects(index):
     named = _named(index)
     frame = index.events[0].peak_frame
     people = _ask(named, f"How many people are in view at frame {frame}?").claims[0]
-    assert (people.term, people.value) == ("person", len(index.frame_evidence(frame)))
+    assert (people.term, people.value) == ("person", len(index.in_view(frame)))
     assert _ask(named, f"How many cars are in view at frame {frame}?").claims[0].value == 0
     walker = _ask(named, "When does a pedestrian first appear?").claims
     seen = [ev.frame_index for ev in named.evidence if ev.text is None and len(ev)]
@@ -171,14 +180,15 @@ def test_the_verifier_refutes_false_tallies_appearances_and_class_counts(index):
     assert _verdict(index, **fields | {"evidence_ids": [first], "value": 0}).status == "unsupported"  # "never"
     assert _verdict(index, **true | {"term": "dancing"}).status == "unsupported"
 
-    # Class counts read class names; a motion-only frame names nothing, so it cannot support one.
+    # Class counts read the classes of the tracks in view.
     frame = index.frame_evidence(events[0].peak_frame)
-    assert "names no objects" not in _verdict(index, kind="count", evidence_ids=[frame.id], value=len(frame)).reason
-    named = frame.model_copy(update={"class_names": ["person"] * (len(frame) - 1) + ["bicycle"]})
-    relabelled = VideoIndex.model_validate(
-        index.model_dump() | {"evidence": [named if ev.id == frame.id else ev for ev in index.evidence]}
-    )
-    people = len(frame) - 1
+    in_view = index.in_view(frame.frame_index)
+    assert len(in_view) >= 2
+    assert _verdict(index, kind="count", evidence_ids=[frame.id], value=len(in_view)).status == "supported"
+    names = {t.id: "person" for t in in_view[:-1]} | {in_view[-1].id: "bicycle"}
+    relabelled = VideoIndex.model_validate(index.model_dump() | {
+        "tracks": [t.model_copy(update={"class_name": names.get(t.id, t.class_name)}) for t in index.tracks]})
+    people = len(in_view) - 1
     assert _verdict(relabelled, kind="count", evidence_ids=[frame.id], value=people, term="people").status == (
         "supported"
     )
@@ -215,7 +225,7 @@ def test_chat_ask_json_prints_each_answer_with_claims_verdicts_and_handles(index
     first, second = (json.loads(line) for line in result.stdout.splitlines())
     assert first["query"] == {"kind": "count", "at_s": frame / index.fps, "subject": "objects"}
     assert first["verified"] and first["claims"][0]["cites"] == [f"F{frame}"] and first["llm_calls"] == 0
-    assert first["answer"].startswith(f"{len(index.frame_evidence(frame))} objects in view")
+    assert first["answer"].startswith(f"{plural('object', len(index.in_view(frame)))} in view")
     assert second["query"]["at_s"] == 0.0 and second["claims"][0]["verdict"] == "supported"
     assert first["session"] == second["session"]  # one session: "and at frame 0?" followed the first question
     refused = CliRunner().invoke(app, ["chat", "video.avi", "--json"])

@@ -30,7 +30,7 @@ AGENT_KINDS = ("clip", "detector", "segmenter", "captioner")  # what the agent's
 IMAGE_KINDS = ("clip", "detector", "segmenter", "embedder")  # what image inspection uses
 # Patch features for images: MobileNetV2's beat EfficientNet-Lite0's on the magnetic tiles' Crack class (4 shots).
 IMAGE_EMBEDDERS = ("embedder:mobilenetv2", "embedder:efficientnet-lite0")
-OBJECT_KINDS = ("detector", "embedder")  # what names and describes a scene's objects
+OBJECT_KINDS = ("detector", "embedder", "pose")  # what names and describes a scene's objects
 
 
 @dataclass
@@ -100,15 +100,14 @@ class Perception:
 
 
 def object_tools(chosen: Mapping[str, str] | None = None, root: Path | None = None) -> Perception:
-    """The detector and embedder that name and describe a scene's objects (``tools.objects``).
+    """The detector, embedder and pose model that find and describe a scene's objects (``tools.objects``).
 
     ``chosen`` (kind -> backend, as a scene records them) must all load, or a ``ConfigError`` says how to get
-    them; without it, the first detector with a fixed vocabulary (it names objects without prompts) and the
-    first embedder with weights here, each left out (with the reason in ``absent``) when none has."""
+    them; without it, the first detector with a fixed vocabulary (it names objects without prompts), and the
+    first embedder and pose model with weights here, each left out (with the reason in ``absent``) when none has."""
     detectors = [b.name for b in registry.of_kind("detector") if b.vocabulary]
-    embedders = [b.name for b in registry.of_kind("embedder")]
     if chosen is None:
-        return Perception.available(root, kinds=OBJECT_KINDS, allowed={"detector": detectors, "embedder": embedders})
+        return Perception.available(root, kinds=OBJECT_KINDS, allowed={"detector": detectors})
     found = Perception.available(root, kinds=tuple(chosen), allowed={k: [n] for k, n in chosen.items()})
     if found.absent:
         raise ConfigError(

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from anomalens.errors import ModelStoreError
+from anomalens.geometry import nms
 from anomalens.modelstore import model_dir
 from anomalens.tools.coco import coco, coco_class
 from anomalens.tools.tfjs import OnnxGraph, compile_graph
@@ -41,15 +42,6 @@ def _graph(folder: Path, stem: str, shape: tuple[int, ...], dtype: str, outputs:
         raise ModelStoreError(f"{folder}: no {stem}.json (a TFJS graph model and its weights are expected there)")
     noise = np.random.default_rng(0).uniform(0, 255, shape).astype(dtype)  # distinct scores: no ties to order
     return compile_graph(path, {"input": noise}, outputs, model_dir() / ".converted")
-
-
-def _nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
-    import torch
-    from torchvision.ops import batched_nms
-
-    keep = batched_nms(torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(),
-                       torch.from_numpy(classes).long(), iou)  # fmt: skip
-    return keep.numpy()
 
 
 class _CocoDetector:
@@ -76,13 +68,13 @@ class _CocoDetector:
         started = time.perf_counter()
         names = coco()[0]
         canvas, scale = letterbox(image, self.side)
-        boxes, scores, classes = self._raw(canvas)
+        boxes, scores, classes = self._raw(canvas, box_threshold)
         chosen = scores >= box_threshold
         if prompts:
             wanted = {names.index(c) for p in prompts if (c := coco_class(p)) is not None}
             chosen &= np.isin(classes, list(wanted))
         boxes, scores, classes = boxes[chosen] / scale, scores[chosen], classes[chosen]
-        keep = _nms(boxes, scores, classes, NMS_IOU) if len(boxes) else np.zeros(0, int)
+        keep = nms(boxes, scores, NMS_IOU, classes)
         label = [names[c] for c in classes[keep]]
         return detections(self.backend, self.weights, started, frame_size(image), boxes[keep], scores[keep], label,
                           frame_index)  # fmt: skip
@@ -99,7 +91,7 @@ class CenterNetDetector(_CocoDetector):
         graph = _graph(Path(folder), "centernet", (1, 512, 512, 3), "float32", ["tower_0/detections"])
         return cls(graph, str(folder))
 
-    def _raw(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _raw(self, canvas: np.ndarray, minimum: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         feed = {"input": canvas[None, :, :, ::-1].astype(np.float32)}  # RGB 0..255
         found = self.graph.run(feed, ["tower_0/detections"])["tower_0/detections"][0]  # decoded by the graph
         return found[:, :4].astype(np.float64), found[:, 4], found[:, 5].astype(int)
@@ -121,14 +113,16 @@ class NanoDetDetector(_CocoDetector):
     def load(cls, folder: str | Path) -> NanoDetDetector:
         return cls(_graph(Path(folder), "nanodet", (1, 3, 416, 416), "float32", cls.outputs), str(folder))
 
-    def _raw(self, canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _raw(self, canvas: np.ndarray, minimum: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes, best class scores and classes of the anchors scoring ``minimum`` and up (only those decoded)."""
         feed = {"input": ((canvas.astype(np.float32) - self.mean) / self.std).transpose(2, 0, 1)[None].copy()}
         found = self.graph.run(feed, self.outputs)
         boxes, best, classes = [], [], []
         for k, stride in enumerate(self.strides):
             score, distribution = found[self.outputs[k]][0], found[self.outputs[k + 3]][0]
-            cells = self.side // stride
-            ys, xs = np.divmod(np.arange(cells * cells), cells)
+            kept = np.flatnonzero(score.max(axis=1) >= minimum)
+            score, distribution = score[kept], distribution.reshape(len(distribution), -1)[kept]
+            ys, xs = np.divmod(kept, self.side // stride)
             centres = np.stack([(xs + 0.5) * stride, (ys + 0.5) * stride], axis=1)
             logits = distribution.reshape(-1, 4, self.bins)  # left, top, right, bottom
             weights = np.exp(logits - logits.max(axis=2, keepdims=True))

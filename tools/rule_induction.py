@@ -1,7 +1,8 @@
 """Induce a scene's rulebook from the facts of objects seen in normal footage.
 
 Every constant here is fixed a priori (never tuned on test labels): a rule's limit is the normal extreme
-(a high quantile, robust to a stray detection) plus ``MARGIN``; zones, directions and sizes need
+(a high quantile, robust to a stray detection) plus ``MARGIN``, and never below what footage known to be normal
+reached (a rule its own footage breaks would raise alarms on normal footage); zones, directions and sizes need
 ``MIN_SUPPORT`` observations before a zone-specific rule is written.
 """
 
@@ -11,10 +12,10 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from anomalens.facts import named, unit
 from anomalens.rules.captions import EVERYDAY
 from anomalens.rules.engine import CATEGORICAL_OPS, RuleIndex, check
 from anomalens.tools.coco import coco_class
-from anomalens.tools.objects import UNKNOWN, named
 from anomalens.types import SECTORS, STILL, Predicate, Rule, Rulebook
 
 MARGIN = 0.25  # limits sit 25% beyond the normal extreme
@@ -37,16 +38,6 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     }
 
 
-SPEED_UNIT = "px/frame"  # what the engine checks speeds in; people read them per second
-
-
-def said_per_second(sentence: str, limit: float, fps: float | None) -> str:
-    """A speed rule's sentence with its limit (``{limit:.2f} px/frame`` in it) said in px/s first."""
-    if fps is None:
-        return sentence
-    return sentence.replace(f"{limit:.2f} {SPEED_UNIT}", f"{limit * fps:.0f} px/s ({limit:.2f} {SPEED_UNIT})", 1)
-
-
 def induce_rules(
     objects: list[dict],
     zones: list[str],
@@ -61,8 +52,8 @@ def induce_rules(
 
     Zones nobody entered get an "empty" rule unless they are in ``walkable`` (they look like the ground
     people were seen on, see ``tools.motion.walkable_zones``). ``contamination`` is the share of
-    observations that may be anomalous (0 for footage known to be normal). With the footage's ``fps``, speed limits
-    (checked in px/frame) are said in px/s too."""
+    observations that may be anomalous (0 for footage known to be normal, whose extremes every limit then clears).
+    ``fps``: the footage's frame rate, kept with the rulebook."""
     quantile = min(QUANTILE, 1 - contamination)
     direction_share = max(DIRECTION_SHARE, contamination)
     if len(objects) < MIN_SUPPORT:
@@ -72,14 +63,13 @@ def induce_rules(
     for obj in objects:
         by_zone[obj["zone"]].append(obj)
 
-    def upper(rule_id: str, fact: str, unit: str, values: np.ndarray, where: dict, sentence: str) -> None:
-        limit = float(np.quantile(values, quantile)) * (1 + MARGIN)
+    def upper(rule_id: str, fact: str, values: np.ndarray, where: dict, sentence: str) -> None:
+        limit = _limit(values, quantile, contamination)
         rules.append(
             Rule(
                 id=rule_id,
-                sentence=said_per_second(sentence.format(limit=limit, unit=unit), limit, fps) if unit == SPEED_UNIT
-                else sentence.format(limit=limit, unit=unit),
-                predicate=Predicate(fact=fact, op="<=", value=round(limit, 3), unit=unit, where=where),
+                sentence=sentence.format(limit=limit, unit=unit(fact)),
+                predicate=Predicate(fact=fact, op="<=", value=round(limit, 3), unit=unit(fact), where=where),
                 margin=MARGIN,
                 stats=_stats(values),
             )
@@ -96,7 +86,7 @@ def induce_rules(
                 )
             )
     speeds = np.array([o["speed"] for o in objects])
-    upper("speed-any", "speed", SPEED_UNIT, speeds, {}, "Nothing anywhere moves faster than {limit:.2f} {unit}.")
+    upper("speed-any", "speed", speeds, {}, "Nothing anywhere moves faster than {limit:.0f} {unit}.")
     for zone in zones:
         members = by_zone.get(zone, [])
         # Support counts established tracks only: a zone that saw nothing but flickering noise blobs would
@@ -105,10 +95,8 @@ def induce_rules(
             continue
         speed = np.array([o["speed"] for o in members])
         area = np.array([o["area"] for o in members])
-        upper(f"speed-{zone}", "speed", SPEED_UNIT, speed, {"zone": zone},
-              f"In zone {zone}, objects move at most {{limit:.2f}} {{unit}}.")
-        upper(f"size-{zone}", "area", "px^2", area, {"zone": zone},
-              f"In zone {zone}, objects are at most {{limit:.0f}} {{unit}} in size.")
+        upper(f"speed-{zone}", "speed", speed, {"zone": zone}, f"In zone {zone}, objects move at most {{limit:.0f}} {{unit}}.")
+        upper(f"size-{zone}", "area", area, {"zone": zone}, f"In zone {zone}, objects are at most {{limit:.0f}} {{unit}} in size.")
         headings = Counter(o["direction"] for o in members if o["direction"] != STILL)
         moving = sum(headings.values())
         if moving >= MIN_SUPPORT:
@@ -122,14 +110,14 @@ def induce_rules(
                         stats={f"share_{s}": round(headings[s] / moving, 4) for s in SECTORS} | {"n": float(moving)},
                     )
                 )
-    if any("relative_speed" in o for o in objects):
-        rules += _class_rules(objects, quantile, direction_share)
+    if any(o.get("class") is not None for o in objects):
+        rules += _class_rules(objects, quantile, direction_share, contamination)
     counts = np.array([o["count"] for o in objects])
     occupancy = np.array([o["occupancy"] for o in objects])
     dwell = np.array([o["dwell"] for o in objects])
-    upper("count", "count", "count", counts, {}, "At most {limit:.0f} separate objects are in view at once.")
-    upper("occupancy", "occupancy", "ratio", occupancy, {}, "Objects cover at most {limit:.1%} of the view.")
-    dwell_limit = max(float(np.quantile(dwell, quantile)) * (1 + MARGIN), MIN_DWELL_S)
+    upper("count", "count", counts, {}, "At most {limit:.0f} separate objects are in view at once.")
+    upper("occupancy", "occupancy", occupancy, {}, "Objects cover at most {limit:.1%} of the view.")
+    dwell_limit = max(_limit(dwell, quantile, contamination), MIN_DWELL_S)
     rules.append(
         Rule(
             id="dwell",
@@ -142,12 +130,19 @@ def induce_rules(
     return Rulebook(scene=scene, induced_from=sources or [], fps=fps, rules=rules)
 
 
-def _class_rules(objects: list[dict], quantile: float, class_share: float) -> list[Rule]:
+def _limit(values: np.ndarray, quantile: float, contamination: float) -> float:
+    """The normal extreme (``quantile``) plus ``MARGIN``; for footage known to be normal (no ``contamination``),
+    never below its own maximum."""
+    limit = float(np.quantile(values, quantile)) * (1 + MARGIN)
+    return max(limit, float(values.max())) if contamination == 0 else limit
+
+
+def _class_rules(objects: list[dict], quantile: float, class_share: float, contamination: float) -> list[Rule]:
     """Rules that name what the objects are (facts set by ``tools.objects``): the classes seen (each in at least
-    ``class_share`` of the named established objects; unnamed moving things are always allowed), the zones
-    where only some of them move ("no car in zone r2c1"; zones with ``MIN_SUPPORT`` named objects), and for
-    each class seen ``MIN_SUPPORT`` times, how fast it moves for its size (body heights per second; over every
-    object, as speed limits are, since every object is checked against them)."""
+    ``class_share`` of the named established objects; a moving thing nothing named has no class, and no class
+    rule applies to it), the zones where only some of them move ("no car in zone r2c1"; zones with
+    ``MIN_SUPPORT`` named objects), and for each class seen ``MIN_SUPPORT`` times, how fast it moves for its size
+    (body heights per second; over every object, as speed limits are, since every object is checked against them)."""
     rules = []
     established = [o for o in objects if o.get("established", True)]
     seen = _classes_seen(established, class_share)
@@ -156,8 +151,8 @@ def _class_rules(objects: list[dict], quantile: float, class_share: float) -> li
         rules.append(
             Rule(
                 id="classes",
-                sentence=f"Every moving thing is {' or '.join(named(c) for c in allowed)}, or not recognised.",
-                predicate=Predicate(fact="class", op="in", value=[*allowed, UNKNOWN]),
+                sentence=f"Every object the detector names is {' or '.join(named(c) for c in allowed)}.",
+                predicate=Predicate(fact="class", op="in", value=allowed),
                 stats=stats,
             )
         )
@@ -172,20 +167,21 @@ def _class_rules(objects: list[dict], quantile: float, class_share: float) -> li
                 Rule(
                     id=f"classes-{zone}",
                     sentence=f"No {' or '.join(absent)} in zone {zone}: only "
-                    f"{' or '.join(named(c) for c in here[0])} moves there, or nothing recognised.",
-                    predicate=Predicate(fact="class", op="in", value=[*here[0], UNKNOWN], where={"zone": zone}),
+                    f"{' or '.join(named(c) for c in here[0])} is named there.",
+                    predicate=Predicate(fact="class", op="in", value=here[0], where={"zone": zone}),
                     stats=here[1],
                 )
             )
     by_class: dict[str, list[float]] = defaultdict(list)
     for obj in objects:
-        by_class[obj["class"]].append(obj["relative_speed"])
+        if obj.get("class") is not None:
+            by_class[obj["class"]].append(obj["relative_speed"])
     for name, values in sorted(by_class.items()):
         if len(values) < MIN_SUPPORT:
             continue
         values = np.array(values)
-        limit = float(np.quantile(values, quantile)) * (1 + MARGIN)
-        who = "A moving thing not recognised" if name == UNKNOWN else named(name).capitalize()
+        limit = _limit(values, quantile, contamination)
+        who = named(name).capitalize()
         rules.append(
             Rule(
                 id=relative_speed_id(name),
@@ -202,7 +198,7 @@ def _class_rules(objects: list[dict], quantile: float, class_share: float) -> li
 def _classes_seen(objects: list[dict], class_share: float) -> tuple[list[str], dict[str, float]] | None:
     """The classes named in at least ``class_share`` of ``objects`` (unnamed ones left out) and each class's
     share, or None below ``MIN_SUPPORT`` named objects."""
-    classes = Counter(o["class"] for o in objects if o["class"] != UNKNOWN)
+    classes = Counter(o["class"] for o in objects if o.get("class") is not None)
     total = sum(classes.values())
     if total < MIN_SUPPORT:
         return None

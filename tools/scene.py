@@ -1,8 +1,12 @@
-"""A learned scene (motion model + rulebook) and the scorer that audits footage against it.
+"""A learned scene and the scorer that audits footage against it.
 
-A scene folder holds ``scene.json`` (analysis size, frame rate, sources, the object tools it was learned with),
-``motion.npz`` (background, noise level, normal flow, the motion reconstruction model, the normal objects' look)
-and ``rules.yaml`` (the editable rulebook).
+A scene folder holds ``scene.json`` (analysis size, frame rate, sources, the object tools it was learned with and
+the detector's floor), ``motion.npz`` (background, noise level, the people's perspective, the normal objects'
+density and look) and ``rules.yaml`` (the editable rulebook).
+
+Learning: the background; the detector's floor and the people's perspective from a sample of frames; then every
+frame's objects followed (``tools.objects``), from which the density of normal objects, their look and the rules
+are learned, each checked on normal footage it was not learned from.
 """
 
 from __future__ import annotations
@@ -24,36 +28,49 @@ from anomalens.files import atomic_write
 from anomalens.progress import say, track
 from anomalens.rules.engine import RuleIndex, check
 from anomalens.rules.io import load_rulebook, save_rulebook
-from anomalens.tools.motion import (
-    MotionAnalyzer,
-    MotionModel,
-    ground_mask,
-    walkable_cells,
-    walkable_zones,
+from anomalens import registry
+from anomalens.tools.motion import MotionModel, ground_mask, walkable_zones
+from anomalens.tools.objects.appearance import CROP_SIDE, Appearance
+from anomalens.tools.objects.density import ObjectDensity
+from anomalens.tools.objects.describers import (
+    RELOOK_SECONDS,
+    Look,
+    Movement,
+    Naming,
+    Place,
+    Pose,
+    Size,
+    _Schedule,
 )
-from anomalens.tools.objects import Appearance, ObjectTagger
+from anomalens.tools.objects.follow import FrameObjects, ObjectFollower
+from anomalens.tools.objects.perspective import Perspective
+from anomalens.tools.objects.sources import DetectorSource
 from anomalens.tools.perception import OBJECT_KINDS, Perception
-from anomalens.tools.reconstruction import FlowPatchPCA
 from anomalens.tools.rule_induction import induce_validated
 from anomalens.types import Evidence, Measurement, MeasurementKind, Rulebook, Source
 from anomalens.video import Frame, FrameSource
 
-SCENE_VERSION = 2
-MAX_PATCH_FRAMES = 4000  # frames of motion patches kept for fitting the reconstruction detector
-LOOKS_PER_SECOND = 2.0  # scoring: new tracks are looked at on these frames (one detector run serves all due)
+SCENE_VERSION = 3
+DETECT_EVERY_SECONDS = 0.5  # the detector looks at every frame this often (and wherever motion appears unfollowed)
+PERSPECTIVE_FRAMES = 150  # frames, spread over the normal footage, whose people set the perspective
+DEFAULT_FLOOR = 0.3  # the lowest score kept of a detector that does not say its own (backends.yaml)
+LOOKS_PER_SECOND = 2.0  # scoring: looks (embedder, pose) at new tracks fall on these frames
 LEARNING_LOOKS_PER_SECOND = 5.0  # learning: every track this often (a walker moves ~0.2 m between looks)
+CONFIDENT = 2.0  # a person box of this many times the floor is sure enough to measure people's heights by
 
 
 @dataclass
 class Scene:
     model: MotionModel
-    reconstruction: FlowPatchPCA
     rulebook: Rulebook
     analysis_size: tuple[int, int]  # (width, height)
     max_side: int | None
     fps: float
     sources: list[str]
     objects: dict[str, str] = field(default_factory=dict)  # kind -> backend that named and described the objects
+    floor: float | None = None  # the detector's lowest score kept in this scene (``sources.calibrate_floor``)
+    perspective: Perspective | None = None  # a person's height where they stand (learned from detected people)
+    density: ObjectDensity | None = None  # how unusual an object is (None: too few objects to learn it)
     appearance: Appearance | None = None  # the normal objects' look (when an embedder was present)
     folder: Path | None = None  # where it was saved or loaded from: its rules.yaml is the one reviews change
 
@@ -69,12 +86,15 @@ class Scene:
             )
         return source
 
+    def _state(self) -> dict:
+        parts = [self.model, self.perspective, self.density, self.appearance]
+        return {name: value for part in parts if part is not None for name, value in part.state().items()}
+
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
-        looks = self.appearance.state() if self.appearance is not None else {}
-        np.savez_compressed(buffer, **self.model.state(), **self.reconstruction.state(), **looks)
+        np.savez_compressed(buffer, **self._state())
         atomic_write(folder / "motion.npz", buffer.getvalue())
         save_rulebook(self.rulebook, folder / "rules.yaml")
         atomic_write(folder / "scene.json", json.dumps(self._meta(), indent=2))
@@ -89,6 +109,7 @@ class Scene:
             "fps": self.fps,
             "sources": self.sources,
             "objects": self.objects,
+            "floor": self.floor,
         }
 
     def digest(self) -> str:
@@ -96,8 +117,7 @@ class Scene:
         that the scene is the one it screened with."""
         hashed = hashlib.sha256(json.dumps(self._meta()).encode())
         hashed.update(self.rulebook.model_dump_json().encode())
-        looks = self.appearance.state() if self.appearance is not None else {}
-        for name, value in sorted({**self.model.state(), **self.reconstruction.state(), **looks}.items()):
+        for name, value in sorted(self._state().items()):
             hashed.update(name.encode())
             hashed.update(np.ascontiguousarray(value).tobytes())
         return hashed.hexdigest()
@@ -122,7 +142,8 @@ class Scene:
                 state = dict(npz)
             learned = {
                 "model": MotionModel.from_state(state),
-                "reconstruction": FlowPatchPCA.from_state(state),
+                "perspective": Perspective.from_state(state),
+                "density": ObjectDensity.from_state(state),
                 "appearance": Appearance.from_state(state),
             }
             described = {
@@ -131,6 +152,7 @@ class Scene:
                 "fps": float(meta["fps"]),
                 "sources": list(meta["sources"]),
                 "objects": dict(meta["objects"]),
+                "floor": meta["floor"],
             }
         except FileNotFoundError:
             raise ConfigError(f"{state_path}: missing; {again}") from None
@@ -153,10 +175,10 @@ class Scene:
         tools: Perception | None = None,
         progress: bool = True,
     ) -> Scene:
-        """A scene learned from normal footage (videos or frame folders of one view): background, normal motion,
-        rules; with ``tools`` (a detector and an embedder, ``perception.object_tools``) also the objects' classes
-        and look. ``contamination``: the share of object observations that may be anomalous (footage not known
-        normal)."""
+        """A scene learned from normal footage (videos or frame folders of one view): background, normal objects
+        and rules; with ``tools`` (a detector, an embedder and a pose model, ``perception.object_tools``) the
+        objects are detector boxes, named, and their look learned too. ``contamination``: the share of object
+        observations that may be anomalous (footage not known normal)."""
         if not inputs:
             raise AnomalensError("give at least one normal video or frame folder")
         options = {"max_side": max_side} | ({"fps": fps} if fps else {})
@@ -167,75 +189,89 @@ class Scene:
         sizes = {tuple(s.source_size) for s in sources}
         if len(sizes) > 1:
             raise AnomalensError(f"normal footage comes in several frame sizes {sorted(sizes)}: use one camera view")
-        model = MotionModel().fit_background(
-            track(_spread(sources, 200), "learning the background", enabled=progress)
-        )
-        per_source: list[list[dict]] = []
-        cells: list[np.ndarray] = []
-        reconstruction = FlowPatchPCA(cell=model.flow_cell)
-        patches: list[np.ndarray] = []
-        keep_every = max(1, sum(len(s) for s in sources) // MAX_PATCH_FRAMES)  # bounds memory on long footage
-        looks: list[list[np.ndarray]] = []
+        model = MotionModel().fit_background(track(_spread(sources, 200), "learning the background", enabled=progress))
+        height, width = model.background.shape
+        scene = cls(model, Rulebook(), (width, height), max_side, sources[0].fps, [str(p) for p in inputs])
+        detector = tools.detector if tools is not None else None
+        if detector is not None:
+            scene.floor = registry.get(tools.backend("detector")).floor or DEFAULT_FLOOR
+            scene.objects = {k: tools.backend(k) for k in OBJECT_KINDS if k in tools.present}
+            scene.perspective = _perspective(detector, scene.floor, _spread(sources, PERSPECTIVE_FRAMES), progress)
+        per_source, looks = [], []
         for source in sources:
-            analyzer = MotionAnalyzer(model, source.fps)
-            tagger = _tagger(tools, source.fps, learning=True)
+            follower, look = scene.follower(source.fps, tools, learning=True)
             per_source.append([])
-            looks.append([])
-            for k, frame in enumerate(
-                track(source, f"learning motion: {source.name}", total=len(source), enabled=progress)
-            ):
-                facts = analyzer.analyze(frame)
-                seen = tagger.tag(frame, facts) if tagger is not None else None
-                if seen is not None:
-                    looks[-1].append(seen.vectors)
-                per_source[-1].extend(facts.objects)
-                if facts.flow is not None:
-                    cells.append(facts.flow_novelty)  # the reference is still 1: these are raw magnitudes
-                    if k % keep_every == 0:
-                        patches.append(reconstruction.features(facts.flow))
-        feet = np.array([o["foot"] for objects in per_source for o in objects]).reshape(-1, 2)
-        ground = ground_mask(model.background, feet)
-        quiet_but_walkable = walkable_cells(ground, model.flow_cell)
-        if cells:
-            model.fit_flow(np.stack(cells), quiet_but_walkable)
-        reconstruction.fit(patches, quiet_but_walkable)
-        # Two folds for validating rules on footage they were not induced from: alternate sources, or the two
-        # halves of a single source.
+            for frame in track(source, f"learning objects: {source.name}", total=len(source), enabled=progress):
+                seen = follower.step(frame)
+                per_source[-1].extend(seen.facts(i) | {"foot": seen.states[i].feet[-1]} for i in range(len(seen)))
+            looks.append(look.vectors if look is not None else [])
+        scene._learn_normality(per_source, looks, contamination, Path(str(inputs[0])).name)
+        return scene
+
+    def _learn_normality(self, per_source: list[list[dict]], looks: list[list[np.ndarray]], contamination: float,
+                         name: str) -> None:  # fmt: skip
+        """The density, look and rules of the normal objects (``per_source``: each source's object facts), each
+        checked on footage it was not learned from: alternate sources, or the halves of a single one."""
         folds = _folds(per_source)
-        appearance = None
-        if tools is not None and tools.embedder is not None:
+        speed = self.speed_attribute
+        try:
+            self.density = ObjectDensity.calibrated(tuple(
+                ([o.get("class") for o in fold], [o[speed] for o in fold]) for fold in folds))  # fmt: skip
+        except ValueError as error:
+            raise AnomalensError(f"cannot learn the scene's objects: {error}") from None
+        if any(looks):
             try:
-                appearance = Appearance.fit(_folds(looks, _stacked))
+                self.appearance = Appearance.fit(_folds(looks, _stacked))
             except ValueError as error:
                 raise AnomalensError(f"cannot learn the scene's objects: {error}") from None
+        feet = np.array([o["foot"] for objects in per_source for o in objects]).reshape(-1, 2)
+        ground = ground_mask(self.model.background, feet)
         try:
-            rulebook = induce_validated(
-                folds,
-                model.geometry.zones,
-                walkable=walkable_zones(ground, model.geometry),
-                contamination=contamination,
-                scene=Path(str(inputs[0])).name,
-                sources=[str(p) for p in inputs],
-                fps=sources[0].fps,
-            )
+            self.rulebook = induce_validated(
+                folds, self.model.geometry.zones, walkable=walkable_zones(ground, self.model.geometry),
+                contamination=contamination, scene=name, sources=self.sources, fps=self.fps,
+            )  # fmt: skip
         except ValueError as error:
             raise AnomalensError(f"cannot learn the scene: {error}") from None
-        height, width = model.background.shape
-        objects = {k: tools.backend(k) for k in OBJECT_KINDS if k in tools.present} if tools is not None else {}
-        return cls(model, reconstruction, rulebook, (width, height), max_side, sources[0].fps,
-                   [str(p) for p in inputs], objects, appearance)  # fmt: skip
+
+    @property
+    def speed_attribute(self) -> str:
+        """The speed the density of objects is over: for their size where people's perspective is known (a person's
+        height where each stands), else in px/s (a moving region's own height merges and splits with it)."""
+        return "relative_speed" if self.perspective is not None else "speed"
+
+    def follower(self, fps: float, tools: Perception | None, *, learning: bool = False) -> tuple[ObjectFollower, Look | None]:
+        """An ``ObjectFollower`` of one video of this scene, with the scene's object tools (``tools``; None when the
+        scene knows motion alone), and its look describer (None without an embedder). Learning looks at every track
+        often (5 a second, its look collected, no pose); scoring looks at new tracks and every ``RELOOK_SECONDS``."""
+        person_height = self.perspective.height if self.perspective is not None else None
+        describers = [Size(), Place(self.model.geometry), Movement(), Naming()]
+        source = look = None
+        if tools is not None and self.objects:
+            if tools.detector is not None:
+                every = max(1, round(DETECT_EVERY_SECONDS * fps))
+                source = DetectorSource(tools.detector, self.floor, every, person_height)
+            per_second = LEARNING_LOOKS_PER_SECOND if learning else LOOKS_PER_SECOND
+            relook = 0.0 if learning else RELOOK_SECONDS
+            if tools.embedder is not None and (learning or self.appearance is not None):
+                look = Look(tools.embedder, _Schedule(fps, per_second, relook), None if learning else self.appearance)
+                describers.append(look)
+            if tools.pose is not None and not learning:
+                describers.append(Pose(tools.pose, _Schedule(fps, per_second, relook)))
+        flow_scale = self.perspective.flow_scale() if self.perspective is not None else 1.0
+        return ObjectFollower(self.model, fps, describers, source=source, person_height=person_height,
+                              flow_scale=flow_scale), look  # fmt: skip
 
 
-def _tagger(tools: Perception | None, fps: float, *, learning: bool = False) -> ObjectTagger | None:
-    """The object tagger of one video. Learning looks at every established track on every look (5 a second), so
-    that the normal objects are seen from every side; scoring looks at new tracks (2 looks a second) and at
-    settled ones every ``objects.RELOOK_SECONDS``."""
-    if tools is None or not set(OBJECT_KINDS) & set(tools.present):
-        return None
-    if learning:
-        return ObjectTagger(tools.detector, tools.embedder, fps, every=max(1, round(fps / LEARNING_LOOKS_PER_SECOND)),
-                            relook_seconds=0.0)  # fmt: skip
-    return ObjectTagger(tools.detector, tools.embedder, fps, every=max(1, round(fps / LOOKS_PER_SECOND)))
+def _perspective(detector, floor: float, frames: Iterator[Frame], progress: bool) -> Perspective | None:
+    """The people's perspective, from the confident person boxes of a sample of normal frames. (Moving regions do
+    not do: near the camera they merge walkers, far away they break them up; on Ped2 a line through their heights
+    made speeds for size rank frames worse than chance.)"""
+    people = []
+    for frame in track(list(frames), "measuring people", enabled=progress):
+        people.append(detector.detect(frame.image, ["person"], box_threshold=CONFIDENT * floor).boxes.reshape(-1, 4))
+    boxes = np.concatenate(people)
+    return Perspective.fit(boxes[:, 3], boxes[:, 3] - boxes[:, 1])
 
 
 def _folds(per_source: list[list], join=None) -> tuple:
@@ -254,7 +290,6 @@ def _stacked(parts: list[list[np.ndarray]]) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros((0, 1), np.float32)
 
 
-
 def _spread(sources: Sequence[FrameSource], limit: int) -> Iterator[Frame]:
     """At most about ``limit`` frames spread evenly over all sources."""
     total = sum(len(s) for s in sources)
@@ -271,74 +306,81 @@ def _breach(rule_id: str, severity: float, object_index: int | None = None) -> M
 
 
 class SceneScorer:
-    """Scores frames of one video against a scene: rule severities, the objects' look, flow novelty, motion
-    reconstruction.
+    """Scores frames of one video against a scene: each object by how unusual its class and speed for its size are
+    among the scene's normal objects (``ObjectDensity``) and by the rules it breaks, the frame by its rules.
 
-    ``score(frame).frame_score`` is the largest of the objects' scores, the frame rules' severities, the flow
-    novelty and the reconstruction residual ratio; 1.0 is the edge of normal for each. Each object's score is
-    the larger of its largest rule severity and its appearance ratio (how far its look lies from the scene's
-    normal objects, kept along its track between the frames where it is looked at); every rule broken is
-    recorded as a ``RULE_SEVERITY`` measurement named by the rule's id. ``tools``: the scene's object tools
-    (``perception.object_tools(scene.objects)``), needed when the scene was learned with them.
+    ``score(frame).frame_score`` is the largest of the objects' scores and the severities of the frame rules broken,
+    1.0 at the edge of normal for each; every rule broken is recorded as a ``RULE_SEVERITY`` measurement named by
+    the rule's id. ``tools``: the scene's object tools (``perception.object_tools(scene.objects)``), needed when the scene was
+    learned with them.
     """
 
     def __init__(self, scene: Scene, fps: float, tools: Perception | None = None):
         if scene.objects and tools is None:
             raise ConfigError("this scene names its objects: give its object tools (perception.object_tools)")
-        self.scene = scene
+        self.scene, self.tools = scene, tools if scene.objects else None
         self.rules = RuleIndex(scene.rulebook)
-        self.analyzer = MotionAnalyzer(scene.model, fps)
-        self.tagger = _tagger(tools, fps) if scene.objects else None
-        self._looks: dict[int, float] = {}  # track -> its latest appearance ratio
+        self.follower, _ = scene.follower(fps, self.tools)
 
     def warm(self, frame: Frame) -> None:
-        """Ready the object tools on ``frame`` (nothing recorded): a stream's first frames then come on time."""
-        if self.tagger is not None:
-            self.tagger.warm(frame)
+        """Run the object tools once on ``frame``, results dropped: their first run allocates and prepares, which a
+        live stream's first frames should not wait for."""
+        if self.tools is None:
+            return
+        height, width = frame.image.shape[:2]
+        whole = np.array([[0.0, 0.0, width, height]])
+        if self.tools.detector is not None:
+            self.tools.detector.detect(frame.image, ())
+        if self.tools.embedder is not None:
+            self.tools.embedder.embed(frame.image, whole, side=CROP_SIDE)
+        if self.tools.pose is not None:
+            self.tools.pose.estimate(frame.image)
 
     def score(self, frame: Frame) -> Evidence:
         started = time.perf_counter()
-        facts = self.analyzer.analyze(frame)
-        seen = self.tagger.tag(frame, facts) if self.tagger is not None else None
-        object_scores = np.zeros(len(facts.objects))
+        seen = self.follower.step(frame)
+        object_scores = self._unusual(seen)
+        if self.scene.density is not None:
+            for state, novelty in zip(seen.states, object_scores):
+                state.record("novelty", float(novelty))
+        object_scores = object_scores.copy()
         broken: list[Measurement] = []
-        looks: list[Measurement] = []
-        if seen is not None and self.scene.appearance is not None:
-            for i, ratio in zip(seen.indices, self.scene.appearance.ratios(seen.vectors)):
-                self._looks[facts.track_ids[i]] = float(ratio)
-        for i, obj in enumerate(facts.objects):
-            if (ratio := self._looks.get(facts.track_ids[i])) is not None:
-                object_scores[i] = ratio
-                looks.append(Measurement.model_construct(name="appearance", value=ratio, unit="ratio", object_index=i))
-            for result in check(self.rules.object_rules(obj), obj):
-                object_scores[i] = max(object_scores[i], result.severity)
+        # A rule counts once broken; how near its limit a normal object comes says nothing the density does not.
+        for i in range(len(seen)):
+            facts = seen.facts(i)
+            for result in check(self.rules.object_rules(facts), facts):
                 if result.violated:
+                    object_scores[i] = max(object_scores[i], result.severity)
                     broken.append(_breach(result.rule.id, result.severity, i))
         frame_severity = 0.0
-        if facts.objects:  # frame facts (count, occupancy) are the same for every object: check them once
-            for result in check(self.rules.frame_rules, facts.objects[0]):
-                frame_severity = max(frame_severity, result.severity)
+        if len(seen):  # frame facts (count, occupancy) are the same for every object: checked once
+            for result in check(self.rules.frame_rules, seen.facts(0)):
                 if result.violated:
+                    frame_severity = max(frame_severity, result.severity)
                     broken.append(_breach(result.rule.id, result.severity))
-        novelty = facts.flow_novelty
-        residual = (
-            self.scene.reconstruction.score(facts.flow) if facts.flow is not None else np.zeros_like(novelty)
-        )
-        h, w = frame.image.shape[:2]
-        # Grid cues cover the frame's top-left rows*cell x cols*cell; the remainder stays 0.
-        grid = np.maximum(novelty, residual)
-        anomaly_map = np.zeros((h, w), dtype=np.float32)
-        cell = self.scene.model.flow_cell
-        rows, cols = grid.shape
-        anomaly_map[: rows * cell, : cols * cell] = np.kron(grid, np.ones((cell, cell), dtype=np.float32))
-        for i, mask in enumerate(facts.masks):
-            anomaly_map[mask] = np.maximum(anomaly_map[mask], object_scores[i])
-        return facts.evidence(
-            Source(tool="scene", backend="motion+rules" + ("+objects" if self.tagger else ""),
-                   latency_s=time.perf_counter() - started),  # fmt: skip
-            scores=object_scores,
-            anomaly_map=anomaly_map,
-            frame_score=float(max(object_scores.max(initial=0.0), frame_severity, grid.max(initial=0.0))),
-            extra=[Measurement(name="reconstruction", value=float(residual.max(initial=0.0)), unit="ratio"), *looks,
-                   *broken],  # fmt: skip
-        )
+        source = Source(tool="scene", backend="objects+rules" if self.scene.objects else "motion+rules",
+                        latency_s=time.perf_counter() - started)  # fmt: skip
+        evidence = seen.evidence(source, scores=object_scores, extra=broken,
+                                 frame_score=float(max(object_scores.max(initial=0.0), frame_severity)))  # fmt: skip
+        return evidence.model_copy(update={"anomaly_map": _painted(seen, object_scores)})
+
+    def _unusual(self, seen: FrameObjects) -> np.ndarray:
+        """Each object's surprise on the density of the scene's normal objects (0 without one)."""
+        density = self.scene.density
+        if density is None or not len(seen):
+            return np.zeros(len(seen))
+        speed = self.scene.speed_attribute
+        return density.ratios([s.class_name for s in seen.states], [s.latest(speed) for s in seen.states])
+
+    def tracks(self):
+        return self.follower.tracks()
+
+
+def _painted(seen: FrameObjects, scores: np.ndarray) -> np.ndarray:
+    """The objects' scores painted over their boxes (analysis resolution): where in the frame the anomaly is."""
+    height, width = seen.frame.image.shape[:2]
+    picture = np.zeros((height, width), np.float32)
+    boxes = (seen.boxes * seen.frame.scale).round().astype(int)
+    for (x1, y1, x2, y2), score in sorted(zip(boxes, scores), key=lambda item: item[1]):
+        picture[max(0, y1) : y2, max(0, x1) : x2] = np.maximum(picture[max(0, y1) : y2, max(0, x1) : x2], score)
+    return picture
