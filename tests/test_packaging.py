@@ -23,6 +23,7 @@ MODULES = SUBPACKAGES + [
     "anomalens.agents.graph",
     "anomalens.tools.motion",
     "anomalens.tools.scene",
+    "anomalens.tools.objects.follow",
     "anomalens.tools.rule_induction",
     "anomalens.rules.engine",
     "anomalens.rules.io",
