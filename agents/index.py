@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from anomalens.agents.llm.structured import problem_summary
@@ -25,6 +26,7 @@ from anomalens.tools.objects.describers import ESTABLISHED_SECONDS, window
 from anomalens.types import Event, Evidence, EvidenceKind, Rule, Rulebook, Track
 
 INDEX_FORMAT = 3
+PART_OF_THE_SCENE = 0.1  # an object whose box mostly differed from the background less than this is the scene's
 HANDLES = {
     EvidenceKind.FRAME: "F",
     EvidenceKind.CAPTION: "C",
@@ -82,9 +84,10 @@ class VideoIndex(BaseModel):
 
     @cached_property
     def objects(self) -> list[Track]:
-        """The tracks followed long enough to be objects, not flicker."""
+        """The tracks followed long enough to be objects, not flicker, that mostly differed from the scene's
+        background: a sign or a parked van that was there all along is part of the scene."""
         least = window(self.fps, ESTABLISHED_SECONDS)
-        return [t for t in self.tracks if len(t.frames) >= least]
+        return [t for t in self.tracks if len(t.frames) >= least and _stood_out(t)]
 
     def in_view(self, frame_index: int) -> list[Track] | None:
         """The objects in view at ``frame_index``: every one alive then (between its first and last sighting); None
@@ -123,6 +126,12 @@ class VideoIndex(BaseModel):
             return cls.model_validate(data)
         except ValidationError as error:
             raise ConfigError(f"{path}: not a valid video index: {problem_summary(error, 'index')}") from None
+
+
+def _stood_out(track: Track) -> bool:
+    """Whether ``track`` differed from the background most of the time (a sign differs only while someone passes it)."""
+    differs = [v for v in track.facts.get("differs", []) if v is not None]
+    return not differs or float(np.median(differs)) >= PART_OF_THE_SCENE
 
 
 def handle(evidence: Evidence) -> str:

@@ -4,7 +4,8 @@ for it. Rules, induction, the describer, the digest, the verifier, chat and the 
 attribute of objects is one row here and one producer (``tools.objects.describers``).
 
 Units: ``px``, ``px^2`` and ``px/s`` are source pixels (and per second); ``heights/s`` is body heights per second
-(speed for the object's size, comparable between the near and the far side of a view); ``deg`` is degrees from
+(speed for the object's size, comparable between the near and the far side of a view) and ``heights^2`` a size in
+square body heights (a standing person is about 0.3 wherever they stand); ``deg`` is degrees from
 upright; ``s`` seconds; ``ratio`` a pure number (1.0 at the normal edge for novelty); ``count`` a whole number.
 """
 
@@ -52,6 +53,8 @@ FACTS: dict[str, FactSpec] = {
         FactSpec("width", "px", "object", "measured", "width"),
         FactSpec("height", "px", "object", "measured", "height"),
         FactSpec("aspect", "ratio", "object", "measured", "height for its width"),
+        FactSpec("relative_size", "heights^2", "object", "measured", "size for where it stands"),
+        FactSpec("differs", "ratio", "object", "measured", "share of its box unlike the scene's background"),
         FactSpec("speed", "px/s", "object", "measured", "speed"),
         FactSpec("relative_speed", "heights/s", "object", "measured", "speed for its size", states=(RUNNING,)),
         FactSpec("direction", "sector", "object", "categorical", "heading", stored_in="headings"),

@@ -16,6 +16,7 @@ from anomalens.types import Predicate, Rule, Rulebook
 
 CATEGORICAL_OPS = frozenset({"in", "not_in", "==", "!="})
 CATEGORICAL_SEVERITY = 2.0  # a broken categorical rule counts like a value at twice its bound
+MAX_SEVERITY = 100.0  # past a hundred times its limit, how far past says nothing more (a limit of 0 is all or nothing)
 _TINY = 1e-9
 
 
@@ -53,9 +54,9 @@ def severity(predicate: Predicate, value: float | str) -> float:
 
 
 def check(rules: Iterable[Rule], facts: Mapping[str, float | str]) -> list[Check]:
-    """Every enabled rule in ``rules`` that applies to ``facts``, with its severity."""
+    """Every enabled rule in ``rules`` that applies to ``facts``, with its severity (at most ``MAX_SEVERITY``)."""
     return [
-        Check(rule, severity(rule.predicate, facts[rule.predicate.fact]))
+        Check(rule, min(severity(rule.predicate, facts[rule.predicate.fact]), MAX_SEVERITY))
         for rule in rules
         if rule.enabled and applies(rule.predicate, facts)
     ]

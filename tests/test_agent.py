@@ -56,7 +56,7 @@ def test_graph_structure_matches_its_snapshot(index):
 
 
 def test_a_direct_answer_is_verified_and_only_verified_claims_are_said(index):
-    wrong = {"kind": "measurement", "cite": [f"F{first_event(index).peak_frame}"], "quantity": "speed", "value": 99.0}
+    wrong = {"kind": "measurement", "cite": [f"F{first_event(index).peak_frame}"], "quantity": "speed", "value": 12345.0}
 
     def from_digest(messages):
         chosen = [f for f in facts_in(messages) if f["kind"] in ("rule", "measurement")][:2]
@@ -66,12 +66,12 @@ def test_a_direct_answer_is_verified_and_only_verified_claims_are_said(index):
     llm = ScriptedLLM([from_digest, answer([])])  # the revision drops what failed
     (explanation,) = run(llm, index)
     assert explanation.first_draft[-1].verdict.status == "unsupported"
-    assert "99" not in explanation.prose and explanation.supported
+    assert "12345" not in explanation.prose and explanation.supported
     assert all(c.verdict.status == "supported" for c in explanation.claims)
     assert explanation.llm_calls == 2 and explanation.rounds == 1
     # The revision request names the failed claim and its reason, in the answer tool's result.
     revision = llm.calls[1]["messages"][-1]
-    assert revision.role == "tool" and "99" in revision.content and "recorded" in revision.content
+    assert revision.role == "tool" and "12345" in revision.content and "recorded" in revision.content
     rule = next(c for c in explanation.supported if c.kind == "rule")
     assert index.rulebook.get(rule.rule_id).sentence.rstrip(".") in explanation.prose
 

@@ -153,6 +153,38 @@ def test_one_box_per_object_whatever_the_classes():
     assert kept.classes == ["person", "person"] and kept.scores.tolist() == [0.6, 0.4]
 
 
+def test_a_box_mostly_inside_a_better_box_of_its_class_is_part_of_that_object():
+    whole, upper_body, neighbour = [0.0, 0, 10, 30], [0.0, 0, 10, 14], [8.0, 0, 18, 30]  # IoU with the whole < NMS
+    found = Found(np.array([whole, upper_body, neighbour]), np.array([0.6, 0.5, 0.4]), ["person"] * 3)
+    assert one_per_object(found).boxes.tolist() == [whole, neighbour]  # the neighbour only overlaps: kept
+    skis = Found(np.array([whole, [0.0, 24, 10, 30]]), np.array([0.6, 0.3]), ["person", "skis"])
+    assert one_per_object(skis).classes == ["person"]  # what a walker stands on is the walker's
+    pair = Found(np.array([[0.0, 0, 24, 30], whole, [12.0, 0, 22, 30]]), np.array([0.4, 0.6, 0.5]), ["person"] * 3)
+    assert one_per_object(pair).boxes.tolist() == [whole, [12.0, 0, 22, 30]]  # two walkers, not three
+    walker_before_a_bus = Found(np.array([[0.0, 0, 40, 30], [2.0, 5, 10, 30]]), np.array([0.6, 0.5]), ["bus", "person"])
+    assert len(one_per_object(walker_before_a_bus)) == 2  # a person inside another class's box is a person
+
+
+def test_an_object_moves_no_faster_than_its_box_however_fast_what_passes_before_it():
+    """A parked van's box holds the flow of a walker passing in front of it; the van's box, found again at each
+    detection, stays put."""
+    model = background()
+    walker_speed = 4
+    van = Evidence(kind=EvidenceKind.DETECTION, source=Source(tool="detect"), frame_size=(WIDTH, HEIGHT),
+                   boxes=np.array([[60.0, 40, 100, 70]]), scores=np.array([0.6]), labels=["car"], class_names=["car"])  # fmt: skip
+    detector = BoxDetector()
+    detector.detect = lambda *args, **kwargs: van
+    follower = ObjectFollower(model, FPS, [Movement(), Naming()], source=DetectorSource(detector, 0.25, every=2))
+    van_picture = picture([(60, 40)], size=(40, 30))
+    for k in range(9):
+        image = van_picture.copy()
+        x = 56 + walker_speed * k
+        image[40:70, x : x + 16] = 120 + (np.arange(16) * 8)[None, :, None]  # a textured walker before the van
+        seen = follower.step(frame(k, image))
+    car = next(i for i, s in enumerate(seen.states) if s.class_name == "car")
+    assert seen.facts(car)["speed"] < 0.5 * walker_speed * FPS  # the van stood still
+
+
 def test_bytetrack_holds_a_walker_whose_detection_weakens_and_the_first_frame_stays_on_the_track():
     book = TrackBook(FPS, high=0.5, start=0.25)
     boxes = [np.array([[10.0 + 2 * k, 20, 20 + 2 * k, 50]]) for k in range(10)]

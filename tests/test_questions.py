@@ -15,7 +15,7 @@ from anomalens.agents.llm.scripted import ScriptedLLM
 from anomalens.agents.questions import route
 from anomalens.agents.verify import Verifier
 from anomalens.eval.chat import Question, Truth, _events_in, judge, summarize
-from anomalens.types import Claim, Explanation, Verdict
+from anomalens.types import Claim, Explanation, Track, Verdict
 
 ROUTES = [  # the fixture's clip: 300 frames at 15 fps (20 s)
     ("What happened between 0:05 and 0:10?", {"kind": "between", "from_s": 5.0, "to_s": 10.0}),
@@ -141,6 +141,18 @@ def test_classes_are_counted_and_sought_where_screening_named_objects(index):
     bicycle = _ask(named, "When does a bicycle first appear?")
     assert [(c.seen_by, c.value) for c in bicycle.claims] == [("class", 0), ("caption", 70)]
     assert bicycle.prose.startswith(f"No bicycle was seen in the {index.frames} frames. The captions mention bicycle")
+
+
+def test_a_sign_the_detector_took_for_a_person_is_not_counted_though_walkers_passed_before_it():
+    def walker(track_id: int, differs: list[float]) -> Track:
+        frames = list(range(len(differs)))
+        return Track(id=track_id, frames=frames, boxes=np.tile([10.0, 10, 20, 40], (len(frames), 1)),
+                     class_name="person", facts={"differs": differs})  # fmt: skip
+
+    sign = walker(1, [0.0] * 16 + [0.6] * 4)  # unlike the background only while someone passed in front of it
+    index = VideoIndex(video="v.avi", fps=10.0, source_size=(64, 48), frames=20, threshold=1.0, events=[], evidence=[],
+                       tracks=[sign, walker(2, [0.5] * 20)], every_track=True)  # fmt: skip
+    assert [t.id for t in index.in_view(10)] == [2]
 
 
 def test_a_quiet_span_says_what_is_in_view_instead(index):

@@ -5,6 +5,7 @@ import yaml
 from anomalens.errors import ConfigError
 from anomalens.rules.engine import (
     CATEGORICAL_SEVERITY,
+    MAX_SEVERITY,
     RuleIndex,
     applies,
     check,
@@ -83,6 +84,12 @@ def test_severity_grades_each_operator(op, bound, value, expected):
     assert severity(Predicate(fact=fact, op=op, value=bound), value) == pytest.approx(expected)
 
 
+def test_a_limit_of_zero_broken_reads_as_far_past_it_not_as_a_hundred_billion_times_it():
+    idle = Rule(id="idle", sentence="Nothing moves.", predicate=Predicate(fact="speed", op="<=", value=0.0))
+    (result,) = check([idle], {"speed": 3.0})
+    assert result.violated and result.severity == MAX_SEVERITY
+
+
 def test_where_limits_rules_and_categorical_rules_wait_for_established_tracks():
     rules = book()
     index = RuleIndex(rules)
@@ -113,12 +120,46 @@ def test_induced_limits_follow_the_normal_extreme_plus_margin():
     rules = induce_rules(normal, ["r0c0", "r1c1", "r2c2"])
     speeds = np.array([o["speed"] for o in normal if o["zone"] == "r1c1"])
     assert rules.get("speed-r1c1").predicate.value == pytest.approx(np.quantile(speeds, QUANTILE) * (1 + MARGIN), abs=1e-3)
-    assert rules.get("direction-r1c1").predicate.value == ["E", "still"]
-    assert rules.get("direction-r2c2").predicate.value == ["W", "still"]
+    # The headings seen and those beside them: a walker a little off the path's line is not going the other way.
+    assert rules.get("direction-r1c1").predicate.value == ["E", "NE", "SE", "still"]
+    assert rules.get("direction-r2c2").predicate.value == ["NW", "W", "SW", "still"]
     assert rules.get("empty-r0c0").predicate.value == "r0c0"
     assert rules.get("dwell").predicate.value == 2.0  # the floor: normal objects dwell 0.5 s
     with pytest.raises(ValueError, match="need at least 30"):
         induce_rules(normal[:5], ["r1c1"])
+
+
+def test_zone_and_class_rules_need_moving_objects_and_several_of_them():
+    """Parked cars say nothing of how fast things move (flow noise on them must not become a limit), and one
+    flapping tape seen for ten seconds says nothing of what its zone holds."""
+    rng = np.random.default_rng(3)
+    walkers = [o | {"class": "person", "relative_speed": 0.5, "track": k % 10} for k, o in enumerate(objects(100, rng))]
+    parked = [o | {"zone": "r2c2", "direction": "still", "class": "car", "relative_speed": 0.01, "track": 100 + k % 10}
+              for k, o in enumerate(objects(100, rng, zone="r2c2"))]  # fmt: skip
+    tape = [o | {"class": "sports ball", "relative_speed": 2.0, "track": 200}
+            for o in objects(100, rng, zone="r0c0", direction="W")]  # fmt: skip
+    rules = induce_rules(walkers + parked + tape, ["r0c0", "r1c1", "r2c2"])
+    assert rules.find("speed-r1c1") is not None and rules.find("speed-r2c2") is None
+    assert rules.find("relative-speed-person") is not None and rules.find("relative-speed-car") is None
+    assert rules.find("relative-speed-sports-ball") is None
+    assert not [r.id for r in rules.rules if r.id.endswith("r0c0")]  # nor size, direction, classes
+
+
+def test_with_a_perspective_speeds_and_sizes_are_bounded_for_where_each_object_stands_not_per_zone():
+    """Normal walkers were all seen far away (zone r0c0); one walking near the camera is big and quick in pixels
+    but a walker for where it stands; a "walker" the size of a car there is not."""
+    rng = np.random.default_rng(4)
+    far = [o | {"zone": "r0c0", "class": "person", "relative_speed": float(v), "relative_size": 0.3, "track": k % 10}
+           for k, (o, v) in enumerate(zip(objects(200, rng, zone="r0c0"), rng.uniform(0.5, 0.9, 200)))]  # fmt: skip
+    rules = induce_rules(far, ["r0c0", "r2c2"], perspective=True)
+    assert rules.get("speed-any").predicate.fact == "relative_speed"
+    assert not [r.id for r in rules.rules if r.id.startswith(("size-", "speed-r", "occupancy"))]
+    near = far[0] | {"zone": "r2c2", "speed": 40.0, "area": 5000.0, "relative_speed": 0.8, "relative_size": 0.3}
+    index = RuleIndex(rules)
+    assert not [c.rule.id for c in check(index.object_rules(near), near) if c.violated and c.rule.id != "empty-r2c2"]
+    car = near | {"relative_size": 1.5}
+    assert [c.rule.id for c in check(index.object_rules(car), car) if c.violated and c.rule.id != "empty-r2c2"] == [
+        "relative-size-person"]
 
 
 def test_validation_drops_categorical_rules_that_held_out_footage_breaks():

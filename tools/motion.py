@@ -167,6 +167,11 @@ class Motion:
         inside = self.flow[y1:y2, x1:x2].reshape(-1, 2)
         return inside.mean(axis=0) if len(inside) else np.zeros(2)
 
+    def differs(self, box: np.ndarray) -> float:
+        """The share of an xyxy box's pixels that differ from the background."""
+        x1, y1, x2, y2 = _pixels(box, self.foreground.shape)
+        return float(self.foreground[y1:y2, x1:x2].mean())
+
     def speed(self, box: np.ndarray) -> float:
         """How fast what an xyxy box holds moves, px/frame: the mean flow magnitude over its pixels that differ from
         the background (the object's own; its still surroundings in the box do not slow it down). 0 when fewer

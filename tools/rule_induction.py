@@ -3,7 +3,7 @@
 Every constant here is fixed a priori (never tuned on test labels): a rule's limit is the normal extreme
 (a high quantile, robust to a stray detection) plus ``MARGIN``, and never below what footage known to be normal
 reached (a rule its own footage breaks would raise alarms on normal footage); zones, directions and sizes need
-``MIN_SUPPORT`` observations before a zone-specific rule is written.
+``MIN_SUPPORT`` observations of ``MIN_OBJECTS`` different objects before a zone-specific rule is written.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from anomalens.types import SECTORS, STILL, Predicate, Rule, Rulebook
 MARGIN = 0.25  # limits sit 25% beyond the normal extreme
 QUANTILE = 0.995  # the "normal extreme" of a per-zone distribution
 MIN_SUPPORT = 30  # observations a zone needs before it gets its own speed/size/direction rule
+# ... made by at least this many different objects: one flapping tape seen for ten seconds says nothing of what a
+# zone holds or how fast things move in it.
+MIN_OBJECTS = 2
 DIRECTION_SHARE = 0.01  # headings rarer than this in a zone count as never seen there
 # Footage that may itself hold anomalies (self-referenced normality): up to this share of the object
 # observations is presumed anomalous, so limits sit at its quantile and rarer headings are not normal.
@@ -47,13 +50,17 @@ def induce_rules(
     sources: list[str] | None = None,
     contamination: float = 0.0,
     fps: float | None = None,
+    perspective: bool = False,
 ) -> Rulebook:
     """Rules that every object in ``objects`` (facts from normal footage) satisfies, with margin.
 
     Zones nobody entered get an "empty" rule unless they are in ``walkable`` (they look like the ground
     people were seen on, see ``tools.motion.walkable_zones``). ``contamination`` is the share of
     observations that may be anomalous (0 for footage known to be normal, whose extremes every limit then clears).
-    ``fps``: the footage's frame rate, kept with the rulebook."""
+    ``fps``: the footage's frame rate, kept with the rulebook. ``perspective``: the objects' relative speeds and
+    sizes are against a person's height where each stands; speeds and sizes are then bounded for that, per class and
+    anywhere in view, not in pixels per zone (a walker near the camera is big and quick in pixels, in a zone the
+    normal footage may have seen no one in)."""
     quantile = min(QUANTILE, 1 - contamination)
     direction_share = max(DIRECTION_SHARE, contamination)
     if len(objects) < MIN_SUPPORT:
@@ -85,22 +92,31 @@ def induce_rules(
                     stats={"objects_seen": 0.0},
                 )
             )
-    speeds = np.array([o["speed"] for o in objects])
-    upper("speed-any", "speed", speeds, {}, "Nothing anywhere moves faster than {limit:.0f} {unit}.")
+    if perspective:
+        speeds = np.array([o["relative_speed"] for o in objects])
+        upper("speed-any", "relative_speed", speeds, {}, "Nothing anywhere moves faster than {limit:.2f} body heights per second.")
+    else:
+        speeds = np.array([o["speed"] for o in objects])
+        upper("speed-any", "speed", speeds, {}, "Nothing anywhere moves faster than {limit:.0f} {unit}.")
     for zone in zones:
         members = by_zone.get(zone, [])
         # Support counts established tracks only: a zone that saw nothing but flickering noise blobs would
         # otherwise get limits that the first real passer-by breaks many times over.
-        if sum(bool(o.get("established", True)) for o in members) < MIN_SUPPORT:
+        if sum(bool(o.get("established", True)) for o in members) < MIN_SUPPORT or _different(members) < MIN_OBJECTS:
             continue
-        speed = np.array([o["speed"] for o in members])
-        area = np.array([o["area"] for o in members])
-        upper(f"speed-{zone}", "speed", speed, {"zone": zone}, f"In zone {zone}, objects move at most {{limit:.0f}} {{unit}}.")
-        upper(f"size-{zone}", "area", area, {"zone": zone}, f"In zone {zone}, objects are at most {{limit:.0f}} {{unit}} in size.")
+        if not perspective:
+            speed = np.array([o["speed"] for o in members])
+            area = np.array([o["area"] for o in members])
+            if _moving(members) >= MIN_SUPPORT:  # a zone of parked cars says nothing of how fast things move there
+                upper(f"speed-{zone}", "speed", speed, {"zone": zone}, f"In zone {zone}, objects move at most {{limit:.0f}} {{unit}}.")
+            upper(f"size-{zone}", "area", area, {"zone": zone}, f"In zone {zone}, objects are at most {{limit:.0f}} {{unit}} in size.")
         headings = Counter(o["direction"] for o in members if o["direction"] != STILL)
         moving = sum(headings.values())
         if moving >= MIN_SUPPORT:
-            allowed = [s for s in SECTORS if headings[s] / moving >= direction_share]
+            seen = {k for k, s in enumerate(SECTORS) if headings[s] / moving >= direction_share}
+            # A heading near a sector's border falls in either: the sectors beside one seen are allowed too, so
+            # the rule stops a walker going the other way or across, not one walking a little off the path's line.
+            allowed = [s for k, s in enumerate(SECTORS) if seen & {k, (k - 1) % len(SECTORS), (k + 1) % len(SECTORS)}]
             if len(allowed) < len(SECTORS):
                 rules.append(
                     Rule(
@@ -111,12 +127,13 @@ def induce_rules(
                     )
                 )
     if any(o.get("class") is not None for o in objects):
-        rules += _class_rules(objects, quantile, direction_share, contamination)
+        rules += _class_rules(objects, quantile, direction_share, contamination, perspective)
     counts = np.array([o["count"] for o in objects])
     occupancy = np.array([o["occupancy"] for o in objects])
     dwell = np.array([o["dwell"] for o in objects])
     upper("count", "count", counts, {}, "At most {limit:.0f} separate objects are in view at once.")
-    upper("occupancy", "occupancy", occupancy, {}, "Objects cover at most {limit:.1%} of the view.")
+    if not perspective:  # with people's sizes known, crowding is counted in objects, not in pixels near the camera
+        upper("occupancy", "occupancy", occupancy, {}, "Objects cover at most {limit:.1%} of the view.")
     dwell_limit = max(_limit(dwell, quantile, contamination), MIN_DWELL_S)
     rules.append(
         Rule(
@@ -130,6 +147,16 @@ def induce_rules(
     return Rulebook(scene=scene, induced_from=sources or [], fps=fps, rules=rules)
 
 
+def _moving(objects: list[dict]) -> int:
+    """How many of ``objects`` were moving (had a heading)."""
+    return sum(o["direction"] != STILL for o in objects)
+
+
+def _different(observations: list[dict]) -> int:
+    """How many different objects ``observations`` are of (by their ``track``; without one, each is its own)."""
+    return len({o.get("track", k) for k, o in enumerate(observations)})
+
+
 def _limit(values: np.ndarray, quantile: float, contamination: float) -> float:
     """The normal extreme (``quantile``) plus ``MARGIN``; for footage known to be normal (no ``contamination``),
     never below its own maximum."""
@@ -137,12 +164,14 @@ def _limit(values: np.ndarray, quantile: float, contamination: float) -> float:
     return max(limit, float(values.max())) if contamination == 0 else limit
 
 
-def _class_rules(objects: list[dict], quantile: float, class_share: float, contamination: float) -> list[Rule]:
+def _class_rules(objects: list[dict], quantile: float, class_share: float, contamination: float,
+                 perspective: bool) -> list[Rule]:  # fmt: skip
     """Rules that name what the objects are (facts set by ``tools.objects``): the classes seen (each in at least
     ``class_share`` of the named established objects; a moving thing nothing named has no class, and no class
     rule applies to it), the zones where only some of them move ("no car in zone r2c1"; zones with
-    ``MIN_SUPPORT`` named objects), and for each class seen ``MIN_SUPPORT`` times, how fast it moves for its size
-    (body heights per second; over every object, as speed limits are, since every object is checked against them)."""
+    ``MIN_SUPPORT`` named objects), and for each class seen moving ``MIN_SUPPORT`` times on ``MIN_OBJECTS`` objects, how
+    fast it moves for its size (body heights per second; over every object, as speed limits are, since every object
+    is checked against them) and, with a ``perspective``, how big it is for where it stands."""
     rules = []
     established = [o for o in objects if o.get("established", True)]
     seen = _classes_seen(established, class_share)
@@ -160,7 +189,7 @@ def _class_rules(objects: list[dict], quantile: float, class_share: float, conta
         for obj in established:
             by_zone[obj["zone"]].append(obj)
         for zone, members in sorted(by_zone.items()):
-            here = _classes_seen(members, class_share)
+            here = _classes_seen(members, class_share) if _different(members) >= MIN_OBJECTS else None
             if here is None or not (absent := [c for c in allowed if c not in here[0]]):
                 continue  # too few named objects, or every class of the scene moves here too
             rules.append(
@@ -172,26 +201,29 @@ def _class_rules(objects: list[dict], quantile: float, class_share: float, conta
                     stats=here[1],
                 )
             )
-    by_class: dict[str, list[float]] = defaultdict(list)
+    by_class: dict[str, list[dict]] = defaultdict(list)
     for obj in objects:
         if obj.get("class") is not None:
-            by_class[obj["class"]].append(obj["relative_speed"])
-    for name, values in sorted(by_class.items()):
-        if len(values) < MIN_SUPPORT:
-            continue
-        values = np.array(values)
-        limit = _limit(values, quantile, contamination)
-        who = named(name).capitalize()
-        rules.append(
-            Rule(
-                id=relative_speed_id(name),
-                sentence=f"{who} moves at most {limit:.2f} body heights per second.",
-                predicate=Predicate(fact="relative_speed", op="<=", value=round(limit, 3), unit="heights/s",
-                                    where={"class": name}),  # fmt: skip
-                margin=MARGIN,
-                stats=_stats(values),
+            by_class[obj["class"]].append(obj)
+    for name, members in sorted(by_class.items()):
+        if _moving(members) < MIN_SUPPORT or _different(members) < MIN_OBJECTS:
+            continue  # a class only ever seen standing (parked cars), or on one or two objects, has no pace to keep
+        bounds = [(relative_speed_id(name), "relative_speed", "{who} moves at most {limit:.2f} body heights per second.")]
+        if perspective:
+            bounds.append((f"relative-size-{name.replace(' ', '-')}", "relative_size",
+                           "{who} is at most {limit:.2f} square body heights in size for where it stands."))  # fmt: skip
+        for rule_id, fact, sentence in bounds:
+            values = np.array([o[fact] for o in members])
+            limit = _limit(values, quantile, contamination)
+            rules.append(
+                Rule(
+                    id=rule_id,
+                    sentence=sentence.format(who=named(name).capitalize(), limit=limit),
+                    predicate=Predicate(fact=fact, op="<=", value=round(limit, 3), unit=unit(fact), where={"class": name}),
+                    margin=MARGIN,
+                    stats=_stats(values),
+                )
             )
-        )
     return rules
 
 
@@ -244,7 +276,8 @@ def induce_validated(
     first, second = folds
     rates: dict[str, float] = {}
     for train, held_out in ((first, second), (second, first)):
-        induced = induce_rules(train, zones, walkable=walkable, contamination=contamination)
+        induced = induce_rules(train, zones, walkable=walkable, contamination=contamination,
+                               perspective=meta.get("perspective", False))  # fmt: skip
         for rule_id, rate in held_out_rates(induced, held_out).items():
             rates[rule_id] = max(rates.get(rule_id, 0.0), rate)
     rulebook = induce_rules(first + second, zones, walkable=walkable, contamination=contamination, **meta)

@@ -203,7 +203,8 @@ class Scene:
             per_source.append([])
             for frame in track(source, f"learning objects: {source.name}", total=len(source), enabled=progress):
                 seen = follower.step(frame)
-                per_source[-1].extend(seen.facts(i) | {"foot": seen.states[i].feet[-1]} for i in range(len(seen)))
+                per_source[-1].extend(seen.facts(i) | {"foot": seen.states[i].feet[-1], "track": (len(per_source), seen.states[i].id)}
+                                      for i in range(len(seen)))  # fmt: skip
             looks.append(look.vectors if look is not None else [])
         scene._learn_normality(per_source, looks, contamination, Path(str(inputs[0])).name)
         return scene
@@ -230,6 +231,7 @@ class Scene:
             self.rulebook = induce_validated(
                 folds, self.model.geometry.zones, walkable=walkable_zones(ground, self.model.geometry),
                 contamination=contamination, scene=name, sources=self.sources, fps=self.fps,
+                perspective=self.perspective is not None,
             )  # fmt: skip
         except ValueError as error:
             raise AnomalensError(f"cannot learn the scene: {error}") from None

@@ -4,7 +4,8 @@ A describer has ``facts`` (the names it produces) and ``describe(view) -> {name:
 attribute of objects is a row of the facts table and a describer here; everything downstream (rules, induction,
 scoring, explanations, chat) reads it by name.
 
-- ``Size``: area, width, height, aspect of the box (source pixels);
+- ``Size``: area, width, height, aspect of the box (source pixels), its area in square body heights (a person's
+  height where it stands), and the share of it unlike the background;
 - ``Place``: the zone its feet stand in;
 - ``Movement``: speed (px/s), speed for its size (body heights per second: a person's height where it stands, from
   the scene's perspective), heading, and how long it has stayed in one place;
@@ -70,12 +71,18 @@ def established(state: TrackState, fps: float) -> bool:
 
 
 class Size:
-    facts = ("area", "width", "height", "aspect")
+    """The box's size and how much of it differs from the scene's background (a parked van or a sign the detector
+    takes for a person, there all along, differs in none of it)."""
+
+    facts = ("area", "width", "height", "aspect", "relative_size", "differs")
 
     def describe(self, view: View) -> dict[str, list]:
         sides = (view.boxes[:, 2:] - view.boxes[:, :2]) / view.frame.scale
-        return {"area": list(sides[:, 0] * sides[:, 1]), "width": list(sides[:, 0]), "height": list(sides[:, 1]),
-                "aspect": list(sides[:, 1] / np.maximum(sides[:, 0], 1e-9))}  # fmt: skip
+        area = sides[:, 0] * sides[:, 1]
+        heights = np.maximum(view.heights / view.frame.scale, 1e-9)
+        return {"area": list(area), "width": list(sides[:, 0]), "height": list(sides[:, 1]),
+                "aspect": list(sides[:, 1] / np.maximum(sides[:, 0], 1e-9)), "relative_size": list(area / heights**2),
+                "differs": [view.motion.differs(box) for box in view.boxes]}  # fmt: skip
 
 
 class Place:
@@ -89,8 +96,8 @@ class Place:
 
 
 class Movement:
-    """Speeds over the track's last ``MOTION_SECONDS``: mean flow magnitude in the box (source px/s), the same in
-    body heights per second, the heading of its mean flow, and its dwell."""
+    """Speeds over the track's last ``MOTION_SECONDS``: the mean flow magnitude of its own pixels, but no more than its
+    box moved (source px/s), the same in body heights per second, the heading of its mean flow, and its dwell."""
 
     facts = ("speed", "relative_speed", "direction", "dwell")
 
@@ -98,7 +105,7 @@ class Movement:
         recent = window(view.fps, MOTION_SECONDS)
         out: dict[str, list] = {name: [] for name in self.facts}
         for state, height in zip(view.states, view.heights):
-            speed = float(np.mean(state.speeds[-recent:])) * view.fps  # analysis px/s
+            speed = min(float(np.mean(state.speeds[-recent:])), _displacement(state, recent)) * view.fps  # analysis px/s
             dx, dy = np.mean(state.shifts[-recent:], axis=0)
             relative = speed / max(float(height), 1.0)
             out["speed"].append(speed / view.frame.scale)
@@ -106,6 +113,15 @@ class Movement:
             out["direction"].append(heading(dx, dy, relative >= STILL_BELOW))
             out["dwell"].append(_dwell(state, float(height)) / view.fps)
         return out
+
+
+def _displacement(state: TrackState, recent: int) -> float:
+    """How far the track's feet moved per frame over its last ``recent`` frames (infinite with one frame): an object
+    moves no faster than its box, however fast what passes in front of it does (a walker before a parked van)."""
+    feet = state.feet[-recent:]
+    if len(feet) < 2:
+        return float("inf")
+    return float(np.hypot(feet[-1][0] - feet[0][0], feet[-1][1] - feet[0][1])) / (len(feet) - 1)
 
 
 def _dwell(state: TrackState, height: float) -> int:

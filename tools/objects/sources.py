@@ -21,6 +21,7 @@ from anomalens.tools.protocols import Detector
 from anomalens.video import Frame
 
 NMS_IOU = 0.5  # one box per object, whatever class it was named: a walker is not also a skateboard
+PART = 0.7  # a box this much inside a better-scored box of its class, or of a person, is part of that object
 COVERED = 0.5  # a blob is covered when at least half of it lies inside boxes (a group's blob, inside its members')
 # A blob smaller than this share of a person's height on each side (where it stands) is noise, not an object: the
 # flicker of a shadow or a leaf, not anything a person would call a moving thing.
@@ -70,8 +71,19 @@ def covered(blobs: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def one_per_object(found: Found) -> Found:
-    """One box per object: the best-scored of boxes overlapping by more than ``NMS_IOU``, whatever their classes."""
-    return found.take(nms(found.boxes, found.scores, NMS_IOU))
+    """One box per object: the best-scored of boxes overlapping by more than ``NMS_IOU``, whatever their classes, and
+    of a box mostly inside a better one of the same class (a walker's upper body beside the whole walker) or inside
+    a person (what a walker carries or stands on is the walker's: "skis" on a walker's feet), and of a box around
+    two or more of its class (a pair of walkers boxed together as well as each on its own)."""
+    kept = found.take(nms(found.boxes, found.scores, NMS_IOU))
+    area = np.maximum((kept.boxes[:, 2] - kept.boxes[:, 0]) * (kept.boxes[:, 3] - kept.boxes[:, 1]), 1e-9)
+    inside = box_intersection(kept.boxes, kept.boxes) / area[:, None]  # [i, j]: the share of box i inside box j
+    part = [i for i in range(len(kept)) if any(
+        j != i and kept.classes[j] in (kept.classes[i], "person") and kept.scores[j] > kept.scores[i]
+        and inside[i, j] >= PART for j in range(len(kept)))]  # fmt: skip
+    group = [i for i in range(len(kept)) if sum(
+        j != i and kept.classes[j] == kept.classes[i] and inside[j, i] >= PART for j in range(len(kept))) >= 2]
+    return kept.take(np.array([i for i in range(len(kept)) if i not in part and i not in group], dtype=int))
 
 
 class DetectorSource:
