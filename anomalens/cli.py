@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -418,19 +419,20 @@ def index(
     )
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to listen on; any but the loopback one needs a token")] = (
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8765,
-    token: Annotated[
-        Optional[str],
-        typer.Option(envvar="ANOMALENS_TOKEN", help="token every request must carry (default: a new one when the "
-                     "address is not the loopback one)"),
+    token_file: Annotated[
+        Optional[Path],
+        typer.Option(help="a file holding the token every request must carry (or set ANOMALENS_TOKEN; default: a "
+                     "new one when the address is not the loopback one); never on the command line, where `ps` shows it"),
+    ] = None,
+    allow_host: Annotated[
+        Optional[list[str]],
+        typer.Option(help="another name the server answers to (repeatable; default: the loopback names and --host)"),
     ] = None,
     llm: Annotated[
         bool, typer.Option(help="let the embedded LLM read chat questions the router's words do not settle")
@@ -444,8 +446,16 @@ def serve(
 
     from anomalens.pipelines.audit import open_explainer
     from anomalens.pipelines.history import open_store
-    from anomalens.web.app import create_app
+    from anomalens.web.app import LOOPBACK, MIN_TOKEN_LENGTH, create_app
 
+    token = os.environ.get("ANOMALENS_TOKEN") or None
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise AnomalensError(f"{token_file}: cannot read the token ({getattr(error, 'strerror', None) or error})") from None
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise AnomalensError(f"the token is {len(token)} characters long: give one of at least {MIN_TOKEN_LENGTH}")
     if host not in LOOPBACK and not token:
         token = secrets.token_urlsafe(24)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # before any model loads
@@ -461,7 +471,8 @@ def serve(
                   highlight=False)
     address = f"http://{'[' + host + ']' if ':' in host else host}:{port}/" + (f"?token={token}" if token else "")
     console.print(f"open {address} (Ctrl-C stops)", highlight=False)
-    uvicorn.run(create_app(store, token=token, llm=reader), host=host, port=port, log_level="warning")
+    hosts = (*LOOPBACK, host, *(allow_host or []))
+    uvicorn.run(create_app(store, token=token, llm=reader, hosts=hosts), host=host, port=port, log_level="warning")
 
 
 @app.command()

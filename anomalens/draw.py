@@ -8,6 +8,22 @@ import numpy as np
 from anomalens.types import Evidence, Zone
 
 BOX_COLOR = (0, 0, 255)  # BGR red
+TICK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 10800, 21600, 43200, 86400)  # seconds
+DAY = 86400
+
+
+def time_ticks(seconds: float, at_most: int) -> list[tuple[float, str]]:
+    """Marks for a time axis ``seconds`` long: at most ``at_most`` + 1 of them, at a round step (whole days past
+    the longest listed one, so a week-long camera has an axis too), each (its second, its label: ``45s``, ``12:30``,
+    ``3:00:00``)."""
+    step = next((s for s in TICK_STEPS if seconds / s <= at_most), DAY * int(np.ceil(seconds / DAY / at_most)))
+    return [(k * step, _clock(k * step)) for k in range(int(seconds // step) + 1)]
+
+
+def _clock(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}" if minutes else f"{secs}s"
 
 
 def overlay(

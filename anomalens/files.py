@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -61,14 +62,38 @@ def append_line(path: Path, line: str) -> None:
 
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Write via a temporary file in the same folder, so readers never see half a file."""
+    os.replace(_written_beside(path, data), path)
+
+
+def keep_copy(path: Path, data: str | bytes) -> Path:
+    """Keep ``data`` (what ``path`` holds before it is replaced) beside it as ``<stem>.v<N><suffix>``, N the next free
+    number. The copy is written whole, then linked to its name, which fails if the name exists: no kept copy is ever
+    overwritten or half-written, whichever process or store keeps one at the same moment."""
+    written = _written_beside(path, data)
+    try:
+        for n in itertools.count(1):
+            kept = path.with_name(f"{path.stem}.v{n}{path.suffix}")
+            try:
+                os.link(written, kept)
+            except FileExistsError:
+                continue
+            return kept
+    finally:
+        os.unlink(written)
+
+
+def _written_beside(path: Path, data: str | bytes) -> str:
+    """A temporary file in ``path``'s folder holding ``data``, readable as the umask allows (temporary files are
+    created 0600; reports and rulebooks are for sharing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "w" if isinstance(data, str) else "wb"
-    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+    text = isinstance(data, str)
+    with tempfile.NamedTemporaryFile("w" if text else "wb", dir=path.parent, prefix=f".{path.name}.", delete=False,
+                                     encoding="utf-8" if text else None) as tmp:  # fmt: skip
         tmp.write(data)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp.name, 0o666 & ~umask)  # temporary files are created 0600; reports are for sharing
-    os.replace(tmp.name, path)
+    os.chmod(tmp.name, 0o666 & ~umask)
+    return tmp.name
 
 
 def read_versioned(path: Path, what: str, version: int, remedy: str) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from anomalens import __version__
+from anomalens.draw import time_ticks
 from anomalens.errors import ConfigError
 from anomalens.files import atomic_write, read_versioned
 from anomalens.types import Claim, Event, Evidence, Explanation, Rulebook, Track
@@ -264,7 +265,7 @@ def timeline_svg(report: Report, width: int = 960, height: int = 190) -> str:
     for event in report.events:
         x0, x1 = x(event.start_frame), x(event.end_frame)
         parts.append(
-            f'<a href="#{event.id}"><rect x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 1.5):.1f}" height="{plot_h}" '
+            f'<a href="#{html.escape(event.id)}"><rect x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 1.5):.1f}" height="{plot_h}" '
             f'fill="#e53935" fill-opacity="0.18"><title>{html.escape(event.id)}: frames {event.start_frame}-'
             f"{event.end_frame}</title></rect></a>"
         )
@@ -285,13 +286,11 @@ def timeline_svg(report: Report, width: int = 960, height: int = 190) -> str:
         f'<text x="{left + plot_w - 4}" y="{ty - 4:.1f}" font-size="10" text-anchor="end" fill="#e53935">'
         f"threshold {report.threshold:.2f}</text>"
     )
-    seconds = last / report.fps
-    step = next(s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600) if seconds / s <= 12)
-    for k in range(int(seconds // step) + 1):
-        tx = x(k * step * report.fps)
+    for second, label in time_ticks(last / report.fps, 12):
+        tx = x(second * report.fps)
         parts.append(
             f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{top + plot_h}" y2="{top + plot_h + 4}" stroke="#888"/>'
-            f'<text x="{tx:.1f}" y="{height - 14}" font-size="10" text-anchor="middle">{k * step}s</text>'
+            f'<text x="{tx:.1f}" y="{height - 14}" font-size="10" text-anchor="middle">{label}</text>'
         )
     parts.append(f'<text x="{left - 4}" y="{top + 8}" font-size="10" text-anchor="end">{top_score:.1f}</text>')
     parts.append(f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end">0</text>')

@@ -13,14 +13,17 @@ started, the video's start time plus ``start_s``.
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from anomalens.errors import ConfigError
 
@@ -56,6 +59,8 @@ MIGRATIONS = (
         step TEXT NOT NULL DEFAULT '', done INTEGER NOT NULL DEFAULT 0, total INTEGER, result TEXT,
         at TEXT NOT NULL);
     """,
+    # Which server runs a job (host and process): a second server on the same store leaves the first one's be.
+    "ALTER TABLE jobs ADD COLUMN owner TEXT",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Events with their video's title, input, scene and report, and their latest review (verdict and note).
@@ -100,6 +105,7 @@ class StoredEvent(BaseModel):
     keyframe: str | None = None  # a JPEG: the frame beside it with boxes and the heat map
     facts: list[dict] = Field(default_factory=list)  # per breach: rule id and the facts of what broke it
     claims: list[StoredClaim] = Field(default_factory=list)
+    silenced_by: str | None = None  # the rule change that silences it, if one came before it was stored
 
 
 class StoredVideo(BaseModel):
@@ -116,17 +122,41 @@ class StoredVideo(BaseModel):
     events: list[StoredEvent]
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger id names nothing
+
+
+def plain_text(value: str | None) -> str | None:
+    """``value`` if it holds no control character (a NUL cut a LIKE pattern short, so it matched every event)."""
+    if value is not None and re.search(r"[\x00-\x1f\x7f]", value):
+        raise ValueError("holds a control character")
+    return value
+
+
 class EventFilter(BaseModel):
     """What the timeline shows; every field is optional and they combine with AND."""
 
-    video: int | None = None
-    since: str | None = None  # ISO time
+    video: int | None = Field(default=None, ge=0, le=MAX_ID)
+    since: str | None = None  # ISO time (read as UTC when it names no zone)
     until: str | None = None
-    rule: str | None = None
-    object_class: str | None = None
+    rule: str | None = Field(default=None, max_length=200)
+    object_class: str | None = Field(default=None, max_length=200)
     verdict: Literal["false alarm", "confirmed", "unreviewed"] | None = None
-    words: str | None = None  # in the summary or a claim
+    words: str | None = Field(default=None, max_length=200)  # in the summary or a claim
     silenced: bool | None = None  # None: both
+
+    _plain = field_validator("rule", "object_class", "words")(plain_text)
+
+    @field_validator("since", "until")
+    @classmethod
+    def _iso_time(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value[:40]!r} is not a date and time (ISO 8601, e.g. 2026-12-06T14:30)") from None
+        return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).isoformat(
+            timespec="seconds")
 
 
 class EventStore:
@@ -162,6 +192,8 @@ class EventStore:
         except sqlite3.DatabaseError as error:
             if "not a database" in str(error) or "malformed" in str(error):
                 raise ConfigError(f"{self.path}: not an event store ({error})") from None
+            if "locked" in str(error) or "busy" in str(error):
+                raise ConfigError(f"{self.path}: the event store is busy (another process is writing it): try again") from None
             raise
         finally:
             db.close()
@@ -201,10 +233,11 @@ class EventStore:
             for event in video.events:
                 keys[event.key] = db.execute(
                     "INSERT INTO events(video_id, key, start_s, end_s, start_frame, end_frame, peak_frame, score, at, "
-                    "summary, classes, rules, keyframe, facts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "summary, classes, rules, keyframe, facts, silenced_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (video_id, event.key, event.start_s, event.end_s, event.start_frame, event.end_frame,
                      event.peak_frame, event.score, shifted(video.started, event.start_s), event.summary,
-                     json.dumps(event.classes), json.dumps(event.rules), event.keyframe, json.dumps(event.facts)),
+                     json.dumps(event.classes), json.dumps(event.rules), event.keyframe, json.dumps(event.facts),
+                     event.silenced_by),
                 ).lastrowid
                 db.executemany(
                     "INSERT INTO claims(event_id, text, kind, status, reason, evidence) VALUES (?,?,?,?,?,?)",
@@ -309,10 +342,13 @@ class EventStore:
                 "INSERT INTO reviews(event_id, verdict, note, at) VALUES (?,?,?,?)", (event_id, verdict, note, now())
             )
 
-    def rulebook_changed(self, path: str, kept_as: str, reason: str, silenced: dict[int, str | None]) -> int:
-        """Record that the rulebook at ``path`` changed (its previous text kept in the file ``kept_as``) and
-        set each of the scene's events ``silenced`` (event id -> the change that silences it, or None); returns
-        the new version number."""
+    def rulebook_changed(
+        self, path: str, kept_as: str, reason: str, silenced: dict[int, str | None], write: Callable[[], None]
+    ) -> int:
+        """Record that the rulebook at ``path`` changes (its previous text kept in the file ``kept_as``), set each of
+        the scene's events ``silenced`` (event id -> the change that silences it, or None) and ``write`` the new
+        rulebook, in one transaction: the store is written only if the file is, and the file only once the store
+        holds the write lock (a busy store refuses before the file changes). Returns the new version number."""
         with self._transaction() as db:
             version = db.execute(
                 "SELECT coalesce(max(version), 0) + 1 FROM rulebook_versions WHERE path = ?", (path,)
@@ -322,6 +358,7 @@ class EventStore:
                 (path, version, kept_as, reason, now()),
             )
             db.executemany("UPDATE events SET silenced_by = ? WHERE id = ?", [(v, k) for k, v in silenced.items()])
+            write()
         return version
 
     def rulebook_versions(self, path: str) -> list[dict]:
@@ -352,10 +389,22 @@ class EventStore:
     # --- long work started from the app -------------------------------------------------------------
 
     def add_job(self, kind: str, args: dict) -> int:
+        """A job run by this process (its ``owner``: this host and process id)."""
         with self._transaction() as db:
             return db.execute(
-                "INSERT INTO jobs(kind, args, state, at) VALUES (?,?,?,?)", (kind, json.dumps(args), "queued", now())
+                "INSERT INTO jobs(kind, args, state, at, owner) VALUES (?,?,?,?,?)",
+                (kind, json.dumps(args), "queued", now(), _this_process()),
             ).lastrowid
+
+    def interrupt_orphans(self) -> list[int]:
+        """Mark "interrupted" the queued and running jobs whose process is gone (it stopped or was killed before they
+        finished); those of a process still running here, such as another server on this store, are left be."""
+        with self._transaction() as db:
+            rows = db.execute("SELECT id, owner FROM jobs WHERE state IN ('queued', 'running')").fetchall()
+            orphans = [row["id"] for row in rows if not _alive(row["owner"])]
+            db.executemany("UPDATE jobs SET state = 'interrupted', step = ? WHERE id = ?",
+                           [("the server stopped before it finished", job_id) for job_id in orphans])  # fmt: skip
+        return orphans
 
     def update_job(self, job_id: int, **fields) -> None:
         allowed = {"state", "step", "done", "total", "result"}
@@ -374,6 +423,27 @@ class EventStore:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM jobs ORDER BY id DESC").fetchall()
         return [{**dict(r), "args": json.loads(r["args"])} for r in rows]
+
+
+def _this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str | None) -> bool:
+    """Whether the process ``owner`` names (``host:pid``) is running; one on another host counts as running (its
+    jobs are not this host's to judge)."""
+    host, _, pid = (owner or "").rpartition(":")
+    if not pid.isdigit():
+        return False  # a job of a store written before owners were kept
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, alive
+    return True
 
 
 def _video(row: sqlite3.Row) -> dict:

@@ -35,6 +35,7 @@ from anomalens.facts import FACTS, MEASURED
 _ARRAYS = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
 Heading = Literal["E", "NE", "N", "NW", "W", "SW", "S", "SE", "still"]
+EVENT_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 SECTORS: tuple[Heading, ...] = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")
 STILL: Heading = "still"
 
@@ -317,7 +318,7 @@ class Event(BaseModel):
     never changed: ``summary`` is the deterministic explanation, built from the same evidence."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    id: str
+    id: str = Field(pattern=EVENT_ID_PATTERN)  # also a file name (its keyframe's): no path in it
     start_frame: int = Field(ge=0)
     end_frame: int = Field(ge=0)
     start_s: float = Field(ge=0)

@@ -334,6 +334,11 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 RECONNECT_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # waits before each try to reopen a dropped stream, then the last
 
 
+def live_source(spec: str) -> bool:
+    """Whether ``spec`` names a live source (a URL or a webcam), not a file."""
+    return spec.startswith(STREAM_SCHEMES) or spec.isdigit() or spec.startswith("/dev/video")
+
+
 class Stream:
     """Frames of a live source as they arrive, at ``max_side``: an RTSP/HTTP/... URL, a webcam (its number or
     ``/dev/videoN``), or a video file, played at its own frame rate with ``realtime`` (else as fast as it
@@ -355,7 +360,7 @@ class Stream:
     ):
         self.spec, self.max_side, self.realtime, self.say = spec, max_side, realtime, say
         self.stop = stop
-        self.live = spec.startswith(STREAM_SCHEMES) or spec.isdigit() or spec.startswith("/dev/video")
+        self.live = live_source(spec)
         if not self.live:
             _check_readable(Path(spec))
         self.name = spec

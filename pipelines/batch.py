@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from anomalens.errors import AnomalensError, MediaError, MissingExtra
-from anomalens.files import append_line, writable_folder
+from anomalens.files import append_line, read_text, writable_folder
 from anomalens.progress import say, track
 from anomalens.tools.scene import Scene
 from anomalens.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -40,9 +41,11 @@ class BatchResult:
     start_seconds: float = 0.0  # starting the local Ray instance and its workers, included in the batch's time
 
 
-def batch_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+def batch_inputs(inputs: Sequence[str | Path], _manifests: frozenset[Path] = frozenset()) -> list[Path]:
     """The videos and frame folders that ``inputs`` name: videos, frame folders, folders of videos (each one,
-    in name order) and manifests (``.txt``: one path a line, relative to the manifest; ``#`` comments)."""
+    in name order) and manifests (``.txt``: one path a line, relative to the manifest; a line starting with ``#``
+    is a comment, a ``#`` elsewhere is part of a name). A manifest that names itself, or one that names it, is
+    refused."""
     found: list[Path] = []
     for given in map(Path, inputs):
         if not given.exists():
@@ -51,8 +54,11 @@ def batch_inputs(inputs: Sequence[str | Path]) -> list[Path]:
             videos = sorted(p for p in given.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
             found.extend(videos or [given])  # a folder without videos is one frame folder
         elif given.suffix.lower() in MANIFEST_SUFFIXES:
-            lines = [line.split("#")[0].strip() for line in given.read_text(encoding="utf-8").splitlines()]
-            found.extend(batch_inputs([given.parent / line for line in lines if line]))
+            if given.resolve() in _manifests:
+                raise MediaError(given, "a manifest that names itself (directly or through another manifest)")
+            lines = [line.strip() for line in read_text(given, "manifest").splitlines()]
+            named = [given.parent / line for line in lines if line and not line.startswith("#")]
+            found.extend(batch_inputs(named, _manifests | {given.resolve()}))
         elif given.suffix.lower() in (*VIDEO_SUFFIXES, *IMAGE_SUFFIXES):
             found.append(given)
         else:
@@ -64,9 +70,34 @@ def batch_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def report_names(videos: Sequence[Path]) -> dict[Path, str]:
-    """A folder name for each video's report: its stem, with its parent's name where stems repeat."""
-    stems = [v.stem for v in videos]
-    return {v: f"{v.parent.name}-{v.stem}" if stems.count(v.stem) > 1 else v.stem for v in videos}
+    """A folder name for each video's report, never the same for two videos (``videos`` are resolved and unique):
+    its stem; where stems repeat, with its suffix if that tells them apart (``clip-avi``, ``clip-mkv``), else led by
+    as many of its parent folders as do (``x-a-clip``, ``y-a-clip``)."""
+    depth = dict.fromkeys(videos, 0)
+    suffixed: set[Path] = set()
+
+    def name(video: Path) -> str:
+        parents = video.parent.parts[1:][::-1][: depth[video]][::-1]  # the nearest ``depth`` folders, root left out
+        return "-".join([*parents, video.stem]) + (video.suffix.replace(".", "-") if video in suffixed else "")
+
+    previous: dict[Path, str] = {}
+    while True:
+        names = {video: name(video) for video in videos}
+        clashes: dict[str, list[Path]] = defaultdict(list)
+        for video, given in names.items():
+            clashes[given].append(video)
+        clashing = [group for group in clashes.values() if len(group) > 1]
+        if not clashing:
+            return names
+        if names == previous:  # every folder up to the root says the same (``/x/a/clip``, ``/x-a/clip``): numbered
+            return names | {v: f"{names[v]}-{k}" for group in clashing for k, v in enumerate(group, 1)}
+        previous = names
+        for group in clashing:
+            if len({v.suffix for v in group}) == len(group) and not suffixed.issuperset(group):
+                suffixed.update(group)
+            else:
+                for video in group:
+                    depth[video] += 1
 
 
 def _read_ledger(path: Path) -> dict[str, dict]:

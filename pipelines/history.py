@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from filelock import FileLock
 from pydantic import ValidationError
 
 from anomalens.config import Settings, load_settings
 from anomalens.errors import AnomalensError, ConfigError
-from anomalens.files import atomic_write, read_text
+from anomalens.files import atomic_write, keep_copy, read_text
 from anomalens.progress import say, track
 from anomalens.report import Report, keyframe_file, load_report
-from anomalens.rules.io import parse_rulebook, rulebook_text
+from anomalens.rules.io import load_rulebook, parse_rulebook, rulebook_lock, rulebook_text
 from anomalens.rules.review import Proposal, breach_facts, propose, still_broken
 from anomalens.store import EventStore, StoredClaim, StoredEvent, StoredVideo
 from anomalens.tools.scene import Scene
@@ -46,12 +45,26 @@ def started_at(report: Report) -> str:
     return report.created
 
 
+SILENCED_SINCE = "the scene's rulebook changed: none of the rules this event broke is broken under it now"
+
+
+def _current_rulebook(scene: str | None) -> Rulebook | None:
+    """The rulebook the scene folder ``scene`` holds now, or None (no scene, or no readable rulebook there)."""
+    if scene is None:
+        return None
+    try:
+        return load_rulebook(Path(scene) / "rules.yaml")
+    except ConfigError:
+        return None
+
+
 def stored_video(report: Report, report_path: Path, started: str | None = None) -> StoredVideo:
     """What the store keeps of a video's report: each event's summary, classes seen, rules broken with the facts
     that broke them, claims with verdicts and keyframe picture. ``started``: when the video began (ISO; default:
     ``started_at``)."""
     evidence = {ev.id: ev for ev in report.evidence}
     explained = {x.event_id: x for x in report.explanations}
+    current = _current_rulebook(report.scene)
     events = []
     for event in report.events:
         cited = [evidence[i] for i in event.evidence_ids if i in evidence]
@@ -62,13 +75,16 @@ def stored_video(report: Report, report_path: Path, started: str | None = None) 
                         reason=c.verdict.reason if c.verdict else "", evidence=c.evidence_ids)
             for c in (explanation.claims if explanation is not None else [])
         ]
-        picture = keyframe_file(report_path.parent, event.id)
+        picture = keyframe_file(report_path.resolve().parent, event.id)
+        facts = [b for ev in cited for b in breach_facts(ev)]
+        # A rule changed while the audit ran (or since): its event is silenced as the change silenced the others.
+        quiet = current is not None and facts and not still_broken(current, facts)
         events.append(
             StoredEvent(
                 key=event.id, start_s=event.start_s, end_s=event.end_s, start_frame=event.start_frame,
                 end_frame=event.end_frame, peak_frame=event.peak_frame, score=event.score, summary=report.why(event),
                 classes=classes, rules=event.rule_ids, keyframe=str(picture) if picture.is_file() else None,
-                facts=[b for ev in cited for b in breach_facts(ev)], claims=claims,
+                facts=facts, claims=claims, silenced_by=SILENCED_SINCE if quiet else None,
             )
         )
     return StoredVideo(
@@ -173,7 +189,11 @@ def review(store: EventStore, event_id: int) -> Review:
     if not rules_file.is_file():
         return Review(event, None, f"{rules_file}: the scene's rulebook is not there any more", rules_file, "")
     text = read_text(rules_file, "rulebook")  # the digest and the proposal from one read: they cannot disagree
-    proposal = propose(parse_rulebook(text, rules_file), event["facts"])
+    rulebook = parse_rulebook(text, rules_file)
+    if not still_broken(rulebook, event["facts"]):
+        why = f"the scene's rulebook already lets it pass ({event['silenced_by'] or 'changed since'}): nothing to change"
+        return Review(event, None, why, rules_file, _digest(text))
+    proposal = propose(rulebook, event["facts"])
     why = "" if proposal.changes else "no rule it broke can be loosened here: " + ", ".join(proposal.unchanged)
     return Review(event, proposal if proposal.changes else None, why, rules_file, _digest(text))
 
@@ -191,6 +211,8 @@ def accept(store: EventStore, event_id: int, based_on: str) -> Accepted:
     ``rules.v<N>.yaml``) and re-score the scene's stored events. ``based_on`` is the digest the person saw: if the
     rulebook changed since (another reviewer, an editor), nothing is written and they are asked to look again."""
     seen = review(store, event_id)
+    if seen.proposal is None and seen.based_on and seen.based_on != based_on:
+        raise ConfigError(f"{seen.rules_file} changed since this proposal was shown: look at it again")
     if seen.proposal is None:
         raise ConfigError(f"event {event_id}: {seen.why_not}")
     new = seen.proposal.rulebook
@@ -209,15 +231,17 @@ def _replace_rulebook(
     """Write ``rulebook`` over ``rules_file`` if it is still the text whose digest is ``based_on``, keeping that
     text as ``rules.v<N>.yaml``, and record the change (and the events it silences) in the store; returns the new
     version number and the kept file."""
-    with FileLock(str(rules_file) + ".lock", timeout=30):
+    with rulebook_lock(rules_file):
         current = read_text(rules_file, "rulebook")
         if _digest(current) != based_on:
             raise ConfigError(f"{rules_file} changed since this proposal was shown: look at it again")
-        version = len(store.rulebook_versions(str(rules_file))) + 1
-        kept_as = rules_file.with_name(f"rules.v{version}.yaml")
-        atomic_write(kept_as, current)
-        atomic_write(rules_file, rulebook_text(rulebook))
-        store.rulebook_changed(str(rules_file), str(kept_as), reason, silenced)
+        kept_as = keep_copy(rules_file, current)
+        try:
+            version = store.rulebook_changed(str(rules_file), str(kept_as), reason, silenced,
+                                             lambda: atomic_write(rules_file, rulebook_text(rulebook)))  # fmt: skip
+        except BaseException:
+            kept_as.unlink(missing_ok=True)  # nothing changed: nothing to keep
+            raise
     return version + 1, kept_as
 
 

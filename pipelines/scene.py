@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
 from anomalens.config import load_settings
 from anomalens.errors import ConfigError
-from anomalens.files import writable_folder
+from anomalens.files import keep_copy, writable_folder
 from anomalens.progress import say
 from anomalens.rules.captions import everyday_anomalies
-from anomalens.rules.io import load_rulebook
+from anomalens.rules.io import load_rulebook, rulebook_lock
 from anomalens.tools.perception import Perception, object_tools
 from anomalens.tools.rule_induction import (
     SELF_REFERENCED_CONTAMINATION,
@@ -45,14 +44,16 @@ def learn_scene(
     scene = Scene.learn([str(p) for p in normal], max_side=max_side, fps=fps, contamination=contamination,
                         tools=tools, progress=progress)  # fmt: skip
     if out is not None:
-        _keep_edits(scene, Path(out))
-        scene.save(out)
+        with rulebook_lock(Path(out) / "rules.yaml"):  # the app may be accepting a change to it right now
+            _keep_edits(scene, Path(out))
+            scene.save(out)
     return scene
 
 
 def _keep_edits(scene: Scene, folder: Path) -> None:
     """Learning again into a scene folder whose rulebook a person may have edited: its rules.yaml is kept beside
-    the new one as ``rules.v<N>.yaml`` (the next free N), and rules the person disabled stay disabled."""
+    the new one as ``rules.v<N>.yaml`` (the next free N, ``files.keep_copy``), and rules the person disabled stay
+    disabled."""
     path = folder / "rules.yaml"
     if not path.exists():
         return
@@ -60,8 +61,7 @@ def _keep_edits(scene: Scene, folder: Path) -> None:
         disabled = {r.id for r in load_rulebook(path).rules if not r.enabled}
     except ConfigError:
         disabled = set()  # unreadable as a rulebook: kept as it is, nothing carried over
-    kept = next(folder / f"rules.v{n}.yaml" for n in itertools.count(1) if not (folder / f"rules.v{n}.yaml").exists())
-    path.replace(kept)
+    kept = keep_copy(path, path.read_bytes())  # byte for byte, whatever it holds
     rules = [r.model_copy(update={"enabled": False}) if r.id in disabled else r for r in scene.rulebook.rules]
     scene.rulebook = scene.rulebook.model_copy(update={"rules": rules})
     still = sum(r.id in disabled for r in rules)

@@ -3,7 +3,7 @@
 Each source is screened in its own thread with the scene's scorer (``tools.screening.LiveScreening``: the same
 scoring, smoothing and grouping as ``audit``), and each event is emitted the moment it closes: a JSON line on
 stdout, a line in ``OUT/events.jsonl``, and a POST to the webhook when one is configured; with ``OUT``, each
-event is also a small report (``OUT/events/<source>-<event>/``) in the event store, for the app. Its explanation
+event is also a small report (``OUT/events/<when the watch started>/<source>-<event>/``) in the event store, for the app. Its explanation
 queues behind a bounded backlog, explained oldest first by the agent on the event's recorded evidence (a live
 stream cannot be read back, so the agent's live tools are not offered); when the backlog is full the new
 event's explanation is skipped and said so, rather than memory growing without bound. Stopping (Ctrl-C,
@@ -13,6 +13,7 @@ SIGTERM, the ``stop`` event) closes every open event and keeps it; queued explan
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import queue
 import re
@@ -39,7 +40,7 @@ from anomalens.tools.perception import object_tools
 from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.tools.screening import LiveEvent, LiveScreening
 from anomalens.types import Explanation
-from anomalens.video import Stream
+from anomalens.video import RECONNECT_SECONDS, Stream, live_source
 
 EVENTS = "events.jsonl"
 WEBHOOK_TIMEOUT = 5.0  # seconds a webhook may take; a slow one delays its own deliveries, never screening
@@ -94,13 +95,45 @@ class _Outlet:
             self.posting.shutdown(wait=True)
 
 
+class _Misfit(MediaError):
+    """A source whose frames do not fit the scene: waiting will not mend it."""
+
+
+def _when_up(spec: str, opened: Callable[[str], Stream], stop: threading.Event) -> Stream | None:
+    """``spec`` opened once it answers, tried after growing waits (said each time), or None once stopped."""
+    for attempt in itertools.count():
+        wait = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
+        say(f"{spec}: cannot be opened yet; trying again in {wait:g} s while the other sources are watched")
+        if stop.wait(wait):
+            return None
+        try:
+            return opened(spec)
+        except _Misfit:
+            raise
+        except MediaError:
+            pass  # still down
+
+
+def _session_folder(events: Path) -> Path:
+    """A folder of its own under ``events`` for this watch's event reports, named by when it started: a second
+    watch into the same ``--out`` never replaces the first one's reports (or their rows in the store)."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for n in itertools.count(1):
+        folder = events / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return folder
+
+
 class _Archive:
     """Each closed event as a one-event report under ``OUT/events/`` and in the event store (rewritten when its
     explanation comes), so the app shows live events beside audited ones. A report and its keyframe are held in
     memory only while its explanation is pending, so a long watch keeps memory bounded."""
 
     def __init__(self, out: Path, scene: Scene, store: EventStore | None):
-        self.out, self.scene, self.store = out / "events", scene, store
+        self.out, self.scene, self.store = _session_folder(out / "events"), scene, store
         self.kept: dict[tuple[str, str], tuple[Report, dict, Path, str]] = {}
         self.lock = threading.Lock()
 
@@ -274,32 +307,51 @@ def watch(
     out = writable_folder(out) if out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    streams = []
-    for spec in sources:  # opened before anything starts: a bad source fails the command at once
+    def opened(spec: str) -> Stream:
         stream = Stream(spec, max_side=scene.max_side, fps=fps, default_fps=scene.fps, realtime=realtime, stop=stop)
         if stream.analysis_size != tuple(scene.analysis_size):
-            raise MediaError(spec, f"{stream.source_size[0]}x{stream.source_size[1]} frames do not fit this scene")
+            raise _Misfit(spec, f"{stream.source_size[0]}x{stream.source_size[1]} frames do not fit this scene")
         if stream.fps_note:
             say(f"{spec}: {stream.fps_note}", progress)
-        streams.append(stream)
+        return stream
+
+    # Opened before anything starts: a bad file or misfit frames, or no source up at all, fail the command at once;
+    # a camera that is down while others are up is tried again in the background, and watched once it answers.
+    streams: list[Stream | None] = []
+    down: list[MediaError] = []
+    for spec in sources:
+        try:
+            streams.append(opened(spec))
+        except _Misfit:
+            raise
+        except MediaError as error:
+            if not live_source(spec):
+                raise
+            streams.append(None)
+            down.append(error)
+    if down and len(down) == len(streams):
+        raise down[0]
     if llm is None:
         llm, who = open_explainer(explainer)
         say(f"explanations: {who}", progress)
     outlet = _Outlet(emit or (lambda record: print(json.dumps(record), flush=True)), out, webhook)
     archive = _Archive(out, scene, store) if out is not None else None
     agent = _Explainer(llm, backlog, outlet, archive) if llm is not None else None
-    watched = [Watched(stream.name) for stream in streams]
+    watched = [Watched(spec) for spec in sources]
 
-    def run(stream: Stream, record: Watched) -> None:
+    def run(spec: str, stream: Stream | None, record: Watched) -> None:
         try:  # each source has its own object tools: the detector's state is per stream
+            stream = stream or _when_up(spec, opened, stop)
+            if stream is None:
+                return  # stopped before the camera answered
             tools = object_tools(scene.objects) if scene.objects else None
             _screen(stream, scene, record, outlet, agent, tools, archive)
         except Exception as error:  # noqa: BLE001 - one source's failure must not stop the others
             bug = not isinstance(error, AnomalensError)
             record.error = f"unexpected {type(error).__name__}: {error}" if bug else str(error)
-            say(f"{stream.name}: stopped: {record.error}")
+            say(f"{spec}: stopped: {record.error}")
 
-    threads = [threading.Thread(target=run, args=pair, name=pair[0].name) for pair in zip(streams, watched)]
+    threads = [threading.Thread(target=run, args=args, name=args[0]) for args in zip(sources, streams, watched)]
     for thread in threads:
         thread.start()
         say(f"{thread.name}: watching", progress)

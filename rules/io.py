@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 from pydantic import ValidationError
 
 from anomalens.errors import ConfigError
@@ -25,6 +26,11 @@ HEADER = """\
 def rulebook_text(rulebook: Rulebook) -> str:
     """The YAML a rulebook is saved as."""
     return HEADER + yaml.safe_dump(rulebook.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=110)
+
+
+def rulebook_lock(path: Path) -> FileLock:
+    """The lock every writer of the rulebook at ``path`` holds: the app's review and zones, and learning again."""
+    return FileLock(str(path) + ".lock", timeout=30)
 
 
 def save_rulebook(rulebook: Rulebook, path: str | Path) -> Path:
@@ -90,17 +96,34 @@ def _per_second(data: dict, path: Path) -> dict:
     return {**data, "rules": upgraded}
 
 
+# A learned rulebook of a busy scene is 30-100 KB; ten times that is a mistake (or a file that is not one), and
+# YAML's aliases let 117 KB expand to 100 MB: a rulebook is read without them.
+MAX_RULEBOOK_BYTES = 2_000_000
+
+
+class _NoAliases(yaml.SafeLoader):
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "an alias (*name): a rulebook spells every value out",
+                                              self.peek_event().start_mark)  # fmt: skip
+        return super().compose_node(parent, index)
+
+
 def load_rulebook(path: str | Path) -> Rulebook:
     """Read a rulebook; malformed YAML or fields raise ``ConfigError`` naming file, line and field."""
     path = Path(path)
+    if path.is_file() and (size := path.stat().st_size) > MAX_RULEBOOK_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes is not a rulebook (at most {MAX_RULEBOOK_BYTES:,})")
     return parse_rulebook(read_text(path, "rulebook"), path)
 
 
 def parse_rulebook(text: str, path: Path) -> Rulebook:
     """The rulebook in ``text``, read from ``path`` (named in errors): for a caller that also needs the text itself,
     from the same read."""
+    if len(text) > MAX_RULEBOOK_BYTES:
+        raise ConfigError(f"{path}: {len(text):,} characters is not a rulebook (at most {MAX_RULEBOOK_BYTES:,})")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoAliases)  # noqa: S506 - a SafeLoader that also refuses aliases
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f":{mark.line + 1}" if mark else ""
@@ -113,6 +136,6 @@ def parse_rulebook(text: str, path: Path) -> Rulebook:
     except ValidationError as error:
         first = error.errors()[0]
         location = tuple(first["loc"])
-        line = _line_of(yaml.compose(text), location)
+        line = _line_of(yaml.compose(text, Loader=_NoAliases), location)
         field = ".".join(str(p) for p in location) or "(top level)"
         raise ConfigError(f"{path}:{line}: {field}: {first['msg']}") from None

@@ -60,6 +60,17 @@ class Workspace:
         cv2.imwrite(str(path), np.full((height, width, 3), 90, np.uint8))
         return path
 
+    def frames(self, name: str, width: int, height: int, count: int = 40) -> Path:
+        """A frame folder of ``count`` noisy frames of the given size."""
+        import cv2
+
+        folder = self.folder / name
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        for k in range(count):
+            cv2.imwrite(str(folder / f"{k:04d}.png"), rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        return folder
+
     def scene_with(self, name: str, damage) -> Path:
         damaged = self.folder / f"scene-{name}"
         shutil.copytree(self.scene, damaged)
@@ -231,6 +242,38 @@ CORPUS = {
         ["eval", "ped2", "--data", w.folder / "none"], f"{w.folder / 'none'}: not a UCSD Ped2 folder"
     ),
     "option unknown": lambda w: ([*w.audit, "--colour", "red"], "No such option: --colour"),
+    # sizes and shapes
+    "video of 1x1 pixels to learn": lambda w: (
+        ["induce-rules", w.frames("dot", 1, 1), "--out", w.out, "--no-objects", "--fps", "10"],
+        "dot: 1x1 frames: too small to learn a scene from (at least 32 px a side)",
+    ),
+    "video of 10000x10 pixels to learn": lambda w: (
+        ["induce-rules", w.frames("strip", 10000, 10), "--out", w.out, "--no-objects", "--fps", "10"],
+        "strip: 10000x10 frames: too small to learn a scene from",
+    ),
+    "rulebook of aliases (117 KB that expand to 100 MB)": lambda w: (
+        w.audit[:3] + [w.rules_with("alias", lambda text: "bomb: &a [x, x]\nmore: [*a, *a]\n" + text)] + w.audit[4:],
+        "an alias (*name): a rulebook spells every value out",
+    ),
+    "rulebook of 3 MB": lambda w: (
+        w.audit[:3] + [w.rules_with("big", lambda text: text + "# " + "x" * 3_000_000 + "\n")] + w.audit[4:],
+        "is not a rulebook (at most 2,000,000)",
+    ),
+    # manifests
+    "manifest naming itself": lambda w: (
+        ["audit-batch", w.file("list.txt", "list.txt\n"), "--scene", w.scene, "--out", w.out],
+        "list.txt: a manifest that names itself",
+    ),
+    "manifest not UTF-8": lambda w: (
+        ["audit-batch", w.file("list.txt", GARBAGE), "--scene", w.scene, "--out", w.out],
+        "list.txt: not a manifest: not UTF-8",
+    ),
+    # the app's server
+    "token of one character": lambda w: (["serve", "--no-llm"], "the token is 1 characters long: give one of at least 16",
+                                         {"TOKEN": "a"}),  # fmt: skip
+    "token file missing": lambda w: (
+        ["serve", "--no-llm", "--token-file", w.folder / "none.txt"], "none.txt: cannot read the token"
+    ),
 }
 
 

@@ -46,6 +46,22 @@ def test_inputs_are_expanded_from_folders_and_manifests(videos, tmp_path):
     assert list(report_names(same_stem).values()) == ["a-clip", "b-clip", "x"]
 
 
+def test_every_video_of_a_batch_gets_a_report_folder_of_its_own(tmp_path):
+    videos = [tmp_path / "x" / "a" / "clip.avi", tmp_path / "y" / "a" / "clip.avi", tmp_path / "x" / "a" / "clip.mkv",
+              tmp_path / "clip.avi", Path("/x/a/clip.avi"), Path("/x-a/clip.avi")]  # fmt: skip
+    names = report_names(videos)
+    assert len(set(names.values())) == len(videos), names
+    assert names[tmp_path / "x" / "a" / "clip.mkv"].endswith("clip-mkv")
+
+
+def test_a_hash_inside_a_manifest_line_is_part_of_the_name(videos, tmp_path):
+    _, folder = videos
+    shutil.copy(folder / "quiet.avi", tmp_path / "take#2.avi")
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("  # a comment\ntake#2.avi\n")
+    assert batch_inputs([manifest]) == [(tmp_path / "take#2.avi").resolve()]
+
+
 def test_a_batch_gives_each_video_its_audit_and_reports_the_corrupt_one(videos, tmp_path):
     scene, folder = videos
     out = tmp_path / "out"

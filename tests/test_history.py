@@ -141,6 +141,52 @@ def test_accepting_a_false_alarm_versions_the_rulebook_and_rescores_the_scene(au
         assert not stored["facts"] or still_broken(seen.proposal.rulebook, stored["facts"])
     with pytest.raises(ConfigError, match="changed since this proposal"):  # a second reviewer saw the old rulebook
         accept(store, target["id"], seen.based_on)
+    again = review(store, target["id"])  # a silenced event reviewed again: no change to propose
+    assert again.proposal is None and again.why_not.startswith("the scene's rulebook already lets it pass")
+
+
+def test_a_rulebook_kept_by_learning_again_or_by_another_store_is_never_overwritten(audited, tmp_path):
+    store, folder, _ = audited
+    hand_edited = "# the person's own edit, kept when the scene was learned again\n"
+    (folder / "rules.v1.yaml").write_text(hand_edited)
+    target = next(e for e in store.events() if e["facts"])
+    other = EventStore(tmp_path / "another-store")  # a second store on the same scene numbers from the files too
+    index_reports([tmp_path / "out"], other, progress=False)
+    seen = review(store, target["id"])
+    done = accept(store, target["id"], seen.based_on)
+    assert done.kept_as.name == "rules.v2.yaml" and (folder / "rules.v1.yaml").read_text() == hand_edited
+    (folder / "rules.yaml").write_text(done.kept_as.read_text())  # a person puts the earlier rulebook back
+    seen = review(other, target["id"])
+    assert accept(other, target["id"], seen.based_on).kept_as.name == "rules.v3.yaml"
+    assert (folder / "rules.v1.yaml").read_text() == hand_edited
+
+
+def test_a_busy_store_refuses_a_change_before_the_rulebook_is_written(audited, monkeypatch):
+    store, folder, _ = audited
+    target = next(e for e in store.events() if e["facts"])
+    seen = review(store, target["id"])
+    before, files = (folder / "rules.yaml").read_text(), sorted(folder.glob("rules*.yaml"))
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing the store
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *args, **kw: connect(*args, **{**kw, "timeout": 0.1}))  # not 30 s
+    with pytest.raises(ConfigError, match="the event store is busy"):
+        accept(store, target["id"], seen.based_on)
+    holder.execute("ROLLBACK")
+    assert (folder / "rules.yaml").read_text() == before and sorted(folder.glob("rules*.yaml")) == files
+    assert accept(store, target["id"], seen.based_on).version == 2  # it goes through once the store is free
+
+
+def test_an_audit_stored_after_a_rule_change_has_its_events_silenced_by_it(audited, tmp_path):
+    """A review accepted while an audit job ran: the job's events, stored after, are judged by the new rulebook."""
+    store, folder, _ = audited
+    target = next(e for e in store.events() if e["facts"])
+    seen = review(store, target["id"])
+    done = accept(store, target["id"], seen.based_on)
+    later = EventStore(tmp_path / "later")  # the audit's report, stored only now
+    index_reports([tmp_path / "out"], later, progress=False)
+    silenced = {e["key"] for e in later.events(EventFilter(silenced=True))}
+    assert silenced == {e["key"] for e in done.silenced} and target["key"] in silenced
 
 
 def test_history_chat_answers_with_verified_linked_claims(audited):

@@ -211,3 +211,42 @@ def test_explanations_wait_in_a_bounded_backlog_and_never_hold_screening(scene_a
     skipped = [r for r in records if r["type"] == "explanation" and r.get("skipped") == "backlog full"]
     assert len(explained) == 2 and len(skipped) == closing - 2 and all(r["prose"] for r in explained)
     assert all(c["verdict"] == "supported" for r in explained for c in r["claims"])
+
+
+def test_a_camera_down_at_start_is_tried_until_it_answers_and_the_others_are_watched_meanwhile(
+    scene_and_video, tmp_path
+):
+    scene, test, _ = scene_and_video
+    camera = MJPEGCamera(_frames(test.video), fps=60)
+    camera.start()
+    url = camera.url
+    camera.stop()  # down when the watch starts
+    records, stop = [], threading.Event()
+    watching = threading.Thread(
+        target=lambda: records.append(
+            watch([url, str(test.video)], scene, out=tmp_path, fps=scene.fps, explainer="deterministic",
+                  emit=records.append, stop=stop, progress=False)  # fmt: skip
+        )
+    )
+    watching.start()
+    assert _wait_for(lambda: any(r.get("source") == str(test.video) for r in records if isinstance(r, dict)), 60), \
+        "the file is watched while the camera is down"
+    camera.start()  # on the same address
+    assert _wait_for(lambda: camera.served >= 100, 60), "the watch opened the camera once it answered"
+    stop.set()
+    watching.join(30)
+    camera.stop()
+    cameras, files = records.pop()
+    assert cameras.frames >= 50 and cameras.error is None and files.error is None
+
+
+def test_a_second_watch_into_the_same_folder_keeps_the_first_ones_reports(scene_and_video, tmp_path):
+    scene, test, _ = scene_and_video
+    store = EventStore(tmp_path / "store")
+    for _ in range(2):
+        watch([str(test.video)], scene, out=tmp_path / "out", explainer="deterministic", emit=lambda r: None,
+              store=store, progress=False)  # fmt: skip
+    sessions = sorted((tmp_path / "out" / "events").iterdir())
+    reports = [sorted(p.name for p in session.iterdir()) for session in sessions]
+    assert len(sessions) == 2 and reports[0] == reports[1] and reports[0]  # the same events, each session's own
+    assert len(store.videos()) == 2 * len(reports[0])

@@ -113,10 +113,7 @@ def induce_rules(
         headings = Counter(o["direction"] for o in members if o["direction"] != STILL)
         moving = sum(headings.values())
         if moving >= MIN_SUPPORT:
-            seen = {k for k, s in enumerate(SECTORS) if headings[s] / moving >= direction_share}
-            # A heading near a sector's border falls in either: the sectors beside one seen are allowed too, so
-            # the rule stops a walker going the other way or across, not one walking a little off the path's line.
-            allowed = [s for k, s in enumerate(SECTORS) if seen & {k, (k - 1) % len(SECTORS), (k + 1) % len(SECTORS)}]
+            allowed = [s for s in SECTORS if headings[s] / moving >= direction_share]
             if len(allowed) < len(SECTORS):
                 rules.append(
                     Rule(

@@ -51,6 +51,7 @@ from anomalens.types import Evidence, Measurement, MeasurementKind, Rulebook, So
 from anomalens.video import Frame, FrameSource
 
 SCENE_VERSION = 3
+MIN_SIDE = 32  # px: narrower frames hold no object a detector or a person could make out
 DETECT_EVERY_SECONDS = 0.5  # the detector looks at every frame this often (and wherever motion appears unfollowed)
 PERSPECTIVE_FRAMES = 150  # frames, spread over the normal footage, whose people set the perspective
 DEFAULT_FLOOR = 0.3  # the lowest score kept of a detector that does not say its own (backends.yaml)
@@ -186,6 +187,11 @@ class Scene:
         for source in sources:
             if source.fps_note:
                 say(f"{source.name}: {source.fps_note}", progress)
+        for source in sources:
+            if min(source.source_size) < MIN_SIDE:
+                width, height = source.source_size
+                raise MediaError(source.name, f"{width}x{height} frames: too small to learn a scene from (at least "
+                                              f"{MIN_SIDE} px a side)")  # fmt: skip
         sizes = {tuple(s.source_size) for s in sources}
         if len(sizes) > 1:
             raise AnomalensError(f"normal footage comes in several frame sizes {sorted(sizes)}: use one camera view")

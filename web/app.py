@@ -12,37 +12,59 @@ few scripts set text with ``textContent``.
 from __future__ import annotations
 
 import hmac
+import os
+import re
+import stat
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import cv2
-from fastapi import FastAPI, HTTPException, Request
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as InPath
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
-    FileResponse,
     HTMLResponse,
     JSONResponse,
     PlainTextResponse,
     Response,
 )
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from anomalens.agents.history import HistoryChat
 from anomalens.agents.llm import LLM
 from anomalens.errors import AnomalensError
 from anomalens.pipelines.history import ZONE_RULE, accept, review, save_zones, scene_zones
 from anomalens.progress import observed
-from anomalens.report import raw_frame
-from anomalens.store import EventFilter, EventStore
-from anomalens.types import Zone
+from anomalens.report import keyframe_file, raw_frame
+from anomalens.store import MAX_ID, EventFilter, EventStore, plain_text
+from anomalens.types import EVENT_ID_PATTERN, Zone
 from anomalens.web.plots import score_svg
 
 TOKEN_COOKIE = "anomalens_token"
 JOB_REPORT_EVERY_S = 0.5  # a running audit writes its progress to the store at most this often
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MIN_TOKEN_LENGTH = 16  # shorter tokens are guessed: 16 URL-safe characters are 96 bits
+# Every answer: never inside another site's frame (clickjacking), never sniffed as another type, and the address
+# (which may carry the token) never sent to another site.
+GUARD_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+# A larger number names nothing the store could hold (and SQLite cannot take it).
+StoreId = Annotated[int, InPath(ge=0, le=MAX_ID)]
+VideoId = Annotated[int | None, Query(ge=0, le=MAX_ID)]
 
 
 class ReviewIn(BaseModel):
@@ -67,34 +89,34 @@ class ChatIn(BaseModel):
 
 
 class AuditIn(BaseModel):
-    video: str = Field(min_length=1)
-    scene: str = Field(min_length=1)
+    video: str = Field(min_length=1, max_length=4096)
+    scene: str = Field(min_length=1, max_length=4096)
     explainer: Literal["auto", "agent", "deterministic"] = "auto"
 
+    _plain = field_validator("video", "scene")(plain_text)
 
-def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None = None) -> FastAPI:
-    """The app over ``store``; ``token``: required on every request when given; ``llm``: reads the chat questions
-    that the router's words do not settle."""
+
+def create_app(
+    store: EventStore, *, token: str | None = None, llm: LLM | None = None, hosts: Sequence[str] = LOOPBACK
+) -> FastAPI:
+    """The app over ``store``; ``token``: required on every request when given (at least ``MIN_TOKEN_LENGTH``
+    characters); ``llm``: reads the chat questions that the router's words do not settle; ``hosts``: the names the
+    server answers to (the loopback names, its address and those configured): a request for any other name is a
+    web page that rebound its own name to this server (DNS rebinding) and is refused, token or not."""
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise AnomalensError(f"the token is {len(token)} characters long: give one of at least {MIN_TOKEN_LENGTH}")
+    allowed = {h.strip("[]").lower() for h in hosts}
     app = FastAPI(title="anomalens", docs_url=None, redoc_url=None, openapi_url=None)
     pages = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
     chat = HistoryChat(store, llm)
-    for job in store.jobs():  # an audit that was running when the server stopped will not finish
-        if job["state"] in ("queued", "running"):
-            store.update_job(job["id"], state="interrupted", step="the server stopped before it finished")
+    store.interrupt_orphans()  # an audit that was running when its server stopped will not finish
 
     @app.middleware("http")
-    async def check_token(request: Request, call_next):
-        if token is None:
-            return await call_next(request)
-        given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE) or ""
-        bearer = request.headers.get("authorization", "")
-        if bearer.lower().startswith("bearer "):
-            given = bearer[7:]
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            return PlainTextResponse("a token is needed: open the address `anomalens serve` printed", status_code=401)
-        response = await call_next(request)
-        if request.query_params.get("token"):
+    async def guard(request: Request, call_next):
+        response = _refused(request, allowed, token) or await call_next(request)
+        if token is not None and request.query_params.get("token") and response.status_code < 400:
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        response.headers.update(GUARD_HEADERS)
         return response
 
     def page(request: Request, name: str, **context) -> HTMLResponse:
@@ -110,42 +132,41 @@ def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None =
     async def said(request: Request, error: AnomalensError):
         return JSONResponse({"detail": str(error)}, status_code=409)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError):
+        return JSONResponse({"detail": _first_problem(error.errors())}, status_code=422)  # never the input echoed
+
     @app.get("/", response_class=HTMLResponse)
     def timeline(
-        request: Request, video: int | None = None, since: str = "", until: str = "", rule: str = "",
+        request: Request, video: VideoId = None, since: str = "", until: str = "", rule: str = "",
         object_class: str = "", verdict: str = "", words: str = "", show: str = "open",
     ):
-        try:
-            where = EventFilter(
-                video=video, since=since or None, until=until or None, rule=rule or None,
-                object_class=object_class or None, verdict=verdict or None, words=words or None,
-                silenced=None if show == "all" else (show == "silenced"),
-            )
-        except ValidationError as error:
-            raise HTTPException(422, f"filter: {error.errors()[0]['msg']}") from None
+        where = _filter(
+            video=video, since=since or None, until=until or None, rule=rule or None, object_class=object_class or None,
+            verdict=verdict or None, words=words or None, silenced=None if show == "all" else (show == "silenced"),
+        )  # fmt: skip
         return page(
             request, "timeline.html", events=store.events(where), where=where, show=show, videos=store.videos(),
             rules=store.rule_ids(), classes=store.classes(),
         )
 
     @app.get("/events/{event_id}", response_class=HTMLResponse)
-    def event_page(request: Request, event_id: int):
+    def event_page(request: Request, event_id: StoreId):
         event = found_event(event_id)
-        if event["keyframe"] and not Path(event["keyframe"]).is_file():
-            event["keyframe"] = None  # the report's folder was moved or deleted since it was stored
+        event["keyframe"] = _keyframe_bytes(event) is not None  # moved, deleted, or not the report's own: none shown
         video = store.video(event["video_id"])
         plot = score_svg(video["scores"], video["threshold"], video["fps"], event)
         return page(request, "event.html", event=event, video=video, plot=plot, broken=_by_rule(event["facts"]))
 
     @app.get("/keyframes/{event_id}")
-    def keyframe(event_id: int):
-        event = found_event(event_id)
-        if not event["keyframe"] or not Path(event["keyframe"]).is_file():
+    def keyframe(event_id: StoreId):
+        picture = _keyframe_bytes(found_event(event_id))
+        if picture is None:
             raise HTTPException(404, f"event {event_id} has no keyframe picture")
-        return FileResponse(event["keyframe"], media_type="image/jpeg")
+        return Response(picture, media_type="image/jpeg")
 
     @app.post("/api/events/{event_id}/review")
-    def give_review(event_id: int, given: ReviewIn):
+    def give_review(event_id: StoreId, given: ReviewIn):
         found_event(event_id)
         store.review(event_id, given.verdict, given.note)
         if given.verdict == "confirmed":
@@ -161,7 +182,7 @@ def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None =
         return {"verdict": given.verdict, "proposal": proposal, "why_not": seen.why_not}
 
     @app.post("/api/events/{event_id}/accept")
-    def accept_change(event_id: int, given: AcceptIn):
+    def accept_change(event_id: StoreId, given: AcceptIn):
         found_event(event_id)
         done = accept(store, event_id, given.based_on)
 
@@ -174,24 +195,25 @@ def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None =
         }
 
     @app.get("/videos/{video_id}/zones", response_class=HTMLResponse)
-    def zones_page(request: Request, video_id: int):
+    def zones_page(request: Request, video_id: StoreId):
         zones = scene_zones(store, video_id)
         forbidden = [r.predicate.value for r in zones.rulebook.rules if r.id.startswith(ZONE_RULE) and r.enabled]
         drawn = [z.model_dump() for z in zones.rulebook.zones]
         return page(request, "zones.html", video=store.video(video_id), zones=zones, drawn=drawn, forbidden=forbidden)
 
     @app.get("/videos/{video_id}/frame.jpg")
-    def scene_frame(video_id: int):
+    def scene_frame(video_id: StoreId):
         """A frame of the video to draw zones on: the raw half of its first keyframe."""
-        keyframe = next((e["keyframe"] for e in store.events(EventFilter(video=video_id)) if e["keyframe"]), None)
-        image = cv2.imread(keyframe) if keyframe else None
+        pictures = (_keyframe_bytes(e) for e in store.events(EventFilter(video=video_id)))
+        picture = next((p for p in pictures if p is not None), None)
+        image = cv2.imdecode(np.frombuffer(picture, np.uint8), cv2.IMREAD_COLOR) if picture else None
         if image is None:
             raise HTTPException(404, f"video {video_id} has no keyframe to draw zones on")
         ok, jpeg = cv2.imencode(".jpg", raw_frame(image))
         return Response(jpeg.tobytes(), media_type="image/jpeg")
 
     @app.post("/api/videos/{video_id}/zones")
-    def put_zones(video_id: int, given: ZonesIn):
+    def put_zones(video_id: StoreId, given: ZonesIn):
         video = store.video(video_id)
         scale = given.frame_width_m / video["width"] if given.frame_width_m and video is not None else None
         version, based_on = save_zones(store, video_id, given.zones, set(given.forbidden), given.based_on, scale)
@@ -199,10 +221,10 @@ def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None =
 
     @app.get("/api/events")
     def events_json(
-        video: int | None = None, since: str | None = None, until: str | None = None, rule: str | None = None,
+        video: VideoId = None, since: str | None = None, until: str | None = None, rule: str | None = None,
         object_class: str | None = None, words: str | None = None,
     ):
-        where = EventFilter(video=video, since=since, until=until, rule=rule, object_class=object_class, words=words)
+        where = _filter(video=video, since=since, until=until, rule=rule, object_class=object_class, words=words)
         return [{k: v for k, v in e.items() if k != "facts"} for e in store.events(where)]
 
     @app.get("/chat", response_class=HTMLResponse)
@@ -218,14 +240,14 @@ def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None =
         return page(request, "jobs.html", jobs=store.jobs())
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
-    def job_page(request: Request, job_id: int):
+    def job_page(request: Request, job_id: StoreId):
         job = store.job(job_id)
         if job is None:
             raise HTTPException(404, f"job {job_id} not found")
         return page(request, "job.html", job=job)
 
     @app.get("/api/jobs/{job_id}")
-    def job_json(job_id: int):
+    def job_json(job_id: StoreId):
         job = store.job(job_id)
         if job is None:
             raise HTTPException(404, f"job {job_id} not found")
@@ -234,7 +256,11 @@ def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None =
     @app.post("/api/jobs")
     def start_audit(given: AuditIn):
         for path, what in ((given.video, "video"), (given.scene, "scene folder")):
-            if not Path(path).exists():
+            try:
+                found = Path(path).exists()
+            except (OSError, ValueError) as error:  # a name too long for the file system, a NUL in it
+                raise HTTPException(422, f"{what}: not a usable path ({getattr(error, 'strerror', None) or error})") from None
+            if not found:
                 raise HTTPException(422, f"{path}: {what} not found")
         job_id = store.add_job("audit", given.model_dump())
         threading.Thread(target=_run_audit, args=(store, job_id, given), daemon=True, name=f"job-{job_id}").start()
@@ -245,6 +271,62 @@ def create_app(store: EventStore, *, token: str | None = None, llm: LLM | None =
         return Response(status_code=204)
 
     return app
+
+
+def _first_problem(errors: Sequence[dict]) -> str:
+    """One reason for a request that does not validate: where, and what is wrong (never the input: a NaN or a
+    100,000-character value is no help, and JSON cannot carry a NaN back)."""
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"] if part not in ("body", "query", "path"))
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+def _filter(**given) -> EventFilter:
+    try:
+        return EventFilter(**given)
+    except ValidationError as error:
+        raise HTTPException(422, f"filter: {_first_problem(error.errors())}") from None
+
+
+def _refused(request: Request, allowed: set[str], token: str | None) -> Response | None:
+    """Why ``request`` is refused, or None: a Host or Origin the server does not answer to (403), or no token where
+    one is needed (401)."""
+    host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+    if host not in allowed:
+        return PlainTextResponse(f"this server does not answer to the name {host[:100]!r}: serve it with "
+                                 "--allow-host NAME to use that name", status_code=403)  # fmt: skip
+    origin = request.headers.get("origin")
+    if origin not in (None, "null") and (urlsplit(origin).hostname or "") not in allowed:
+        return PlainTextResponse(f"requests from pages of {origin[:100]!r} are refused", status_code=403)
+    if token is None:
+        return None
+    given = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE) or ""
+    bearer = request.headers.get("authorization", "")
+    if bearer.lower().startswith("bearer "):
+        given = bearer[7:]
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return PlainTextResponse("a token is needed: open the address `anomalens serve` printed", status_code=401)
+    return None
+
+
+def _keyframe_bytes(event: dict) -> bytes | None:
+    """The event's keyframe picture, read only from the keyframes folder of the report that was indexed: its path is
+    rebuilt from the report's (resolved when indexed) folder and the event's id, never taken from the store, and is
+    refused when a link lies on the way (a report folder moved behind a symlink, a keyframe linked elsewhere), also
+    one planted after indexing. None when there is no such picture."""
+    key = event["key"]
+    if not re.fullmatch(EVENT_ID_PATTERN, key):
+        return None
+    folder = Path(event["report"]).parent
+    picture = keyframe_file(folder, key)
+    try:
+        if folder.resolve(strict=True) != folder or picture.parent.is_symlink():
+            return None
+        handle = os.open(picture, os.O_RDONLY | os.O_NOFOLLOW)  # a symlink fails here, at the moment of reading
+    except OSError:
+        return None
+    with os.fdopen(handle, "rb") as file:
+        return file.read() if stat.S_ISREG(os.fstat(file.fileno()).st_mode) else None
 
 
 def _by_rule(breaches: list[dict]) -> list[dict]:

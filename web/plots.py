@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 
+from anomalens.draw import time_ticks
+
 
 def score_svg(
     scores: list[tuple[int, float]], threshold: float, fps: float, event: dict, width: int = 900, height: int = 160
@@ -23,11 +25,9 @@ def score_svg(
     x0, x1 = x(event["start_frame"]), x(event["end_frame"])
     points = " ".join(f"{x(f):.1f},{y(s):.1f}" for f, s in scores)
     ticks = []
-    seconds = last / fps
-    step = next((s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600) if seconds / s <= 10), 7200)
-    for k in range(int(seconds // step) + 1):
-        tx = x(k * step * fps)
-        ticks.append(f'<text x="{tx:.1f}" y="{height - 8}" font-size="10" text-anchor="middle">{k * step}s</text>')
+    for second, label in time_ticks(last / fps, 10):
+        tx = x(second * fps)
+        ticks.append(f'<text x="{tx:.1f}" y="{height - 8}" font-size="10" text-anchor="middle">{label}</text>')
     label = html.escape(f"{event['key']}: {event['start_s']:.1f}-{event['end_s']:.1f} s")
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="plot" role="img" '
