@@ -678,6 +678,19 @@ def eval_batch_speed(
     _emit(run_batch_speed(out_dir, videos=videos, frames=frames), json_path)
 
 
+@eval_app.command("street")
+def eval_street(
+    video: Annotated[Path, typer.Option(help="vtest.avi (Debian's opencv-doc, examples/data)")] = Path(
+        "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
+    ),
+    json_path: Annotated[Optional[Path], _json_option("write the counts and events here")] = None,
+) -> None:
+    """People counted on real street footage against counts by eye, and the events on its unseen normal minutes."""
+    from anomalens.eval.street import run_street
+
+    _emit(run_street(video), json_path)
+
+
 @eval_app.command("watch-speed")
 def eval_watch_speed(
     video: Annotated[Path, typer.Option(help="a video to play as every stream, at its own frame rate")],

@@ -17,7 +17,7 @@ import os
 import re
 import socket
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -342,13 +342,10 @@ class EventStore:
                 "INSERT INTO reviews(event_id, verdict, note, at) VALUES (?,?,?,?)", (event_id, verdict, note, now())
             )
 
-    def rulebook_changed(
-        self, path: str, kept_as: str, reason: str, silenced: dict[int, str | None], write: Callable[[], None]
-    ) -> int:
-        """Record that the rulebook at ``path`` changes (its previous text kept in the file ``kept_as``), set each of
-        the scene's events ``silenced`` (event id -> the change that silences it, or None) and ``write`` the new
-        rulebook, in one transaction: the store is written only if the file is, and the file only once the store
-        holds the write lock (a busy store refuses before the file changes). Returns the new version number."""
+    def rulebook_changed(self, path: str, kept_as: str, reason: str, silenced: dict[int, str | None]) -> int:
+        """Record that the rulebook at ``path`` changed (its previous text kept in the file ``kept_as``) and
+        set each of the scene's events ``silenced`` (event id -> the change that silences it, or None); returns
+        the new version number. The commit is the change's point of no return (``pipelines.history``)."""
         with self._transaction() as db:
             version = db.execute(
                 "SELECT coalesce(max(version), 0) + 1 FROM rulebook_versions WHERE path = ?", (path,)
@@ -358,8 +355,12 @@ class EventStore:
                 (path, version, kept_as, reason, now()),
             )
             db.executemany("UPDATE events SET silenced_by = ? WHERE id = ?", [(v, k) for k, v in silenced.items()])
-            write()
         return version
+
+    def kept_rulebooks(self) -> set[str]:
+        """Every kept rulebook file the store's recorded changes name."""
+        with self._connect() as db:
+            return {row[0] for row in db.execute("SELECT kept_as FROM rulebook_versions")}
 
     def rulebook_versions(self, path: str) -> list[dict]:
         with self._connect() as db:

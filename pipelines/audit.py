@@ -27,6 +27,7 @@ from anomalens.report import SEPARATOR_PX, GroundTruth, Report, compact_map, wri
 from anomalens.rules.captions import EVERYDAY
 from anomalens.store import EventStore
 from anomalens.tools.captions import ReplayedCaptions
+from anomalens.tools.motion import VIEW_MOVED
 from anomalens.tools.perception import AGENT_KINDS, Perception, object_tools
 from anomalens.tools.protocols import Cue
 from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
@@ -42,6 +43,13 @@ class Screened:
 
     result: ScreeningResult
     tracks: list[Track]
+
+    def view_moves(self) -> list[float]:
+        """When (s) the view began to move or the shot changed: each run of frames where most of it changed at
+        once, which is said once, not followed as objects moving at thousands of px/s."""
+        moved = [ev.time_s or 0.0 for ev in self.result.frames
+                 if any(m.name == "view_motion" and m.value > VIEW_MOVED for m in ev.measurements)]  # fmt: skip
+        return [t for k, t in enumerate(moved) if k == 0 or t - moved[k - 1] > 1.0]
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,15 @@ def screen_video(
         source, scorer, self_referenced=self_referenced, cues=cues, describe=Describer(scene.rulebook),
         observe=observe, progress=progress,
     )
-    return Screened(result, scorer.tracks())
+    screened = Screened(result, scorer.tracks())
+    if moves := screened.view_moves():
+        say(f"{source.name}: {_moved(moves)}", progress)
+    return screened
+
+
+def _moved(moves: list[float]) -> str:
+    at = ", ".join(f"{t:.1f} s" for t in moves[:5]) + (", ..." if len(moves) > 5 else "")
+    return f"the view moved or the shot changed {len(moves)} time(s) (at {at}): nothing is followed while it does"
 
 
 def index_video(
@@ -232,6 +248,8 @@ def audit(
     scorer += f" + caption rules on {replayed.origin}" if caption_rules is not None else ""
     if self_referenced:
         scorer += "; normality assumed: " + normality(scene)
+    if moves := screened.view_moves():
+        scorer += "; " + _moved(moves)
     explanations: list[Explanation] = []
     cited: dict[str, Evidence] = {}
 

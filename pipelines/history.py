@@ -9,6 +9,7 @@ before, or elsewhere. A review changes nothing by itself: ``propose`` shows the 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -232,17 +233,51 @@ def _replace_rulebook(
     text as ``rules.v<N>.yaml``, and record the change (and the events it silences) in the store; returns the new
     version number and the kept file."""
     with rulebook_lock(rules_file):
+        _finish_changes(store, rules_file)
         current = read_text(rules_file, "rulebook")
         if _digest(current) != based_on:
             raise ConfigError(f"{rules_file} changed since this proposal was shown: look at it again")
+        # In three steps, each of which a kill may cut short: the kept copy and the new text beside the rulebook,
+        # then the store's row (the point of no return: a busy store refuses here, before anything changed), then
+        # the new text in place. ``_finish_changes`` completes or undoes a change cut short.
         kept_as = keep_copy(rules_file, current)
+        pending = _pending(rules_file, kept_as)
+        atomic_write(pending, rulebook_text(rulebook))
         try:
-            version = store.rulebook_changed(str(rules_file), str(kept_as), reason, silenced,
-                                             lambda: atomic_write(rules_file, rulebook_text(rulebook)))  # fmt: skip
+            version = store.rulebook_changed(str(rules_file), str(kept_as), reason, silenced)
         except BaseException:
+            pending.unlink(missing_ok=True)
             kept_as.unlink(missing_ok=True)  # nothing changed: nothing to keep
             raise
+        os.replace(pending, rules_file)
     return version + 1, kept_as
+
+
+def _pending(rules_file: Path, kept_as: Path) -> Path:
+    """Where a change's new rulebook waits for the store's row, named by the copy that keeps the text it replaces."""
+    return rules_file.with_name(f".{rules_file.name}.after-{kept_as.name}")
+
+
+def _finish_changes(store: EventStore, rules_file: Path) -> None:
+    """A change to ``rules_file`` that a kill cut short (under the rulebook's lock): put in place if the store
+    recorded it, else undone (its new text and its kept copy removed), so the store and the file agree."""
+    recorded = store.kept_rulebooks()
+    for pending in rules_file.parent.glob(f".{rules_file.name}.after-*"):
+        kept_as = rules_file.with_name(pending.name.split(".after-", 1)[1])
+        if str(kept_as) in recorded:
+            os.replace(pending, rules_file)
+        else:
+            pending.unlink()
+            kept_as.unlink(missing_ok=True)
+
+
+def finish_changes(store: EventStore) -> None:
+    """``_finish_changes`` for the rulebook of every scene the store's videos were screened against."""
+    for scene in {v["scene"] for v in store.videos() if v["scene"]}:
+        rules_file = Path(scene) / "rules.yaml"
+        if rules_file.parent.is_dir():
+            with rulebook_lock(rules_file):
+                _finish_changes(store, rules_file)
 
 
 # --- zones ---------------------------------------------------------------------------------------------------

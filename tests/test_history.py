@@ -1,7 +1,9 @@
 """The event store, reviews that become rule changes, and chat over the history (no browser: see test_app.py)."""
 
 import json
+import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +11,7 @@ from anomalens.agents.history import HistoryChat, HistoryQuery, route
 from anomalens.agents.llm.scripted import ScriptedLLM
 from anomalens.errors import ConfigError
 from anomalens.pipelines import audit
-from anomalens.pipelines.history import accept, index_reports, prune, review
+from anomalens.pipelines.history import accept, finish_changes, index_reports, prune, review
 from anomalens.report import Report
 from anomalens.rules.io import load_rulebook
 from anomalens.rules.review import propose, still_broken
@@ -187,6 +189,33 @@ def test_an_audit_stored_after_a_rule_change_has_its_events_silenced_by_it(audit
     index_reports([tmp_path / "out"], later, progress=False)
     silenced = {e["key"] for e in later.events(EventFilter(silenced=True))}
     assert silenced == {e["key"] for e in done.silenced} and target["key"] in silenced
+
+
+def test_a_rule_change_a_kill_cut_short_is_completed_or_undone(audited, monkeypatch):
+    store, folder, _ = audited
+    rules_file = folder / "rules.yaml"
+    target = next(e for e in store.events() if e["facts"])
+    seen, before = review(store, target["id"]), rules_file.read_text()
+    replace = os.replace
+
+    def killed(source, destination):  # the process dies as the new rulebook would be put in place
+        if Path(destination) == rules_file:
+            raise SystemExit("killed")
+        replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(SystemExit):
+        accept(store, target["id"], seen.based_on)
+    monkeypatch.undo()
+    assert rules_file.read_text() == before and len(store.rulebook_versions(str(rules_file))) == 1
+    finish_changes(store)  # as the app does when it starts: the store recorded the change, so it is completed
+    assert load_rulebook(rules_file) == seen.proposal.rulebook
+    # Killed before the store recorded it: the new text and the kept copy are left, and are undone.
+    (folder / ".rules.yaml.after-rules.v9.yaml").write_text("a change never recorded")
+    (folder / "rules.v9.yaml").write_text(rules_file.read_text())
+    after = rules_file.read_text()
+    finish_changes(store)
+    assert rules_file.read_text() == after and not list(folder.glob("*v9*")) and not list(folder.glob(".*after*"))
 
 
 def test_history_chat_answers_with_verified_linked_claims(audited):

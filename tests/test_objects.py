@@ -146,6 +146,16 @@ def test_a_moving_region_no_box_covers_is_an_object_nothing_named_unless_it_is_t
     assert len(unknown_movers(motion, boxes, lambda y: 100.0)) == 0  # 8 px wide is noise where people are 100 px
 
 
+def test_a_cut_is_a_view_that_moved_even_where_half_of_each_shot_matches_the_background():
+    from anomalens.tools.motion import MotionField
+
+    field = MotionField(background())
+    left, right = np.full((HEIGHT, WIDTH, 3), 40, np.uint8), np.full((HEIGHT, WIDTH, 3), 40, np.uint8)
+    left[:, : WIDTH // 2], right[:, WIDTH // 2 :] = 120, 120  # each shot differs from the background in half the view
+    first, cut, same = (field.step(frame(k, image)) for k, image in enumerate((left, right, right)))
+    assert not first.view_moved and cut.view_moved and not same.view_moved
+
+
 def test_one_box_per_object_whatever_the_classes():
     found = Found(np.array([[0.0, 0, 10, 20], [1, 1, 10, 20], [30, 0, 40, 20]]), np.array([0.3, 0.6, 0.4]),
                   ["skateboard", "person", "person"])  # fmt: skip

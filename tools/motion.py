@@ -7,8 +7,10 @@ Per frame (at analysis resolution, in time order), ``MotionField.step`` gives a 
 2. dense optical flow (OpenCV DIS) between the previous and this frame, computed only when something differs from
    the background (a still scene costs a background difference and nothing more), at the scale the scene chose
    for its people's size (``flow_scale``);
-3. how much of the view differs from the background at once (``changed``): most of it means the camera moved or
-   the shot changed, not that many things moved.
+3. how much of the view changed at once (``changed``): the larger of the share that differs from the background
+   and the share that differs from the frame before (a cut, or a camera that pans over the scene itself learned,
+   changes most of the view either way); most of it means the camera moved or the shot changed, not that many
+   things moved.
 
 Objects (``tools.objects``) are measured with it: detector boxes move with the flow inside them, and a blob no box
 covers is a moving thing of its own.
@@ -28,6 +30,7 @@ from anomalens.types import SECTORS, STILL, Zone
 from anomalens.video import Frame
 
 VIEW_MOVED = 0.5  # more of the view than this differs from the background at once: the camera moved or cut
+CUT_LEVELS = 12  # grey levels a pixel changes by between frames to count as changed (a change the eye sees)
 MIN_PIXELS = 5  # an object's pixels that must differ from the background for it to be moving
 FLOW_MARGIN = 0.1  # flow runs over the region of everything that moved, grown by this share of its size ...
 FLOW_MIN_SIDE = 64  # ... and to at least this side (flow px): DIS needs room for its coarsest level
@@ -153,7 +156,7 @@ class Motion:
     foreground: np.ndarray  # (h, w) bool: differs from the background
     blobs: np.ndarray  # (B, 4) xyxy: connected foreground regions of at least the model's min_area
     flow: np.ndarray | None  # (h, w, 2) px/frame from the previous frame; None when nothing moved or none came before
-    changed: float  # share of the view in the foreground
+    changed: float  # share of the view that changed at once: from the background, or from the frame before
 
     @property
     def view_moved(self) -> bool:
@@ -206,7 +209,8 @@ class MotionField:
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         self._dis.setGradientDescentIterations(12)  # half the preset's 25: as accurate on Ped2, less time
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
-        self._previous: np.ndarray | None = None
+        self._previous: np.ndarray | None = None  # the frame before, at the flow's scale
+        self._before: np.ndarray | None = None  # the frame before, at analysis resolution
 
     def step(self, frame: Frame) -> Motion:
         model = self.model
@@ -230,7 +234,11 @@ class MotionField:
             flow = self._flow(small, blobs, image.shape)
         self._previous = small
         foreground = mask.astype(bool)
-        return Motion(foreground, blobs.astype(np.float64).reshape(-1, 4), flow, float(foreground.mean()))
+        changed = float(foreground.mean())
+        if self._before is not None:
+            changed = max(changed, float((cv2.absdiff(image, self._before) > CUT_LEVELS).mean()))
+        self._before = image
+        return Motion(foreground, blobs.astype(np.float64).reshape(-1, 4), flow, changed)
 
     def _flow(self, small: np.ndarray, blobs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """Backward flow (this frame -> previous), negated: motion defined at this frame's pixels, in analysis px/frame,

@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from anomalens.agents.history import HistoryChat
 from anomalens.agents.llm import LLM
 from anomalens.errors import AnomalensError
-from anomalens.pipelines.history import ZONE_RULE, accept, review, save_zones, scene_zones
+from anomalens.pipelines.history import ZONE_RULE, accept, finish_changes, review, save_zones, scene_zones
 from anomalens.progress import observed
 from anomalens.report import keyframe_file, raw_frame
 from anomalens.store import MAX_ID, EventFilter, EventStore, plain_text
@@ -110,6 +110,7 @@ def create_app(
     pages = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
     chat = HistoryChat(store, llm)
     store.interrupt_orphans()  # an audit that was running when its server stopped will not finish
+    finish_changes(store)  # a rule change a kill cut short: completed or undone
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
