@@ -428,7 +428,8 @@ def serve(
     token_file: Annotated[
         Optional[Path],
         typer.Option(help="a file holding the token every request must carry (or set ANOMALENS_TOKEN; default: a "
-                     "new one when the address is not the loopback one); never on the command line, where `ps` shows it"),
+                     "new one when the address is not the loopback one); never on the command line, where `ps` "
+                     "shows it"),
     ] = None,
     allow_host: Annotated[
         Optional[list[str]],
@@ -453,7 +454,8 @@ def serve(
         try:
             token = token_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as error:
-            raise AnomalensError(f"{token_file}: cannot read the token ({getattr(error, 'strerror', None) or error})") from None
+            problem = getattr(error, "strerror", None) or error
+            raise AnomalensError(f"{token_file}: cannot read the token ({problem})") from None
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         raise AnomalensError(f"the token is {len(token)} characters long: give one of at least {MIN_TOKEN_LENGTH}")
     if host not in LOOPBACK and not token:

@@ -265,7 +265,8 @@ def timeline_svg(report: Report, width: int = 960, height: int = 190) -> str:
     for event in report.events:
         x0, x1 = x(event.start_frame), x(event.end_frame)
         parts.append(
-            f'<a href="#{html.escape(event.id)}"><rect x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 1.5):.1f}" height="{plot_h}" '
+            f'<a href="#{html.escape(event.id)}"><rect x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 1.5):.1f}" '
+            f'height="{plot_h}" '
             f'fill="#e53935" fill-opacity="0.18"><title>{html.escape(event.id)}: frames {event.start_frame}-'
             f"{event.end_frame}</title></rect></a>"
         )

@@ -193,7 +193,8 @@ class EventStore:
             if "not a database" in str(error) or "malformed" in str(error):
                 raise ConfigError(f"{self.path}: not an event store ({error})") from None
             if "locked" in str(error) or "busy" in str(error):
-                raise ConfigError(f"{self.path}: the event store is busy (another process is writing it): try again") from None
+                busy = "the event store is busy (another process is writing it): try again"
+                raise ConfigError(f"{self.path}: {busy}") from None
             raise
         finally:
             db.close()

@@ -192,7 +192,8 @@ def review(store: EventStore, event_id: int) -> Review:
     text = read_text(rules_file, "rulebook")  # the digest and the proposal from one read: they cannot disagree
     rulebook = parse_rulebook(text, rules_file)
     if not still_broken(rulebook, event["facts"]):
-        why = f"the scene's rulebook already lets it pass ({event['silenced_by'] or 'changed since'}): nothing to change"
+        why = "the scene's rulebook already lets it pass: nothing to change" + (
+            f" ({event['silenced_by']})" if event["silenced_by"] else "")  # fmt: skip
         return Review(event, None, why, rules_file, _digest(text))
     proposal = propose(rulebook, event["facts"])
     why = "" if proposal.changes else "no rule it broke can be loosened here: " + ", ".join(proposal.unchanged)

@@ -3,10 +3,10 @@
 Each source is screened in its own thread with the scene's scorer (``tools.screening.LiveScreening``: the same
 scoring, smoothing and grouping as ``audit``), and each event is emitted the moment it closes: a JSON line on
 stdout, a line in ``OUT/events.jsonl``, and a POST to the webhook when one is configured; with ``OUT``, each
-event is also a small report (``OUT/events/<when the watch started>/<source>-<event>/``) in the event store, for the app. Its explanation
-queues behind a bounded backlog, explained oldest first by the agent on the event's recorded evidence (a live
-stream cannot be read back, so the agent's live tools are not offered); when the backlog is full the new
-event's explanation is skipped and said so, rather than memory growing without bound. Stopping (Ctrl-C,
+event is also a small report (``OUT/events/<when the watch started>/<source>-<event>/``) in the event store, for
+the app. Its explanation queues behind a bounded backlog, explained oldest first by the agent on the event's
+recorded evidence (a live stream cannot be read back, so the agent's live tools are not offered); when the backlog
+is full the new event's explanation is skipped and said so, rather than memory growing without bound. Stopping (Ctrl-C,
 SIGTERM, the ``stop`` event) closes every open event and keeps it; queued explanations are skipped.
 """
 

@@ -92,12 +92,9 @@ def induce_rules(
                     stats={"objects_seen": 0.0},
                 )
             )
-    if perspective:
-        speeds = np.array([o["relative_speed"] for o in objects])
-        upper("speed-any", "relative_speed", speeds, {}, "Nothing anywhere moves faster than {limit:.2f} body heights per second.")
-    else:
-        speeds = np.array([o["speed"] for o in objects])
-        upper("speed-any", "speed", speeds, {}, "Nothing anywhere moves faster than {limit:.0f} {unit}.")
+    fast = "relative_speed" if perspective else "speed"
+    said = "{limit:.2f} body heights per second" if perspective else "{limit:.0f} {unit}"
+    upper("speed-any", fast, np.array([o[fast] for o in objects]), {}, f"Nothing anywhere moves faster than {said}.")
     for zone in zones:
         members = by_zone.get(zone, [])
         # Support counts established tracks only: a zone that saw nothing but flickering noise blobs would
@@ -108,8 +105,10 @@ def induce_rules(
             speed = np.array([o["speed"] for o in members])
             area = np.array([o["area"] for o in members])
             if _moving(members) >= MIN_SUPPORT:  # a zone of parked cars says nothing of how fast things move there
-                upper(f"speed-{zone}", "speed", speed, {"zone": zone}, f"In zone {zone}, objects move at most {{limit:.0f}} {{unit}}.")
-            upper(f"size-{zone}", "area", area, {"zone": zone}, f"In zone {zone}, objects are at most {{limit:.0f}} {{unit}} in size.")
+                upper(f"speed-{zone}", "speed", speed, {"zone": zone},
+                      f"In zone {zone}, objects move at most {{limit:.0f}} {{unit}}.")  # fmt: skip
+            upper(f"size-{zone}", "area", area, {"zone": zone},
+                  f"In zone {zone}, objects are at most {{limit:.0f}} {{unit}} in size.")  # fmt: skip
         headings = Counter(o["direction"] for o in members if o["direction"] != STILL)
         moving = sum(headings.values())
         if moving >= MIN_SUPPORT:
