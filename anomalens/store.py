@@ -323,6 +323,12 @@ class EventStore:
             rows = db.execute("SELECT DISTINCT j.value FROM events, json_each(events.classes) j ORDER BY 1")
             return [r[0] for r in rows.fetchall()]
 
+    def scenes(self) -> list[str]:
+        """The scene folders the stored videos were screened against."""
+        with self._connect() as db:
+            rows = db.execute("SELECT DISTINCT scene FROM videos WHERE scene IS NOT NULL ORDER BY 1")
+            return [row[0] for row in rows.fetchall()]
+
     def rule_ids(self) -> list[str]:
         with self._connect() as db:
             rows = db.execute("SELECT DISTINCT j.value FROM events, json_each(events.rules) j ORDER BY 1")

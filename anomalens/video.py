@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,6 +35,7 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 DEFAULT_IMAGE_FPS = 25.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -334,6 +336,19 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp:
 RECONNECT_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # waits before each try to reopen a dropped stream, then the last
 
 
+def patiently(attempt: Callable[[], T | None], waiting: Callable[[int, float], None],
+              wait: Callable[[float], bool]) -> T | None:  # fmt: skip
+    """What ``attempt()`` gives once it gives something, tried after each of the growing ``RECONNECT_SECONDS`` waits
+    (the last one repeated; ``waiting(attempt, seconds)`` says each); None once ``wait(seconds)`` says stopped."""
+    for tried in itertools.count():
+        seconds = RECONNECT_SECONDS[min(tried, len(RECONNECT_SECONDS) - 1)]
+        waiting(tried, seconds)
+        if wait(seconds):
+            return None
+        if (got := attempt()) is not None:
+            return got
+
+
 def live_source(spec: str) -> bool:
     """Whether ``spec`` names a live source (a URL or a webcam), not a file."""
     return spec.startswith(STREAM_SCHEMES) or spec.isdigit() or spec.startswith("/dev/video")
@@ -408,17 +423,17 @@ class Stream:
     def _reopen(self) -> bool:
         """Reopen a dropped live source, waiting longer each time; False once stopped."""
         self._capture.release()
-        for attempt in itertools.count():
-            wait = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
+
+        def waiting(attempt: int, wait: float) -> None:
             said = "the stream dropped; reopening" if attempt == 0 else "still unreachable; trying again"
             self.say(f"{self.name}: {said} in {wait:g} s")
-            if self._wait(wait):
-                return False
-            capture = self._open()
-            if capture is not None:
-                self._capture, self.reconnects = capture, self.reconnects + 1
-                self.say(f"{self.name}: reopened")
-                return True
+
+        capture = patiently(self._open, waiting, self._wait)
+        if capture is None:
+            return False
+        self._capture, self.reconnects = capture, self.reconnects + 1
+        self.say(f"{self.name}: reopened")
+        return True
 
     def __iter__(self) -> Iterator[tuple[Frame, float]]:
         started = time.monotonic()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ class Screened:
     result: ScreeningResult
     tracks: list[Track]
 
+    @cached_property
     def view_moves(self) -> list[float]:
         """When (s) the view began to move or the shot changed: each run of frames where most of it changed at
         once, which is said once, not followed as objects moving at thousands of px/s."""
@@ -88,7 +90,7 @@ def screen_video(
         observe=observe, progress=progress,
     )
     screened = Screened(result, scorer.tracks())
-    if moves := screened.view_moves():
+    if moves := screened.view_moves:
         say(f"{source.name}: {_moved(moves)}", progress)
     return screened
 
@@ -248,7 +250,7 @@ def audit(
     scorer += f" + caption rules on {replayed.origin}" if caption_rules is not None else ""
     if self_referenced:
         scorer += "; normality assumed: " + normality(scene)
-    if moves := screened.view_moves():
+    if moves := screened.view_moves:
         scorer += "; " + _moved(moves)
     explanations: list[Explanation] = []
     cited: dict[str, Evidence] = {}

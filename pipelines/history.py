@@ -262,8 +262,9 @@ def _pending(rules_file: Path, kept_as: Path) -> Path:
 def _finish_changes(store: EventStore, rules_file: Path) -> None:
     """A change to ``rules_file`` that a kill cut short (under the rulebook's lock): put in place if the store
     recorded it, else undone (its new text and its kept copy removed), so the store and the file agree."""
-    recorded = store.kept_rulebooks()
-    for pending in rules_file.parent.glob(f".{rules_file.name}.after-*"):
+    pending_changes = list(rules_file.parent.glob(f".{rules_file.name}.after-*"))
+    recorded = store.kept_rulebooks() if pending_changes else set()
+    for pending in pending_changes:
         kept_as = rules_file.with_name(pending.name.split(".after-", 1)[1])
         if str(kept_as) in recorded:
             os.replace(pending, rules_file)
@@ -274,7 +275,7 @@ def _finish_changes(store: EventStore, rules_file: Path) -> None:
 
 def finish_changes(store: EventStore) -> None:
     """``_finish_changes`` for the rulebook of every scene the store's videos were screened against."""
-    for scene in {v["scene"] for v in store.videos() if v["scene"]}:
+    for scene in store.scenes():
         rules_file = Path(scene) / "rules.yaml"
         if rules_file.parent.is_dir():
             with rulebook_lock(rules_file):

@@ -40,7 +40,7 @@ from anomalens.tools.perception import object_tools
 from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.tools.screening import LiveEvent, LiveScreening
 from anomalens.types import Explanation
-from anomalens.video import RECONNECT_SECONDS, Stream, live_source
+from anomalens.video import Stream, live_source, patiently
 
 EVENTS = "events.jsonl"
 WEBHOOK_TIMEOUT = 5.0  # seconds a webhook may take; a slow one delays its own deliveries, never screening
@@ -101,17 +101,19 @@ class _Misfit(MediaError):
 
 def _when_up(spec: str, opened: Callable[[str], Stream], stop: threading.Event) -> Stream | None:
     """``spec`` opened once it answers, tried after growing waits (said each time), or None once stopped."""
-    for attempt in itertools.count():
-        wait = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
-        say(f"{spec}: cannot be opened yet; trying again in {wait:g} s while the other sources are watched")
-        if stop.wait(wait):
-            return None
+
+    def attempt() -> Stream | None:
         try:
             return opened(spec)
         except _Misfit:
             raise
         except MediaError:
-            pass  # still down
+            return None  # still down
+
+    def waiting(_: int, wait: float) -> None:
+        say(f"{spec}: cannot be opened yet; trying again in {wait:g} s while the other sources are watched")
+
+    return patiently(attempt, waiting, stop.wait)
 
 
 def _session_folder(events: Path) -> Path:
