@@ -134,31 +134,38 @@ def choose(llm: LLM, question: str, now: datetime, rule_ids: list[str]) -> tuple
         chosen = ask_structured(llm, messages, HistoryQuery, attempts=2, max_tokens=CHOOSER_TOKENS)
     except LLMError:
         return HistoryQuery(kind="events"), 2
-    return _settled(chosen.value, question, rule_ids), chosen.attempts
+    return _settled(chosen.value, question, rule_ids, now), chosen.attempts
 
 
-def _settled(query: HistoryQuery, question: str, rule_ids: list[str]) -> HistoryQuery:
-    """A small model fills fields the question never asked for ("person", a rule named after a word of the
-    question): keep a class only if a word of the question names it, a rule only if it exists, words only if the
-    question quotes them, times only if they read as times, and "why" only with an event number."""
+def _settled(query: HistoryQuery, question: str, rule_ids: list[str], now: datetime) -> HistoryQuery:
+    """A small model fills fields the question never asked for ("person", a rule it knows of, "since now"), most of
+    all for a question in a language other than the prompt's: keep a class only if a word of the question names it,
+    a rule only if the question names it, words only if the question quotes them, times only if they read as times
+    and leave something to ask about (not from now on), and "why" only with an event number."""
     named = {found for w in re.findall(r"[a-z]+", question.lower()) if (found := coco_class(w)) is not None}
     quoted = re.findall(r"[\"'“‘]([^\"'”’]+)[\"'”’]", question)
 
-    def time_or_none(value: str | None) -> str | None:
+    def time_or_none(value: str | None) -> datetime | None:
         try:
-            return datetime.fromisoformat(value).isoformat() if value else None
+            when = datetime.fromisoformat(value) if value else None
         except ValueError:
             return None
+        return when.replace(tzinfo=now.tzinfo) if when and when.tzinfo is None else when
 
     since, until = time_or_none(query.since), time_or_none(query.until)
-    if since and until and until <= since:  # an empty window ("since now until now") asks for nothing
+    if since and since >= now - timedelta(minutes=1):
+        since = None  # nothing is stored from now on
+    if until and until >= now:
+        until = None
+    if since and until and until <= since:  # an empty window asks for nothing
         since = until = None
+    question_words = question.lower()
     return HistoryQuery(
         kind="events" if query.kind == "why" and query.event is None else query.kind,
         object_class=query.object_class if query.object_class in named else None,
-        rule=query.rule if query.rule in rule_ids else None,
+        rule=query.rule if query.rule in rule_ids and query.rule.lower() in question_words else None,
         words=query.words if query.words and query.words in quoted else None,
-        since=since, until=until, event=query.event,
+        since=since.isoformat() if since else None, until=until.isoformat() if until else None, event=query.event,
     )
 
 

@@ -24,7 +24,7 @@ from anomalens.progress import say, track
 from anomalens.report import Report, keyframe_file, load_report
 from anomalens.rules.io import load_rulebook, parse_rulebook, rulebook_lock, rulebook_text
 from anomalens.rules.review import Proposal, breach_facts, propose, still_broken
-from anomalens.store import EventStore, StoredClaim, StoredEvent, StoredVideo
+from anomalens.store import STORE_FILE, EventStore, StoredClaim, StoredEvent, StoredVideo
 from anomalens.tools.scene import Scene
 from anomalens.types import Predicate, Rule, Rulebook, Zone
 
@@ -243,14 +243,16 @@ def _replace_rulebook(
         # the new text in place. ``_finish_changes`` completes or undoes a change cut short.
         kept_as = keep_copy(rules_file, current)
         pending = _pending(rules_file, kept_as)
+        # Which store records the change, so that another store on the same scene neither completes nor undoes it.
+        atomic_write(_recorder(pending), str(store.folder.resolve()))
         atomic_write(pending, rulebook_text(rulebook))
         try:
             version = store.rulebook_changed(str(rules_file), str(kept_as), reason, silenced)
         except BaseException:
-            pending.unlink(missing_ok=True)
-            kept_as.unlink(missing_ok=True)  # nothing changed: nothing to keep
+            _undo(pending, kept_as)  # nothing changed: nothing to keep
             raise
         os.replace(pending, rules_file)
+        _recorder(pending).unlink()
     return version + 1, kept_as
 
 
@@ -259,18 +261,43 @@ def _pending(rules_file: Path, kept_as: Path) -> Path:
     return rules_file.with_name(f".{rules_file.name}.after-{kept_as.name}")
 
 
+def _recorder(pending: Path) -> Path:
+    """The file naming the store (its folder) that records the change waiting in ``pending``."""
+    return pending.with_name(pending.name + ".store")
+
+
+def _undo(pending: Path, kept_as: Path) -> None:
+    for path in (pending, kept_as, _recorder(pending)):
+        path.unlink(missing_ok=True)
+
+
 def _finish_changes(store: EventStore, rules_file: Path) -> None:
-    """A change to ``rules_file`` that a kill cut short (under the rulebook's lock): put in place if the store
-    recorded it, else undone (its new text and its kept copy removed), so the store and the file agree."""
-    pending_changes = list(rules_file.parent.glob(f".{rules_file.name}.after-*"))
-    recorded = store.kept_rulebooks() if pending_changes else set()
-    for pending in pending_changes:
+    """A change to ``rules_file`` that a kill cut short (under the rulebook's lock): put in place if the store that
+    was recording it did, else undone (its new text and its kept copy removed), so the store and the file agree.
+    Another store's change is judged by that store, which is opened for it; one that cannot be read is left be."""
+    for pending in rules_file.parent.glob(f".{rules_file.name}.after-*.yaml"):
         kept_as = rules_file.with_name(pending.name.split(".after-", 1)[1])
+        try:
+            recorder = Path(_recorder(pending).read_text().strip())
+        except (OSError, UnicodeDecodeError):
+            recorder = store.folder.resolve()  # killed before naming its store: nothing was recorded
+        if recorder == store.folder.resolve():
+            recorded = store.kept_rulebooks()
+        elif (recorder / STORE_FILE).is_file():
+            try:
+                recorded = EventStore(recorder).kept_rulebooks()
+            except ConfigError:
+                continue  # busy or unreadable: that store's own start-up finishes it
+        else:
+            recorded = set()  # the recording store is gone, and its record with it
         if str(kept_as) in recorded:
             os.replace(pending, rules_file)
+            _recorder(pending).unlink(missing_ok=True)
         else:
-            pending.unlink()
-            kept_as.unlink(missing_ok=True)
+            _undo(pending, kept_as)
+    for recorder in rules_file.parent.glob(f".{rules_file.name}.after-*.yaml.store"):
+        if not recorder.with_suffix("").exists():  # killed after its change was put in place
+            recorder.unlink()
 
 
 def finish_changes(store: EventStore) -> None:

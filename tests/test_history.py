@@ -3,6 +3,7 @@
 import json
 import os
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -191,7 +192,7 @@ def test_an_audit_stored_after_a_rule_change_has_its_events_silenced_by_it(audit
     assert silenced == {e["key"] for e in done.silenced} and target["key"] in silenced
 
 
-def test_a_rule_change_a_kill_cut_short_is_completed_or_undone(audited, monkeypatch):
+def test_a_rule_change_a_kill_cut_short_is_completed_or_undone(audited, monkeypatch, tmp_path):
     store, folder, _ = audited
     rules_file = folder / "rules.yaml"
     target = next(e for e in store.events() if e["facts"])
@@ -208,7 +209,12 @@ def test_a_rule_change_a_kill_cut_short_is_completed_or_undone(audited, monkeypa
         accept(store, target["id"], seen.based_on)
     monkeypatch.undo()
     assert rules_file.read_text() == before and len(store.rulebook_versions(str(rules_file))) == 1
-    finish_changes(store)  # as the app does when it starts: the store recorded the change, so it is completed
+    kept = store.rulebook_versions(str(rules_file))[-1]["kept_as"]
+    other = EventStore(tmp_path / "other")  # a second store on the same scene, starting first: not its change to undo
+    index_reports([tmp_path / "out"], other, progress=False)
+    finish_changes(other)  # as the app does when it starts: the recording store has it, so it is completed
+    assert load_rulebook(rules_file) == seen.proposal.rulebook and Path(kept).read_text() == before
+    finish_changes(store)
     assert load_rulebook(rules_file) == seen.proposal.rulebook
     # Killed before the store recorded it: the new text and the kept copy are left, and are undone.
     (folder / ".rules.yaml.after-rules.v9.yaml").write_text("a change never recorded")
@@ -216,6 +222,8 @@ def test_a_rule_change_a_kill_cut_short_is_completed_or_undone(audited, monkeypa
     after = rules_file.read_text()
     finish_changes(store)
     assert rules_file.read_text() == after and not list(folder.glob("*v9*")) and not list(folder.glob(".*after*"))
+    assert {p.name for p in folder.iterdir()} == {p.name for p in folder.iterdir() if not p.name.startswith(".")} | {
+        p.name for p in folder.glob(".*") if "after" not in p.name}
 
 
 def test_history_chat_answers_with_verified_linked_claims(audited):
@@ -250,8 +258,6 @@ def test_history_chat_says_only_what_the_evidence_holds(audited):
 
 
 def test_the_router_reads_times_classes_and_rules():
-    from datetime import datetime, timezone
-
     now = datetime(2026, 12, 3, 15, 0, tzinfo=timezone.utc)
     week = route("how many bicycles this week?", now, [], None)
     assert (week.kind, week.object_class, week.since[:10]) == ("count", "bicycle", "2026-11-26")
@@ -272,7 +278,21 @@ def test_what_the_llm_reads_into_a_question_is_kept_only_where_the_question_bear
     first = chat.ask("did the cameras catch anything worth a look?")
     assert first.query == HistoryQuery(kind="events") and first.llm_calls == 1
     second = chat.ask('tally the "blue tarp" sightings against the strictest limit please')
-    assert second.query == HistoryQuery(kind="count", rule=rule, words="blue tarp")
+    assert second.query == HistoryQuery(kind="count", words="blue tarp")  # no rule is named
+
+
+def test_a_question_in_another_language_is_not_answered_about_words_it_never_said(audited):
+    """Arabic, then German: the model reads in a rule, quoted words and a window from now on that neither question
+    holds; each answer is about the question asked (every event, every rule), never about what the model added."""
+    store, _, _ = audited
+    rule, now = store.events()[0]["rules"][0], datetime.now(timezone.utc)
+    added = {"rule": rule, "words": "tarp", "since": now.isoformat(), "object_class": "person"}
+    chat = HistoryChat(store, ScriptedLLM([json.dumps({"kind": "events", **added}),
+                                           json.dumps({"kind": "rules", **added})]))
+    arabic = chat.ask("هل حدث شيء غير عادي اليوم؟")
+    german = chat.ask("Welche Regeln wurden gebrochen?")
+    assert arabic.query == HistoryQuery(kind="events") and german.query == HistoryQuery(kind="rules")
+    assert len(arabic.events) == min(len(store.events()), 5) and rule in german.text and "tarp" not in german.text
 
 
 def test_an_event_whose_report_is_gone_is_counted_but_nothing_is_said_of_it(audited, tmp_path):
