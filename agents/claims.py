@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from anomalens.agents.headline import comparison_text
 from anomalens.agents.index import HANDLE_PATTERN, EvidenceBook, handle
 from anomalens.agents.llm import ToolSpec, tool_parameters
 from anomalens.prompts import load as load_prompts
@@ -190,6 +191,11 @@ def render(claim: Claim, book: EvidenceBook) -> str:
     if claim.kind == "temporal":
         first, last = claim.frames
         return text["temporal"].format(first=first, last=last, start_s=first / index.fps, end_s=last / index.fps)
+    if claim.kind == "place":
+        return text["place"].format(**fields, place=f"the {claim.zone} zone" if claim.zone else claim.term)
+    if claim.kind == "comparison":
+        rule = index.rule(claim.rule_id) if claim.rule_id else None
+        return text["comparison"].format(**fields, how_far=comparison_text(claim, rule))
     if claim.kind in ("tally", "appearance"):
         return _said_of_frames(claim, index, text)
     if claim.kind == "count":

@@ -54,11 +54,13 @@ def what_it_is(evidence: Evidence, i: int) -> str:
     return " ".join(parts)
 
 
-def event_facts(book: EvidenceBook, event: Event, *, every_place: bool = False) -> list[Fact]:
+def event_facts(
+    book: EvidenceBook, event: Event, *, every_place: bool = False, breaches: int = MAX_BREACHES
+) -> list[Fact]:
     """What an event's evidence says, as claims the LLM may copy (each with what it means), strongest first:
     its worst rule breaches (who, where, how much), what its cues say, the peak frame, its time span. The
     zone of a breaching object is offered for zone rules, or with ``every_place`` for every breach (what
-    completes an explanation; the LLM's digest stays short)."""
+    completes an explanation; the LLM's digest stays short). ``breaches``: how many rules broken are detailed."""
     index = book.index
     cited = [ev for ev_id in event.evidence_ids if (ev := index.get(ev_id)) is not None]
     worst: dict[str, tuple[Breach, Evidence]] = {}
@@ -68,7 +70,7 @@ def event_facts(book: EvidenceBook, event: Event, *, every_place: bool = False) 
                 worst[breach.rule_id] = (breach, evidence)
     ranked = sorted(worst.values(), key=lambda item: -item[0].severity)
     facts: list[Fact] = []
-    for breach, evidence in ranked[:MAX_BREACHES]:
+    for breach, evidence in ranked[:breaches]:
         facts += _breach_facts(index, breach, evidence, every_place)
     for reason in event.reasons:
         claim = {"kind": "object", "cite": [f"C{reason.first_frame}"], "term": reason.phrase}

@@ -42,6 +42,7 @@ from anomalens.agents.claims import (
     render,
 )
 from anomalens.agents.digest import event_digest, event_facts, overview
+from anomalens.agents.headline import headline_claims, headline_text, subject_of
 from anomalens.agents.index import EvidenceBook, VideoIndex
 from anomalens.agents.llm import LLM, Message, ToolCall
 from anomalens.agents.llm.structured import problem_summary
@@ -63,6 +64,7 @@ MAX_STEPS = 6  # LLM calls per event or question, all rounds together
 MAX_ROUNDS = 1  # revisions the verifier may ask for
 MAX_TOOL_ROUNDS = 1  # rounds of data-tool calls before an answer is required: small models loop otherwise
 MAX_TOKENS = 320  # longest reply: three claims fit in about 150 tokens
+PLAIN_BREACHES = 6  # rules broken that a plain explanation details (behind its headline, no LLM context to fit)
 HISTORY_TURNS = 3  # earlier questions and answers a chat question carries
 
 
@@ -294,8 +296,11 @@ class Agent:
         verified like the rest."""
         book = self.book(state)
         claims = [Claim(**c) for c in state["claims"] if c.get("verdict")]
+        headline: dict[str, Any] = {}
         if state.get("event_id"):
-            claims += self._missing_facts(claims, self.index.event(state["event_id"]), book)
+            event = self.index.event(state["event_id"])
+            claims += self._missing_facts(claims, event, book)
+            headline = headlined(book, event, self.verifier)
         claims = [
             c.model_copy(update={"text": render(c, book)}) if c.verdict.status == "supported" else c for c in claims
         ]
@@ -311,6 +316,7 @@ class Agent:
             rounds=state["rounds"],
             llm_calls=state["llm_calls"],
             seconds=time.time() - state["started"],
+            **headline,
         )
         if not state.get("question"):
             return {"explanations": [explanation.model_dump(mode="json")]}
@@ -369,6 +375,31 @@ class Agent:
     @staticmethod
     def next_event(state: AgentState) -> str:
         return "select_event" if state.get("queue") else "end"
+
+
+def headlined(book: EvidenceBook, event: Event, verifier: Verifier) -> dict[str, Any]:
+    """The event's headline, the verified claims it is written from, and its subject (``Explanation`` fields)."""
+    subject = subject_of(book, event)
+    if subject is None:
+        return {}
+    made = [c.model_copy(update={"verdict": verifier.verify(c, event, book)})
+            for c in headline_claims(subject, book, event)]  # fmt: skip
+    made = [c.model_copy(update={"text": render(c, book)}) if c.verdict.status == "supported" else c for c in made]
+    return {"headline": headline_text(made, book), "headline_claims": made, "subject_track": subject.track,
+            "subject_evidence": subject.evidence.id}  # fmt: skip
+
+
+def plain_explanation(index: VideoIndex, event: Event) -> Explanation:
+    """An event explained without an LLM: its headline and the facts of its evidence (``event_facts``), verified."""
+    started, book, verifier = time.time(), EvidenceBook(index), Verifier(index)
+    drafts = parse_drafts([claim for claim, _ in event_facts(book, event, every_place=True, breaches=PLAIN_BREACHES)])
+    claims = []
+    for k, claim in enumerate(_distinct(claims_from_draft(drafts, book)), 1):
+        verdict = verifier.verify(claim, event, book)
+        text = render(claim, book) if verdict.status == "supported" else ""
+        claims.append(claim.model_copy(update={"id": f"f{k}", "from_facts": True, "verdict": verdict, "text": text}))
+    return Explanation(event_id=event.id, generator="deterministic", claims=claims, seconds=time.time() - started,
+                       **headlined(book, event, verifier))  # fmt: skip
 
 
 def _answered_by_tool(state: AgentState) -> bool:

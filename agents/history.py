@@ -292,7 +292,8 @@ class HistoryChat:
                 continue
             named.append(stored["id"])
             title = self.said["event"].format(handle=f"E{stored['id']}", title=stored["title"], at=_clock(stored["at"]))
-            lines.append(" ".join([title, *(c.text for c in supported)]))
+            headline = [stored["headline"]] if stored.get("headline") else []  # verified when its report was written
+            lines.append(" ".join([title, *headline, *(c.text for c in supported)]))
         count = len(events) - unverified
         header = head.format(count=count, events=_plural("event", count), span=self._span(query),
                              filters=self._filters(query))

@@ -32,6 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
+from anomalens.agents.headline import how_far, place_of
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.agents.sightings import activities, same_class, sighted_frames
 from anomalens.geometry import box_iou
@@ -401,6 +402,46 @@ class Verifier:
         if outside:
             return _unsupported(f"cited frame {outside[0]} is not within frames {first}-{last}")
         return _supported(f"cited frames lie within {first}-{last}")
+
+    def _subject_in(self, claim: Claim, cited: list[Evidence]) -> tuple[Evidence, int] | None:
+        """The first cited frame that holds the claim's track, and the track's index there."""
+        for evidence in cited:
+            if claim.track_id is not None and (position := evidence.object_of(claim.track_id)) is not None:
+                return evidence, position
+        return None
+
+    def _place(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
+        found = self._subject_in(claim, cited)
+        if found is None:
+            return _unsupported(f"no cited frame holds track {claim.track_id}")
+        evidence, position = found
+        zone, plain = place_of(evidence, position, self.index.source_size)
+        if (claim.zone, claim.term) == (zone, plain):
+            return _supported(f"frame {evidence.frame_index}: track {claim.track_id} was in {zone or plain}")
+        return _unsupported(f"frame {evidence.frame_index}: track {claim.track_id} was in {zone or plain}")
+
+    def _comparison(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
+        found = self._subject_in(claim, cited)
+        if found is None or not claim.quantity:
+            return _unsupported(f"no cited frame holds track {claim.track_id}")
+        evidence, position = found
+        measured = evidence.measurement(claim.quantity, position)
+        if claim.rule_id is None:  # against the normal footage's own edge (novelty, look: 1.0 is the edge)
+            ratio = measured.value if measured is not None else None
+        else:
+            rule = self.index.rule(claim.rule_id)
+            if rule is None or rule.predicate.fact != claim.quantity:
+                return _unsupported(f"there is no rule {claim.rule_id} on {claim.quantity}")
+            if not any(b.rule_id == rule.id and b.object_index == position for b in evidence.breaches()):
+                who = f"track {claim.track_id}"
+                return _unsupported(f"frame {evidence.frame_index} records no breach of {rule.id} by {who}")
+            ratio, _ = how_far(rule, measured.value if measured is not None else None)
+        if ratio is None or claim.value is None:
+            verdict = _supported if ratio is None and claim.value is None else _unsupported
+            return verdict(f"frame {evidence.frame_index}: {claim.quantity} has {'no' if ratio is None else 'a'} ratio")
+        if abs(claim.value - ratio) <= max(self.tolerance * ratio, 0.05):
+            return _supported(f"frame {evidence.frame_index}: {ratio:.2f} times normal")
+        return _unsupported(f"frame {evidence.frame_index}: {ratio:.2f} times normal, not {claim.value:g}")
 
     def _other(self, claim: Claim, cited: list[Evidence], event: Event | None) -> Verdict:
         return Verdict(status="unverifiable", reason="no check exists for this kind of claim")

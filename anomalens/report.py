@@ -66,11 +66,21 @@ class Report(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     seconds: float = 0.0
 
+    def explained(self, event: Event) -> Explanation | None:
+        """The explanation of ``event`` that verified anything (the agent's, else the plain one), if any."""
+        return next((x for x in self.explanations if x.event_id == event.id and x.supported), None)
+
     def why(self, event: Event) -> str:
-        """What the report says about ``event``: the agent's verified prose where it verified anything, else the
-        deterministic summary."""
-        explained = next((x for x in self.explanations if x.event_id == event.id and x.supported), None)
-        return explained.prose if explained is not None else event.summary
+        """What the report says about ``event``: its headline and its strongest supporting facts (at most
+        ``FACTS_SAID``), else the deterministic summary (an event explained by nothing, a report of an earlier
+        version)."""
+        explained = self.explained(event)
+        if explained is None:
+            return event.summary
+        return " ".join([explained.headline, *(c.text for c in explained.facts[:FACTS_SAID])]).strip()
+
+
+FACTS_SAID = 3  # supporting facts said after an event's headline; the rest are in its claims table
 
 
 class ImageFinding(BaseModel):
@@ -311,6 +321,15 @@ table{border-collapse:collapse;font-size:13px} td,th{border-bottom:1px solid #dd
 """
 
 
+def _said(report: Report, event: Event) -> str:
+    """An event's headline first, then its supporting facts; the deterministic summary when nothing explained it."""
+    esc, explained = html.escape, report.explained(event)
+    if explained is None or not explained.headline:
+        return f"<p>{esc(report.why(event))}</p>"
+    facts = "".join(f"<li>{esc(c.text)}</li>" for c in explained.facts[:FACTS_SAID])
+    return f'<p class="headline"><b>{esc(explained.headline)}</b></p><ul>{facts}</ul>'
+
+
 def _claims_table(explanation: Explanation | None, evidence: dict[str, Evidence]) -> str:
     """The agent's claims for one event: verdict, what was claimed, why the verifier decided so, evidence."""
     if explanation is None:
@@ -319,7 +338,9 @@ def _claims_table(explanation: Explanation | None, evidence: dict[str, Evidence]
     rows = []
     # Claims of the first draft that failed were revised or dropped: they are shown too, as not said.
     dropped = [c for c in explanation.first_draft if c.verdict is not None and c.verdict.status != "supported"]
-    for claim in explanation.claims + (dropped if explanation.rounds else []):
+    every = explanation.headline_claims + explanation.claims
+    said = [c for c in every if c.verdict is not None and c.verdict.status == "supported"]
+    for claim in explanation.headline_claims + explanation.claims + (dropped if explanation.rounds else []):
         status = claim.verdict.status if claim.verdict else "unchecked"
         if status == "supported":
             said = f'<span class="said">{esc(claim.text)}</span>'
@@ -333,13 +354,14 @@ def _claims_table(explanation: Explanation | None, evidence: dict[str, Evidence]
         reason = esc(claim.verdict.reason) if claim.verdict else ""
         rows.append(f'<tr><td class="{status}">{status}</td><td>{said}</td><td>{reason}</td><td>{cited}</td></tr>')
     header = (
-        f'<p class="meta">{esc(explanation.generator)}: {len(explanation.supported)} claims verified and said,'
-        f" {len(rows) - len(explanation.supported)} not said ({explanation.llm_calls} LLM calls,"
+        f'<p class="meta">{esc(explanation.generator)}: {len(said)} claims verified and said,'
+        f" {len(rows) - len(said)} not said ({explanation.llm_calls} LLM calls,"
         f" {explanation.rounds} revision(s), {explanation.seconds:.1f} s)</p>"
     )
     return (
+        f"<details><summary>details: every claim checked ({len(rows)})</summary>"
         f'{header}<table class="claims"><tr><th>verdict</th><th>claim</th><th>verifier</th><th>evidence</th></tr>'
-        f"{''.join(rows)}</table>"
+        f"{''.join(rows)}</table></details>"
     )
 
 
@@ -360,7 +382,7 @@ def render_html(report: Report, keyframes: dict[str, np.ndarray], zones: np.ndar
         sections.append(
             f'<div class="event" id="{esc(event.id)}"><h3>{esc(event.id)}: {event.start_s:.1f}-{event.end_s:.1f} s '
             f"(frames {event.start_frame}-{event.end_frame}, peak {event.peak_frame}, score {event.score:.2f})</h3>"
-            f"<p>{esc(report.why(event))}</p>{_claims_table(explained.get(event.id), evidence_by_id)}{picture}"
+            f"{_said(report, event)}{_claims_table(explained.get(event.id), evidence_by_id)}{picture}"
             f'<p class="meta">left: frame {event.peak_frame}; right: boxes and anomaly heat map. '
             f"Evidence: {len(event.evidence_ids)} frames cited.</p></div>"
         )

@@ -61,6 +61,8 @@ MIGRATIONS = (
     """,
     # Which server runs a job (host and process): a second server on the same store leaves the first one's be.
     "ALTER TABLE jobs ADD COLUMN owner TEXT",
+    # An event's headline (what, how far from normal, where, when), said before its summary.
+    "ALTER TABLE events ADD COLUMN headline TEXT NOT NULL DEFAULT ''",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Events with their video's title, input, scene and report, and their latest review (verdict and note).
@@ -99,7 +101,8 @@ class StoredEvent(BaseModel):
     end_frame: int
     peak_frame: int
     score: float
-    summary: str  # what the report says: the verified prose, else the deterministic summary
+    summary: str  # what the report says: the headline and its facts, else the deterministic summary
+    headline: str = ""  # what, how far from normal, where and when, in one sentence
     classes: list[str] = Field(default_factory=list)
     rules: list[str] = Field(default_factory=list)
     keyframe: str | None = None  # a JPEG: the frame beside it with boxes and the heat map
@@ -234,11 +237,12 @@ class EventStore:
             for event in video.events:
                 keys[event.key] = db.execute(
                     "INSERT INTO events(video_id, key, start_s, end_s, start_frame, end_frame, peak_frame, score, at, "
-                    "summary, classes, rules, keyframe, facts, silenced_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "summary, classes, rules, keyframe, facts, silenced_by, headline) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (video_id, event.key, event.start_s, event.end_s, event.start_frame, event.end_frame,
                      event.peak_frame, event.score, shifted(video.started, event.start_s), event.summary,
                      json.dumps(event.classes), json.dumps(event.rules), event.keyframe, json.dumps(event.facts),
-                     event.silenced_by),
+                     event.silenced_by, event.headline),
                 ).lastrowid
                 db.executemany(
                     "INSERT INTO claims(event_id, text, kind, status, reason, evidence) VALUES (?,?,?,?,?,?)",

@@ -467,7 +467,8 @@ class Verdict(BaseModel):
 
 
 ClaimKind = Literal[
-    "object", "attribute", "count", "measurement", "spatial", "temporal", "rule", "tally", "appearance", "other"
+    "object", "attribute", "count", "measurement", "spatial", "temporal", "rule", "tally", "appearance", "place",
+    "comparison", "other",
 ]
 # What an ``appearance`` claim's term was seen by: a detector class, a caption's words, rules of a kind broken, or a
 # state a measured fact puts an object in (``anomalens.facts``: running, lying, arms raised).
@@ -481,8 +482,11 @@ class Claim(BaseModel):
     Which fields a claim of each kind fills is described once, for the LLM and for people, in
     ``prompts/claims.yaml`` (``kinds``); ``tally`` (events in ``frames``, breaking ``rule_id`` when given: ``value``)
     and ``appearance`` (``term`` seen by ``seen_by`` in ``value`` frames, first and last in ``frames``) are made
-    by the chat's question tools (``agents/questions.py``), not drafted by the LLM. ``text`` is rendered from the
-    checked fields, so it never says more than what was checked.
+    by the chat's question tools (``agents/questions.py``), not drafted by the LLM; ``place`` (where ``track_id``
+    was: a named ``zone``, else a plain place as ``term``) and ``comparison`` (``track_id``'s ``quantity`` as
+    ``value`` times what normal footage reached for ``rule_id``, or None: never reached) are a headline's
+    (``agents/headline.py``). ``text`` is rendered from the checked fields, so it never says more than what was
+    checked.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -519,6 +523,10 @@ class Explanation(BaseModel):
     first_draft: list[Claim] = Field(default_factory=list)  # the first draft with its verdicts, before revision
     evidence: list[Evidence] = Field(default_factory=list)
     note: str = ""  # a chat answer with no claim to make: what is known instead ("there is no event 4")
+    headline: str = ""  # an event's headline, from its verified headline claims (agents/headline.py)
+    headline_claims: list[Claim] = Field(default_factory=list)  # what the headline is written from, with verdicts
+    subject_track: int | None = None  # the track the event is about (None: none, or the whole view)
+    subject_evidence: str | None = None  # the frame the subject is cited at
     rounds: int = 0  # revision rounds the verifier asked for
     llm_calls: int = 0
     seconds: float = 0.0
@@ -535,3 +543,9 @@ class Explanation(BaseModel):
     @property
     def prose(self) -> str:
         return " ".join(c.text.rstrip(".") + "." for c in self.supported)
+
+    @property
+    def facts(self) -> list[Claim]:
+        """The supporting facts (verified claims) that do not say again what the headline says."""
+        told = {c.kind for c in self.headline_claims if c.verdict is not None and c.verdict.status == "supported"}
+        return [c for c in self.supported if not (c.kind == "temporal" and "temporal" in told)]

@@ -21,7 +21,7 @@ from anomalens.agents.claims import fact_classes
 from anomalens.errors import AnomalensError
 from anomalens.report import true_runs
 from anomalens.tools.coco import coco_class
-from anomalens.types import Claim, Evidence, Explanation, MeasurementKind, Track
+from anomalens.types import Claim, Evidence, Explanation, MeasurementKind, Rulebook, Track
 
 PED2_FPS = 10.0
 TOLERANCE = 0.10  # relative, for numbers
@@ -35,11 +35,12 @@ def _words(text: str) -> set[str]:
 
 def judge(
     claim: Claim, evidence: dict[str, Evidence], captions: list[str], labels: np.ndarray,
-    followed: list[Track] | None = None,
+    followed: list[Track] | None = None, rulebook: Rulebook | None = None,
 ) -> bool:  # fmt: skip
     """True when ``claim`` holds by the raw records (and, for time ranges, by the ground truth). ``followed``: every
     object of the video (the tracks followed long enough to be one), when the records hold them all: a count is
-    then of the objects in view (from their first to their last sighting), not of one frame's boxes."""
+    then of the objects in view (from their first to their last sighting), not of one frame's boxes. ``rulebook``:
+    the scene's, which a comparison with normal footage is read against."""
     cited = [evidence.get(i) for i in claim.evidence_ids]
     if not cited or any(ev is None for ev in cited):
         return False
@@ -108,10 +109,55 @@ def judge(
                     "below": centre_a[1] > centre_b[1],
                 }[claim.relation]
         return False
+    if claim.kind == "place":
+        held = [_place(ev, k) for ev in cited for k in objects(ev)]
+        return claim.track_id is not None and (claim.zone, claim.term) in held
+    if claim.kind == "comparison" and claim.track_id is not None:
+        return any(_compares(claim, ev, k, rulebook) for ev in cited for k in objects(ev))
     if claim.kind == "temporal" and claim.frames is not None:
         first, last = claim.frames
         return bool(labels[max(first, 0) : last + 1].any())
     return False
+
+
+def _place(ev: Evidence, k: int) -> tuple[str | None, str | None]:
+    """Where object ``k`` was: a zone a person named, else which third of the view across and down its centre is in
+    (written here again, apart from the agent's code, as the judge of its headlines)."""
+    if ev.zones is not None and not re.fullmatch(r"r\d+c\d+", ev.zones[k]):
+        return ev.zones[k], None
+    width, height = ev.frame_size
+    x1, y1, x2, y2 = ev.boxes[k]
+    across = ("left", "middle", "right")[min(int(1.5 * (x1 + x2) / width), 2)]
+    down = ("upper", "middle", "lower")[min(int(1.5 * (y1 + y2) / height), 2)]
+    if across == down == "middle":
+        return None, "the middle of the view"
+    return None, f"the {across} of the view" if down == "middle" else f"the {down} {across} of the view"
+
+
+def _compares(claim: Claim, ev: Evidence, k: int, rulebook: Rulebook | None) -> bool:
+    """A comparison with normal: the object's measured value over the most the normal footage reached (the rule's
+    ``max``, else its limit; under a lower limit, the limit over the value), or its novelty (1.0: the edge of
+    normal); None: the rule's fact has no number (a zone nothing entered)."""
+    measured = next((m.value for m in ev.measurements if m.name == claim.quantity and m.object_index == k), None)
+    if claim.rule_id is None:
+        ratio = measured
+    else:
+        rule = next((r for r in rulebook.rules if r.id == claim.rule_id), None) if rulebook is not None else None
+        broken = any(m.kind is MeasurementKind.RULE_SEVERITY and m.name == claim.rule_id and m.object_index == k
+                     and m.value > 1.0 for m in ev.measurements)  # fmt: skip
+        if rule is None or not broken or rule.predicate.fact != claim.quantity:
+            return False
+        limit = rule.predicate.value
+        numeric = isinstance(limit, (int, float)) and not isinstance(limit, bool) and measured is not None
+        if not numeric:
+            ratio = None
+        elif rule.predicate.op in ("<=", "<"):
+            ratio = measured / (rule.stats.get("max") or limit)
+        else:
+            ratio = limit / measured if measured else None
+    if ratio is None or claim.value is None:
+        return ratio is None and claim.value is None
+    return abs(ratio - claim.value) <= max(TOLERANCE * ratio, 0.05)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -155,6 +201,7 @@ def run_explanations(
     scene = learn_scene(_videos(ped2 / "train"), fps=PED2_FPS, progress=progress)
     drafted, said, per_video_iou, detected_iou, localization, details = [], [], {}, {}, [], []
     kept, named = [], []  # per event: the agent kept the deterministic explanation's facts; it named a class
+    on_anomaly, complete, subject_named = [], [], []  # per event: the headline's subject, its parts, its class
     explanations: list[Explanation] = []
     remaining = max_events
     for video in _videos(ped2 / "test"):
@@ -198,6 +245,7 @@ def run_explanations(
                     "truth": truth_runs,
                     "seconds": round(explanation.seconds, 1),
                     "llm_calls": explanation.llm_calls,
+                    "headline": explanation.headline,
                     "said": [c.text for c in explanation.supported],
                     "not_said": [
                         f"{c.kind}: {c.verdict.reason}"
@@ -214,6 +262,10 @@ def run_explanations(
                 event = index.event(explanation.event_id)
                 predicted[event.start_frame : event.end_frame + 1] = True
             localization += _localization(explanation, records, ped2 / "test_masks" / video.name)
+            if truth[event.start_frame : event.end_frame + 1].any():
+                on_anomaly.append(_subject_on_anomaly(explanation, records, ped2 / "test_masks" / video.name))
+            complete.append(headline_complete(explanation))
+            subject_named.append(_names_subject_class(explanation, index.tracks))
         per_video_iou[video.name] = _iou(predicted, truth)
         detected_iou[video.name] = _iou(detected, truth)
     events = len(explanations)
@@ -237,6 +289,10 @@ def run_explanations(
         "localization_iou": float(np.mean(localization)) if localization else None,
         "localization_regions": len(localization),
         "llm_calls": sum(x.llm_calls for x in explanations),
+        "subject_on_anomaly": float(np.mean(on_anomaly)) if on_anomaly else None,
+        "events_on_an_anomaly": len(on_anomaly),
+        "headline_complete": float(np.mean(complete)) if complete else None,
+        "names_subject_class": float(np.mean(subject_named)) if subject_named else None,
         "seconds_per_event": float(np.mean([x.seconds for x in explanations])) if explanations else None,
         "max_seconds_per_event": max((x.seconds for x in explanations), default=None),
         "seconds": time.perf_counter() - started,
@@ -275,3 +331,41 @@ def _localization(explanation: Explanation, records: dict[str, Evidence], masks:
             if mask.any():
                 scores.append(box_mask_iou(ev.boxes[ids.index(claim.track_id)], mask))
     return scores
+
+
+# What a reader must not meet in a headline: a grid cell's id or a track number.
+INTERNAL_IDS = re.compile(r"\br\d+c\d+\b|\btrack\s*\d+", re.IGNORECASE)
+
+
+def headline_complete(explanation: Explanation) -> bool:
+    """The headline says what, where, when and how far from normal (a whole view that moved: what and when), with no
+    internal id. Judged on the verified claims it was written from and on its text."""
+    said = {c.kind for c in explanation.headline_claims if c.verdict is not None and c.verdict.status == "supported"}
+    parts = {"temporal", "place", "comparison"} | ({"object"} if "object" in said else {"measurement"})
+    if any(c.quantity == "view_motion" for c in explanation.headline_claims):
+        parts = {"measurement", "temporal"}
+    return bool(explanation.headline) and parts <= said and not INTERNAL_IDS.search(explanation.headline)
+
+
+def _subject_on_anomaly(explanation: Explanation, records: dict[str, Evidence], masks: Path) -> bool:
+    """The subject's box, in the frame its headline cites, overlaps the labelled anomaly's pixels there."""
+    evidence = records.get(explanation.subject_evidence or "")
+    if evidence is None or explanation.subject_track is None or evidence.track_ids is None:
+        return False
+    ids = [int(t) for t in evidence.track_ids]
+    mask_path = masks / f"{evidence.frame_index:03d}.png"
+    if explanation.subject_track not in ids or not mask_path.is_file():
+        return False
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127
+    x1, y1, x2, y2 = np.round(evidence.boxes[ids.index(explanation.subject_track)]).astype(int)
+    return bool(mask[max(y1, 0) : y2, max(x1, 0) : x2].any())
+
+
+def _names_subject_class(explanation: Explanation, tracks: list[Track]) -> bool:
+    """The headline names the class the subject's track was seen as (most of its frames), or the subject has none
+    and the headline says the detector could not name it."""
+    track = next((t for t in tracks if t.id == explanation.subject_track), None)
+    own = track.class_name if track is not None else None
+    if own is None:
+        return "could not name" in explanation.headline
+    return _words(own) <= _words(explanation.headline)

@@ -33,6 +33,7 @@ import numpy as np
 
 from anomalens.agents.claims import claims_from_draft, parse_drafts
 from anomalens.agents.digest import event_facts
+from anomalens.agents.headline import headline_claims, subject_of
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.agents.verify import Verifier
 from anomalens.errors import AnomalensError
@@ -63,7 +64,7 @@ class Case:
 
     def holds(self, claim: Claim) -> bool:
         objects = self.index.objects if self.index.every_track else None
-        return judge(claim, self.records, self.captions, self.labels, objects)
+        return judge(claim, self.records, self.captions, self.labels, objects, self.index.rulebook)
 
     def false(self, claim: Claim) -> bool:
         """Whether the checker finds ``claim`` false; a class claimed of a track screening left unnamed (in a
@@ -98,8 +99,10 @@ def true_claims(case: Case) -> list[Claim]:
             tracks = {"track": int(peak.track_ids[0]), "other_track": int(peak.track_ids[1])}
             drafts.append({"kind": "spatial", "cite": [handle(peak)], "relation": relation} | tracks)
     drafts += _caption_drafts(case)
+    subject = subject_of(case.book, case.event)
+    headline = headline_claims(subject, case.book, case.event) if subject is not None else []
     seen, claims = set(), []
-    for claim in claims_from_draft(parse_drafts(drafts), case.book):
+    for claim in claims_from_draft(parse_drafts(drafts), case.book) + headline:
         key = claim.model_dump_json(exclude={"id"})
         if key not in seen and case.holds(claim):
             seen.add(key)
@@ -126,6 +129,20 @@ def _scaled(factor: float) -> Callable[[Claim, Case], Claim | None]:
         return claim.model_copy(update={"value": claim.value * factor})
 
     return edit
+
+
+def _comparison_doubled(claim: Claim, case: Case) -> Claim | None:
+    """A headline's comparison with normal footage, said twice as far from normal."""
+    return claim.model_copy(update={"value": claim.value * 2}) if claim.kind == "comparison" and claim.value else None
+
+
+def _wrong_place(claim: Claim, case: Case) -> Claim | None:
+    """A headline's place, said as another third of the view."""
+    if claim.kind != "place" or claim.term is None:
+        return None
+    thirds = [(down, across) for down in ("upper", "lower") for across in ("left", "middle", "right")]
+    places = [f"the {down} {across} of the view" for down, across in thirds]
+    return next((p for w in places if case.false(p := claim.model_copy(update={"term": w}))), None)
 
 
 def _count_off_by_one(claim: Claim, case: Case) -> Claim | None:
@@ -237,6 +254,8 @@ EDITS: dict[str, Callable[[Claim, Case], Claim | None]] = {
     "invented caption phrase": _invented_caption_phrase,
     "rule not broken": _rule_not_broken,
     "time range shifted by half": _time_range_shifted,
+    "comparison with normal x2": _comparison_doubled,
+    "wrong place": _wrong_place,
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomalens.agents.graph import explain_events
+from anomalens.agents.graph import explain_events, plain_explanation
 from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import LLM
 from anomalens.config import Settings, load_settings
@@ -279,8 +279,8 @@ def audit(
 
     failure = None
     events = screened.result.events
+    index = index_video(screened, scene, captions=captions) if events else None
     if llm is not None and events:
-        index = index_video(screened, scene, captions=captions)
         if state is not None:
             explanations.extend(e for e in state.explanations(who) if index.event(e.event_id) is not None)
             if explanations:
@@ -308,6 +308,12 @@ def audit(
             who = f"{who} for {len(explanations)} of {len(events)} event(s), deterministic for the rest"
             who += " (the LLM failed)"
             say(f"explanations: the LLM failed ({error}); the deterministic explainer explains the events left")
+    if index is not None:  # what the agent did not explain gets a plain explanation: a headline, its facts, verified
+        explained = {e.event_id for e in explanations if e.supported}
+        plain = [plain_explanation(index, e) for e in events if e.id not in explained]
+        explanations = [e for e in explanations if e.supported] + plain
+        for explanation in plain:
+            cite(explanation)
     report, keyframes = reported(who)
     files = write_report(report, keyframes, out) if out is not None else None
     if files is not None:

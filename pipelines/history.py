@@ -74,7 +74,7 @@ def stored_video(report: Report, report_path: Path, started: str | None = None) 
         claims = [
             StoredClaim(text=c.text, kind=c.kind, status=c.verdict.status if c.verdict else "unchecked",
                         reason=c.verdict.reason if c.verdict else "", evidence=c.evidence_ids)
-            for c in (explanation.claims if explanation is not None else [])
+            for c in (explanation.headline_claims + explanation.claims if explanation is not None else [])
         ]
         picture = keyframe_file(report_path.resolve().parent, event.id)
         facts = [b for ev in cited for b in breach_facts(ev)]
@@ -84,6 +84,7 @@ def stored_video(report: Report, report_path: Path, started: str | None = None) 
             StoredEvent(
                 key=event.id, start_s=event.start_s, end_s=event.end_s, start_frame=event.start_frame,
                 end_frame=event.end_frame, peak_frame=event.peak_frame, score=event.score, summary=report.why(event),
+                headline=explanation.headline if explanation is not None else "",
                 classes=classes, rules=event.rule_ids, keyframe=str(picture) if picture.is_file() else None,
                 facts=facts, claims=claims, silenced_by=SILENCED_SINCE if quiet else None,
             )

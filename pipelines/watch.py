@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anomalens.agents.graph import explain_events
+from anomalens.agents.graph import explain_events, plain_explanation
 from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import LLM
 from anomalens.errors import AnomalensError, LLMError, MediaError
@@ -139,7 +139,7 @@ class _Archive:
         self.kept: dict[tuple[str, str], tuple[Report, dict, Path, str]] = {}
         self.lock = threading.Lock()
 
-    def keep(self, live: LiveEvent, index: VideoIndex, started: str, pending: bool) -> None:
+    def keep(self, live: LiveEvent, index: VideoIndex, started: str, plain: Explanation, pending: bool) -> None:
         event = live.event
         evidence = sorted(live.evidence, key=lambda ev: ev.frame_index or 0)
         report = Report(
@@ -148,7 +148,8 @@ class _Archive:
             frame_indices=[ev.frame_index for ev in evidence], scores=[ev.frame_score or 0.0 for ev in evidence],
             events=[event], evidence=[compact_map(ev) for ev in evidence], tracks=index.tracks,
             rulebook=self.scene.rulebook, scene=str(self.scene.folder.resolve()) if self.scene.folder else None,
-            zone_grid=(self.scene.model.geometry.rows, self.scene.model.geometry.cols),
+            zone_grid=(self.scene.model.geometry.rows, self.scene.model.geometry.cols), explanations=[plain],
+            explainer=plain.generator,
         )  # fmt: skip
         folder = self.out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', index.video)[-60:]}-{event.id}"
         keyframes = {event.id: keyframe_picture(*live.keyframe)}
@@ -159,7 +160,8 @@ class _Archive:
 
     def explained(self, source: str, event_id: str, explanation: Explanation) -> None:
         with self.lock:
-            if (kept := self.kept.pop((source, event_id), None)) is not None:
+            # An agent that verified nothing leaves the plain explanation the report has.
+            if (kept := self.kept.pop((source, event_id), None)) is not None and explanation.supported:
                 report, keyframes, folder, started = kept
                 said = {"explanations": [explanation], "explainer": explanation.generator}
                 explained = report.model_copy(update=said)
@@ -205,7 +207,8 @@ class _Explainer:
                 self._skipped(source, event_id, f"the LLM failed ({error})")
                 continue
             claims = [{"kind": c.kind, "text": c.text, "verdict": c.verdict.status} for c in explanation.claims]
-            record = {"type": "explanation", "source": source, "event_id": event_id, "prose": explanation.prose,
+            record = {"type": "explanation", "source": source, "event_id": event_id, "headline": explanation.headline,
+                      "prose": explanation.prose,
                       "claims": claims, "seconds": round(explanation.seconds, 2), "at": _now()}  # fmt: skip
             self.outlet(record)
             if self.archive is not None:
@@ -257,11 +260,13 @@ def _screen(
             latency = emitted - arrived.get(live.event.end_frame, emitted)
             watched.events += 1
             watched.latencies.append(latency)
-            outlet({"type": "event", "source": stream.name, "event": live.event.model_dump(mode="json"),
-                    "latency_s": round(latency, 3), "at": _now()})  # fmt: skip
             index = _index_of(live, stream, screening, scorer, scene)
+            plain = plain_explanation(index, live.event)
+            outlet({"type": "event", "source": stream.name, "headline": plain.headline,
+                    "event": live.event.model_dump(mode="json"), "latency_s": round(latency, 3),
+                    "at": _now()})  # fmt: skip
             if archive is not None:
-                archive.keep(live, index, started, pending=explainer is not None)
+                archive.keep(live, index, started, plain, pending=explainer is not None)
             if explainer is not None:
                 explainer.submit(stream.name, index, live.event.id)
         kept_from = screening.frames[0].frame_index if screening.frames else 0

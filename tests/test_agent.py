@@ -2,6 +2,7 @@
 answer, tool calls, tool errors, malformed output, revision, giving up, injected captions), the verifier, the
 report, and chat sessions that survive a killed process."""
 
+import html
 import json
 import re
 import sqlite3
@@ -425,13 +426,16 @@ def test_audit_report_shows_each_claim_with_its_verdict_and_evidence(scene_and_v
     page = render_html(report, result.keyframes)
     for explanation in report.explanations:
         event = next(e for e in report.events if e.id == explanation.event_id)
-        assert report.why(event) == explanation.prose != "" and event.summary.startswith("From ")
-        assert explanation.prose in page
+        said = report.why(event)  # the headline, then the agent's verified facts
+        assert explanation.headline and said.startswith(explanation.headline) and event.summary.startswith("From ")
+        assert all(c.text in said for c in explanation.facts[:3]) and html.escape(explanation.headline) in page
     assert page.count('class="supported"') >= len(report.events) and 'class="unsupported"' in page
     assert "not said: count" in page and "42" in page  # the rejected claim is shown as not said, with its value
     plain = audit(test.video, scene, explainer="deterministic", progress=False).report
-    assert plain.explainer == "deterministic" and plain.explanations == []
-    assert all(plain.why(e) == e.summary for e in plain.events)
+    assert plain.explainer == "deterministic" and len(plain.explanations) == len(plain.events)
+    for event, explanation in zip(plain.events, plain.explanations):
+        assert explanation.generator == "deterministic" and explanation.llm_calls == 0
+        assert explanation.headline and plain.why(event).startswith(explanation.headline)
 
 
 def test_explainer_choice(tmp_path):
