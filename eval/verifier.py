@@ -100,7 +100,9 @@ def true_claims(case: Case) -> list[Claim]:
             drafts.append({"kind": "spatial", "cite": [handle(peak)], "relation": relation} | tracks)
     drafts += _caption_drafts(case)
     subject = subject_of(case.book, case.event)
-    headline = headline_claims(subject, case.book, case.event) if subject is not None else []
+    # The headline's own kinds of fact (its what and when are measurement and temporal claims, planted already).
+    made = headline_claims(subject, case.book, case.event) if subject is not None else []
+    headline = [c for c in made if c.kind in ("place", "comparison")]
     seen, claims = set(), []
     for claim in claims_from_draft(parse_drafts(drafts), case.book) + headline:
         key = claim.model_dump_json(exclude={"id"})
