@@ -134,7 +134,7 @@ class ChatSession:
         if self.store is not None:
             claims = [{"text": c.text, "kind": c.kind, "status": c.verdict.status if c.verdict else "unchecked"}
                       for c in answer.claims]  # fmt: skip
-            self.store.add_answer(self.session, question.strip(), answer.prose or answer.note, claims)
+            self.store.add_answer(self.session, question.strip(), answer.answer_text, claims)
         return answer
 
     def record(self, question: str, answer: Explanation) -> dict[str, Any]:
@@ -153,7 +153,7 @@ class ChatSession:
         return {
             "session": self.session,
             "question": question,
-            "answer": answer.prose or answer.note,
+            "answer": answer.answer_text,
             "verified": bool(answer.supported),
             "query": turn.get("query"),
             "claims": claims,

@@ -117,8 +117,13 @@ DraftClaim = Annotated[
 
 
 class Answer(BaseModel):
+    """An answer: for an event, the subject it is about and its telling facts, by the digest's handles (S<k>,
+    f<k>: a few tokens, the code writes the sentences); claims drafted in full for what a tool found, or in chat."""
+
     model_config = ConfigDict(extra="forbid")
-    claims: list[DraftClaim] = Field(max_length=MAX_CLAIMS)
+    subject: str = Field(default=None, pattern=r"^S[0-9]{1,2}$")
+    facts: list[Annotated[str, Field(pattern=r"^f[0-9]{1,2}$")]] = Field(default_factory=list, max_length=MAX_CLAIMS)
+    claims: list[DraftClaim] = Field(default_factory=list, max_length=MAX_CLAIMS)
 
 
 def answer_spec() -> ToolSpec:
@@ -199,7 +204,8 @@ def render(claim: Claim, book: EvidenceBook) -> str:
     if claim.kind in ("tally", "appearance"):
         return _said_of_frames(claim, index, text)
     if claim.kind == "count":
-        return text["count"].format(**fields, things=plural(claim.term or "object", claim.value or 0))
+        things = plural(claim.term or "object", claim.value or 0)
+        return text["count_zone" if claim.zone else "count"].format(**fields, things=things)
     if claim.kind == "measurement" and claim.quantity == "speed":
         scale = index.rulebook.metres_per_pixel if index.rulebook is not None else None
         speed = said_speed(claim.value, fields["unit"], index.fps, scale)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from anomalens.agents.headline import subjects
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.prompts import load as load_prompts
 from anomalens.facts import OBJECT_MEASURED
@@ -46,7 +47,7 @@ def describe_objects(evidence: Evidence, which: list[int] | None = None) -> list
 
 def what_it_is(evidence: Evidence, i: int) -> str:
     """An object's class (when known), heading and zone, from the evidence's fields."""
-    parts = [evidence.class_names[i] if evidence.class_names is not None else "object"]
+    parts = [(evidence.class_names[i] if evidence.class_names is not None else None) or "unnamed object"]
     if evidence.headings is not None:
         parts.append(f"heading {evidence.headings[i]}")
     if evidence.zones is not None:
@@ -83,17 +84,33 @@ def event_facts(
     return facts
 
 
-def event_digest(book: EvidenceBook, event: Event) -> str:
-    """What an event is, in a few lines: times, its facts (``event_facts``) and the handles to cite."""
-    text = _text()
-    lines = [text["event"].format(**event.model_dump()), text["facts"]]
-    seen: set[str] = set()
+def numbered_facts(book: EvidenceBook, event: Event) -> list[Fact]:
+    """The event's facts (``event_facts``) once each, in the order the digest numbers them (f1, f2, ...); not its
+    time span, which its headline says (every token of the digest costs time on a CPU)."""
+    seen, facts = set(), []
     for claim, meaning in event_facts(book, event):
         line = json.dumps(claim, separators=(",", ":"))
-        if line not in seen:
+        if line not in seen and claim["kind"] != "temporal":
             seen.add(line)
-            lines.append(f"  {line}" + (f"  ({meaning})" if meaning else ""))
-    if book.index.has_captions:
+            facts.append((claim, meaning))
+    return facts
+
+
+def event_digest(book: EvidenceBook, event: Event, tools: bool = True) -> str:
+    """What an event is, in a few lines: times, who it may be about (S1, S2, ...: ``headline.subjects``), its facts
+    (f1, f2, ...: ``numbered_facts``) and the handles to cite; with ``tools``, where the captions can be read."""
+    text = _text()
+    lines = [text["event"].format(**event.model_dump()), text["subjects"]]
+    for k, subject in enumerate(subjects(book, event), 1):
+        evidence, position = subject.evidence, subject.position
+        who = text["view"] if position is None else what_it_is(evidence, position)
+        track = evidence.track_of(position)
+        said = text["subject"].format(handle=f"S{k}", track=track, who=who, frame=evidence.frame_index)
+        lines.append(said + (text["subject_rule"].format(rule=subject.rule_id) if subject.rule_id else ""))
+    lines.append(text["facts"])
+    for k, (claim, meaning) in enumerate(numbered_facts(book, event), 1):
+        lines.append(f"  {json.dumps(claim, separators=(',', ':'))}  (f{k}" + (f"; {meaning})" if meaning else ")"))
+    if tools and book.index.has_captions:
         lines.append(text["read_captions"].format(frame=event.peak_frame))
     return "\n".join(lines)
 

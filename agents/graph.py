@@ -41,8 +41,8 @@ from anomalens.agents.claims import (
     parse_drafts,
     render,
 )
-from anomalens.agents.digest import event_digest, event_facts, overview
-from anomalens.agents.headline import headline_claims, headline_text, subject_of
+from anomalens.agents.digest import event_digest, event_facts, numbered_facts, overview
+from anomalens.agents.headline import headline_claims, headline_text, subjects
 from anomalens.agents.index import EvidenceBook, VideoIndex
 from anomalens.agents.llm import LLM, Message, ToolCall
 from anomalens.agents.llm.structured import problem_summary
@@ -87,6 +87,7 @@ class AgentState(TypedDict, total=False):
     named_events: list[int]  # the events (numbered from 1) a question tool's answer named
     note: str  # what a question tool knows when it has no claim to make
     evidence: Annotated[list[dict], operator.add]  # what live tools found, in the order they found it
+    subject: str  # the handle (S<k>) of the subject the LLM chose for the event
 
 
 def _dump(messages: Sequence[Message]) -> list[dict]:
@@ -158,11 +159,12 @@ class Agent:
             "steps": 0,
             "llm_calls": 0,
             "started": time.time(),
+            "subject": "",
         }
 
     def select_event(self, state: AgentState) -> dict[str, Any]:
         event_id, *rest = state["queue"]
-        digest = event_digest(self.book(state), self.index.event(event_id))
+        digest = event_digest(self.book(state), self.index.event(event_id), tools=self.max_tool_rounds > 0)
         return {"queue": rest, "event_id": event_id, **self._fresh(self.text["event"].format(digest=digest))}
 
     def ask(self, state: AgentState) -> dict[str, Any]:
@@ -252,8 +254,14 @@ class Agent:
                 content=self.text["bad_answer"].format(error=problems),
             )
             return {"messages": state["messages"] + _dump([reply])}  # earlier verified claims stay
-        claims = _distinct([Claim(**c) for c in state["kept"]] + claims_from_draft(answer.claims, self.book(state)))
-        return {"claims": [c.model_copy(update={"id": f"c{k}"}).model_dump() for k, c in enumerate(claims, 1)]}
+        book = self.book(state)
+        event = self.index.event(state["event_id"]) if state.get("event_id") else None
+        facts = numbered_facts(book, event) if event is not None else []
+        picked = [facts[k - 1][0] for fact in answer.facts if 0 < (k := int(fact[1:])) <= len(facts)]
+        drafted = claims_from_draft(parse_drafts(picked) + answer.claims, book)
+        claims = _distinct([Claim(**c) for c in state["kept"]] + drafted)
+        update = {"claims": [c.model_copy(update={"id": f"c{k}"}).model_dump() for k, c in enumerate(claims, 1)]}
+        return update | ({"subject": answer.subject} if answer.subject else {})
 
     def verify(self, state: AgentState) -> dict[str, Any]:
         event = self.index.event(state["event_id"]) if state.get("event_id") else None
@@ -300,7 +308,7 @@ class Agent:
         if state.get("event_id"):
             event = self.index.event(state["event_id"])
             claims += self._missing_facts(claims, event, book)
-            headline = headlined(book, event, self.verifier)
+            headline = headlined(book, event, self.verifier, state.get("subject"))
         claims = [
             c.model_copy(update={"text": render(c, book)}) if c.verdict.status == "supported" else c for c in claims
         ]
@@ -320,7 +328,7 @@ class Agent:
         )
         if not state.get("question"):
             return {"explanations": [explanation.model_dump(mode="json")]}
-        turn = {"question": state["question"], "answer": explanation.prose or explanation.note, "query": state["query"]}
+        turn = {"question": state["question"], "answer": explanation.answer_text, "query": state["query"]}
         turn |= {"events": state.get("named_events", []), "explanation": explanation.model_dump(mode="json")}
         return {"history": [turn], "question": None}
 
@@ -377,11 +385,14 @@ class Agent:
         return "select_event" if state.get("queue") else "end"
 
 
-def headlined(book: EvidenceBook, event: Event, verifier: Verifier) -> dict[str, Any]:
-    """The event's headline, the verified claims it is written from, and its subject (``Explanation`` fields)."""
-    subject = subject_of(book, event)
-    if subject is None:
+def headlined(book: EvidenceBook, event: Event, verifier: Verifier, chosen: str | None = None) -> dict[str, Any]:
+    """The event's headline, the verified claims it is written from, and its subject (``Explanation`` fields):
+    the subject ``chosen`` by handle (S<k>), else the likeliest."""
+    candidates = subjects(book, event)
+    if not candidates:
         return {}
+    k = int(chosen[1:]) if chosen else 1
+    subject = candidates[k - 1] if 0 < k <= len(candidates) else candidates[0]
     made = [c.model_copy(update={"verdict": verifier.verify(c, event, book)})
             for c in headline_claims(subject, book, event)]  # fmt: skip
     made = [c.model_copy(update={"text": render(c, book)}) if c.verdict.status == "supported" else c for c in made]
@@ -455,9 +466,12 @@ def explain_events(
     *,
     event_ids: Sequence[str] | None = None,
     perception: Perception | None = None,
+    tool_rounds: int | None = None,
     progress: bool = True,
 ) -> Iterator[Explanation]:
-    """Explain each event of ``index`` (or ``event_ids``) with the agent; yields explanations as they finish."""
+    """Explain each event of ``index`` (or ``event_ids``) with the agent; yields explanations as they finish.
+    ``tool_rounds``: rounds of tool calls before the answer (default: one with live perception tools, else none:
+    without them every data tool reads the index that the event's digest already sums up)."""
     from anomalens.progress import track
 
     queue = list(event_ids) if event_ids is not None else [e.id for e in index.events]
@@ -466,7 +480,9 @@ def explain_events(
         raise ValueError(f"no event {unknown[0]!r} in the index of {index.video}")
     if not queue:
         return
-    agent = Agent(llm, index, perception=perception)
+    if tool_rounds is None:
+        tool_rounds = MAX_TOOL_ROUNDS if perception is not None and perception.present else 0
+    agent = Agent(llm, index, perception=perception, max_tool_rounds=tool_rounds)
     agent.warm()
     graph = build_graph(agent)
     # Each event takes about a dozen graph steps; the default limit of 25 would stop the queue.

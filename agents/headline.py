@@ -17,6 +17,7 @@ from anomalens.types import GRID_ZONE, Claim, Event, Evidence, Rule
 from anomalens.tools.motion import VIEW_MOVED
 
 HEADLINE_PARTS = ("h-what", "h-how", "h-where", "h-when")  # claim ids: what, how far from normal, where, when
+MAX_SUBJECTS = 3  # candidates the LLM chooses among
 
 
 @dataclass(frozen=True)
@@ -30,26 +31,33 @@ class Subject:
         return self.evidence.track_of(self.position)
 
 
-def subject_of(book: EvidenceBook, event: Event) -> Subject | None:
-    """The event's subject, from its cited frames and its peak: the object with the worst rule breach, else the
-    whole view if it changed at once, else the most unusual object."""
+def subjects(book: EvidenceBook, event: Event, limit: int = MAX_SUBJECTS) -> list[Subject]:
+    """Who the event may be about, likeliest first, from its cited frames and its peak: each object that broke a
+    rule (at its worst breach), worst first; else the whole view if it changed at once; else the most unusual
+    objects. The LLM picks one by handle (S1, S2, ...); the first is the default."""
     frames = [ev for evidence_id in event.evidence_ids if (ev := book.get(evidence_id)) is not None]
     peak = book.index.frame_evidence(event.peak_frame)
     if peak is not None and all(ev.id != peak.id for ev in frames):
         frames.append(peak)
-    breaches = [(b.severity, ev, b) for ev in frames for b in ev.breaches() if b.object_index is not None]
-    if breaches:
-        _, evidence, breach = max(breaches, key=lambda item: item[0])
-        return Subject(evidence, breach.object_index, breach.rule_id)
-    for evidence in frames:
-        if (moved := evidence.measurement("view_motion")) is not None and moved.value > VIEW_MOVED:
-            return Subject(evidence, None, None)
-    unusual = [(m.value, ev, m.object_index) for ev in frames for m in ev.measurements
-               if m.name == "novelty" and m.object_index is not None]  # fmt: skip
-    if unusual:
-        _, evidence, position = max(unusual, key=lambda item: item[0])
-        return Subject(evidence, position, None)
-    return None
+    breaches = sorted(((b.severity, ev, b) for ev in frames for b in ev.breaches() if b.object_index is not None),
+                      key=lambda item: -item[0])  # fmt: skip
+    found: dict[int | None, Subject] = {}
+    for _, evidence, breach in breaches:
+        found.setdefault(evidence.track_of(breach.object_index), Subject(evidence, breach.object_index, breach.rule_id))
+    if not found:
+        for evidence in frames:
+            if (moved := evidence.measurement("view_motion")) is not None and moved.value > VIEW_MOVED:
+                return [Subject(evidence, None, None)]
+    unusual = sorted(((m.value, ev, m.object_index) for ev in frames for m in ev.measurements
+                      if m.name == "novelty" and m.object_index is not None), key=lambda item: -item[0])  # fmt: skip
+    for _, evidence, position in unusual if not found else []:
+        found.setdefault(evidence.track_of(position), Subject(evidence, position, None))
+    return list(found.values())[:limit]
+
+
+def subject_of(book: EvidenceBook, event: Event) -> Subject | None:
+    """The likeliest subject of the event (``subjects``' first), or None when nothing in it is one."""
+    return next(iter(subjects(book, event, limit=1)), None)
 
 
 def how_far(rule: Rule, value: float | None) -> tuple[float | None, str]:
@@ -82,7 +90,7 @@ def place_of(evidence: Evidence, position: int, size: tuple[int, int]) -> tuple[
     if across == down == "middle":
         return None, "the middle of the view"
     if down == "middle":
-        return None, f"the {across} of the view"
+        return None, f"the {across} side of the view"
     return None, f"the {down} {across} of the view"
 
 
@@ -123,7 +131,8 @@ def comparison_text(claim: Claim, rule: Rule | None) -> str:
     """How far from normal, in words ("moved at about 3.1 times the fastest speed seen in the normal footage")."""
     text = load_prompts("headline")
     if rule is None:  # the object's own unusualness: 1.0 is the edge of what normal footage holds
-        return text["how_far"][claim.quantity].format(ratio=claim.value, reference=text["reference_seen"])
+        key = text["within"] if claim.value is not None and claim.value < 1.0 else text["how_far"][claim.quantity]
+        return key.format(ratio=claim.value, reference=text["reference_seen"])
     _, against = how_far(rule, 1.0)
     if claim.value is None:
         return text["never"].get(claim.quantity, text["never"]["other"])

@@ -51,6 +51,7 @@ class HistoryQuery(BaseModel):
     since: str | None = Field(default=None, max_length=40)  # ISO times
     until: str | None = Field(default=None, max_length=40)
     event: int | None = Field(default=None, ge=1)
+    verdict: Literal["false alarm", "confirmed", "unreviewed"] | None = None  # how a person reviewed the events
 
     @model_validator(mode="before")
     @classmethod
@@ -59,7 +60,7 @@ class HistoryQuery(BaseModel):
 
     def filter(self) -> EventFilter:
         return EventFilter(since=self.since, until=self.until, rule=self.rule, object_class=self.object_class,
-                           words=self.words, silenced=False)
+                           words=self.words, verdict=self.verdict, silenced=False)
 
 
 class SaidClaim(BaseModel):
@@ -116,12 +117,16 @@ def route(question: str, now: datetime, rule_ids: list[str], last_review: str | 
     object_class = named[0] if named else None
     if match := re.search(r"\bevent\s+e?(\d+)\b|\be(\d+)\b", words):
         return HistoryQuery(kind="why", event=int(match[1] or match[2]))
+    verdict = next((v for v, said in text["verdicts"].items() if _has(words, said)), None)
     if _has(words, text["routes"]["count"]):
-        return HistoryQuery(kind="count", object_class=object_class, rule=rule, since=since, until=until)
+        return HistoryQuery(kind="count", object_class=object_class, rule=rule, since=since, until=until,
+                            verdict=verdict)  # fmt: skip
     if _has(words, text["routes"]["rules"]) and rule is None:
         return HistoryQuery(kind="rules", since=since, until=until)
-    if since or until or object_class or rule or _has(words, ["unusual", "anomal", "happen", "events", "odd"]):
-        return HistoryQuery(kind="events", object_class=object_class, rule=rule, since=since, until=until)
+    asks_for_events = _has(words, ["unusual", "anomal", "happen", "events", "odd"])
+    if since or until or object_class or rule or verdict or asks_for_events:
+        return HistoryQuery(kind="events", object_class=object_class, rule=rule, since=since, until=until,
+                            verdict=verdict)  # fmt: skip
     return None
 
 
@@ -273,7 +278,9 @@ class HistoryChat:
     @staticmethod
     def _filters(query: HistoryQuery) -> str:
         said = [f"with a {query.object_class}" if query.object_class else "",
-                f"breaking {query.rule}" if query.rule else "", f"mentioning {query.words!r}" if query.words else ""]
+                f"breaking {query.rule}" if query.rule else "", f"mentioning {query.words!r}" if query.words else "",
+                f"reviewed as {query.verdict}" if query.verdict not in (None, "unreviewed") else "",
+                "not yet reviewed" if query.verdict == "unreviewed" else ""]
         return "".join(f" {s}" for s in said if s)
 
     def _listing(self, query: HistoryQuery, events: list[dict], head: str) -> HistoryAnswer:

@@ -40,9 +40,11 @@ SUMMARY_EVENTS = 5
 RULES_SAID = 5
 CHOOSER_TOKENS = 80  # a query is about 30 tokens of JSON
 CHOOSER_ATTEMPTS = 2  # a second try with the validation error; then the agent's own tools take the question
+_SECONDS = r"\s*(?:s\b|sec\b|secs\b|seconds?\b)"
 _TIME = re.compile(
     r"(?P<clock>\b\d+:\d{2}(?:\.\d+)?\b)|\bframe\s+(?P<frame>\d+)|(?:\bsecond\s+(?P<nth>\d+(?:\.\d+)?))"
-    r"|(?P<seconds>\b\d+(?:\.\d+)?)\s*(?:s\b|sec\b|secs\b|seconds?\b)"
+    rf"|\b(?P<first>\d+(?:\.\d+)?)\s*(?:and|to|-|–)\s*(?P<then>\d+(?:\.\d+)?){_SECONDS}"  # "50 and 70 seconds"
+    rf"|(?P<seconds>\b\d+(?:\.\d+)?){_SECONDS}"
 )
 
 
@@ -85,16 +87,26 @@ def times_in(question: str, fps: float) -> list[float]:
             found.append(int(minutes) * 60 + float(seconds))
         elif match["frame"]:
             found.append(int(match["frame"]) / fps)
+        elif match["first"]:
+            found += [float(match["first"]), float(match["then"])]
         else:
             found.append(float(match["nth"] or match["seconds"]))
     return found
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") else word
 
 
 def subject_of(question: str) -> str | None:
     """The thing a question asks about, its filler words and times removed ("a bicycle", "people")."""
     text = _text()
     stripped = _TIME.sub(" ", question.lower())
-    words = [w for w in re.findall(r"[a-z]+", stripped) if w not in text["filler"]]
+    qualifiers = text["qualifiers"]
+    qualifying = {w for kind, words in qualifiers.items() if kind != "person" for w in words}
+    # A kind of person ("woman") asks for people: the person is kept, what kind is not measured.
+    found = ["person" if w in qualifiers["person"] else w for w in re.findall(r"[a-z]+", stripped)]
+    words = [w for w in found if w not in text["filler"] and _singular(w) not in qualifying]
     return " ".join(words) or None
 
 
@@ -198,7 +210,21 @@ def choose(llm: LLM, question: str, index: VideoIndex, previous: dict[str, Any] 
         chosen = ask_structured(llm, messages, Query, attempts=CHOOSER_ATTEMPTS, max_tokens=CHOOSER_TOKENS)
     except LLMError:
         return Query(kind="other"), CHOOSER_ATTEMPTS
-    return _settled(chosen.value, index.frames / index.fps), chosen.attempts
+    return _as_said(_settled(chosen.value, index.frames / index.fps), times_in(question, index.fps)), chosen.attempts
+
+
+def _as_said(query: Query, times: list[float]) -> Query:
+    """The model's query with the times the question's own words name ("1:05" is 65 s, whatever a small model
+    reads into it)."""
+    if not times:
+        return query
+    if query.kind == "between":
+        if len(times) == 1:
+            return _around(times[0])
+        return Query(kind="between", from_s=min(times[:2]), to_s=max(times[:2]))
+    if query.kind in ("count", "why") and query.event is None:
+        return query.model_copy(update={"at_s": times[0]})
+    return query
 
 
 def _settled(query: Query, seconds: float) -> Query:
@@ -244,7 +270,32 @@ class QuestionTools:
         self.text = _text()["decline"]
 
     def answer(self, query: Query, book: EvidenceBook, question: str = "") -> Answered:
-        return getattr(self, f"_{query.kind}")(query, book, question)
+        """The question tool's answer, and what it could not narrow by: every qualifier of the question (a colour,
+        clothing, a kind of person, a place) is grounded in the evidence (a place the scene's zones name, for
+        counts) or said to be beyond it, never dropped without a word."""
+        activity = query.kind == "appears" and activity_of(question) is not None
+        zone, beyond = self._qualifiers(question, grounded_place=activity)
+        if query.kind == "count" and zone is not None:
+            answered = Answered(claims=self._counts(self._frame(query.at_s), query.subject, zone))
+        else:
+            answered = getattr(self, f"_{query.kind}")(query, book, question)
+            if zone is not None:
+                beyond.append(self.text["beyond_place_zone"].format(zone=zone))
+        return answered.model_copy(update={"note": " ".join([*beyond, answered.note]).strip()})
+
+    def _qualifiers(self, question: str, grounded_place: bool) -> tuple[str | None, list[str]]:
+        """The zone a question's place names (when the scene has one by that name), and a sentence for each
+        qualifier the evidence does not hold. ``grounded_place``: the question asks for an activity whose rules
+        are about places ("on the lawn": off the usual path), which grounds its place."""
+        words = {form for w in re.findall(r"[a-z]+", question.lower()) for form in (w, _singular(w))}
+        zones = [z.name for z in self.index.rulebook.zones] if self.index.rulebook is not None else []
+        zone = next((z for z in zones if set(z.lower().split()) <= words), None)
+        beyond = []
+        for kind, listed in _text()["qualifiers"].items():
+            said = sorted({_singular(w) for w in words & set(listed)})
+            if said and not (kind == "place" and (zone is not None or grounded_place)):
+                beyond.append(self.text[f"beyond_{kind}"].format(words=", ".join(said)))
+        return zone, beyond
 
     # --- helpers -------------------------------------------------------------------------------------
 
@@ -283,13 +334,20 @@ class QuestionTools:
         drafts = parse_drafts([c for c, _ in event_facts(book, event) if c["kind"] != "temporal"][:facts])
         return [span, *claims_from_draft(drafts, book)]
 
-    def _counts(self, frame: int, subject: str | None) -> list[Claim]:
-        """How many objects (of ``subject``'s class, when it names one the index records) are in view at ``frame``:
-        the tracks alive then (``VideoIndex.in_view``), else the objects screening saw in that frame."""
+    def _counts(self, frame: int, subject: str | None, zone: str | None = None) -> list[Claim]:
+        """How many objects (of ``subject``'s class, when it names one the index records; standing in ``zone``, when
+        given) are in view at ``frame``: the tracks alive then (``VideoIndex.in_view``), else the objects screening
+        saw in that frame."""
         evidence = self.index.frame_evidence(frame)
         if evidence is None:
             return [self._claim("count", [self._cite(frame)], value=0)]
         tracks = self.index.in_view(frame)
+        if zone is not None:
+            if tracks is None:
+                return []
+            cls = self.namer(subject) if subject else None
+            n = sum(t.fact_at("zone", frame) == zone and (cls is None or t.class_name == cls) for t in tracks)
+            return [self._claim("count", [evidence.id], value=n, term=cls, zone=zone)]
         names = [t.class_name for t in tracks] if tracks is not None else evidence.class_names or [None] * len(evidence)
         named = names if self._names_objects else None
         cls = self.namer(subject) if subject and named is not None else None
@@ -386,7 +444,7 @@ class QuestionTools:
     def _summary(self, query: Query, book: EvidenceBook, question: str) -> Answered:
         events = self.index.events
         claims = [self._tally(events, 0, self.index.frames - 1)]
-        for event in events[:SUMMARY_EVENTS]:
+        for event in sorted(events, key=lambda e: -e.score)[:SUMMARY_EVENTS]:  # the events that matter most lead
             claims += self.event_claims(event, book, facts=1)
         if not events:
             claims += self._counts(self.index.frames // 2, None)

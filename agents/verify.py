@@ -229,6 +229,11 @@ class Verifier:
         counted = []
         for evidence in frames:
             tracks = self.index.in_view(evidence.frame_index)
+            if claim.zone is not None:  # standing in a zone: only tracks know where each object stood
+                if tracks is None:
+                    return _unsupported("this index does not hold every track: a count in a zone cannot be checked")
+                tracks = [t for t in tracks if t.fact_at("zone", evidence.frame_index) == claim.zone]
+                what += f" in zone {claim.zone}"
             if tracks is not None:  # the objects in view: tracks, not one frame's detections
                 names = [t.class_name for t in tracks]
             elif claim.term is not None and evidence.class_names is None:

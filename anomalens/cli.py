@@ -387,7 +387,7 @@ def chat(
 
 
 def _said(answer) -> str:
-    return answer.prose or answer.note or "I found no evidence I could verify for an answer."
+    return answer.answer_text or "I found no evidence I could verify for an answer."
 
 
 @app.command()

@@ -20,6 +20,8 @@ Conventions (stated once, here):
 
 from __future__ import annotations
 
+import bisect
+
 import hashlib
 import re
 from collections import Counter
@@ -299,6 +301,12 @@ class Track(BaseModel):
         """Whether the object was in view at ``frame`` (between its first and last sighting)."""
         return self.frames[0] <= frame <= self.frames[-1]
 
+    def fact_at(self, name: str, frame: int) -> float | str | None:
+        """Fact ``name`` where the object was last seen at or before ``frame`` (None: not measured)."""
+        k = bisect.bisect_right(self.frames, frame) - 1
+        values = self.facts.get(name)
+        return values[k] if values is not None and 0 <= k < len(values) else None
+
 
 class CueReason(BaseModel):
     """Why a screening cue other than motion calls a range anomalous: a phrase said there (e.g. by captions),
@@ -543,6 +551,11 @@ class Explanation(BaseModel):
     @property
     def prose(self) -> str:
         return " ".join(c.text.rstrip(".") + "." for c in self.supported)
+
+    @property
+    def answer_text(self) -> str:
+        """A chat answer as said: what it could not narrow by (``note``) and its verified prose."""
+        return " ".join(part for part in (self.note, self.prose) if part)
 
     @property
     def facts(self) -> list[Claim]:

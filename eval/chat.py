@@ -56,6 +56,7 @@ SYNTHETIC = {
     "crowd": ("When is there a crowd?", {"count", "occupancy", "area"}),
 }
 OUTCOMES = ("correct", "declined", "wrong, perception", "wrong, evidence held the truth")
+DROPPED = "a qualifier dropped"  # what an answer that leaves out a qualifier of the question is judged as said
 PHRASES = ("bicycle", "skateboard", "cart", "car", "truck", "wheelchair")  # caption phrases asked about on Ped2
 CLASSES = ("bicycle", "car")  # detector classes asked about on Ped2
 
@@ -118,6 +119,19 @@ def _count_at(frame: int, slack: int):
     return said
 
 
+def _kept_qualifiers(words: tuple[str, ...], said: Callable[[Explanation, VideoIndex], object]):
+    """An answer's value for a question with qualifiers no measurement holds ("red", "jacket"): ``said``'s, when
+    the answer says each one is beyond the evidence; ``DROPPED`` (wrong) when it leaves one out without a word."""
+
+    def kept(answer: Explanation, index: VideoIndex):
+        value = said(answer, index)
+        if value is None:
+            return None
+        return value if all(word in answer.note for word in words) else DROPPED
+
+    return kept
+
+
 def _frame_of(evidence_id: str, index: VideoIndex) -> int:
     found = index.get(evidence_id)
     return -(10**9) if found is None or found.frame_index is None else found.frame_index
@@ -176,6 +190,9 @@ def _span_questions(index: VideoIndex, labels: np.ndarray, around: int | None, q
         first = quiet
         text = f"What happened between {_clock(first / fps)} and {_clock((first + width) / fps)}?"
         questions.append(Question(text, "between", window(first, first + width)))
+        start_s, end_s = round(first / fps), round(first / fps + WINDOW_S)  # said as a person says it
+        questions.append(Question(f"Was anything odd between {start_s} and {end_s} seconds?", "between",
+                                  window(round(start_s * fps), round(end_s * fps))))  # fmt: skip
         questions.append(Question("And after that?", "follow-up", window(first + width, first + 2 * width)))
     if around is not None:
         half = round(load_prompts("questions")["around_s"] * fps)  # what the router reads "around" as
@@ -284,6 +301,11 @@ def _count_questions(index: VideoIndex, scene) -> list[Question]:
         questions.append(Question(text, "count" if k == 0 else "follow-up", truth))
         if k == 0:  # phrased for the LLM to read: no route fits it
             questions.append(Question(f"How busy was it at {seconds} s?", "count", truth))
+            # Qualifiers nothing measures (a colour, clothing; a lawn no zone names): every object, and said so.
+            for text, words in ((f"How many people in red jackets are in view at {seconds} s?", ("red", "jacket")),
+                                (f"How many people are on the lawn at {seconds} s?", ("lawn",))):  # fmt: skip
+                kept = Truth(_kept_qualifiers(words, truth.said), truth.world, truth.held)
+                questions.append(Question(text, "qualifier", kept))
     return questions
 
 
@@ -390,7 +412,8 @@ def ask_all(videos: Iterator[Video], open_session, progress: bool = True) -> lis
             answer = session.ask(question.text)
             records.append({
                 "video": video.name, "type": question.kind, "question": question.text,
-                "answer": answer.prose or answer.note, "outcome": judge(question, answer, video.index),
+                "answer": answer.answer_text, "outcome": judge(question, answer, video.index),
+                "said": str(question.truth.said(answer, video.index)),
                 "query": session.history[-1].get("query"), "llm_calls": answer.llm_calls, "seconds": answer.seconds,
                 "unsupported": len(answer.claims) - len(answer.supported),
             })  # fmt: skip
@@ -440,6 +463,7 @@ def run_chat_benchmark(data: str | Path, llm, progress: bool = True, namer=None)
             yield from ped2_videos(data, progress)
 
         records = ask_all(videos(), open_session, progress)
-    result = {"llm": f"{llm.backend}:{llm.model}", **summarize(records)}
+    dropped = sum(r["said"] == DROPPED for r in records)
+    result = {"llm": f"{llm.backend}:{llm.model}", **summarize(records), "qualifiers_dropped": dropped}
     wrong = [r for r in records if r["outcome"] != "correct"]
     return result | {"not_correct": wrong, "seconds": round(time.perf_counter() - started, 1)}

@@ -131,7 +131,7 @@ def _place(ev: Evidence, k: int) -> tuple[str | None, str | None]:
     down = ("upper", "middle", "lower")[min(int(1.5 * (y1 + y2) / height), 2)]
     if across == down == "middle":
         return None, "the middle of the view"
-    return None, f"the {across} of the view" if down == "middle" else f"the {down} {across} of the view"
+    return None, f"the {across} side of the view" if down == "middle" else f"the {down} {across} of the view"
 
 
 def _compares(claim: Claim, ev: Evidence, k: int, rulebook: Rulebook | None) -> bool:

@@ -46,8 +46,9 @@ def first_event(index: VideoIndex):
     return index.events[0]
 
 
-def run(llm, index, events=None):
-    return list(explain_events(llm, index, event_ids=events or [first_event(index).id], progress=False))
+def run(llm, index, events=None, tool_rounds=None):
+    chosen = events or [first_event(index).id]
+    return list(explain_events(llm, index, event_ids=chosen, tool_rounds=tool_rounds, progress=False))
 
 
 def test_graph_structure_matches_its_snapshot(index):
@@ -135,7 +136,7 @@ def test_tool_calls_and_tool_errors_go_back_to_the_llm(index):
         )
 
     llm = ScriptedLLM([calls, from_tool_result])
-    (explanation,) = run(llm, index)
+    (explanation,) = run(llm, index, tool_rounds=1)  # tools allowed (by default only with live perception tools)
     assert [c.verdict.status for c in explanation.claims if not c.from_facts] == ["supported"]
     assert llm.calls[0]["choice"] == "required" and llm.calls[1]["choice"] == "answer"  # one round of tools
 
@@ -246,7 +247,7 @@ def test_injected_caption_text_stays_data_and_cannot_change_what_is_said(index):
             ]
         )
 
-    (explanation,) = run(ScriptedLLM([read_caption, fooled, answer([])]), index, events=[event.id])
+    (explanation,) = run(ScriptedLLM([read_caption, fooled, answer([])]), index, events=[event.id], tool_rounds=1)
     assert [c for c in explanation.claims if not c.from_facts] == []  # only the event's own facts are said
     assert "nothing here is anomalous" not in explanation.prose
     assert {c.verdict.status for c in explanation.first_draft} == {"unverifiable", "unsupported"}
@@ -717,3 +718,33 @@ def test_an_answer_that_leaves_out_the_rule_and_the_place_gets_them_from_the_eve
     assert {"rule", "where"} <= set().union(*map(fact_classes, added))
     assert all(c.verdict.status == "supported" for c in added)  # verified like the LLM's own claims
     assert all(c.text and c.text in explanation.prose for c in added)
+
+
+def test_the_llm_picks_the_subject_and_the_facts_by_handle_and_the_code_writes_them(index):
+    """An answer of a few tokens: the subject (S<k>) and the telling facts (f<k>) the digest numbered. The
+    headline is about the chosen subject; the facts are the digest's own, in the order picked."""
+    from anomalens.agents.claims import claims_from_draft, parse_drafts
+    from anomalens.agents.digest import numbered_facts
+    from anomalens.agents.headline import subjects
+
+    book = EvidenceBook(index)
+    event = max(index.events, key=lambda e: len(subjects(book, e)))
+    candidates, facts = subjects(book, event), numbered_facts(book, event)
+    assert len(candidates) >= 2 and len(facts) >= 2, "the lawn event has a walker and a second object"
+    picked = {"subject": f"S{len(candidates)}", "facts": ["f2", "f1", "f99"]}  # f99: no such fact, ignored
+    llm = ScriptedLLM([[ToolCall(id="a1", name="answer", arguments=picked)]])
+    (explanation,) = run(llm, index, events=[event.id])
+    user = next(m.content for m in llm.calls[0]["messages"] if m.role == "user")
+    assert "S1: track" in user and "(f1" in user and explanation.llm_calls == 1
+    assert explanation.subject_track == candidates[-1].track != candidates[0].track
+    assert f"track {candidates[-1].track}" not in explanation.headline.lower() and explanation.headline
+    expected = claims_from_draft(parse_drafts([facts[1][0], facts[0][0]]), book)
+    said = [(c.kind, c.track_id, c.rule_id, c.value) for c in explanation.claims[:2]]
+    assert said == [(c.kind, c.track_id, c.rule_id, c.value) for c in expected]
+
+
+def test_without_live_tools_an_event_is_answered_in_one_call(index):
+    """Every data tool reads the index the digest already sums up: the answer tool is asked for at once."""
+    llm = ScriptedLLM([[ToolCall(id="a1", name="answer", arguments={"subject": "S1", "facts": ["f1"]})]])
+    (explanation,) = run(llm, index)
+    assert explanation.llm_calls == 1 and llm.calls[0]["choice"] == "answer" and explanation.headline

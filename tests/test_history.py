@@ -316,3 +316,15 @@ def test_a_report_written_again_is_read_again(audited, tmp_path):
     path.write_text(report.model_copy(update={"events": []}).model_dump_json())
     again = chat.ask("anything unusual today?")
     assert not again.events and not again.claims
+
+
+def test_which_events_were_false_alarms_lists_only_those_a_person_marked_so(audited):
+    store, _, _ = audited
+    first, *others = store.events()
+    store.review(first["id"], "false alarm", "a shadow")
+    chat = HistoryChat(store)
+    marked = chat.ask("which events were false alarms?")
+    assert marked.query.verdict == "false alarm" and marked.events == [first["id"]]
+    assert "reviewed as false alarm" in marked.text
+    unmarked = chat.ask("which events are not yet reviewed?")
+    assert unmarked.events and set(unmarked.events) <= {e["id"] for e in others}
