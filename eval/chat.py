@@ -190,10 +190,10 @@ def _span_questions(index: VideoIndex, labels: np.ndarray, around: int | None, q
         first = quiet
         text = f"What happened between {_clock(first / fps)} and {_clock((first + width) / fps)}?"
         questions.append(Question(text, "between", window(first, first + width)))
+        questions.append(Question("And after that?", "follow-up", window(first + width, first + 2 * width)))
         start_s, end_s = round(first / fps), round(first / fps + WINDOW_S)  # said as a person says it
         questions.append(Question(f"Was anything odd between {start_s} and {end_s} seconds?", "between",
                                   window(round(start_s * fps), round(end_s * fps))))  # fmt: skip
-        questions.append(Question("And after that?", "follow-up", window(first + width, first + 2 * width)))
     if around is not None:
         half = round(load_prompts("questions")["around_s"] * fps)  # what the router reads "around" as
         text = f"Was anything unusual around {_clock(around / fps)}?"
