@@ -41,7 +41,7 @@ from anomalens.agents.claims import (
     parse_drafts,
     render,
 )
-from anomalens.agents.digest import event_digest, event_facts, numbered_facts, overview
+from anomalens.agents.digest import MAX_BREACHES, event_digest, event_facts, numbered_facts, overview
 from anomalens.agents.headline import headline_claims, headline_text, subjects
 from anomalens.agents.index import EvidenceBook, VideoIndex
 from anomalens.agents.llm import LLM, Message, ToolCall
@@ -334,12 +334,11 @@ class Agent:
 
     def _missing_facts(self, claims: list[Claim], event: Event, book: EvidenceBook) -> list[Claim]:
         said = set().union(*(fact_classes(c) for c in claims if c.verdict.status == "supported"))
-        drafts = parse_drafts([claim for claim, _ in event_facts(book, event, every_place=True)])
         added = []
-        for claim in claims_from_draft(drafts, book):
+        for claim in fact_claims(book, event):
             if not fact_classes(claim) - said:
                 continue
-            claim = claim.model_copy(update={"id": f"f{len(added) + 1}", "from_facts": True})
+            claim = claim.model_copy(update={"id": f"f{len(added) + 1}"})
             claim = claim.model_copy(update={"verdict": self.verifier.verify(claim, event, book)})
             if claim.verdict.status == "supported":
                 added.append(claim)
@@ -400,15 +399,21 @@ def headlined(book: EvidenceBook, event: Event, verifier: Verifier, chosen: str 
             "subject_evidence": subject.evidence.id}  # fmt: skip
 
 
+def fact_claims(book: EvidenceBook, event: Event, breaches: int = MAX_BREACHES) -> list[Claim]:
+    """The event's facts (``event_facts``, the place of every breach) as claims, once each, marked as taken from
+    them (not verified yet)."""
+    drafts = parse_drafts([claim for claim, _ in event_facts(book, event, every_place=True, breaches=breaches)])
+    return [c.model_copy(update={"from_facts": True}) for c in _distinct(claims_from_draft(drafts, book))]
+
+
 def plain_explanation(index: VideoIndex, event: Event) -> Explanation:
     """An event explained without an LLM: its headline and the facts of its evidence (``event_facts``), verified."""
     started, book, verifier = time.time(), EvidenceBook(index), Verifier(index)
-    drafts = parse_drafts([claim for claim, _ in event_facts(book, event, every_place=True, breaches=PLAIN_BREACHES)])
     claims = []
-    for k, claim in enumerate(_distinct(claims_from_draft(drafts, book)), 1):
+    for k, claim in enumerate(fact_claims(book, event, breaches=PLAIN_BREACHES), 1):
         verdict = verifier.verify(claim, event, book)
         text = render(claim, book) if verdict.status == "supported" else ""
-        claims.append(claim.model_copy(update={"id": f"f{k}", "from_facts": True, "verdict": verdict, "text": text}))
+        claims.append(claim.model_copy(update={"id": f"f{k}", "verdict": verdict, "text": text}))
     return Explanation(event_id=event.id, generator="deterministic", claims=claims, seconds=time.time() - started,
                        **headlined(book, event, verifier))  # fmt: skip
 

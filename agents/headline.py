@@ -60,20 +60,31 @@ def subject_of(book: EvidenceBook, event: Event) -> Subject | None:
     return next(iter(subjects(book, event, limit=1)), None)
 
 
-def how_far(rule: Rule, value: float | None) -> tuple[float | None, str]:
-    """How far ``value`` (the fact ``rule`` limits) lies from normal: (ratio, what it is measured against) with
-    ``seen`` (the most the normal footage reached), ``limit`` (the rule's limit: a rule not learned from footage),
-    ``below`` (under a lower limit) or ``never`` (no number: the normal footage never did this)."""
+def normal_reference(rule: Rule) -> tuple[float | None, str]:
+    """What a value of the fact ``rule`` limits is compared with, and what that is: ``seen`` (the most the normal
+    footage reached), ``limit`` (the rule's limit: a rule not learned from footage), ``below`` (a lower limit) or
+    ``never`` (no number: the normal footage never did this)."""
     limit = rule.predicate.value
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or value is None:
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
         return None, "never"
     if rule.predicate.op in ("<=", "<"):
         most = rule.stats.get("max", 0.0)
         reference, against = (most, "seen") if most > 0 else (float(limit), "limit")
-        return (value / reference, against) if reference > 0 else (None, "never")
-    if rule.predicate.op in (">=", ">") and value > 0:
-        return float(limit) / value, "below"
+        return (reference, against) if reference > 0 else (None, "never")
+    if rule.predicate.op in (">=", ">"):
+        return float(limit), "below"
     return None, "never"
+
+
+def how_far(rule: Rule, value: float | None) -> float | None:
+    """How many times ``value`` lies from normal (``normal_reference``): the value over the normal most, or a lower
+    limit over the value; None when there is no number to compare."""
+    reference, against = normal_reference(rule)
+    if reference is None or value is None:
+        return None
+    if against == "below":
+        return reference / value if value > 0 else None
+    return value / reference
 
 
 def place_of(evidence: Evidence, position: int, size: tuple[int, int]) -> tuple[str | None, str | None]:
@@ -116,7 +127,7 @@ def headline_claims(subject: Subject, book: EvidenceBook, event: Event) -> list[
     fact = rule.predicate.fact if rule is not None else "novelty"
     measured = evidence.measurement(fact, position)
     if rule is not None:
-        ratio, _ = how_far(rule, measured.value if measured is not None else None)
+        ratio = how_far(rule, measured.value if measured is not None else None)
         claims.append(Claim(id="h-how", kind="comparison", rule_id=rule.id, quantity=fact, track_id=track,
                             value=None if ratio is None else round(ratio, 1), evidence_ids=cite))  # fmt: skip
     elif measured is not None:
@@ -133,7 +144,7 @@ def comparison_text(claim: Claim, rule: Rule | None) -> str:
     if rule is None:  # the object's own unusualness: 1.0 is the edge of what normal footage holds
         key = text["within"] if claim.value is not None and claim.value < 1.0 else text["how_far"][claim.quantity]
         return key.format(ratio=claim.value, reference=text["reference_seen"])
-    _, against = how_far(rule, 1.0)
+    _, against = normal_reference(rule)
     if claim.value is None:
         return text["never"].get(claim.quantity, text["never"]["other"])
     if against == "below":

@@ -346,7 +346,8 @@ class QuestionTools:
             if tracks is None:
                 return []
             cls = self.namer(subject) if subject else None
-            n = sum(t.fact_at("zone", frame) == zone and (cls is None or t.class_name == cls) for t in tracks)
+            standing = [t for t in tracks if t.fact("zone", frame, last_seen=True) == zone]
+            n = sum(cls is None or t.class_name == cls for t in standing)
             return [self._claim("count", [evidence.id], value=n, term=cls, zone=zone)]
         names = [t.class_name for t in tracks] if tracks is not None else evidence.class_names or [None] * len(evidence)
         named = names if self._names_objects else None

@@ -232,7 +232,8 @@ class Verifier:
             if claim.zone is not None:  # standing in a zone: only tracks know where each object stood
                 if tracks is None:
                     return _unsupported("this index does not hold every track: a count in a zone cannot be checked")
-                tracks = [t for t in tracks if t.fact_at("zone", evidence.frame_index) == claim.zone]
+                frame = evidence.frame_index
+                tracks = [t for t in tracks if t.fact("zone", frame, last_seen=True) == claim.zone]
                 what += f" in zone {claim.zone}"
             if tracks is not None:  # the objects in view: tracks, not one frame's detections
                 names = [t.class_name for t in tracks]
@@ -440,7 +441,7 @@ class Verifier:
             if not any(b.rule_id == rule.id and b.object_index == position for b in evidence.breaches()):
                 who = f"track {claim.track_id}"
                 return _unsupported(f"frame {evidence.frame_index} records no breach of {rule.id} by {who}")
-            ratio, _ = how_far(rule, measured.value if measured is not None else None)
+            ratio = how_far(rule, measured.value if measured is not None else None)
         if ratio is None or claim.value is None:
             verdict = _supported if ratio is None and claim.value is None else _unsupported
             return verdict(f"frame {evidence.frame_index}: {claim.quantity} has {'no' if ratio is None else 'a'} ratio")

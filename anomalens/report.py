@@ -340,7 +340,7 @@ def _claims_table(explanation: Explanation | None, evidence: dict[str, Evidence]
     dropped = [c for c in explanation.first_draft if c.verdict is not None and c.verdict.status != "supported"]
     every = explanation.headline_claims + explanation.claims
     said = [c for c in every if c.verdict is not None and c.verdict.status == "supported"]
-    for claim in explanation.headline_claims + explanation.claims + (dropped if explanation.rounds else []):
+    for claim in every + (dropped if explanation.rounds else []):
         status = claim.verdict.status if claim.verdict else "unchecked"
         if status == "supported":
             said = f'<span class="said">{esc(claim.text)}</span>'

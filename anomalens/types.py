@@ -284,28 +284,18 @@ class Track(BaseModel):
                 raise ValueError(f"track {self.id}: {len(self.frames)} frames but {len(values)} values of {name}")
         return self
 
-    def at(self, frame: int) -> int | None:
-        """The position of ``frame`` in the track, or None when the track was not seen there."""
-        from bisect import bisect_left
-
-        k = bisect_left(self.frames, frame)
-        return k if k < len(self.frames) and self.frames[k] == frame else None
-
-    def fact(self, name: str, frame: int) -> float | str | None:
-        """The object fact ``name`` at ``frame`` (None: not seen there, or not measured)."""
-        k = self.at(frame)
+    def fact(self, name: str, frame: int, *, last_seen: bool = False) -> float | str | None:
+        """The object fact ``name`` at ``frame`` (None: not seen there, or not measured); with ``last_seen``, where the
+        object was last seen at or before ``frame`` (alive, but missed in that frame)."""
+        k = bisect.bisect_right(self.frames, frame) - 1
         values = self.facts.get(name)
-        return None if k is None or values is None else values[k]
+        if values is None or k < 0 or (not last_seen and self.frames[k] != frame):
+            return None
+        return values[k]
 
     def alive(self, frame: int) -> bool:
         """Whether the object was in view at ``frame`` (between its first and last sighting)."""
         return self.frames[0] <= frame <= self.frames[-1]
-
-    def fact_at(self, name: str, frame: int) -> float | str | None:
-        """Fact ``name`` where the object was last seen at or before ``frame`` (None: not measured)."""
-        k = bisect.bisect_right(self.frames, frame) - 1
-        values = self.facts.get(name)
-        return values[k] if values is not None and 0 <= k < len(values) else None
 
 
 class CueReason(BaseModel):

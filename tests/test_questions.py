@@ -292,13 +292,13 @@ def test_every_qualifier_is_grounded_or_said_to_be_beyond_the_evidence(index):
     lawn = _ask(named, f"How many people are on the lawn at frame {frame}?")
     assert "no zone named lawn" in lawn.note and lawn.claims[0].value == len(alive)
     # The scene has a zone a person drew and named "lawn": the count is of those standing in it, and verified.
-    cell = alive[0].fact_at("zone", frame)
+    cell = alive[0].fact("zone", frame, last_seen=True)
     renamed = [t.model_copy(update={"facts": t.facts | {"zone": ["lawn" if z == cell else z for z in t.facts["zone"]]}})
                for t in named.tracks]  # fmt: skip
     drawn = named.rulebook.model_copy(update={"zones": [Zone(name="lawn", points=[(0, 0), (1, 0), (1, 1)])]})
     zoned = VideoIndex.model_validate(named.model_dump() | {"tracks": renamed, "rulebook": drawn})
     on_lawn = _ask(zoned, f"How many people are on the lawn at frame {frame}?")
-    expected = sum(t.fact_at("zone", frame) == "lawn" for t in zoned.in_view(frame))
+    expected = sum(t.fact("zone", frame, last_seen=True) == "lawn" for t in zoned.in_view(frame))
     assert (on_lawn.claims[0].zone, on_lawn.claims[0].value, on_lawn.note) == ("lawn", expected, "")
     assert 0 < expected < len(alive) or expected == len(alive) == 1
     assert f"in the lawn zone" in on_lawn.prose
