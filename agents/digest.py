@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.agents.headline import subjects
+from anomalens.agents.headline import subject_of, subjects
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.prompts import load as load_prompts
 from anomalens.facts import OBJECT_MEASURED
@@ -64,19 +64,27 @@ def event_facts(
     completes an explanation; the LLM's digest stays short). ``breaches``: how many rules broken are detailed."""
     index = book.index
     cited = [ev for ev_id in event.evidence_ids if (ev := index.get(ev_id)) is not None]
+    # Per rule, its worst breach; the subject's own breaches first: the facts said support the headline.
+    subject = subject_of(book, event)
+    about = subject.track if subject is not None else None
+
+    def weight(breach: Breach, evidence: Evidence) -> tuple[bool, float]:
+        return evidence.track_of(breach.object_index) == about, breach.severity
+
+    peak = index.frame_evidence(event.peak_frame)
     worst: dict[str, tuple[Breach, Evidence]] = {}
-    for evidence in cited:
+    for evidence in cited + ([peak] if peak is not None and all(ev.id != peak.id for ev in cited) else []):
         for breach in evidence.breaches():
-            if breach.rule_id not in worst or breach.severity > worst[breach.rule_id][0].severity:
+            if breach.rule_id not in worst or weight(breach, evidence) > weight(*worst[breach.rule_id]):
                 worst[breach.rule_id] = (breach, evidence)
-    ranked = sorted(worst.values(), key=lambda item: -item[0].severity)
+    ranked = sorted(worst.values(), key=lambda item: weight(*item), reverse=True)
     facts: list[Fact] = []
     for breach, evidence in ranked[:breaches]:
         facts += _breach_facts(index, breach, evidence, every_place)
     for reason in event.reasons:
         claim = {"kind": "object", "cite": [f"C{reason.first_frame}"], "term": reason.phrase}
         facts.append((claim, _text()["cue"].format(**reason.model_dump())))
-    if (peak := index.frame_evidence(event.peak_frame)) is not None:
+    if peak is not None:
         facts += _peak_facts(peak)
     if len(cited) > 1:
         span = {"frames": [event.start_frame, event.end_frame]}
@@ -108,11 +116,20 @@ def event_digest(book: EvidenceBook, event: Event, tools: bool = True) -> str:
         said = text["subject"].format(handle=f"S{k}", track=track, who=who, frame=evidence.frame_index)
         lines.append(said + (text["subject_rule"].format(rule=subject.rule_id) if subject.rule_id else ""))
     lines.append(text["facts"])
-    for k, (claim, meaning) in enumerate(numbered_facts(book, event), 1):
-        lines.append(f"  {json.dumps(claim, separators=(',', ':'))}  (f{k}" + (f"; {meaning})" if meaning else ")"))
+    facts = numbered_facts(book, event)
+    lines += [f"  f{k}: {fact_line(claim, meaning)}" for k, (claim, meaning) in enumerate(facts, 1)]
     if tools and book.index.has_captions:
         lines.append(text["read_captions"].format(frame=event.peak_frame))
     return "\n".join(lines)
+
+
+def fact_line(claim: dict[str, Any], meaning: str) -> str:
+    """A fact the LLM picks by handle, in a few words (``prompts/digest.yaml`` ``fact``): half the tokens of its
+    claim's JSON, and the prompt is most of the time an event takes on a CPU."""
+    cite = claim["cite"]
+    who = f"track {claim['track']}" if "track" in claim else "the captions" if cite[0].startswith("C") else "the frame"
+    said = _text()["fact"][claim["kind"]].format(**claim | {"who": who, "at": ", ".join(cite)})
+    return said + (f" ({meaning})" if meaning else "")
 
 
 def _breach_facts(index: VideoIndex, breach: Breach, evidence: Evidence, every_place: bool) -> list[Fact]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from anomalens.agents.index import EvidenceBook
 from anomalens.facts import named
 from anomalens.prompts import load as load_prompts
@@ -32,22 +34,28 @@ class Subject:
 
 
 def subjects(book: EvidenceBook, event: Event, limit: int = MAX_SUBJECTS) -> list[Subject]:
-    """Who the event may be about, likeliest first, from its cited frames and its peak: each object that broke a
-    rule (at its worst breach), worst first; else the whole view if it changed at once; else the most unusual
-    objects. The LLM picks one by handle (S1, S2, ...); the first is the default."""
+    """Who the event may be about, likeliest first, from its cited frames and its peak: the object that made the
+    event's peak (the highest object score in its peak frame: the most anomalous object), then each object that
+    broke a rule (at its worst breach), worst first; the whole view instead when it changed at once and no object
+    broke a rule; the most unusual objects when nothing else is found. The LLM picks one by handle (S1, S2, ...);
+    the first is the default."""
     frames = [ev for evidence_id in event.evidence_ids if (ev := book.get(evidence_id)) is not None]
     peak = book.index.frame_evidence(event.peak_frame)
     if peak is not None and all(ev.id != peak.id for ev in frames):
         frames.append(peak)
     breaches = sorted(((b.severity, ev, b) for ev in frames for b in ev.breaches() if b.object_index is not None),
                       key=lambda item: -item[0])  # fmt: skip
-    found: dict[int | None, Subject] = {}
-    for _, evidence, breach in breaches:
-        found.setdefault(evidence.track_of(breach.object_index), Subject(evidence, breach.object_index, breach.rule_id))
-    if not found:
+    if not breaches:
         for evidence in frames:
             if (moved := evidence.measurement("view_motion")) is not None and moved.value > VIEW_MOVED:
                 return [Subject(evidence, None, None)]
+    found: dict[int | None, Subject] = {}
+    if peak is not None and len(peak) and peak.scores.max() > 0:
+        top = int(np.argmax(peak.scores))
+        own = max((b for b in peak.breaches() if b.object_index == top), key=lambda b: b.severity, default=None)
+        found[peak.track_of(top)] = Subject(peak, top, own.rule_id if own is not None else None)
+    for _, evidence, breach in breaches:
+        found.setdefault(evidence.track_of(breach.object_index), Subject(evidence, breach.object_index, breach.rule_id))
     unusual = sorted(((m.value, ev, m.object_index) for ev in frames for m in ev.measurements
                       if m.name == "novelty" and m.object_index is not None), key=lambda item: -item[0])  # fmt: skip
     for _, evidence, position in unusual if not found else []:
@@ -116,7 +124,10 @@ def headline_claims(subject: Subject, book: EvidenceBook, event: Event) -> list[
                      unit=moved.unit, evidence_ids=cite)  # fmt: skip
         return [what, when]
     claims = []
-    name = evidence.class_names[position] if evidence.class_names is not None else None
+    seen_as = book.index.track(track) if track is not None else None
+    name = seen_as.class_name if seen_as is not None else None  # what its detections voted for over its frames
+    if name is None and evidence.class_names is not None:
+        name = evidence.class_names[position]
     size = evidence.measurement("relative_size", position)
     if name is not None:
         claims.append(Claim(id="h-what", kind="object", term=name, track_id=track, evidence_ids=cite))

@@ -47,7 +47,7 @@ class VideoIndex(BaseModel):
     video: str
     fps: float
     source_size: tuple[int, int]
-    frames: int
+    frames: int  # the source frames up to the last one screened (a part of a video ends there)
     threshold: float
     events: list[Event]
     evidence: list[Evidence]

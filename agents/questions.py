@@ -27,7 +27,7 @@ from anomalens.agents.digest import event_facts
 from anomalens.agents.index import EvidenceBook, VideoIndex
 from anomalens.agents.llm import LLM, Message
 from anomalens.agents.llm.structured import ask_structured, structured_messages
-from anomalens.agents.sightings import activities, activity_of, in_state, sighted_frames, state_of
+from anomalens.agents.sightings import activities, activity_of, sighted_frames, state_of
 from anomalens.errors import LLMError
 from anomalens.facts import states as facts_states
 from anomalens.prompts import load as load_prompts

@@ -298,6 +298,11 @@ class Verifier:
             for i in self._objects(claim, evidence) if evidence.class_names is not None else []:
                 if evidence.class_names[i] is not None and same_class(claim.term, evidence.class_names[i]):
                     return _supported(f"frame {evidence.frame_index}: an object of class {evidence.class_names[i]!r}")
+            # What a track is: the class its detections voted for over all its frames, one frame's miss or slip aside.
+            track = self.index.track(claim.track_id) if claim.track_id is not None else None
+            if track is not None and track.class_name and evidence.object_of(track.id) is not None:
+                if same_class(claim.term, track.class_name):
+                    return _supported(f"frame {evidence.frame_index}: track {track.id}, seen as {track.class_name!r}")
         for evidence in cited:
             box = None
             if claim.track_id is not None and evidence.track_ids is not None:

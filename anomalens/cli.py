@@ -28,6 +28,8 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)
 EXPLAINER_HELP = "agent, deterministic or auto (the agent when the configured LLM loads) [default: settings, auto]"
 FRESH_HELP = "screen and explain again, not reusing the work an earlier run of the same audit kept in --out"
+MQTT_HELP = ("MQTT broker to publish each event and explanation to: mqtt://HOST, or"
+             " mqtt://USER:PASSWORD@HOST:PORT/PREFIX (mqtts:// for TLS)")
 out = Console(soft_wrap=True)
 
 
@@ -77,7 +79,9 @@ def _json_option(what: str):
 
 @app.command("induce-rules")
 def induce_rules(
-    normal: Annotated[list[Path], typer.Argument(help="normal videos or frame folders of one camera view")],
+    normal: Annotated[
+        list[Path], typer.Argument(help="normal videos (or parts: VIDEO@START-END) or frame folders of one view")
+    ],
     out_dir: Annotated[Path, typer.Option("--out", help="scene folder to write (scene.json, motion.npz, rules.yaml)")],
     max_side: Annotated[
         Optional[int], typer.Option(min=16, help="longest side of the analysis resolution, px [default: settings, 640]")
@@ -111,7 +115,7 @@ def _print_audit(result, scene_note: str = "", why: bool = False) -> None:
 
 @app.command()
 def audit(
-    video: Annotated[Path, typer.Argument(help="video, frame folder or image to audit")],
+    video: Annotated[Path, typer.Argument(help="video (or part: VIDEO@START-END), frame folder or image to audit")],
     scene_dir: Annotated[Path, typer.Option("--scene", help="scene folder written by induce-rules")],
     out_dir: Annotated[Path, typer.Option("--out", help="folder for report.json and report.html")],
     fps: Annotated[
@@ -126,8 +130,10 @@ def audit(
         typer.Option(help="caption rules (rule text or YAML): also screen the --captions, fused with motion"),
     ] = None,
     fresh: Annotated[bool, typer.Option(help=FRESH_HELP)] = False,
+    mqtt: Annotated[Optional[str], typer.Option(help=MQTT_HELP)] = None,
 ) -> None:
-    """Audit footage against a scene's rules: events, evidence, explanations, report."""
+    """Audit footage (or part of it: VIDEO@START-END, e.g. walk.mp4@0:40-1:20) against a scene's rules: events,
+    evidence, explanations, report."""
     from anomalens.pipelines import audit as run_audit
 
     result = run_audit(
@@ -141,12 +147,17 @@ def audit(
         fresh=fresh,
     )
     _print_audit(result)
+    if mqtt is not None:
+        from anomalens.mqtt import publish_report
+
+        publish_report(result.report, mqtt)
 
 
 @app.command("audit-batch")
 def audit_batch(
     inputs: Annotated[
-        list[Path], typer.Argument(help="videos, frame folders, folders of videos, manifests (.txt: a path a line)")
+        list[Path],
+        typer.Argument(help="videos (or parts: VIDEO@START-END), frame folders, folders of videos, manifests (.txt)"),
     ],
     scene_dir: Annotated[Path, typer.Option("--scene", help="scene folder written by induce-rules")],
     out_dir: Annotated[Path, typer.Option("--out", help="folder for OUT/<video>/report.* and OUT/batch.jsonl")],
@@ -188,9 +199,10 @@ def watch(
     explainer: Annotated[Optional[str], typer.Option(help=EXPLAINER_HELP)] = None,
     backlog: Annotated[int, typer.Option(min=1, help="events waiting for an explanation, at most")] = 8,
     webhook: Annotated[Optional[str], typer.Option(help="URL to POST each record to (JSON)")] = None,
+    mqtt: Annotated[Optional[str], typer.Option(help=MQTT_HELP)] = None,
 ) -> None:
-    """Watch live sources against a scene: each event a JSON line on stdout the moment it closes, its
-    explanation after it; Ctrl-C or SIGTERM stops, keeping every event."""
+    """Watch live sources against a scene: each event a JSON line on stdout as it starts and again when it
+    closes, its explanation after it; Ctrl-C or SIGTERM stops, keeping every event."""
     import signal
     import threading
 
@@ -200,7 +212,7 @@ def watch(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     watched = run_watch(sources, scene_dir, out=out_dir, realtime=realtime, fps=fps, explainer=explainer,
-                        backlog=backlog, webhook=webhook, stop=stop)  # fmt: skip
+                        backlog=backlog, webhook=webhook, mqtt=mqtt, stop=stop)  # fmt: skip
     for record in watched:
         said = f"{record.source}: {record.frames} frames, {record.events} events, {record.reconnects} reconnection(s)"
         console.print(said + (f"; {record.error}" if record.error else "") + (" (stopped)" if stop.is_set() else ""),
@@ -211,7 +223,9 @@ def watch(
 
 @app.command()
 def explain(
-    inputs: Annotated[list[Path], typer.Argument(help="a video or frame folder, or one or more images")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="a video (or part: VIDEO@START-END) or frame folder, or one or more images")
+    ],
     out_dir: Annotated[Path, typer.Option("--out", help="folder for report.json and report.html")],
     normal: Annotated[
         Optional[list[Path]],
@@ -327,7 +341,9 @@ def _write_json(path: Path, data) -> None:
 
 @app.command()
 def chat(
-    video: Annotated[Path, typer.Argument(help="video, frame folder or image to talk about")],
+    video: Annotated[
+        Path, typer.Argument(help="video (or part: VIDEO@START-END), frame folder or image to talk about")
+    ],
     scene_dir: Annotated[
         Optional[Path], typer.Option("--scene", help="scene folder from induce-rules [default: learn from the video]")
     ] = None,

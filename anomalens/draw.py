@@ -53,6 +53,24 @@ def overlay(
     return out
 
 
+def boxed(image: np.ndarray, evidence: Evidence, scale: float, min_score: float = 1.0) -> np.ndarray:
+    """A copy of ``image`` (analysis resolution, BGR) with every object of ``evidence`` boxed and named (its class,
+    else "object", and its track): those scoring above ``min_score`` (anomalous) in red and bold, the rest thin and
+    grey. ``scale``: analysis pixels per source pixel."""
+    out = image.copy()
+    for i, (x1, y1, x2, y2) in enumerate(np.asarray(evidence.boxes) * scale):
+        anomalous = evidence.scores[i] > min_score
+        color, width = (BOX_COLOR, 2) if anomalous else ((200, 200, 200), 1)
+        corner = (int(x1), int(y1))
+        cv2.rectangle(out, corner, (int(np.ceil(x2)), int(np.ceil(y2))), color, width)
+        name = (evidence.class_names[i] if evidence.class_names is not None else None) or "object"
+        track = evidence.track_of(i)
+        label = name if track is None else f"{name} {track}"
+        cv2.putText(out, label, (corner[0], max(corner[1] - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1,
+                    cv2.LINE_AA)  # fmt: skip
+    return out
+
+
 def heat_overlay(image: np.ndarray, evidence: Evidence, threshold: float, alpha: float = 0.45) -> np.ndarray:
     """``image`` (source resolution, BGR) under its whole anomaly map, coloured from 0 to the larger of the map's
     maximum and ``threshold`` (so a map that stays below the threshold never looks red), with the boxes, each

@@ -5,10 +5,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from anomalens.errors import ConfigError
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """``text`` as a file or topic name: runs of anything but letters, digits, ``_.-`` as one ``_``; its last
+    ``limit`` characters (a path's tail tells sources apart)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[-limit:]
 
 
 def read_text(path: Path, what: str) -> str:

@@ -65,6 +65,7 @@ class Report(BaseModel):
     ground_truth: GroundTruth | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     seconds: float = 0.0
+    clips: list[str] = Field(default_factory=list)  # the events with a clip beside the report (``clip_file``)
 
     def explained(self, event: Event) -> Explanation | None:
         """The explanation of ``event`` that verified anything (the agent's, else the plain one), if any."""
@@ -140,6 +141,11 @@ def compact_map(evidence: Evidence) -> Evidence:
 def keyframe_file(report_dir: str | Path, event_id: str) -> Path:
     """Where a report keeps an event's keyframe picture (JPEG) for the event store and the app."""
     return Path(report_dir) / "keyframes" / f"{event_id}.jpg"
+
+
+def clip_file(report_dir: str | Path, event_id: str) -> Path:
+    """Where a report keeps an event's clip (H.264 MP4, ``anomalens.clips``)."""
+    return Path(report_dir) / "clips" / f"{event_id}.mp4"
 
 
 def write_report(report: Report, keyframes: dict[str, np.ndarray], out_dir: str | Path) -> tuple[Path, Path]:
@@ -379,6 +385,10 @@ def render_html(report: Report, keyframes: dict[str, np.ndarray], zones: np.ndar
     for event in report.events:
         image = keyframes.get(event.id)
         picture = f'<img src="{_jpeg_data_uri(image)}" alt="keyframe of {esc(event.id)}">' if image is not None else ""
+        if event.id in report.clips:  # beside the report: a relative link, as the folder moves whole
+            clip = f"clips/{esc(event.id)}.mp4"
+            picture += (f'<video controls preload="metadata" src="{clip}"></video>'
+                        f'<p class="meta"><a href="{clip}" download>download the clip</a></p>')  # fmt: skip
         sections.append(
             f'<div class="event" id="{esc(event.id)}"><h3>{esc(event.id)}: {event.start_s:.1f}-{event.end_s:.1f} s '
             f"(frames {event.start_frame}-{event.end_frame}, peak {event.peak_frame}, score {event.score:.2f})</h3>"

@@ -8,6 +8,7 @@ source pixels (``source = analysis / scale``).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -97,6 +98,52 @@ def _analysis_frame(index: int, fps: float, image: np.ndarray, max_side: int | N
     return Frame(index, index / fps, image, scale, (width, height), None if path is None else str(path))
 
 
+# A part of a video input: VIDEO@START-END, times as seconds, m:ss or h:mm:ss; either end may be left out.
+_PART = re.compile(r"^(?P<path>.+)@(?P<start>[0-9:.]*)-(?P<end>[0-9:.]*)$")
+_CLOCK = re.compile(r"^(?:(?:(?P<h>\d+):)?(?P<m>\d+):)?(?P<s>\d+(?:\.\d*)?)$")
+PART_SYNTAX = "VIDEO@START-END, e.g. walk.mp4@0:40-1:20 (seconds, m:ss or h:mm:ss; either end may be left out)"
+
+
+@dataclass(frozen=True)
+class Part:
+    """The seconds of an input wanted (``end_s`` None: to its end)."""
+
+    start_s: float = 0.0
+    end_s: float | None = None
+
+    def __str__(self) -> str:
+        return f"{clock(self.start_s)}-{clock(self.end_s) if self.end_s is not None else ''}"
+
+
+def clock(seconds: float) -> str:
+    """``seconds`` as m:ss (h:mm:ss from an hour on), tenths kept when there are any."""
+    minutes, rest = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    text = f"{rest:04.1f}" if rest != int(rest) else f"{int(rest):02d}"
+    return f"{hours}:{minutes:02d}:{text}" if hours else f"{minutes}:{text}"
+
+
+def split_part(spec: str | os.PathLike) -> tuple[Path, Part | None]:
+    """An input and the part of it wanted: ``walk.mp4@0:40-1:20`` is seconds 40 to 80 of ``walk.mp4``. A path that
+    exists as written is that path, ``@`` and all."""
+    text = os.fspath(spec)
+    found = _PART.match(text)
+    if found is None or Path(text).exists():
+        return Path(text), None
+
+    def seconds(value: str) -> float | None:
+        if not value:
+            return None
+        if (parts := _CLOCK.match(value)) is None:
+            raise MediaError(text, f"{value!r} is not a time: give {PART_SYNTAX}")
+        return 3600 * int(parts["h"] or 0) + 60 * int(parts["m"] or 0) + float(parts["s"])
+
+    start, end = seconds(found["start"]), seconds(found["end"])
+    if start is not None and end is not None and end <= start:
+        raise MediaError(text, f"the part ends ({clock(end)}) before it starts ({clock(start)})")
+    return Path(found["path"]), Part(start or 0.0, end)
+
+
 def _check_readable(path: Path) -> None:
     if not path.exists():
         raise MediaError(path, "no such file or folder")
@@ -153,18 +200,21 @@ class FrameSource:
         self._images: list[Path] | None = None
         self._video: Path | None = None
 
+        part = None
         if isinstance(inputs, (str, os.PathLike)):
-            path = Path(inputs)
+            path, part = split_part(inputs)
+            if part is not None and (start or stop is not None):
+                raise ValueError("give a part of the input (VIDEO@START-END) or a frame range, not both")
             _check_readable(path)
             if path.is_dir():
                 self._images = self._folder_images(path)
-                self.name = str(path)
+                self.name = os.fspath(inputs)
             elif path.suffix.lower() in IMAGE_SUFFIXES:
                 self._images = [path]
-                self.name = str(path)
+                self.name = os.fspath(inputs)
             elif path.suffix.lower() in VIDEO_SUFFIXES:
                 self._video = path
-                self.name = str(path)
+                self.name = os.fspath(inputs)
             else:
                 raise MediaError(
                     path,
@@ -194,6 +244,17 @@ class FrameSource:
             what = "the video's header" if self._video is not None else "an image input"
             self.fps_note = f"{self.fps:g} frames/s assumed: {what} states no frame rate (give --fps if it differs)"
         self.stride = stride or (max(1, round(self.fps / target_fps)) if target_fps else 1)
+        if part is not None:
+            self.start, self.stop = self._frames_of(part)
+
+    def _frames_of(self, part: Part) -> tuple[int, int | None]:
+        """The source frames ``[start, stop)`` of ``part``; a part past the input's end is an error (an end in the
+        input's last second is its end: people give whole seconds)."""
+        length = self.declared_frames / self.fps
+        if part.start_s >= length or (part.end_s is not None and part.end_s >= length + 1):
+            beyond = clock(part.start_s if part.start_s >= length else part.end_s)
+            raise MediaError(self.name, f"the part reaches {beyond}, past the end of the input ({clock(length)})")
+        return round(part.start_s * self.fps), None if part.end_s is None else round(part.end_s * self.fps)
 
     @staticmethod
     def _folder_images(folder: Path) -> list[Path]:
@@ -296,6 +357,12 @@ class FrameSource:
                 )
         finally:
             capture.release()
+
+    def between(self, start: int, stop: int) -> Iterator[Frame]:
+        """The frames ``[start, stop)`` of the input, read (seeked, strided, scaled) as this source reads its own."""
+        part = copy.copy(self)
+        part.start, part.stop = start, stop
+        return iter(part)
 
     def read(self, index: int) -> Frame:
         """Decode the single source frame ``index`` (seeks; for keyframes and chat look-ups)."""

@@ -16,15 +16,16 @@ import numpy as np
 from anomalens.agents.graph import explain_events, plain_explanation
 from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import LLM
+from anomalens.clips import event_clip
 from anomalens.config import Settings, load_settings
 from anomalens.draw import overlay
-from anomalens.errors import AnomalensError, LLMError
+from anomalens.errors import AnomalensError, LLMError, MissingExtra
 from anomalens.files import writable_folder
 from anomalens.pipelines.audit_state import AuditState, fingerprint
 from anomalens.pipelines.describe import Describer
 from anomalens.pipelines.history import record
-from anomalens.progress import say
-from anomalens.report import SEPARATOR_PX, GroundTruth, Report, compact_map, write_report
+from anomalens.progress import say, track
+from anomalens.report import SEPARATOR_PX, GroundTruth, Report, clip_file, compact_map, write_report
 from anomalens.rules.captions import EVERYDAY
 from anomalens.store import EventStore
 from anomalens.tools.captions import ReplayedCaptions
@@ -115,7 +116,7 @@ def index_video(
         video=result.source_name,
         fps=result.fps,
         source_size=result.source_size,
-        frames=len(result.frame_indices),
+        frames=int(result.frame_indices[-1]) + 1 if len(result.frame_indices) else 0,  # a part's times stay the video's
         threshold=result.threshold,
         events=result.events,
         evidence=sorted(compact.values(), key=lambda ev: ev.frame_index or 0),
@@ -245,6 +246,7 @@ def audit(
         screened = screen_video(source, scene, cues=cues, self_referenced=self_referenced, progress=progress)
         if state is not None:
             state.keep_screening(screened.result, screened.tracks)
+    clips = write_clips(source, screened.result, out, progress) if out is not None else []
     scorer = "scene rules + motion" + (" + objects" if scene.objects else "")
     scorer += " (trained on " + ", ".join(scene.sources) + ")"
     scorer += f" + caption rules on {replayed.origin}" if caption_rules is not None else ""
@@ -256,7 +258,7 @@ def audit(
     cited: dict[str, Evidence] = {}
 
     def reported(explainer_said: str) -> tuple[Report, dict[str, np.ndarray]]:
-        return build_report(
+        report, keyframes = build_report(
             screened,
             scene,
             title=title or f"anomalens audit: {source.name}",
@@ -268,6 +270,7 @@ def audit(
             metrics=metrics(screened.result) if metrics else None,
             fps_note=source.fps_note,
         )
+        return report.model_copy(update={"clips": clips}), keyframes
 
     def cite(explanation: Explanation) -> None:
         """What the agent cited goes into the report with the rest."""
@@ -322,6 +325,21 @@ def audit(
         written = f"; the report is written: {files[1]}" if files else ""
         raise LLMError(f"{failure}{written}") from None
     return Audit(screened, explanations, report, keyframes, files)
+
+
+def write_clips(source: FrameSource, result: ScreeningResult, out: str | Path, progress: bool = True) -> list[str]:
+    """Each event's clip (``clips.event_clip``) beside the report, at ``report.clip_file``; the ids of the events
+    that have one (none, said once, without imageio-ffmpeg)."""
+    written = []
+    events = result.events
+    for event in track(events, "writing event clips", len(events), enabled=progress and bool(events)):
+        try:
+            event_clip(source, event, result.frames, clip_file(out, event.id))
+        except MissingExtra as error:
+            say(f"event clips: not written ({error})", progress)
+            break
+        written.append(event.id)
+    return written
 
 
 def normality(scene: Scene) -> str:

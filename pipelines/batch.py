@@ -24,7 +24,7 @@ from anomalens.errors import AnomalensError, MediaError, MissingExtra
 from anomalens.files import append_line, read_text, writable_folder
 from anomalens.progress import say, track
 from anomalens.tools.scene import Scene
-from anomalens.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from anomalens.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, split_part
 
 LEDGER = "batch.jsonl"
 MANIFEST_SUFFIXES = (".txt", ".list")
@@ -48,6 +48,12 @@ def batch_inputs(inputs: Sequence[str | Path], _manifests: frozenset[Path] = fro
     refused."""
     found: list[Path] = []
     for given in map(Path, inputs):
+        media, wanted = split_part(given)
+        if wanted is not None:  # a part of a video (VIDEO@START-END): checked when it is opened
+            if not media.is_file():
+                raise MediaError(given, "no such file")
+            found.append(Path(f"{media.resolve()}@{wanted}"))
+            continue
         if not given.exists():
             raise MediaError(given, "no such file or folder")
         if given.is_dir():
@@ -63,7 +69,7 @@ def batch_inputs(inputs: Sequence[str | Path], _manifests: frozenset[Path] = fro
             found.append(given)
         else:
             raise MediaError(given, f"not a video, frame folder or manifest ({', '.join(MANIFEST_SUFFIXES)})")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
+    unique = list(dict.fromkeys(p if split_part(p)[1] else p.resolve() for p in found))
     if not unique:
         raise AnomalensError("no videos to audit")
     return unique
@@ -77,8 +83,10 @@ def report_names(videos: Sequence[Path]) -> dict[Path, str]:
     suffixed: set[Path] = set()
 
     def name(video: Path) -> str:
-        parents = video.parent.parts[1:][::-1][: depth[video]][::-1]  # the nearest ``depth`` folders, root left out
-        return "-".join([*parents, video.stem]) + (video.suffix.replace(".", "-") if video in suffixed else "")
+        media, wanted = split_part(video)
+        parents = media.parent.parts[1:][::-1][: depth[video]][::-1]  # the nearest ``depth`` folders, root left out
+        said = "-".join([*parents, media.stem]) + (media.suffix.replace(".", "-") if video in suffixed else "")
+        return said + (f"-{str(wanted).replace(':', '.')}" if wanted else "")
 
     previous: dict[Path, str] = {}
     while True:

@@ -23,6 +23,7 @@ from anomalens.store import EventStore
 from anomalens.tools.captions import ReplayedCaptions
 from anomalens.tools.coco import ClassNamer
 from anomalens.tools.scene import Scene
+from anomalens.video import split_part
 
 
 def video_index(
@@ -37,15 +38,15 @@ def video_index(
     """The index of ``video``: read from ``cache_dir`` when this video (same bytes on disk), scene and
     captions were indexed before by this version of the index format, else built by screening it once (every
     frame's compact evidence kept)."""
-    path = Path(video)
-    key = hashlib.sha1(f"format={INDEX_FORMAT}|fps={fps}".encode())
-    for part in (path, Path(scene_dir) / "rules.yaml" if scene_dir else None, Path(captions) if captions else None):
-        if part is None:
+    media, wanted = split_part(video)
+    key = hashlib.sha1(f"format={INDEX_FORMAT}|fps={fps}|part={wanted}".encode())
+    for file in (media, Path(scene_dir) / "rules.yaml" if scene_dir else None, Path(captions) if captions else None):
+        if file is None:
             continue
-        if not part.exists():
-            raise MediaError(part, "not found")
-        stat = part.stat()  # an edited rulebook or caption file, or a replaced video, means a new index
-        key.update(f"|{part.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        if not file.exists():
+            raise MediaError(file, "not found")
+        stat = file.stat()  # an edited rulebook or caption file, or a replaced video, means a new index
+        key.update(f"|{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     cached = Path(cache_dir) / f"index-{key.hexdigest()[:16]}.json"
     if cached.is_file():
         return VideoIndex.load(cached)
@@ -53,8 +54,8 @@ def video_index(
     if scene_dir:
         scene = Scene.load(scene_dir)
     else:
-        scene = self_referenced_scene(path, fps=fps, progress=progress)
-    source = scene.open(path, fps=fps)
+        scene = self_referenced_scene(video, fps=fps, progress=progress)
+    source = scene.open(video, fps=fps)
     if replayed is not None and (problem := replayed.mismatch(source.declared_frames)):
         say(f"warning: {problem}")
     screened = screen_video(source, scene, self_referenced=not scene_dir, progress=progress)

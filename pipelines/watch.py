@@ -1,7 +1,8 @@
 """Live sources watched against a scene: screening keeps up with each stream, the LLM never holds it up.
 
 Each source is screened in its own thread with the scene's scorer (``tools.screening.LiveScreening``: the same
-scoring, smoothing and grouping as ``audit``), and each event is emitted the moment it closes: a JSON line on
+scoring, smoothing and grouping as ``audit``), and each event is emitted as soon as it is sure to be one
+(``"state": "started"``) and again the moment it closes (``"closed"``, with its headline): a JSON line on
 stdout, a line in ``OUT/events.jsonl``, and a POST to the webhook when one is configured; with ``OUT``, each
 event is also a small report (``OUT/events/<when the watch started>/<source>-<event>/``) in the event store, for
 the app. Its explanation queues behind a bounded backlog, explained oldest first by the agent on the event's
@@ -16,7 +17,6 @@ import datetime
 import itertools
 import json
 import queue
-import re
 import threading
 import time
 import urllib.request
@@ -29,16 +29,17 @@ from anomalens.agents.graph import explain_events, plain_explanation
 from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import LLM
 from anomalens.errors import AnomalensError, LLMError, MediaError
-from anomalens.files import append_line, writable_folder
+from anomalens.files import append_line, slug, writable_folder
 from anomalens.pipelines.audit import keyframe_picture, open_explainer
 from anomalens.pipelines.describe import Describer
 from anomalens.pipelines.history import record
 from anomalens.progress import say
+from anomalens.records import event_record, explanation_record, now, skipped_record
 from anomalens.report import Report, compact_map, write_report
 from anomalens.store import EventStore
 from anomalens.tools.perception import object_tools
 from anomalens.tools.scene import Scene, SceneScorer
-from anomalens.tools.screening import LiveEvent, LiveScreening
+from anomalens.tools.screening import LiveEvent, LiveScreening, StartedEvent
 from anomalens.types import Explanation
 from anomalens.video import Stream, live_source, patiently
 
@@ -48,27 +49,26 @@ WEBHOOK_TIMEOUT = 5.0  # seconds a webhook may take; a slow one delays its own d
 
 @dataclass
 class Watched:
-    """One source's run: frames screened, events emitted, each event's latency (the arrival of its last frame
-    to its emission, seconds), how far screening fell behind the frames' arrival, reconnections."""
+    """One source's run: frames screened, events emitted, each event's latencies (seconds: the arrival of its
+    last frame to its closed record; of its first frame to its started record), how far screening fell behind
+    the frames' arrival, reconnections."""
 
     source: str
     frames: int = 0
     events: int = 0
     latencies: list[float] = field(default_factory=list)
+    start_latencies: list[float] = field(default_factory=list)  # per event: its first frame's arrival to "started"
     lag: list[float] = field(default_factory=list)  # per frame: scored at, minus arrived at
     reconnects: int = 0
     error: str | None = None
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
 class _Outlet:
-    """Where records go, one whole line at a time: ``emit`` (stdout), ``OUT/events.jsonl``, the webhook."""
+    """Where records go, one whole line at a time: ``emit`` (stdout), ``OUT/events.jsonl``, the webhook, the MQTT
+    broker."""
 
-    def __init__(self, emit: Callable[[dict], None], out: Path | None, webhook: str | None):
-        self.emit, self.webhook = emit, webhook
+    def __init__(self, emit: Callable[[dict], None], out: Path | None, webhook: str | None, mqtt=None):
+        self.emit, self.webhook, self.mqtt = emit, webhook, mqtt
         self.ledger = out / EVENTS if out is not None else None
         self.lock = threading.Lock()
         self.posting = ThreadPoolExecutor(max_workers=1) if webhook else None
@@ -81,6 +81,8 @@ class _Outlet:
                 append_line(self.ledger, line)
         if self.posting is not None:
             self.posting.submit(self._post, line.encode())
+        if self.mqtt is not None:
+            self.mqtt(record)
 
     def _post(self, body: bytes) -> None:
         request = urllib.request.Request(self.webhook, body, {"Content-Type": "application/json"}, method="POST")
@@ -93,6 +95,8 @@ class _Outlet:
     def close(self) -> None:
         if self.posting is not None:
             self.posting.shutdown(wait=True)
+        if self.mqtt is not None:
+            self.mqtt.close()
 
 
 class _Misfit(MediaError):
@@ -151,7 +155,7 @@ class _Archive:
             zone_grid=(self.scene.model.geometry.rows, self.scene.model.geometry.cols), explanations=[plain],
             explainer=plain.generator,
         )  # fmt: skip
-        folder = self.out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', index.video)[-60:]}-{event.id}"
+        folder = self.out / f"{slug(index.video)}-{event.id}"
         keyframes = {event.id: keyframe_picture(*live.keyframe)}
         with self.lock:
             if pending:
@@ -194,7 +198,7 @@ class _Explainer:
 
     def _skipped(self, source: str, event_id: str, why: str) -> None:
         say(f"{source}: {event_id}: explanation skipped: {why}")
-        self.outlet({"type": "explanation", "source": source, "event_id": event_id, "skipped": why, "at": _now()})
+        self.outlet(skipped_record(source, event_id, why))
         if self.archive is not None:
             self.archive.forget(source, event_id)
 
@@ -206,11 +210,7 @@ class _Explainer:
             except LLMError as error:
                 self._skipped(source, event_id, f"the LLM failed ({error})")
                 continue
-            claims = [{"kind": c.kind, "text": c.text, "verdict": c.verdict.status} for c in explanation.claims]
-            record = {"type": "explanation", "source": source, "event_id": event_id, "headline": explanation.headline,
-                      "prose": explanation.prose,
-                      "claims": claims, "seconds": round(explanation.seconds, 2), "at": _now()}  # fmt: skip
-            self.outlet(record)
+            self.outlet(explanation_record(source, event_id, explanation))
             if self.archive is not None:
                 self.archive.explained(source, event_id, explanation)
 
@@ -248,23 +248,27 @@ def _screen(
     stream: Stream, scene: Scene, watched: Watched, outlet: _Outlet, explainer: _Explainer | None, tools,
     archive: _Archive | None,
 ):
-    started = _now()  # events' times count from the stream's first frame
+    started = now()  # events' times count from the stream's first frame
     scorer = SceneScorer(scene, stream.fps, tools)
     scorer.warm(stream.first_frame)
     screening = LiveScreening(scorer, stream.fps, describe=Describer(scene.rulebook))
     arrived: dict[int, float] = {}
 
-    def publish(closed: list[LiveEvent]) -> None:
-        for live in closed:
+    def publish(changed: list[LiveEvent | StartedEvent]) -> None:
+        for live in changed:
             emitted = time.monotonic()
+            if isinstance(live, StartedEvent):  # out as soon as it is sure; its record is updated when it closes
+                latency = emitted - arrived.get(live.event.start_frame, emitted)
+                watched.start_latencies.append(latency)
+                outlet(event_record(stream.name, live.event, "started", latency_s=round(latency, 3)))
+                continue
             latency = emitted - arrived.get(live.event.end_frame, emitted)
             watched.events += 1
             watched.latencies.append(latency)
             index = _index_of(live, stream, screening, scorer, scene)
             plain = plain_explanation(index, live.event)
-            outlet({"type": "event", "source": stream.name, "headline": plain.headline,
-                    "event": live.event.model_dump(mode="json"), "latency_s": round(latency, 3),
-                    "at": _now()})  # fmt: skip
+            outlet(event_record(stream.name, live.event, "closed", headline=plain.headline,
+                                latency_s=round(latency, 3)))  # fmt: skip
             if archive is not None:
                 archive.keep(live, index, started, plain, pending=explainer is not None)
             if explainer is not None:
@@ -293,6 +297,7 @@ def watch(
     llm: LLM | None = None,
     backlog: int = 8,
     webhook: str | None = None,
+    mqtt: str | None = None,
     emit: Callable[[dict], None] | None = None,
     stop: threading.Event | None = None,
     store: EventStore | None = None,
@@ -300,9 +305,11 @@ def watch(
 ) -> list[Watched]:
     """Watch ``sources`` (URLs, webcams, files) against ``scene`` until every one ends or ``stop`` is set.
 
-    Records (``{"type": "event", ...}`` as each event closes, ``{"type": "explanation", ...}`` as the agent
-    explains it or skips it) go to ``emit`` (default: a JSON line on stdout), to ``out/events.jsonl`` and to
-    ``webhook``. ``realtime`` plays files at their own rate; ``fps`` is the rate of sources that state none.
+    Records (``anomalens.records``: ``{"type": "event", "state": "started" | "closed", ...}`` as each event starts
+    and as it closes, ``{"type": "explanation", ...}`` as the agent explains it or skips it) go to ``emit``
+    (default: a JSON line on stdout), to ``out/events.jsonl``, to ``webhook`` and to the MQTT broker at ``mqtt``
+    (topics: ``anomalens.mqtt``). ``realtime`` plays files at their own rate; ``fps`` is the rate of sources that
+    state none.
     Events are explained by the agent with ``llm``, else by the LLM ``explainer`` chooses (see ``audit``).
     With ``out``, each event is also kept as a report under ``out/events/`` and in the event ``store`` (default:
     the settings' one).
@@ -341,7 +348,14 @@ def watch(
     if llm is None:
         llm, who = open_explainer(explainer)
         say(f"explanations: {who}", progress)
-    outlet = _Outlet(emit or (lambda record: print(json.dumps(record), flush=True)), out, webhook)
+    broker = None
+    if mqtt is not None:
+        from anomalens.mqtt import MqttPublisher
+
+        broker = MqttPublisher(mqtt)
+        for spec in sources:
+            broker.announce(spec)
+    outlet = _Outlet(emit or (lambda record: print(json.dumps(record), flush=True)), out, webhook, broker)
     archive = _Archive(out, scene, store) if out is not None else None
     agent = _Explainer(llm, backlog, outlet, archive) if llm is not None else None
     watched = [Watched(spec) for spec in sources]

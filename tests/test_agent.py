@@ -17,7 +17,7 @@ from anomalens.agents.chat import ChatSession
 from anomalens.agents.claims import plural
 from anomalens.agents.graph import MAX_STEPS, Agent, build_graph, explain_events
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
-from anomalens.agents.llm import Message, ToolCall
+from anomalens.agents.llm import ToolCall
 from anomalens.agents.llm.scripted import ScriptedLLM
 from anomalens.agents.verify import Verifier
 from anomalens.config import load_settings
@@ -28,18 +28,9 @@ from anomalens.report import render_html
 from anomalens.tools.perception import Perception
 from anomalens.types import Claim, Explanation
 from tests.conftest import INJECTION
+from tests.helpers.agent import answer, by_handle, offered
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "agent_graph.txt"
-
-
-def facts_in(messages: list[Message]) -> list[dict]:
-    """The candidate claims the event digest offers (JSON lines in the user turn)."""
-    user = next(m.content for m in messages if m.role == "user")
-    return [json.loads(line.split("  (")[0]) for line in user.splitlines() if line.startswith("  {")]
-
-
-def answer(claims: list[dict]) -> list[ToolCall]:
-    return [ToolCall(id="a1", name="answer", arguments={"claims": claims})]
 
 
 def first_event(index: VideoIndex):
@@ -60,9 +51,10 @@ def test_graph_structure_matches_its_snapshot(index):
 def test_a_direct_answer_is_verified_and_only_verified_claims_are_said(index):
     wrong = {"kind": "measurement", "cite": [f"F{first_event(index).peak_frame}"], "quantity": "speed", "value": 12345.0}
 
+    chosen = [f for f in offered(index, first_event(index)) if f["kind"] in ("rule", "measurement")][:2]
+    assert chosen, "the digest offers rule and measurement facts"
+
     def from_digest(messages):
-        chosen = [f for f in facts_in(messages) if f["kind"] in ("rule", "measurement")][:2]
-        assert chosen, "the digest offers rule and measurement facts"
         return answer(chosen + [wrong])
 
     llm = ScriptedLLM([from_digest, answer([])])  # the revision drops what failed
@@ -83,7 +75,7 @@ def test_the_caption_rule_an_event_breaks_is_offered_as_a_fact_and_verified(scen
     from anomalens.rules.captions import parse_rule_text
     from anomalens.tools.caption_scoring import CaptionScorer
     from anomalens.tools.captions import ReplayedCaptions
-    from tests.test_caption_reasoning import RULES, BagOfWords
+    from tests.helpers.captions import RULES, BagOfWords
 
     scene, test, captions = scene_and_video
     cue = caption_cue(
@@ -98,7 +90,7 @@ def test_the_caption_rule_an_event_breaks_is_offered_as_a_fact_and_verified(scen
     assert 'describe "riding a bicycle"' in event.summary
 
     def from_digest(messages):
-        return answer([f for f in facts_in(messages) if f["kind"] == "object" and f["cite"][0].startswith("C")])
+        return answer([f for f in offered(built, event) if f["kind"] == "object" and f["cite"][0].startswith("C")])
 
     (explanation,) = run(ScriptedLLM([from_digest]), built, events=[event.id])
     (claim,) = [c for c in explanation.supported if not c.from_facts]
@@ -161,7 +153,7 @@ def test_malformed_replies_are_corrected_then_the_budget_ends_the_attempt(index)
 def test_each_claim_kind_requires_its_fields_so_a_grammar_cannot_leave_them_out(index):
     from pydantic import ValidationError
 
-    from anomalens.agents.claims import Answer, plural
+    from anomalens.agents.claims import Answer
     from anomalens.agents.llm import tool_parameters
 
     variants = tool_parameters(Answer)["properties"]["claims"]["items"]["oneOf"]
@@ -203,12 +195,13 @@ def test_revision_is_bounded_and_unsupported_claims_are_dropped(index):
 def test_a_claim_repeated_in_an_answer_or_a_revision_is_said_once(index):
     wrong = {"kind": "rule", "cite": [f"F{first_event(index).peak_frame}"], "rule": "no-such-rule"}
 
+    fact = offered(index, first_event(index))[0]
+
     def twice(messages):
-        fact = facts_in(messages)[0]
         return answer([fact, fact, wrong])
 
     def repeat_the_kept(messages):
-        return answer([facts_in(messages)[0]])
+        return answer([fact])
 
     (explanation,) = run(ScriptedLLM([twice, repeat_the_kept]), index)
     assert len(explanation.first_draft) == 2 and explanation.rounds == 1
@@ -219,7 +212,7 @@ def test_a_claim_repeated_in_an_answer_or_a_revision_is_said_once(index):
 
 def test_every_event_in_the_queue_is_explained(index):
     ids = [e.id for e in index.events]
-    llm = ScriptedLLM([lambda messages: answer(facts_in(messages)[:2]) for _ in ids])
+    llm = ScriptedLLM([by_handle for _ in ids])
     explanations = run(llm, index, events=ids)
     assert [x.event_id for x in explanations] == ids
     assert all(x.supported for x in explanations)
@@ -417,10 +410,8 @@ def test_a_frame_quantity_claimed_as_a_rule_or_for_a_track_is_told_how_to_claim_
 def test_audit_report_shows_each_claim_with_its_verdict_and_evidence(scene_and_video):
     scene, test, captions = scene_and_video
 
-    def from_digest(messages):
-        return answer(facts_in(messages)[:2] + [{"kind": "count", "cite": ["F0"], "value": 42}])
-
-    llm = ScriptedLLM([from_digest, answer([])] * 10)
+    wrong = {"kind": "count", "cite": ["F0"], "value": 42}
+    llm = ScriptedLLM([answer([wrong], facts=["f1", "f2"]), answer([])] * 10)
     result = audit(test.video, scene, llm=llm, captions=captions, perception=Perception(), progress=False)
     report = result.report
     assert report.explainer == "agent (scripted:script)" and len(report.explanations) == len(result.events)
@@ -735,12 +726,56 @@ def test_the_llm_picks_the_subject_and_the_facts_by_handle_and_the_code_writes_t
     llm = ScriptedLLM([[ToolCall(id="a1", name="answer", arguments=picked)]])
     (explanation,) = run(llm, index, events=[event.id])
     user = next(m.content for m in llm.calls[0]["messages"] if m.role == "user")
-    assert "S1: track" in user and "(f1" in user and explanation.llm_calls == 1
+    assert "S1: track" in user and "\n  f1: track" in user and explanation.llm_calls == 1
     assert explanation.subject_track == candidates[-1].track != candidates[0].track
     assert f"track {candidates[-1].track}" not in explanation.headline.lower() and explanation.headline
     expected = claims_from_draft(parse_drafts([facts[1][0], facts[0][0]]), book)
     said = [(c.kind, c.track_id, c.rule_id, c.value) for c in explanation.claims[:2]]
     assert said == [(c.kind, c.track_id, c.rule_id, c.value) for c in expected]
+
+
+def test_each_events_default_subject_is_the_labelled_anomaly(index, scene_and_video):
+    """The subject offered first (the object that made the event's peak) lies on the anomaly's pixels in the
+    frame it is cited at, for the cyclist and the lawn crossing alike."""
+    import numpy as np
+
+    from anomalens.agents.headline import subject_of
+    from anomalens.eval.synthetic import load_masks
+
+    masks = load_masks(scene_and_video[1].masks)
+    book, on = EvidenceBook(index), []
+    for event in index.events:
+        subject = subject_of(book, event)
+        x1, y1, x2, y2 = np.round(subject.evidence.boxes[subject.position]).astype(int)
+        on.append(bool(masks[subject.evidence.frame_index][max(y1, 0) : y2, max(x1, 0) : x2].any()))
+    assert len(on) >= 2 and all(on), on
+
+
+def test_the_object_that_made_the_peak_comes_before_a_walker_that_broke_a_categorical_rule():
+    """A walker headed the wrong way (a rule broken at its fixed severity 2.0, looking as normal as anyone)
+    early in an event; the object that made the event's peak broke the speed limit by 1.2x and moved 6.5 times
+    as unusually as the normal footage allows. The event is about the second."""
+    import numpy as np
+
+    from anomalens.agents.headline import subjects
+    from anomalens.types import EvidenceKind, Event, Evidence, Measurement, MeasurementKind, Source
+
+    def frame(k: int, track: int, score: float, rule: str, severity: float) -> Evidence:
+        breach = Measurement(kind=MeasurementKind.RULE_SEVERITY, name=rule, value=severity, unit="ratio",
+                             object_index=0)  # fmt: skip
+        return Evidence(kind=EvidenceKind.FRAME, source=Source(tool="scene", backend="objects+rules"), frame_index=k,
+                        frame_size=(64, 48), boxes=np.array([[10.0, 10, 20, 40]]), scores=np.array([score]),
+                        labels=["object"], track_ids=np.array([track]), measurements=[breach])  # fmt: skip
+
+    walker, fast = frame(2, 1, 2.0, "direction-r1c1", 2.0), frame(6, 2, 6.5, "speed-any", 1.2)
+    event = Event(id="event-1", start_frame=2, end_frame=8, start_s=0.2, end_s=0.8, peak_frame=6, score=6.5,
+                  evidence_ids=[walker.id, fast.id])  # fmt: skip
+    index = VideoIndex(video="v.avi", fps=10.0, source_size=(64, 48), frames=10, threshold=1.0, events=[event],
+                       evidence=[walker, fast])  # fmt: skip
+    assert [(s.track, s.rule_id) for s in subjects(EvidenceBook(index), event)] == [
+        (2, "speed-any"),
+        (1, "direction-r1c1"),
+    ]
 
 
 def test_without_live_tools_an_event_is_answered_in_one_call(index):

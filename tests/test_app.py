@@ -25,16 +25,11 @@ from anomalens.pipelines.history import index_reports
 from anomalens.rules.io import load_rulebook
 from anomalens.store import EventStore, StoredClaim, StoredEvent, StoredVideo
 from tests.conftest import absent
-from tests.test_history import from_digest
+from tests.helpers.agent import by_handle
+from tests.helpers.network import free_port
 
 INJECTED = '<script>window.injected = 1</script><img src=x onerror="window.injected = 2">'
 SHOTS = os.environ.get("ANOMALENS_SCREENSHOTS")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -83,7 +78,7 @@ def browser():
 def audited_store(scene_and_video, tmp_path):
     scene, test, _ = scene_and_video
     folder = scene.save(tmp_path / "scene")
-    audit(test.video, folder, out=tmp_path / "out", llm=ScriptedLLM([from_digest] * 10), progress=False)
+    audit(test.video, folder, out=tmp_path / "out", llm=ScriptedLLM([by_handle] * 10), progress=False)
     store = EventStore(tmp_path / "store")
     index_reports([tmp_path / "out"], store, progress=False)
     return store, folder

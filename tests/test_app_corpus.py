@@ -68,6 +68,28 @@ def test_each_request_of_the_corpus_gets_its_status_and_one_reason(audited, case
         assert case["says"] in reason and (answer.status_code < 400 or "\n" not in reason), reason
 
 
+@pytest.mark.parametrize("part, says", [("@2:00-", "past the end of the input"), ("@5-2", "before it starts")])
+def test_an_audit_of_a_part_the_video_does_not_have_is_one_422_line(audited, scene_and_video, part, says):
+    store, _ = audited
+    video = f"{scene_and_video[1].video}{part}"
+    with TestClient(create_app(store), base_url=BASE, raise_server_exceptions=False) as client:
+        answer = client.post("/api/jobs", json={"video": video, "scene": str(store.folder)})
+    assert answer.status_code == 422 and answer.json()["detail"].startswith(f"{video}: ") and says in answer.text
+    assert store.jobs() == []  # nothing started
+
+
+def test_an_events_clip_is_on_its_page_and_served_as_mp4(audited):
+    pytest.importorskip("imageio_ffmpeg", reason="event clips: pip install 'anomalens[clips]'")
+    store, _ = audited
+    with TestClient(create_app(store), base_url=BASE) as client:
+        page = client.get("/events/1").text
+        clip = client.get("/clips/1")
+        missing = client.get("/clips/999")
+    assert 'id="clip"' in page and 'src="/clips/1"' in page and "download the clip" in page
+    assert clip.status_code == 200 and clip.headers["content-type"] == "video/mp4" and clip.content[4:8] == b"ftyp"
+    assert missing.status_code == 404 and "not in the event store" in missing.json()["detail"]
+
+
 def test_a_keyframe_is_served_only_from_the_indexed_reports_own_folder(audited, tmp_path):
     store, out = audited
     secret = tmp_path / "secret.txt"

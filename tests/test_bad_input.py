@@ -12,6 +12,7 @@ import pytest
 
 from anomalens.cli import main
 from anomalens.report import Report
+from tests.helpers.network import free_port
 
 GARBAGE = bytes(range(128, 256)) * 8  # not UTF-8 from its first byte
 
@@ -472,14 +473,6 @@ def web_page_server():
     server.server_close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("server", ["hangs", "refuses", "answers a web page"])
 def test_an_llm_server_that_fails_costs_the_timeout_and_never_the_screening(
     inputs, server, hanging_server, web_page_server, monkeypatch, capsys
@@ -487,7 +480,7 @@ def test_an_llm_server_that_fails_costs_the_timeout_and_never_the_screening(
     """--explainer auto fell back on nothing: a refused connection lost the audit, a hung server held it 366 s."""
     pytest.importorskip("openai", reason="pip install 'anomalens[openai]'")
     folder, video, _ = inputs
-    refusing = f"http://127.0.0.1:{_free_port()}/v1"
+    refusing = f"http://127.0.0.1:{free_port()}/v1"
     urls = {"hangs": hanging_server, "refuses": refusing, "answers a web page": web_page_server}
     url = urls[server]
     for name, value in {"LLM": "openai", "LLM_MODEL": "m", "LLM_BASE_URL": url, "LLM_TIMEOUT": "1"}.items():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from anomalens.errors import MediaError
 from anomalens.pipelines import audit
 from anomalens.pipelines.batch import LEDGER, audit_batch, batch_inputs, report_names
 from anomalens.report import Report
@@ -44,6 +45,20 @@ def test_inputs_are_expanded_from_folders_and_manifests(videos, tmp_path):
     assert [p.name for p in found] == ["crowd.avi", "quiet.avi", "corrupt.avi", "cyclist.avi"]
     same_stem = [folder / "a" / "clip.avi", folder / "b" / "clip.avi", folder / "x.avi"]
     assert list(report_names(same_stem).values()) == ["a-clip", "b-clip", "x"]
+
+
+def test_a_manifest_line_may_name_a_part_of_a_video(videos, tmp_path):
+    """``clip.avi@0:01-0:03`` in a manifest: that part, audited on its own and reported in a folder of its own."""
+    _, folder = videos
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"{folder / 'crowd.avi'}@0:01-0:03\n{folder / 'crowd.avi'}@3-\n{folder / 'crowd.avi'}\n")
+    found = batch_inputs([manifest])
+    crowd = (folder / "crowd.avi").resolve()
+    assert found == [Path(f"{crowd}@0:01-0:03"), Path(f"{crowd}@0:03-"), crowd]
+    assert list(report_names(found).values()) == ["crowd-0.01-0.03", "crowd-0.03-", "crowd"]
+    manifest.write_text(f"{folder / 'gone.avi'}@1-2\n")
+    with pytest.raises(MediaError, match="gone.avi@1-2: no such file"):
+        batch_inputs([manifest])
 
 
 def test_every_video_of_a_batch_gets_a_report_folder_of_its_own(tmp_path):

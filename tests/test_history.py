@@ -18,11 +18,8 @@ from anomalens.rules.io import load_rulebook
 from anomalens.rules.review import propose, still_broken
 from anomalens.store import SCHEMA_VERSION, EventFilter, EventStore, StoredEvent, StoredVideo
 from anomalens.types import Predicate, Rule, Rulebook
-from tests.test_agent import answer, facts_in
+from tests.helpers.agent import by_handle
 
-
-def from_digest(messages):
-    return answer([f for f in facts_in(messages) if f["kind"] in ("rule", "measurement")][:2])
 
 
 @pytest.fixture
@@ -31,7 +28,7 @@ def audited(scene_and_video, tmp_path):
     scene, test, _ = scene_and_video
     folder = scene.save(tmp_path / "scene")
     store = EventStore(tmp_path / "store")
-    result = audit(test.video, folder, out=tmp_path / "out", llm=ScriptedLLM([from_digest] * 10), progress=False)
+    result = audit(test.video, folder, out=tmp_path / "out", llm=ScriptedLLM([by_handle] * 10), progress=False)
     index_reports([tmp_path / "out"], store, progress=False)
     return store, folder, result
 

@@ -17,14 +17,10 @@ from anomalens.errors import LLMError
 from anomalens.pipelines import audit
 from anomalens.pipelines.audit_state import FOLDER
 from anomalens.report import Report
-from tests.test_agent import answer, facts_in
+from tests.helpers.agent import by_handle
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def from_digest(messages):
-    """The agent's answer from the facts the event's digest offers: verified on the first try."""
-    return answer([f for f in facts_in(messages) if f["kind"] in ("rule", "measurement")][:2])
 
 
 def event_of(call) -> str:
@@ -48,7 +44,7 @@ def test_an_audit_keeps_its_work_and_a_rerun_resumes_it(saved_scene, tmp_path):
     scene, video = saved_scene
     out = tmp_path / "out"
     with pytest.raises(LLMError, match="the report is written"):  # the LLM fails after the first event
-        audit(video, scene, out=out, llm=ScriptedLLM([from_digest]), progress=False)
+        audit(video, scene, out=out, llm=ScriptedLLM([by_handle]), progress=False)
     first = Report.model_validate_json((out / "report.json").read_text())
     events = [e.id for e in first.events]
     assert len(events) >= 2 and "for 1 of" in first.explainer
@@ -56,19 +52,19 @@ def test_an_audit_keeps_its_work_and_a_rerun_resumes_it(saved_scene, tmp_path):
     assert [x.generator == "deterministic" for x in first.explanations] == [False] + [True] * (len(events) - 1)
     kept = (out / FOLDER / "explanations.json").read_text()
 
-    llm = ScriptedLLM([from_digest] * len(events))
+    llm = ScriptedLLM([by_handle] * len(events))
     again = audit(video, scene, out=out, llm=llm, progress=False)
     assert [event_of(call) for call in llm.calls] == events[1:]  # the first event's explanation was reused
     assert again.explanations[0] == first.explanations[0] and len(again.explanations) == len(events)
     assert again.report.explainer == "agent (scripted:script)" and again.events == first.events
     assert (out / FOLDER / "explanations.json").read_text().startswith(kept[:-2])  # grown, not rewritten
 
-    llm = ScriptedLLM([from_digest] * len(events))
+    llm = ScriptedLLM([by_handle] * len(events))
     audit(video, scene, out=out, llm=llm, fresh=True, progress=False)
     assert [event_of(call) for call in llm.calls] == events  # --fresh: screened and explained again
     rules = Path(scene) / "rules.yaml"
     rules.write_text(rules.read_text().replace("enabled: true", "enabled: false", 1))
-    llm = ScriptedLLM([from_digest] * 20)
+    llm = ScriptedLLM([by_handle] * 20)
     changed = audit(video, scene, out=out, llm=llm, progress=False)
     assert len(llm.calls) == len(changed.events)  # another rulebook: nothing kept applies
     assert leftovers(out) == []
@@ -80,7 +76,7 @@ KILLED_AUDIT = textwrap.dedent(
     from anomalens.agents.llm.scripted import ScriptedLLM
     from anomalens.pipelines import audit
     from anomalens.video import FrameSource
-    from tests.test_kept_work import from_digest
+    from tests.helpers.agent import by_handle
 
     def hang(messages):
         print("explaining the second event", flush=True)
@@ -101,7 +97,7 @@ KILLED_AUDIT = textwrap.dedent(
         source = Slow(video, max_side=loaded.max_side, default_fps=loaded.fps)
         audit(source, loaded, out=out, explainer="deterministic", fresh=True, progress=False)
     else:
-        audit(video, scene, out=out, llm=ScriptedLLM([from_digest, hang]), progress=False)
+        audit(video, scene, out=out, llm=ScriptedLLM([by_handle, hang]), progress=False)
     """
 )
 
@@ -130,7 +126,7 @@ def test_kill_9_during_explanation_keeps_the_screening_and_the_explanations_done
     assert report.events and len(report.explanations) == 1 and "for 1 of" in report.explainer
     assert report.explanations[0].event_id in (out / "report.html").read_text()
     assert leftovers(out) == []
-    llm = ScriptedLLM([from_digest] * len(report.events))
+    llm = ScriptedLLM([by_handle] * len(report.events))
     resumed = audit(video, scene, out=out, llm=llm, progress=False)
     assert resumed.events == report.events and resumed.explanations[0] == report.explanations[0]
     assert [event_of(call) for call in llm.calls] == [e.id for e in report.events[1:]]

@@ -4,7 +4,6 @@ on 127.0.0.1) with a real GGUF model; vLLM's refusal without a GPU."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pydantic import BaseModel
 
 from anomalens.agents.llm import Message, ToolSpec, ask_structured, open_llm
 from anomalens.errors import LLMError
+from tests.helpers.network import free_port
 
 pytest.importorskip("llama_cpp", reason="the llamacpp extra is not installed")
 
@@ -83,12 +83,6 @@ def test_text_only_models_refuse_images(llamacpp):
 
     with pytest.raises(LLMError, match="text-only model: pass frames through tools"):
         llamacpp.chat([Message(role="user", content="what is this?", images=[np.zeros((4, 4, 3), np.uint8)])])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

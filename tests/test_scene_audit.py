@@ -197,3 +197,20 @@ def test_two_crossing_walkers_keep_their_tracks_and_every_video_numbers_its_trac
     east, west = sorted(ids[1], key=lambda t: tracks[t].boxes[0][0])
     assert [len(t.frames) for t in tracks] == [30, 30]
     assert tracks[east].boxes[-1][0] > tracks[east].boxes[0][0] and tracks[west].boxes[-1][0] < tracks[west].boxes[0][0]
+
+
+def test_an_audit_of_part_of_a_video_keeps_the_videos_own_times(walkway, learned, tmp_path):
+    """``VIDEO@START-END``: the audit screens that part, and its report's frames and times are the whole video's
+    (the events the whole video's audit finds there, not shifted to start at 0)."""
+    _, test = walkway
+    whole = audit(test.video, learned, out=tmp_path / "whole", explainer="deterministic", progress=False)
+    event = max(whole.events, key=lambda e: e.start_frame)
+    fps = whole.report.fps
+    first = max(0, event.start_frame - round(2 * fps))
+    spec = f"{test.video}@{first / fps:g}-{(event.end_frame + 1) / fps:g}"
+    part = audit(spec, learned, out=tmp_path / "part", explainer="deterministic", progress=False)
+    assert part.report.input == spec and part.report.frame_indices[0] == first
+    assert part.report.frame_indices[-1] == event.end_frame
+    assert part.events and all(first <= e.start_frame and e.end_frame <= event.end_frame for e in part.events)
+    last = part.events[-1]
+    assert last.start_s == pytest.approx(last.start_frame / fps) and last.peak_frame >= event.start_frame

@@ -165,3 +165,61 @@ def test_reads_ucsd_ped2_test_video(shared_data):
     assert len(frames) == len(labels["01"]) == len(source)
     assert frames[0].source_size == (360, 240)
     assert os.path.basename(frames[10].path).startswith("010")
+
+
+def test_a_part_of_a_video_is_read_from_its_start_with_the_videos_own_times(tmp_path, monkeypatch):
+    """``VIDEO@START-END`` (seconds, m:ss, h:mm:ss): the frames of that part, numbered and timed as in the whole
+    video, reached by seeking: no frame before the part is decoded."""
+    import anomalens.video as video
+
+    path = write_video(tmp_path / "v.avi")  # 30 frames at 10 fps: 3 s
+    decoded = []
+    opened = video._open_video
+
+    def counting(path):
+        capture = opened(path)
+
+        class Counted:
+            def __getattr__(self, name):
+                return getattr(capture, name)
+
+            def read(self):
+                ok, image = capture.read()
+                decoded.extend(["read"] if ok else [])
+                return ok, image
+
+            def grab(self):
+                decoded.append("grab")
+                return capture.grab()
+
+        return Counted()
+
+    monkeypatch.setattr(video, "_open_video", counting)
+    for spec, first, last in ((f"{path}@1-2.5", 10, 24), (f"{path}@0:01.5-", 15, 29), (f"{path}@-0:00:01", 0, 9)):
+        decoded.clear()
+        source = FrameSource(spec)
+        frames = list(source)
+        assert [f.index for f in frames] == [index_of(f) for f in frames] == list(range(first, last + 1)), spec
+        assert frames[0].time_s == pytest.approx(first / 10) and source.name == spec
+        assert decoded.count("read") == len(frames) + 1 and "grab" not in decoded  # 1: the probe reads the first frame
+    assert FrameSource(f"{path}@1-2").identity() != FrameSource(f"{path}@1-2.5").identity()  # resume tells them apart
+    odd = tmp_path / "odd@1-2.avi"  # a file named so is that file
+    write_video(odd)
+    assert len(FrameSource(odd)) == N
+
+
+@pytest.mark.parametrize(
+    "part, said",
+    [
+        ("@2-1", "the part ends (0:01) before it starts (0:02)"),
+        ("@0:05-", "the part reaches 0:05, past the end of the input (0:03)"),
+        ("@1-4", "the part reaches 0:04, past the end of the input (0:03)"),
+        ("@1::2-2", "'1::2' is not a time"),
+    ],
+)
+def test_a_bad_part_is_one_line_naming_the_input(tmp_path, part, said):
+    path = write_video(tmp_path / "v.avi")
+    with pytest.raises(MediaError) as raised:
+        FrameSource(f"{path}{part}")
+    message = str(raised.value)
+    assert message.startswith(f"{path}{part}: ") and said in message and "\n" not in message

@@ -20,7 +20,7 @@ from anomalens.pipelines.describe import Describer
 from anomalens.pipelines.watch import EVENTS, watch
 from anomalens.store import EventStore
 from anomalens.tools.scene import SceneScorer
-from anomalens.tools.screening import LiveScreening
+from anomalens.tools.screening import LiveEvent, LiveScreening, StartedEvent
 
 
 def test_live_screening_gives_the_events_screen_gives(scene_and_video):
@@ -28,12 +28,17 @@ def test_live_screening_gives_the_events_screen_gives(scene_and_video):
     batch = screen_video(scene.open(test.video), scene, progress=False).result
     source = scene.open(test.video)
     live = LiveScreening(SceneScorer(scene, source.fps), source.fps, describe=Describer(scene.rulebook))
-    closed, held = [], []
+    changed, held = [], []
     for frame in source:
-        closed += [(item, frame.index) for item in live.feed(frame)]
+        changed += [(item, frame.index) for item in live.feed(frame)]
         held.append(len(live.frames))
-    closed += [(item, None) for item in live.close()]
+    changed += [(item, None) for item in live.close()]
+    closed = [(item, at) for item, at in changed if isinstance(item, LiveEvent)]
     assert [item.event for item, _ in closed] == batch.events and len(batch.events) >= 2
+    started = [(item, at) for item, at in changed if isinstance(item, StartedEvent)]
+    assert [item.event.id for item, _ in started] == [e.id for e in batch.events]
+    for item, at in started:  # out once its run is long enough to be an event: half a window and a few frames on
+        assert at - item.event.start_frame <= source.fps // 2 + 6
     for item, at in closed[:-1]:  # emitted soon after its end: half a smoothing window and the gap allowed
         assert at - item.event.end_frame <= source.fps // 2 + 6
     longest = max(e.end_frame - e.start_frame + 1 for e in batch.events)
@@ -120,19 +125,34 @@ def test_a_stream_is_watched_through_a_camera_restart(scene_and_video, tmp_path,
     time.sleep(1.0)
     camera.start(start=150)  # back on the same address, further on in the scene
     assert _wait_for(lambda: camera.served >= 290, 60), "the camera served the rest"
-    _wait_for(lambda: sum(r.get("type") == "event" for r in records if isinstance(r, dict)) >= 2, 10)
+    _wait_for(lambda: sum(isinstance(r, dict) and r.get("state") == "closed" for r in records) >= 2, 10)
     stop.set()
     watching.join(30)
     assert not watching.is_alive(), "the watch ends when stopped"
     camera.stop()
     (watched,) = records.pop()
-    events = [r["event"] for r in records if r["type"] == "event"]
+    events = [r["event"] for r in records if r.get("state") == "closed"]
     assert watched.reconnects >= 1 and watched.error is None
     assert "reopened" in capsys.readouterr().err
     assert any(e["start_frame"] <= 70 for e in events), "the cyclist, before the camera went away"
     assert any(e["end_frame"] >= 150 for e in events), "the lawn crossing, after it came back"
     ledger = [json.loads(line) for line in (tmp_path / EVENTS).read_text().splitlines()]
     assert ledger == records  # every record kept, whole
+
+
+def test_an_event_is_out_when_it_starts_and_again_when_it_closes(scene_and_video):
+    """The cyclist's event is emitted while it goes on (under the id it closes with), not only once it ended."""
+    scene, test, _ = scene_and_video
+    records = []
+    (watched,) = watch([str(test.video)], scene, explainer="deterministic", emit=records.append, progress=False)
+    closed = [r for r in records if r.get("state") == "closed"]
+    started = [r for r in records if r.get("state") == "started"]
+    assert closed and [r["event"]["id"] for r in started] == [r["event"]["id"] for r in closed]
+    for opening, end in zip(started, closed):
+        assert records.index(opening) < records.index(end)
+        assert opening["event"]["start_frame"] == end["event"]["start_frame"]
+        assert opening["event"]["end_frame"] < end["event"]["end_frame"], "out before the event ended"
+    assert len(watched.start_latencies) == len(watched.latencies) == len(closed)
 
 
 @pytest.fixture
@@ -166,8 +186,8 @@ def test_sigterm_ends_a_watch_keeping_every_event(scene_and_video, tmp_path, web
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=os.environ | {"ANOMALENS_STORE_DIR": str(tmp_path / "store")},
     )  # fmt: skip
-    first = json.loads(process.stdout.readline())  # the cyclist's event, while the clip plays
-    assert first["type"] == "event" and first["latency_s"] < 2.0
+    first = json.loads(process.stdout.readline())  # the cyclist's event as it starts, while the clip plays
+    assert (first["type"], first["state"]) == ("event", "started") and first["latency_s"] < 2.0
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0 and "(stopped)" in err, err
@@ -177,7 +197,7 @@ def test_sigterm_ends_a_watch_keeping_every_event(scene_and_video, tmp_path, web
     assert posted == kept  # the webhook got every record, in order
     # Each event is in the event store too, at the wall-clock time it happened, for the app.
     stored = EventStore(tmp_path / "store").events()
-    events = [r["event"] for r in kept if r["type"] == "event"]
+    events = [r["event"] for r in kept if r.get("state") == "closed"]
     assert [(e["key"], e["start_frame"]) for e in stored] == [(e["id"], e["start_frame"]) for e in events]
     assert stored[0]["title"] == f"watch: {test.video}" and stored[0]["keyframe"].endswith(".jpg")
     assert stored[0]["at"][:10] == datetime.now(timezone.utc).isoformat()[:10]
@@ -186,7 +206,7 @@ def test_sigterm_ends_a_watch_keeping_every_event(scene_and_video, tmp_path, web
 def test_explanations_wait_in_a_bounded_backlog_and_never_hold_screening(scene_and_video, tmp_path):
     """Two sources close their events while the LLM is busy with the first: one waits, the rest are skipped."""
     from anomalens.agents.llm.scripted import ScriptedLLM
-    from tests.test_kept_work import from_digest
+    from tests.helpers.agent import by_handle
 
     scene, test, _ = scene_and_video
     closing = 2 * len(screen_video(scene.open(test.video), scene, progress=False).result.events)  # both sources'
@@ -196,15 +216,15 @@ def test_explanations_wait_in_a_bounded_backlog_and_never_hold_screening(scene_a
     def slow(messages):
         busy.set()
         released.wait(60)
-        return from_digest(messages)
+        return by_handle(messages)
 
     records = []
-    llm = ScriptedLLM([slow] + [from_digest] * 10)  # an explanation may take a revision round
+    llm = ScriptedLLM([slow] + [by_handle] * 10)  # an explanation may take a revision round
     watching = threading.Thread(target=lambda: watch([str(test.video), str(test.video)], scene, llm=llm, backlog=1,
                                                      emit=records.append, progress=False))  # fmt: skip
     watching.start()
     assert busy.wait(60)
-    assert _wait_for(lambda: sum(r["type"] == "event" for r in records) == closing, 60), "screening went on"
+    assert _wait_for(lambda: sum(r.get("state") == "closed" for r in records) == closing, 60), "screening went on"
     released.set()
     watching.join(60)
     explained = [r for r in records if r["type"] == "explanation" and "prose" in r]

@@ -142,11 +142,14 @@ def _event_fields(
     them, its peak at ``keyframe``, and the ``describe``d summary."""
     cited = [ev for ev in inside if (ev.frame_score or 0.0) > threshold] or inside
     breaches = [(ev, b) for ev in cited for b in ev.breaches()]
+    # The tracks it is about: those that broke a rule, and the one that made its peak (the most anomalous object).
+    anomalous = len(keyframe) and keyframe.scores.max() > 0
+    peaked = {keyframe.track_of(int(np.argmax(keyframe.scores)))} if anomalous else set()
     fields = {
         "peak_frame": keyframe.frame_index,
         "evidence_ids": [ev.id for ev in cited],
         "rule_ids": sorted({b.rule_id for _, b in breaches}),
-        "track_ids": sorted({ev.track_of(b.object_index) for ev, b in breaches} - {None}),
+        "track_ids": sorted(({ev.track_of(b.object_index) for ev, b in breaches} | peaked) - {None}),
         "reasons": list(reasons),
     }
     if describe is not None:
@@ -163,6 +166,14 @@ class LiveEvent:
     event: Event
     evidence: list[Evidence]
     keyframe: tuple[Frame, Evidence]
+
+
+@dataclass(frozen=True)
+class StartedEvent:
+    """An event of a stream as soon as it is sure to be one (its run of anomalous frames is long enough): the
+    event so far, under the id it will close with."""
+
+    event: Event
 
 
 class LiveScreening:
@@ -192,9 +203,10 @@ class LiveScreening:
         self.run: tuple[int, int] | None = None  # positions (first, last above) of the run still open
         self.keyframes = _Keyframes(limit=1_000_000)  # emptied as events close: bounded by the open runs
         self.count = 0
+        self.started = False  # the open run was announced (``StartedEvent``)
 
-    def feed(self, frame: Frame) -> list[LiveEvent]:
-        """Score ``frame``; the events that closed with it."""
+    def feed(self, frame: Frame) -> list[LiveEvent | StartedEvent]:
+        """Score ``frame``; the events that started or closed with it."""
         evidence = self.scorer.score(frame)
         score = float(evidence.frame_score or 0.0)
         self.frames.append(evidence.model_copy(update={"anomaly_map": None, "masks": None}))
@@ -205,7 +217,7 @@ class LiveScreening:
             closed += self._settle(len(self.smoothed))
         return closed
 
-    def close(self) -> list[LiveEvent]:
+    def close(self) -> list[LiveEvent | StartedEvent]:
         """The end of the stream: the frames left settle with the window they have, and an open event closes."""
         self.keyframes.close()
         closed = []
@@ -215,13 +227,13 @@ class LiveScreening:
             closed += self._emit(*self.run)
         return closed
 
-    def _settle(self, position: int) -> list[LiveEvent]:
+    def _settle(self, position: int) -> list[LiveEvent | StartedEvent]:
         window = self.raw[max(0, position - self.half) : position + self.half + 1]
         value = float(np.mean(window))
         self.smoothed.append(value)
         if value > self.threshold:
             self.run = (self.run[0] if self.run else position, position)
-            return []
+            return self._started(*self.run)
         if self.run is not None and position - self.run[1] > self.max_gap:
             first, last = self.run
             return self._emit(first, last)
@@ -229,8 +241,23 @@ class LiveScreening:
             self._forget(position - self.half)
         return []
 
+    def _started(self, first: int, last: int) -> list[StartedEvent]:
+        """The open run, once it is long enough to be an event (``group_events``' rule), said once."""
+        if self.started or last - first + 1 < self.min_event_frames:
+            return []
+        self.started = True
+        kept, scores = self.frames[first : last + 1], self.smoothed[first : last + 1]
+        peak = kept[int(np.argmax(scores))]
+        start, end = kept[0].frame_index, kept[-1].frame_index
+        broken = [(ev, b) for ev in kept for b in ev.breaches()]
+        event = Event(id=f"event-{self.count + 1}", start_frame=start, end_frame=end, start_s=start / self.fps,
+                      end_s=end / self.fps, peak_frame=peak.frame_index, score=max(scores),
+                      rule_ids=sorted({b.rule_id for _, b in broken}),
+                      track_ids=sorted({ev.track_of(b.object_index) for ev, b in broken} - {None}))  # fmt: skip
+        return [StartedEvent(event)]
+
     def _emit(self, first: int, last: int) -> list[LiveEvent]:
-        self.run = None
+        self.run, self.started = None, False
         kept = self.frames[first : last + 1]
         found: list[tuple[list[Evidence], tuple[Frame, Evidence]]] = []
 

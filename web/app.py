@@ -18,7 +18,7 @@ import stat
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
@@ -40,12 +40,13 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from anomalens.agents.history import HistoryChat
 from anomalens.agents.llm import LLM
-from anomalens.errors import AnomalensError
+from anomalens.errors import AnomalensError, MediaError
 from anomalens.pipelines.history import ZONE_RULE, accept, finish_changes, review, save_zones, scene_zones
 from anomalens.progress import observed
-from anomalens.report import keyframe_file, raw_frame
+from anomalens.report import clip_file, keyframe_file, raw_frame
 from anomalens.store import MAX_ID, EventFilter, EventStore, plain_text
 from anomalens.types import EVENT_ID_PATTERN, Zone
+from anomalens.video import FrameSource, split_part
 from anomalens.web.plots import score_svg
 
 TOKEN_COOKIE = "anomalens_token"
@@ -155,6 +156,7 @@ def create_app(
     def event_page(request: Request, event_id: StoreId):
         event = found_event(event_id)
         event["keyframe"] = _keyframe_bytes(event) is not None  # moved, deleted, or not the report's own: none shown
+        event["clip"] = _report_file(event, clip_file) is not None
         video = store.video(event["video_id"])
         plot = score_svg(video["scores"], video["threshold"], video["fps"], event)
         return page(request, "event.html", event=event, video=video, plot=plot, broken=_by_rule(event["facts"]))
@@ -165,6 +167,13 @@ def create_app(
         if picture is None:
             raise HTTPException(404, f"event {event_id} has no keyframe picture")
         return Response(picture, media_type="image/jpeg")
+
+    @app.get("/clips/{event_id}")
+    def clip(event_id: StoreId):
+        video = _report_file(found_event(event_id), clip_file)
+        if video is None:
+            raise HTTPException(404, f"event {event_id} has no clip")
+        return Response(video, media_type="video/mp4")
 
     @app.post("/api/events/{event_id}/review")
     def give_review(event_id: StoreId, given: ReviewIn):
@@ -258,11 +267,17 @@ def create_app(
     def start_audit(given: AuditIn):
         for path, what in ((given.video, "video"), (given.scene, "scene folder")):
             try:
-                found = Path(path).exists()
+                found = split_part(path)[0].exists()  # a video may be a part of one: VIDEO@START-END
             except (OSError, ValueError) as error:  # a name too long for the file system, a NUL in it
                 raise HTTPException(422, f"{what}: not a usable path ({getattr(error, 'strerror', None) or error})") from None
+            except MediaError as error:
+                raise HTTPException(422, str(error)) from None
             if not found:
                 raise HTTPException(422, f"{path}: {what} not found")
+        try:  # the part asked for lies in the video
+            FrameSource(given.video)
+        except MediaError as error:
+            raise HTTPException(422, str(error)) from None
         job_id = store.add_job("audit", given.model_dump())
         threading.Thread(target=_run_audit, args=(store, job_id, given), daemon=True, name=f"job-{job_id}").start()
         return {"id": job_id}
@@ -311,15 +326,20 @@ def _refused(request: Request, allowed: set[str], token: str | None) -> Response
 
 
 def _keyframe_bytes(event: dict) -> bytes | None:
-    """The event's keyframe picture, read only from the keyframes folder of the report that was indexed: its path is
-    rebuilt from the report's (resolved when indexed) folder and the event's id, never taken from the store, and is
-    refused when a link lies on the way (a report folder moved behind a symlink, a keyframe linked elsewhere), also
-    one planted after indexing. None when there is no such picture."""
+    """The event's keyframe picture (``_report_file``), or None."""
+    return _report_file(event, keyframe_file)
+
+
+def _report_file(event: dict, where: Callable[[Path, str], Path]) -> bytes | None:
+    """A file of the event (its keyframe picture, its clip: ``where(report folder, event id)``), read only from the
+    report that was indexed: its path is rebuilt from the report's (resolved when indexed) folder and the event's
+    id, never taken from the store, and is refused when a link lies on the way (a report folder moved behind a
+    symlink, a file linked elsewhere), also one planted after indexing. None when there is no such file."""
     key = event["key"]
     if not re.fullmatch(EVENT_ID_PATTERN, key):
         return None
     folder = Path(event["report"]).parent
-    picture = keyframe_file(folder, key)
+    picture = where(folder, key)
     try:
         if folder.resolve(strict=True) != folder or picture.parent.is_symlink():
             return None
