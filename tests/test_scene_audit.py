@@ -214,3 +214,18 @@ def test_an_audit_of_part_of_a_video_keeps_the_videos_own_times(walkway, learned
     assert part.events and all(first <= e.start_frame and e.end_frame <= event.end_frame for e in part.events)
     last = part.events[-1]
     assert last.start_s == pytest.approx(last.start_frame / fps) and last.peak_frame >= event.start_frame
+
+
+def test_chat_indexes_a_part_of_a_video_on_its_own(walkway, learned, tmp_path):
+    """``chat VIDEO@START-END``: the index holds that part (the video's own frame numbers), cached apart from the
+    whole video's."""
+    from anomalens.pipelines.chat import video_index
+
+    _, test = walkway
+    part = video_index(f"{test.video}@2-4", scene_dir=learned, cache_dir=tmp_path, progress=False)
+    fps = part.fps
+    frames = [ev.frame_index for ev in part.evidence]
+    assert frames and min(frames) == round(2 * fps) and max(frames) == round(4 * fps) - 1
+    assert part.frames == round(4 * fps) and part.video == f"{test.video}@2-4"
+    whole = video_index(test.video, scene_dir=learned, cache_dir=tmp_path, progress=False)
+    assert min(ev.frame_index for ev in whole.evidence) == 0 and len(list(tmp_path.glob("index-*.json"))) == 2
