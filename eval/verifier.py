@@ -68,11 +68,16 @@ class Case:
 
     def false(self, claim: Claim) -> bool:
         """Whether the checker finds ``claim`` false; a class claimed of a track screening left unnamed (in a
-        cited frame) is undecided, not false: the detector may see what screening's looks missed."""
+        cited frame) is undecided, not false: the detector may see what screening's looks missed. A track in a
+        cited frame is what its detections voted for over its frames, whatever that frame's detection said."""
         if claim.kind == "object" and claim.track_id is not None:
+            track = self.index.track(claim.track_id)
+            voted = (track.class_name or "").lower() if track is not None else ""
             for ev in (self.records.get(i) for i in claim.evidence_ids):
                 i = ev.object_of(claim.track_id) if ev is not None else None
                 if i is not None and (ev.class_names is None or ev.class_names[i] is None):
+                    return False
+                if i is not None and voted and (claim.term or "").lower() == voted:
                     return False
         return not self.holds(claim)
 
