@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from urllib.parse import unquote, urlsplit
 
 from anomalens.errors import AnomalensError, MissingExtra
@@ -30,37 +31,40 @@ from anomalens.progress import say
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 DISCOVERY_PREFIX = "homeassistant"
 FLUSH_SECONDS = 10.0  # how long closing waits for records still on their way to the broker
+RECONNECT_MAX_S = 4  # the longest wait between tries while the broker is away: well inside the flush at closing
 
 
 class MqttPublisher:
     """Publishes ``watch`` records to the broker at ``url``: ``mqtt://host``, or
     ``mqtt://user:password@host:port/prefix`` (``mqtts://`` for TLS)."""
 
-    def __init__(self, url: str, client_id: str = "anomalens"):
+    def __init__(self, url: str):
         try:
             import paho.mqtt.client as paho
         except ImportError:
             raise MissingExtra("--mqtt needs the Paho MQTT client: pip install 'anomalens[mqtt]'") from None
         parts = urlsplit(url)
+        shown = url.replace(f":{parts.password}@", ":***@") if parts.password else url  # never a password in a log
         if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-            raise AnomalensError(f"{url}: an MQTT broker is mqtt://HOST, or mqtt://HOST:PORT/PREFIX (mqtts:// for TLS)")
+            raise AnomalensError(f"{shown}: an MQTT broker is mqtt://HOST, or mqtt://HOST:PORT/PREFIX (mqtts://: TLS)")
         try:
             port = parts.port or DEFAULT_PORTS[parts.scheme]
         except ValueError as error:
-            raise AnomalensError(f"{url}: {error}") from None
-        self.url, self.prefix = url, slug(parts.path.strip("/")) or "anomalens"
+            raise AnomalensError(f"{shown}: {error}") from None
+        self.url, self.prefix = shown, slug(parts.path.strip("/")) or "anomalens"
         self.available = f"{self.prefix}/available"
         # Message ids sent and not yet acknowledged; acknowledged ones until matched (the loop thread adds them).
         self.pending: set[int] = set()
         self.acked: set[int] = set()
         self.lock = threading.Lock()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
+        # A broker drops a client when another connects under its id: each publisher has its own.
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"{self.prefix}-{uuid.uuid4().hex[:12]}")
         if parts.username:
             self.client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
         if parts.scheme == "mqtts":
             self.client.tls_set()
         self.client.will_set(self.available, "offline", qos=1, retain=True)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_S)
         self.client.max_queued_messages_set(0)  # no limit: records wait while the broker is away
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
@@ -72,7 +76,7 @@ class MqttPublisher:
         if reason.is_failure:
             say(f"mqtt {self.url}: refused ({reason}); trying again")
             return
-        client.publish(self.available, "online", qos=1, retain=True)
+        self._publish(self.available, "online", retain=True)
 
     def _disconnected(self, client, userdata, flags, reason, properties) -> None:
         say(f"mqtt {self.url}: connection lost ({reason}); records wait until it is back")

@@ -125,13 +125,21 @@ def test_a_broker_that_restarts_mid_watch_loses_no_record(scene_and_video, broke
     assert listener.on(f"anomalens/{name}/events") == _events(records)
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:1883", "mqtt://", "mqtt://broker:99999"])
-def test_a_broker_address_that_is_not_one_is_one_line(url):
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("http://127.0.0.1:1883", None),
+        ("mqtt://", None),
+        ("mqtt://me:secret@broker:99999", "mqtt://me:***@broker:99999"),
+    ],
+)
+def test_a_broker_address_that_is_not_one_is_one_line_without_its_password(url, shown):
     from anomalens.mqtt import MqttPublisher
 
     with pytest.raises(AnomalensError) as raised:
         MqttPublisher(url)
-    assert str(raised.value).startswith(f"{url}: ") and "\n" not in str(raised.value)
+    said = str(raised.value)
+    assert said.startswith(f"{shown or url}: ") and "\n" not in said and "secret" not in said
 
 
 def test_an_audit_publishes_its_events_and_explanations_on_the_same_topics(scene_and_video, broker, tmp_path):
