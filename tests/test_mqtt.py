@@ -57,7 +57,7 @@ class Listener:
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="listener", clean_session=False)
         self.client.on_connect = lambda client, *_: client.subscribe("#", qos=1)
         self.client.on_message = lambda _, __, m: self.received.append((m.topic, m.payload.decode(), m.retain))
-        self.client.reconnect_delay_set(min_delay=0.2, max_delay=1)
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=0.2)  # back before the publisher (1 s at least)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
@@ -114,6 +114,9 @@ def test_a_broker_that_restarts_mid_watch_loses_no_record(scene_and_video, broke
             server.stop()
         elif len(records) == 3:
             server.start()  # on the same address, its sessions kept
+            deadline = time.monotonic() + 10
+            while not listener.client.is_connected() and time.monotonic() < deadline:
+                time.sleep(0.02)
 
     watch([str(test.video)], scene, explainer="deterministic", emit=emit, mqtt=f"mqtt://127.0.0.1:{server.port}",
           progress=False)  # fmt: skip
