@@ -71,9 +71,8 @@ def event_facts(
     def weight(breach: Breach, evidence: Evidence) -> tuple[bool, float]:
         return evidence.track_of(breach.object_index) == about, breach.severity
 
-    peak = index.frame_evidence(event.peak_frame)
     worst: dict[str, tuple[Breach, Evidence]] = {}
-    for evidence in cited + ([peak] if peak is not None and all(ev.id != peak.id for ev in cited) else []):
+    for evidence in book.event_frames(event):
         for breach in evidence.breaches():
             if breach.rule_id not in worst or weight(breach, evidence) > weight(*worst[breach.rule_id]):
                 worst[breach.rule_id] = (breach, evidence)
@@ -84,7 +83,7 @@ def event_facts(
     for reason in event.reasons:
         claim = {"kind": "object", "cite": [f"C{reason.first_frame}"], "term": reason.phrase}
         facts.append((claim, _text()["cue"].format(**reason.model_dump())))
-    if peak is not None:
+    if (peak := index.frame_evidence(event.peak_frame)) is not None:
         facts += _peak_facts(peak)
     if len(cited) > 1:
         span = {"frames": [event.start_frame, event.end_frame]}

@@ -39,10 +39,7 @@ def subjects(book: EvidenceBook, event: Event, limit: int = MAX_SUBJECTS) -> lis
     broke a rule (at its worst breach), worst first; the whole view instead when it changed at once and no object
     broke a rule; the most unusual objects when nothing else is found. The LLM picks one by handle (S1, S2, ...);
     the first is the default."""
-    frames = [ev for evidence_id in event.evidence_ids if (ev := book.get(evidence_id)) is not None]
-    peak = book.index.frame_evidence(event.peak_frame)
-    if peak is not None and all(ev.id != peak.id for ev in frames):
-        frames.append(peak)
+    frames, peak = book.event_frames(event), book.index.frame_evidence(event.peak_frame)
     breaches = sorted(((b.severity, ev, b) for ev in frames for b in ev.breaches() if b.object_index is not None),
                       key=lambda item: -item[0])  # fmt: skip
     if not breaches:

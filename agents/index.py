@@ -151,6 +151,12 @@ class EvidenceBook:
         found = self.index.get(evidence_id)
         return found if found is not None else next((ev for ev in self.extra if ev.id == evidence_id), None)
 
+    def event_frames(self, event: Event) -> list[Evidence]:
+        """The frames ``event`` cites, then its peak frame when it does not cite that one."""
+        frames = [ev for evidence_id in event.evidence_ids if (ev := self.get(evidence_id)) is not None]
+        peak = self.index.frame_evidence(event.peak_frame)
+        return frames + ([peak] if peak is not None and all(ev.id != peak.id for ev in frames) else [])
+
     def find(self, handle_text: str) -> Evidence | None:
         """The evidence behind a handle (``F12``, ``C12``, ``D12``), or None."""
         match = _HANDLE.match(handle_text.strip())

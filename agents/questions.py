@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from anomalens.agents.claims import claims_from_draft, parse_drafts
-from anomalens.agents.digest import event_facts
+from anomalens.agents.digest import numbered_facts
 from anomalens.agents.index import EvidenceBook, VideoIndex
 from anomalens.agents.llm import LLM, Message
 from anomalens.agents.llm.structured import ask_structured, structured_messages
@@ -331,7 +331,7 @@ class QuestionTools:
     def event_claims(self, event: Event, book: EvidenceBook, facts: int) -> list[Claim]:
         """The event's span, then its strongest ``facts`` facts (who broke which rule, what it is, where)."""
         span = self._claim("temporal", [self._cite(event.peak_frame)], frames=(event.start_frame, event.end_frame))
-        drafts = parse_drafts([c for c, _ in event_facts(book, event) if c["kind"] != "temporal"][:facts])
+        drafts = parse_drafts([c for c, _ in numbered_facts(book, event)][:facts])
         return [span, *claims_from_draft(drafts, book)]
 
     def _counts(self, frame: int, subject: str | None, zone: str | None = None) -> list[Claim]:

@@ -4,7 +4,7 @@ written by the ffmpeg that the imageio-ffmpeg package carries (no system tool ne
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +62,10 @@ def write_clip(path: Path, frames: Iterable[np.ndarray], fps: float) -> Path:
     return path
 
 
-def event_clip(source: FrameSource, event: Event, frames: Sequence[Evidence], path: Path) -> Path:
-    """``event``'s clip from ``source``, each frame with the objects of its screening evidence (``frames``, in
-    frame order; a frame screening skipped shows the last one screened before it)."""
+def event_clip(source: FrameSource, event: Event, screened: Mapping[int, Evidence], path: Path) -> Path:
+    """``event``'s clip from ``source``, each frame with the objects of its screening evidence (``screened``: by
+    frame index; a frame screening skipped shows the last one screened before it)."""
     first, stop = clip_frames(event, source.fps, source.declared_frames - 1)
-    screened = {ev.frame_index: ev for ev in frames if first <= (ev.frame_index or 0) < stop}
 
     def drawn() -> Iterable[np.ndarray]:
         seen = None

@@ -27,6 +27,8 @@ from urllib.parse import unquote, urlsplit
 from anomalens.errors import AnomalensError, MissingExtra
 from anomalens.files import slug
 from anomalens.progress import say
+from anomalens.records import event_record, explanation_record
+from anomalens.report import Report
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 DISCOVERY_PREFIX = "homeassistant"
@@ -132,10 +134,8 @@ class MqttPublisher:
         self.client.loop_stop()
 
 
-def publish_report(report, url: str) -> None:
+def publish_report(report: Report, url: str) -> None:
     """An audit's events (closed, with their headlines) and explanations, on the topics ``watch`` uses."""
-    from anomalens.records import event_record, explanation_record
-
     broker = MqttPublisher(url)
     try:
         broker.announce(report.input)

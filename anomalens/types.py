@@ -21,7 +21,6 @@ Conventions (stated once, here):
 from __future__ import annotations
 
 import bisect
-
 import hashlib
 import re
 from collections import Counter

@@ -330,11 +330,11 @@ def audit(
 def write_clips(source: FrameSource, result: ScreeningResult, out: str | Path, progress: bool = True) -> list[str]:
     """Each event's clip (``clips.event_clip``) beside the report, at ``report.clip_file``; the ids of the events
     that have one (none, said once, without imageio-ffmpeg)."""
-    written = []
-    events = result.events
+    written, events = [], result.events
+    screened = {ev.frame_index: ev for ev in result.frames}  # once for every event's clip
     for event in track(events, "writing event clips", len(events), enabled=progress and bool(events)):
         try:
-            event_clip(source, event, result.frames, clip_file(out, event.id))
+            event_clip(source, event, screened, clip_file(out, event.id))
         except MissingExtra as error:
             say(f"event clips: not written ({error})", progress)
             break
