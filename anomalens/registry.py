@@ -32,6 +32,8 @@ class Checkpoint(BaseModel):
     repo: str  # Hugging Face repository id
     revision: str  # a commit, or "main" when not pinned
     files: tuple[str, ...]  # a complete copy holds these (relative paths)
+    # What `models pull` fetches besides `files` (patterns): configuration, tokenizer, safetensors weights.
+    fetch: tuple[str, ...] = ("*.json", "*.txt", "*.model", "*.jinja", "*.safetensors")
     license: str
     summary: str
 

@@ -1,8 +1,9 @@
 """Foundation-model weights by name (the checkpoints of ``backends.yaml``), resolved offline.
 
-A checkpoint is looked for, in order: the explicit path given; ``<model_dir>/<name>/``; the Hugging Face cache at
-its pinned revision (never downloaded: the cache is read with ``local_files_only``). When none holds it, one
-error names the checkpoint, every place looked and how to provide it.
+A checkpoint is looked for, in order: the explicit path given; ``<model_dir>/<name>/`` (where ``models pull``
+puts it, ``anomalens.hub``); the Hugging Face cache at its pinned revision (read with ``local_files_only``:
+loading never downloads). When none holds it, one error names the checkpoint, every place looked and how to
+provide it.
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ def resolve(weights: str | Path | None, backend: str, root: Path | None = None) 
     raise WeightsNotFound(
         f"weights {entry.name!r} for {backend} are not on this machine. Looked in {model_dir(root) / entry.name} "
         f"and in the Hugging Face cache ({_hf_cache_dir()}) for {entry.repo} at revision {entry.revision}. "
-        f"Provide them by copying a folder holding {', '.join(entry.files)} to {model_dir(root) / entry.name}, "
-        f"by `huggingface-cli download {entry.repo} --revision {entry.revision}` on a machine that reaches the Hub "
-        f"(then copy its cache), or by passing the folder explicitly"
+        f"Get them with `anomalens models pull {entry.name}` (from the Hub, or the mirror HF_ENDPOINT names), "
+        f"copy a folder holding {', '.join(entry.files)} to {model_dir(root) / entry.name}, or pass the folder"
     )

@@ -4,27 +4,16 @@ synthetic scene."""
 
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from anomalens.cli import main
 from anomalens.report import Report
+from tests.helpers.cli import run
 from tests.helpers.network import free_port
 
 GARBAGE = bytes(range(128, 256)) * 8  # not UTF-8 from its first byte
-
-
-def run(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    """``anomalens ARGV`` in this process, as its console script runs it: (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["anomalens", *map(str, argv)])
-    try:
-        main()
-    except SystemExit as ended:
-        return ended.code or 0, capsys.readouterr().err
-    return 0, capsys.readouterr().err
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def test_weights_resolve_explicit_store_and_hf_cache(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFound) as absent:
         weights.resolve(None, "detector:owlv2", root=store)
     message = str(absent.value)
-    for needed in ("owlv2-base", str(store / "owlv2-base"), str(cache), entry.repo, entry.revision, "huggingface-cli"):
+    for needed in ("owlv2-base", str(store / "owlv2-base"), str(cache), entry.repo, entry.revision, "anomalens models pull owlv2-base"):
         assert needed in message
 
     # The Hugging Face cache layout at the pinned revision is found offline.

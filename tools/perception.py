@@ -66,28 +66,17 @@ class Perception:
         for kind in kinds:
             if getattr(found, kind) is not None:
                 continue
-            reasons = []
-            names = (allowed or {}).get(kind)
-            for backend in registry.of_kind(kind) if names is None else [registry.get(n) for n in names]:
-                if not backend.checkpoints and not backend.store:
-                    continue  # a server client or a replay: nothing to find on this machine
-                if backend.missing():
-                    reasons.append(f"{backend.name} not installed (pip install 'anomalens[{backend.extra}]')")
-                    continue
-                path = weights_of(backend, root)
-                if path is None:
-                    pull = f"; anomalens models pull {backend.store}" if backend.store else ""
-                    reasons.append(f"{backend.name} has no weights here{pull}")
-                    continue
-                tool = registry.load(backend.name).load(path)
-                if kind == "clip":
-                    from anomalens.tools.clip import ClipScorer
+            chosen = choose(kind, root, (allowed or {}).get(kind))
+            if isinstance(chosen, str):
+                found.absent[kind] = chosen
+                continue
+            backend, path = chosen
+            tool = registry.load(backend.name).load(path)
+            if kind == "clip":
+                from anomalens.tools.clip import ClipScorer
 
-                    tool = ClipScorer(tool)
-                setattr(found, kind, tool)
-                break
-            else:
-                found.absent[kind] = "; ".join(reasons)
+                tool = ClipScorer(tool)
+            setattr(found, kind, tool)
         return found
 
     @property
@@ -120,6 +109,25 @@ def object_tools(chosen: Mapping[str, str] | None = None, root: Path | None = No
 def image_tools(root: Path | None = None) -> Perception:
     """The tools image inspection can use here (``tools.inspect``), patch features from ``IMAGE_EMBEDDERS``."""
     return Perception.available(root, kinds=IMAGE_KINDS, allowed={"embedder": IMAGE_EMBEDDERS})
+
+
+def choose(kind: str, root: Path | None = None, names: Sequence[str] | None = None) -> tuple[Backend, Path] | str:
+    """The backend of ``kind`` that ``available`` loads (the first of ``names``, or of the registry's order, that
+    is installed and has weights here) with its weights; or why none can be, one reason per backend. Nothing
+    heavy is imported."""
+    reasons = []
+    for backend in registry.of_kind(kind) if names is None else [registry.get(n) for n in names]:
+        if not backend.checkpoints and not backend.store:
+            continue  # a server client or a replay: nothing to find on this machine
+        if backend.missing():
+            reasons.append(f"{backend.name} not installed (pip install 'anomalens[{backend.extra}]')")
+            continue
+        path = weights_of(backend, root)
+        if path is not None:
+            return backend, path
+        pull = backend.store or backend.checkpoints[0].name
+        reasons.append(f"{backend.name} has no weights here; anomalens models pull {pull}")
+    return "; ".join(reasons)
 
 
 def weights_of(backend: Backend, root: Path | None = None) -> Path | None:
