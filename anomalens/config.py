@@ -17,7 +17,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "ANOMALENS_"
-# The embedded LLM, chosen by quality and latency on a 2-core CPU (`anomalens eval llm`; see README).
+# The embedded LLM, chosen by quality and latency on a 2-core CPU (`anomalens eval llm`; see docs/llms.md).
 DEFAULT_LLM = "qwen2.5-coder-1.5b"
 
 
