@@ -27,7 +27,7 @@ from anomalens.pipelines.audit import index_video, open_explainer, screen_video
 from anomalens.report import render_html
 from anomalens.tools.perception import Perception
 from anomalens.types import Claim, Explanation
-from tests.conftest import INJECTION
+from tests.helpers.agent import INJECTION
 from tests.helpers.agent import answer, by_handle, offered
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "agent_graph.txt"
@@ -527,7 +527,7 @@ def test_the_embedded_llm_explains_an_event_on_the_cpu(index):
     """The default GGUF model drives the real graph: grammar-constrained tool calls, verification, prose."""
     from anomalens.agents.llm import open_llm
     from anomalens.config import DEFAULT_LLM
-    from tests.conftest import stored_model
+    from tests.helpers.environment import stored_model
 
     stored_model(DEFAULT_LLM)
     llm = open_llm()
@@ -564,7 +564,7 @@ def test_chat_command_answers_and_resumes_a_session(scene_and_video, tmp_path):
     """The REPL end to end with a real (small) GGUF model: answers, then a restart resumes the session."""
     import os
 
-    from tests.conftest import stored_model
+    from tests.helpers.environment import stored_model
 
     stored_model("smollm2-135m")
     scene, test, captions = scene_and_video

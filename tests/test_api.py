@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import stored_model
+from tests.helpers.environment import stored_model
 
 REPO = Path(__file__).resolve().parents[1]
 

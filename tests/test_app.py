@@ -24,8 +24,8 @@ from anomalens.pipelines import audit
 from anomalens.pipelines.history import index_reports
 from anomalens.rules.io import load_rulebook
 from anomalens.store import EventStore, StoredClaim, StoredEvent, StoredVideo
-from tests.conftest import absent
 from tests.helpers.agent import by_handle
+from tests.helpers.environment import absent
 from tests.helpers.network import free_port
 
 INJECTED = '<script>window.injected = 1</script><img src=x onerror="window.injected = 2">'

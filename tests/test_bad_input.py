@@ -11,7 +11,7 @@ import pytest
 
 from anomalens.report import Report
 from tests.helpers.cli import run
-from tests.helpers.network import free_port
+from tests.helpers.network import Handler, free_port, serve
 
 GARBAGE = bytes(range(128, 256)) * 8  # not UTF-8 from its first byte
 
@@ -438,28 +438,13 @@ def hanging_server():
 @pytest.fixture
 def web_page_server():
     """A server on 127.0.0.1 that answers every request with a web page, not a chat completion; yields its URL."""
-    import http.server
-    import threading
-
-    class WebPage(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
+    class WebPage(Handler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            page = b"<html><body>It works!</body></html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
+            self.reply(200, b"<html><body>It works!</body></html>", "text/html")
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WebPage)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serve(WebPage) as url:
+        yield f"{url}/v1"
 
 
 @pytest.mark.parametrize("server", ["hangs", "refuses", "answers a web page"])

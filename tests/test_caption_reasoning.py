@@ -17,8 +17,8 @@ from anomalens.rules.captions import caption_rules, parse_rule_text, phrases_of
 from anomalens.rules.engine import RuleIndex
 from anomalens.rules.io import load_rulebook, save_rulebook
 from anomalens.tools.caption_scoring import NOVELTY_WEIGHT, CaptionScorer, phrases
-from tests.conftest import stored_model
 from tests.helpers.captions import RULES, BagOfWords
+from tests.helpers.environment import stored_model
 
 # --- rule text ---------------------------------------------------------------------------------------------
 

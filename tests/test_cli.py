@@ -122,7 +122,7 @@ CAPTION_RULES = """\
 def test_audit_screens_captions_with_caption_rules(walkway, tmp_path):
     """The scene was learned from this very clip, so motion finds nothing; its captions name a cyclist."""
     from anomalens.pipelines.captions import SMOOTHING_WIDTH
-    from tests.conftest import stored_model
+    from tests.helpers.environment import stored_model
 
     stored_model("all-minilm-l6-v2")
     normal, _ = walkway

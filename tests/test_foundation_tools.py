@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from anomalens.errors import MediaError, MissingExtra, WeightsNotFound  # noqa: 
 from anomalens.tools import tiny  # noqa: E402
 from anomalens.tools.clip import ClipScorer, windows  # noqa: E402
 from anomalens.tools.detector import prompt_of  # noqa: E402
+from tests.helpers.network import Handler, serve  # noqa: E402
 
 FRAME = (np.random.default_rng(3).random((48, 64, 3)) * 255).astype(np.uint8)  # not square, on purpose
 OTHER = (np.random.default_rng(4).random((48, 64, 3)) * 255).astype(np.uint8)
@@ -249,37 +248,16 @@ def test_openai_captioner_sends_the_frame_as_a_vision_message(tmp_path):
 
     seen = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class VisionServer(Handler):
         def do_POST(self):  # noqa: N802 - http.server's naming
             seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            body = json.dumps(
-                {
-                    "id": "1",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": "vlm",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": " A  cyclist rides\n on the walkway. "},
-                        }
-                    ],
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            message = {"role": "assistant", "content": " A  cyclist rides\n on the walkway. "}
+            choice = {"index": 0, "finish_reason": "stop", "message": message}
+            completion = {"id": "1", "object": "chat.completion", "created": 0, "model": "vlm", "choices": [choice]}
+            self.reply(200, json.dumps(completion).encode())
 
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/v1"
-    try:
+    with serve(VisionServer) as base:
+        url = f"{base}/v1"
         captioner = OpenAICaptioner("vlm", base_url=url, fps=5.0)
         smooth = cv2.GaussianBlur(FRAME, (0, 0), 3)  # JPEG keeps a smooth picture close; noise it does not
         evidence = captioner.caption(smooth, frame_index=10)
@@ -288,8 +266,6 @@ def test_openai_captioner_sends_the_frame_as_a_vision_message(tmp_path):
         perception = Perception.available(root=tmp_path, settings=configured)
         assert perception.present == ["captioner"] and "captioner" not in perception.absent
         assert perception.captioner.caption(smooth).text == "A cyclist rides on the walkway."
-    finally:
-        server.shutdown()
     assert [request["model"] for request in seen] == ["vlm", "served-vlm"]
     with pytest.raises(ConfigError, match="captioner_model"):
         Perception.available(root=tmp_path, settings=load_settings(captioner_base_url=url))

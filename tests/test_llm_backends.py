@@ -68,7 +68,7 @@ def test_llamacpp_tool_calls_through_the_json_protocol(llamacpp):
 
 
 def test_llamacpp_errors_name_the_model_and_the_problem(smollm2, tmp_path):
-    from tests.conftest import write_gguf
+    from tests.helpers.files import write_gguf
 
     header_only = write_gguf(tmp_path / "header-only.gguf", {"general.architecture": "llama"})
     with pytest.raises(LLMError, match="header-only.gguf: llama.cpp could not load this model"):
@@ -171,7 +171,7 @@ def test_the_default_embedded_llm_judges_and_calls_tools():
     """What the README's set-up gives a user: the default backend and model, from default settings."""
     from anomalens.config import DEFAULT_LLM
     from anomalens.eval.llm_bench import Judgement, case_messages, prompt_set
-    from tests.conftest import stored_model
+    from tests.helpers.environment import stored_model
 
     stored_model(DEFAULT_LLM)
     llm = open_llm()

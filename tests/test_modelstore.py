@@ -10,7 +10,8 @@ import pytest
 from anomalens import modelstore
 from anomalens.errors import ModelStoreError
 from anomalens.gguf import describe, read_header
-from tests.conftest import write_gguf, write_wheel
+from tests.helpers.files import write_gguf, write_wheel
+from tests.helpers.network import Handler, serve
 
 
 def sha(data: bytes) -> str:
@@ -175,8 +176,6 @@ def npm_registry(tmp_path, monkeypatch):
     import io
     import json
     import tarfile
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
 
     files = {"package/models/net.json": b'{"format": "graph-model"}', "package/models/net.bin": bytes(range(256)) * 9}
     buffer = io.BytesIO()
@@ -188,48 +187,36 @@ def npm_registry(tmp_path, monkeypatch):
     tarball = buffer.getvalue()
     requests = []
 
-    class Registry(BaseHTTPRequestHandler):
+    class Registry(Handler):
         def do_GET(self):  # noqa: N802 - http.server's naming
             requests.append(self.path)
-            base = f"http://127.0.0.1:{self.server.server_port}"
             if self.path.endswith(".tgz"):
-                body, kind = tarball, "application/octet-stream"
-            else:  # the package's metadata, for npm
-                version = {
-                    "name": "@test/models", "version": "1.0.0",
-                    "dist": {"tarball": f"{base}/@test/models/-/models-1.0.0.tgz",
-                             "shasum": hashlib.sha1(tarball).hexdigest(),
-                             "integrity": "sha512-" + base64.b64encode(hashlib.sha512(tarball).digest()).decode()},
-                }  # fmt: skip
-                body = json.dumps({"name": "@test/models", "dist-tags": {"latest": "1.0.0"},
-                                   "versions": {"1.0.0": version}}).encode()  # fmt: skip
-                kind = "application/json"
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                return self.reply(200, tarball, "application/octet-stream")
+            base = f"http://127.0.0.1:{self.server.server_port}"
+            version = {
+                "name": "@test/models", "version": "1.0.0",
+                "dist": {"tarball": f"{base}/@test/models/-/models-1.0.0.tgz",
+                         "shasum": hashlib.sha1(tarball).hexdigest(),
+                         "integrity": "sha512-" + base64.b64encode(hashlib.sha512(tarball).digest()).decode()},
+            }  # fmt: skip
+            metadata = {"name": "@test/models", "dist-tags": {"latest": "1.0.0"}, "versions": {"1.0.0": version}}
+            self.reply(200, json.dumps(metadata).encode())  # the package's metadata, as npm reads it
 
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Registry)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("ANOMALENS_NPM_REGISTRY", f"http://127.0.0.1:{server.server_port}")
-    folder = tmp_path / "expected"
-    folder.mkdir()
-    for name, data in files.items():
-        (folder / Path(name).name).write_bytes(data)
-    entry = modelstore.CatalogModel(
-        name="net", kind="detector", format="dir", summary="test", license="mit", file="net",
-        size=sum(len(d) for d in files.values()), sha256=modelstore.folder_digest(folder),
-        files={Path(name).name: sha(data) for name, data in files.items()},
-        parts=[modelstore.Part(registry="npm", package="@test/models", version="1.0.0",
-                               member=list(files), sha256=sha(tarball))],
-    )  # fmt: skip
-    monkeypatch.setattr(modelstore, "catalog", lambda: {"net": entry})
-    yield {"entry": entry, "files": files, "requests": requests}
-    server.shutdown()
+    with serve(Registry) as registry:
+        monkeypatch.setenv("ANOMALENS_NPM_REGISTRY", registry)
+        folder = tmp_path / "expected"
+        folder.mkdir()
+        for name, data in files.items():
+            (folder / Path(name).name).write_bytes(data)
+        entry = modelstore.CatalogModel(
+            name="net", kind="detector", format="dir", summary="test", license="mit", file="net",
+            size=sum(len(d) for d in files.values()), sha256=modelstore.folder_digest(folder),
+            files={Path(name).name: sha(data) for name, data in files.items()},
+            parts=[modelstore.Part(registry="npm", package="@test/models", version="1.0.0",
+                                   member=list(files), sha256=sha(tarball))],
+        )  # fmt: skip
+        monkeypatch.setattr(modelstore, "catalog", lambda: {"net": entry})
+        yield {"entry": entry, "files": files, "requests": requests}
 
 
 @pytest.mark.parametrize("with_npm", [True, False])

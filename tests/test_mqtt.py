@@ -12,7 +12,7 @@ import pytest
 from anomalens.errors import AnomalensError
 from anomalens.files import slug
 from anomalens.pipelines.watch import watch
-from tests.conftest import absent
+from tests.helpers.environment import absent
 from tests.helpers.network import free_port
 
 paho = pytest.importorskip("paho.mqtt.client", reason="the MQTT client: pip install 'anomalens[mqtt]'")

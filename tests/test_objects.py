@@ -19,7 +19,7 @@ from anomalens.tools.objects.sources import DetectorSource, Found, one_per_objec
 from anomalens.tools.objects.tracks import TrackBook
 from anomalens.types import Evidence, EvidenceKind, Predicate, Source, Track
 from anomalens.video import Frame
-from tests.conftest import stored_model
+from tests.helpers.environment import stored_model
 
 WIDTH, HEIGHT, FPS = 160, 120, 10.0
 

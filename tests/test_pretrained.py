@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, absent, stored_model
+from tests.helpers.environment import REPO, absent, stored_model
 
 REFERENCE = REPO.parent / "shared" / "reference" / "tfjs"
 FRAMES = ("ped2_test01_120", "ped2_test04_105", "ped2_test06_079", "vtest_300")

@@ -2,7 +2,6 @@
 many IP cameras serve it) has its anomalies emitted while it plays, a server that goes away and comes back is
 reconnected, and SIGTERM ends the watch with every event kept."""
 
-import http.server
 import json
 import os
 import signal
@@ -10,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 
 import cv2
@@ -21,6 +21,7 @@ from anomalens.pipelines.watch import EVENTS, watch
 from anomalens.store import EventStore
 from anomalens.tools.scene import SceneScorer
 from anomalens.tools.screening import LiveEvent, LiveScreening, StartedEvent
+from tests.helpers.network import Handler, serve
 
 
 def test_live_screening_gives_the_events_screen_gives(scene_and_video):
@@ -52,14 +53,14 @@ class MJPEGCamera:
 
     def __init__(self, frames, fps: float):
         self.frames, self.fps, self.served = frames, fps, 0
-        self.port = None
-        self.server = None
+        self.port = 0
+        self.serving = ExitStack()
 
     def start(self, start: int = 0) -> None:
         camera = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
+        class Stream(Handler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.end_headers()
@@ -73,18 +74,11 @@ class MJPEGCamera:
                     camera.served += 1
                     time.sleep(1 / camera.fps)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port or 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        url = self.serving.enter_context(serve(Stream, self.port))
+        self.port = int(url.rsplit(":", 1)[1])
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.server.socket.close()
+        self.serving.close()
 
     @property
     def url(self) -> str:
@@ -160,20 +154,13 @@ def webhook():
     """A receiver on 127.0.0.1 for the records POSTed to it; yields (its URL, what it received)."""
     received = []
 
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
+    class Receiver(Handler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
             received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
+            self.reply(204)
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/events", received
-    server.shutdown()
-    server.server_close()
+    with serve(Receiver) as url:
+        yield f"{url}/events", received
 
 
 def test_sigterm_ends_a_watch_keeping_every_event(scene_and_video, tmp_path, webhook):

@@ -99,7 +99,7 @@ def test_explain_command_on_images_zero_and_few_shot(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def patch_tools() -> Perception:
     from anomalens.tools.perception import image_tools
-    from tests.conftest import stored_model
+    from tests.helpers.environment import stored_model
 
     stored_model("mobilenetv2")
     return image_tools()

@@ -10,12 +10,12 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from tests.helpers.network import serve
+from tests.helpers.network import Handler, serve
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pth", ".h5", ".msgpack")
+BINARY = "application/octet-stream"
 
 
 @dataclass
@@ -55,30 +55,24 @@ def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(f"blob {len(data)}\0".encode() + data).hexdigest()  # noqa: S324 - git's object id
 
 
-def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
-    class Hub(BaseHTTPRequestHandler):
+def _handler(hub: FakeHub) -> type[Handler]:
+    class Hub(Handler):
         def do_GET(self):  # noqa: N802 - http.server's naming
-            self._answer(body=True)
-
-        def do_HEAD(self):  # noqa: N802
-            self._answer(body=False)
-
-        def _answer(self, body: bool) -> None:
             path = self.path.split("?")[0]
             hub.requests.append((self.command, path, self.headers.get("Range")))
             if path.startswith("/api/models/"):
                 repo_name, _, revision = path.removeprefix("/api/models/").partition("/revision/")
                 repo = hub.repos.get(repo_name)
                 if repo is None or revision not in (repo.commit, "main"):
-                    return self._send(404, b'{"error": "Repository not found"}')
+                    return self.reply(404, b'{"error": "Repository not found"}')
                 listing = {"id": repo_name, "sha": repo.commit, "siblings": [repo.sibling(n) for n in repo.files]}
-                return self._send(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
+                return self.reply(200, json.dumps(listing).encode())
             owner, name, resolve, commit, filename = (path.lstrip("/").split("/", 4) + [""] * 5)[:5]
             repo = hub.repos.get(f"{owner}/{name}")
             if resolve != "resolve" or repo is None or commit != repo.commit or filename not in repo.files:
-                return self._send(404, b"Entry not found", {"X-Error-Code": "EntryNotFound"})
+                return self.reply(404, b"Entry not found", "text/plain", {"X-Error-Code": "EntryNotFound"})
             if filename in hub.failing and self.command == "GET":
-                return self._send(503, b"Service Unavailable")
+                return self.reply(503, b"Service Unavailable", "text/plain")
             sibling = repo.sibling(filename)
             data = hub.served_instead.get(filename, repo.files[filename])
             etag = sibling["lfs"]["sha256"] if "lfs" in sibling else sibling["blobId"]
@@ -87,26 +81,14 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if start:
                 headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
             status, part = (206 if start else 200), data[start:]
-            if not body:
-                return self._send(status, b"", {**headers, "Content-Length": str(len(part))})
-            cut = hub.cut_after.pop(filename, None)
+            cut = hub.cut_after.pop(filename, None) if self.command == "GET" else None
             if cut is not None:  # the connection drops mid-file; the Hub is then away until the test says
                 hub.failing.add(filename)
                 self.close_connection = True
-                return self._send(status, part[:cut], {**headers, "Content-Length": str(len(part))})
-            self._send(status, part, headers)
+                return self.reply(status, part[:cut], BINARY, {**headers, "Content-Length": str(len(part))})
+            self.reply(status, part, BINARY, headers)
 
-        def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
-            self.send_response(status)
-            headers = {"Content-Length": str(len(data)), **(headers or {})}
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
+        do_HEAD = do_GET  # noqa: N815 - reply sends no body to a HEAD
 
     return Hub
 

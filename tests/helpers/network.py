@@ -14,10 +14,27 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+class Handler(BaseHTTPRequestHandler):
+    """A request handler for test servers: answers with ``reply``, logs nothing."""
+
+    def reply(self, status: int, body: bytes = b"", content_type: str = "application/json", headers=None) -> None:
+        """Send ``body`` (never on a HEAD request); ``headers`` may set Content-Length to another size."""
+        self.send_response(status)
+        for key, value in {"Content-Type": content_type, "Content-Length": str(len(body)), **(headers or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 @contextmanager
-def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Serve ``handler`` on a free loopback port in a thread; yields its base URL, stops it afterwards."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def serve(handler: type[BaseHTTPRequestHandler], port: int = 0) -> Iterator[str]:
+    """Serve ``handler`` on a loopback port (a free one by default) in a thread; yields its base URL, stops it
+    afterwards."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
