@@ -13,6 +13,7 @@ import numpy as np
 
 from anomalens.agents.headline import subject_of, subjects
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
+from anomalens.events import worst_breaches
 from anomalens.prompts import load as load_prompts
 from anomalens.facts import OBJECT_MEASURED
 from anomalens.types import Breach, Event, Evidence
@@ -71,12 +72,7 @@ def event_facts(
     def weight(breach: Breach, evidence: Evidence) -> tuple[bool, float]:
         return evidence.track_of(breach.object_index) == about, breach.severity
 
-    worst: dict[str, tuple[Breach, Evidence]] = {}
-    for evidence in book.event_frames(event):
-        for breach in evidence.breaches():
-            if breach.rule_id not in worst or weight(breach, evidence) > weight(*worst[breach.rule_id]):
-                worst[breach.rule_id] = (breach, evidence)
-    ranked = sorted(worst.values(), key=lambda item: weight(*item), reverse=True)
+    ranked = worst_breaches(book.event_frames(event), weight)
     facts: list[Fact] = []
     for breach, evidence in ranked[:breaches]:
         facts += _breach_facts(index, breach, evidence, every_place)

@@ -174,16 +174,6 @@ def _settled(query: HistoryQuery, question: str, rule_ids: list[str], now: datet
     )
 
 
-def report_index(report: Report) -> VideoIndex:
-    """What the verifier reads of one stored video: its report's events, evidence, tracks and rulebook."""
-    frames = report.frame_indices[-1] + 1 if report.frame_indices else 0
-    return VideoIndex(
-        video=report.input, fps=report.fps, source_size=report.source_size, frames=max(frames, 1),
-        threshold=report.threshold, events=report.events, evidence=report.evidence, tracks=report.tracks,
-        rulebook=report.rulebook,
-    )
-
-
 class HistoryChat:
     """Answers questions over ``store``; ``llm`` reads the questions the words do not settle (none: every such
     question lists the events)."""
@@ -204,7 +194,7 @@ class HistoryChat:
         report = load_report(Path(report_path))
         if not isinstance(report, Report):
             raise ConfigError(f"{report_path}: not a video report")
-        return report_index(report)
+        return VideoIndex.from_report(report)
 
     def ask(self, question: str, session: str | None = None) -> HistoryAnswer:
         started, now = time.monotonic(), self.clock()

@@ -21,8 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from anomalens.agents.llm.structured import problem_summary
 from anomalens.errors import ConfigError
 from anomalens.files import atomic_write, read_versioned
+from anomalens.report import Report
 from anomalens.tools.captions import ReplayedCaptions
 from anomalens.tools.objects.describers import ESTABLISHED_SECONDS, window
+from anomalens.tools.screening import LiveEvent, ScreeningResult
 from anomalens.types import Event, Evidence, EvidenceKind, Rule, Rulebook, Track
 
 INDEX_FORMAT = 3
@@ -36,6 +38,10 @@ HANDLES = {
 }
 HANDLE_PATTERN = r"^[FCDMS][0-9]+$"
 _HANDLE = re.compile(r"^([FCDMS])([0-9]+)$")
+
+
+def _frame_of(evidence: Evidence) -> int:
+    return evidence.frame_index or 0
 
 
 class VideoIndex(BaseModel):
@@ -55,6 +61,51 @@ class VideoIndex(BaseModel):
     every_track: bool = False  # ``tracks`` holds every track of the video, not only those its events cite
     rulebook: Rulebook | None = None
     captions_file: str | None = None
+
+    @classmethod
+    def from_screening(
+        cls, screening: ScreeningResult, rulebook: Rulebook | None, *, captions: str | Path | None = None,
+        every_frame: bool = False,
+    ) -> VideoIndex:
+        """The index of a screened video: its events and cited evidence, and with ``every_frame`` the compact
+        evidence and tracks of every frame (for questions about any moment of the video)."""
+        compact = {ev.id: ev for ev in screening.frames} if every_frame else {}
+        compact.update(
+            {ev.id: ev.model_copy(update={"anomaly_map": None, "masks": None}) for ev in screening.evidence.values()}
+        )
+        cited = {t for event in screening.events for t in event.track_ids}
+        return cls(
+            video=screening.source_name, fps=screening.fps, source_size=screening.source_size,
+            # A part's times stay the video's: the index reaches its last screened frame.
+            frames=int(screening.frame_indices[-1]) + 1 if len(screening.frame_indices) else 0,
+            threshold=screening.threshold, events=screening.events,
+            evidence=sorted(compact.values(), key=_frame_of),
+            tracks=list(screening.tracks) if every_frame else [t for t in screening.tracks if t.id in cited],
+            every_track=every_frame, rulebook=rulebook, captions_file=str(captions) if captions else None,
+        )  # fmt: skip
+
+    @classmethod
+    def from_report(cls, report: Report) -> VideoIndex:
+        """What a stored report holds of its video: its events, evidence, tracks and rulebook."""
+        frames = report.frame_indices[-1] + 1 if report.frame_indices else 0
+        return cls(
+            video=report.input, fps=report.fps, source_size=report.source_size, frames=max(frames, 1),
+            threshold=report.threshold, events=report.events, evidence=report.evidence, tracks=report.tracks,
+            rulebook=report.rulebook,
+        )  # fmt: skip
+
+    @classmethod
+    def from_live(
+        cls, live: LiveEvent, *, video: str, fps: float, source_size: tuple[int, int], threshold: float,
+        tracks: Sequence[Track], rulebook: Rulebook | None,
+    ) -> VideoIndex:
+        """What the agent reads about one closed event of a stream: its evidence, the tracks it cites."""
+        event = live.event
+        return cls(
+            video=video, fps=fps, source_size=source_size, frames=event.end_frame + 1, threshold=threshold,
+            events=[event], evidence=sorted({ev.id: ev for ev in live.evidence}.values(), key=_frame_of),
+            tracks=[t for t in tracks if t.id in event.track_ids], rulebook=rulebook,
+        )  # fmt: skip
 
     @cached_property
     def _by_id(self) -> dict[str, Evidence]:

@@ -106,7 +106,7 @@ def induce_rules(
 def _print_audit(result, scene_note: str = "", why: bool = False) -> None:
     """Each event with the rules it broke (or, with ``why``, what the report says about it), then the files."""
     json_path, html_path = result.files
-    out.print(f"{len(result.events)} events in {len(result.screened.result.scores)} frames{scene_note}")
+    out.print(f"{len(result.events)} events in {len(result.screening.scores)} frames{scene_note}")
     for event in result.events:
         said = result.report.why(event) if why else ", ".join(event.rule_ids) or "motion"
         out.print(f"  {event.id} {event.start_s:.1f}-{event.end_s:.1f} s: {said}", highlight=False)
@@ -916,7 +916,8 @@ def doctor(
             ok += ", real weights" if here else f", no weights (models pull {backend.store})"
         elif backend.checkpoints:
             here = [c.name for c in backend.checkpoints if weights.where(c.name, settings.model_dir)]
-            ok += f", weights: {', '.join(here)}" if here else f", no weights (models pull {backend.checkpoints[0].name})"
+            pull = backend.checkpoints[0].name
+            ok += f", weights: {', '.join(here)}" if here else f", no weights (models pull {pull})"
         backends.add_row(backend.name, ok, backend.summary)
     out.print(backends)
 

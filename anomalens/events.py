@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from anomalens.types import Event
+from anomalens.types import Breach, Event, Evidence
 
 
 def smooth(scores: np.ndarray, width: int) -> np.ndarray:
@@ -22,6 +22,24 @@ def smooth(scores: np.ndarray, width: int) -> np.ndarray:
     total = np.convolve(scores, kernel, mode="same")
     count = np.convolve(np.ones_like(scores), kernel, mode="same")
     return total / count
+
+
+def smoothing_width(seconds: float, fps: float) -> int:
+    """The centred smoothing window of ``seconds`` at ``fps``, in frames: odd, at least 1."""
+    return max(1, round(seconds * fps)) | 1
+
+
+def worst_breaches(
+    evidence: Iterable[Evidence], weight: Callable[[Breach, Evidence], Any] = lambda breach, _: breach.severity
+) -> list[tuple[Breach, Evidence]]:
+    """Each broken rule's worst breach in ``evidence`` (the highest ``weight``; severity by default) and the
+    evidence holding it, worst first."""
+    worst: dict[str, tuple[Breach, Evidence]] = {}
+    for ev in evidence:
+        for breach in ev.breaches():
+            if breach.rule_id not in worst or weight(breach, ev) > weight(*worst[breach.rule_id]):
+                worst[breach.rule_id] = (breach, ev)
+    return sorted(worst.values(), key=lambda item: weight(*item), reverse=True)
 
 
 def outlier_level(values: np.ndarray, spread: float = 4.0) -> float:

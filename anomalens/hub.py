@@ -126,7 +126,8 @@ class _SameHostAuth(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         redirected = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if redirected is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+        host = urllib.parse.urlsplit(req.full_url).netloc
+        if redirected is not None and urllib.parse.urlsplit(newurl).netloc != host:
             redirected.remove_header("Authorization")
         return redirected
 

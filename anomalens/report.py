@@ -46,6 +46,8 @@ class Report(BaseModel):
     title: str
     input: str
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    recorded: str | None = None  # when the footage began, as its container says (ISO 8601)
+    fingerprint: str | None = None  # of the inputs (``pipelines.fingerprint``): the event store knows the video by it
     anomalens_version: str = __version__
     fps: float
     fps_note: str | None = None  # the rate was assumed (a frame folder, a video header without one)

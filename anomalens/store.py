@@ -63,6 +63,8 @@ MIGRATIONS = (
     "ALTER TABLE jobs ADD COLUMN owner TEXT",
     # An event's headline (what, how far from normal, where, when), said before its summary.
     "ALTER TABLE events ADD COLUMN headline TEXT NOT NULL DEFAULT ''",
+    # The inputs' fingerprint: the same footage audited into another folder replaces its earlier video.
+    "ALTER TABLE videos ADD COLUMN fingerprint TEXT; CREATE INDEX videos_fingerprint ON videos(fingerprint)",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Events with their video's title, input, scene and report, and their latest review (verdict and note).
@@ -112,7 +114,8 @@ class StoredEvent(BaseModel):
 
 
 class StoredVideo(BaseModel):
-    report: str  # the report.json it came from (the key: indexing it again replaces it)
+    report: str  # the report.json it came from (indexing it again replaces it)
+    fingerprint: str | None = None  # the footage and how it was audited: auditing it again replaces it too
     input: str
     title: str
     scene: str | None  # the scene folder, whose rules.yaml a review may change
@@ -216,22 +219,23 @@ class EventStore:
     # --- videos and events ---------------------------------------------------------------------------
 
     def add_video(self, video: StoredVideo) -> int:
-        """Store ``video`` and its events, replacing what an earlier indexing of the same report stored (its
-        reviews are kept where the event is still there)."""
+        """Store ``video`` and its events, replacing what an earlier indexing of the same report, or an earlier
+        audit of the same footage (its fingerprint), stored; reviews are kept where the event is still there."""
         with self._transaction() as db:
-            old = db.execute("SELECT id FROM videos WHERE report = ?", (video.report,)).fetchone()
-            kept_reviews = []
-            if old is not None:
-                kept_reviews = db.execute(
-                    "SELECT e.key, r.verdict, r.note, r.at FROM reviews r JOIN events e ON e.id = r.event_id "
-                    "WHERE e.video_id = ? ORDER BY r.id", (old["id"],),
-                ).fetchall()
-                db.execute("DELETE FROM videos WHERE id = ?", (old["id"],))
+            old = [row["id"] for row in db.execute(
+                "SELECT id FROM videos WHERE report = ? OR (fingerprint IS NOT NULL AND fingerprint = ?)",
+                (video.report, video.fingerprint),
+            )]  # fmt: skip
+            kept_reviews = db.execute(
+                "SELECT e.key, r.verdict, r.note, r.at FROM reviews r JOIN events e ON e.id = r.event_id "
+                f"WHERE e.video_id IN ({','.join('?' * len(old))}) ORDER BY r.id", old,
+            ).fetchall()  # fmt: skip
+            db.executemany("DELETE FROM videos WHERE id = ?", [(i,) for i in old])
             video_id = db.execute(
-                "INSERT INTO videos(report, input, title, scene, fps, width, height, started, threshold, scores, "
-                "indexed) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (video.report, video.input, video.title, video.scene, video.fps, video.width, video.height,
-                 video.started, video.threshold, json.dumps(video.scores), now()),
+                "INSERT INTO videos(report, fingerprint, input, title, scene, fps, width, height, started, threshold, "
+                "scores, indexed) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (video.report, video.fingerprint, video.input, video.title, video.scene, video.fps, video.width,
+                 video.height, video.started, video.threshold, json.dumps(video.scores), now()),
             ).lastrowid
             keys = {}
             for event in video.events:
@@ -272,6 +276,14 @@ class EventStore:
         with self._connect() as db:
             row = db.execute("SELECT *, 0 AS events FROM videos WHERE id = ?", (video_id,)).fetchone()
         return _video(row) if row is not None else None
+
+    def report_of(self, fingerprint: str) -> Path | None:
+        """The report of the footage audited with ``fingerprint`` (``pipelines.fingerprint``), if it is stored."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT report FROM videos WHERE fingerprint = ? ORDER BY id DESC", (fingerprint,)
+            ).fetchone()
+        return Path(row["report"]) if row is not None else None
 
     def events(self, where: EventFilter | None = None) -> list[dict]:
         """Events matching ``where``, oldest first, each with its video's title and its latest review."""

@@ -387,16 +387,30 @@ class Rule(BaseModel):
 
     ``kind``: what the rule describes. Caption rules say what an anomalous (``anomaly``) or a normal
     (``normal``) frame's caption describes; rules induced from measured facts are ``limit`` rules.
+    ``origin``: where it came from: ``induced`` from normal footage, an ``everyday`` prior (the everyday anomalies,
+    for a scene learned without normal footage; not learned from the footage it screens), a ``zone`` drawn as
+    keep-out in the app, or ``written`` as rule text.
     """
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     kind: Literal["limit", "anomaly", "normal"] = "limit"
+    origin: Literal["induced", "everyday", "zone", "written"] = "induced"
     sentence: str
     predicate: Predicate
     margin: float = Field(default=0.0, ge=0)
     stats: dict[str, float] = Field(default_factory=dict)
     enabled: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _origin_of_older_rulebooks(cls, data):
+        """Rulebooks written before rules had an origin said it in the id; read so once, here."""
+        if isinstance(data, dict) and "origin" not in data:
+            for prefix, origin in (("everyday-", "everyday"), ("keep-out-", "zone")):
+                if str(data.get("id", "")).startswith(prefix):
+                    return {**data, "origin": origin}
+        return data
 
 
 GRID_ZONE = re.compile(r"^r\d+c\d+$")  # the cells of the scene's grid: r{row}c{col}

@@ -9,10 +9,12 @@ source pixels (``source = analysis / scale``).
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -20,6 +22,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -142,6 +145,27 @@ def split_part(spec: str | os.PathLike) -> tuple[Path, Part | None]:
     if start is not None and end is not None and end <= start:
         raise MediaError(text, f"the part ends ({clock(end)}) before it starts ({clock(start)})")
     return Path(found["path"]), Part(start or 0.0, end)
+
+
+SAMPLE_BYTES = 4 << 20  # a large file is known by its size and three samples of this many bytes
+
+
+def media_digest(files: Sequence[Path]) -> str:
+    """A sha256 of the media's content, whatever their names: each file's size and bytes (of a file larger than
+    three samples, its first, middle and last ``SAMPLE_BYTES``: a video is known in milliseconds, not read
+    whole)."""
+    hashed = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        hashed.update(f"{size}\0".encode())
+        with path.open("rb") as stream:
+            if size <= 3 * SAMPLE_BYTES:
+                hashed.update(stream.read())
+                continue
+            for offset in (0, (size - SAMPLE_BYTES) // 2, size - SAMPLE_BYTES):
+                stream.seek(offset)
+                hashed.update(stream.read(SAMPLE_BYTES))
+    return hashed.hexdigest()
 
 
 def _check_readable(path: Path) -> None:
@@ -304,11 +328,30 @@ class FrameSource:
         return range(self.start, stop, self.stride)
 
     def identity(self) -> str:
-        """What this source yields, as text to hash: its files (path, size, modification time) and how they are
-        read (stride, range, resolution, rate); a resumed audit's check that its input is unchanged."""
+        """What this source yields, as text to hash: its media's content (``media_digest``) and how it is read
+        (stride, range, resolution, rate). Footage copied elsewhere, or written again byte for byte, is the same
+        source; an edited file is not."""
         files = [self._video] if self._video is not None else self._images
-        stats = [(str(p.resolve()), (stat := p.stat()).st_size, stat.st_mtime_ns) for p in files]
-        return json.dumps([stats, self.stride, self.start, self.stop, self.max_side, self.fps])
+        return json.dumps([media_digest(files), self.stride, self.start, self.stop, self.max_side, self.fps])
+
+    def recorded(self) -> str | None:
+        """When the footage began (ISO 8601), where the video's container says (its ``creation_time``, read with
+        imageio-ffmpeg's ffmpeg when it is installed); None for frames, or a container that does not say."""
+        if self._video is None:
+            return None
+        try:
+            import imageio_ffmpeg
+        except ImportError:
+            return None
+        described = subprocess.run(
+            [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(self._video)], capture_output=True, text=True
+        ).stderr  # ffmpeg describes its input on stderr (and complains that no output was given)
+        found = re.search(r"^\s*creation_time\s*:\s*(\S+)", described, re.M)
+        try:
+            when = datetime.fromisoformat(found[1].replace("Z", "+00:00")) if found else None
+        except ValueError:
+            return None
+        return when.isoformat(timespec="seconds") if when else None
 
     def __len__(self) -> int:
         """Frames this source will yield (from the container's frame count for videos)."""

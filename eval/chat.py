@@ -314,7 +314,7 @@ def synthetic_videos(folder: Path, progress: bool = True) -> Iterator[Video]:
     painted shapes), with their questions."""
     from anomalens.eval.synthetic import Anomaly, SceneSpec, build_scene, write_scene
     from anomalens.pipelines import learn_scene
-    from anomalens.pipelines.audit import index_video, screen_video
+    from anomalens.pipelines.audit import screen_video
 
     normal = write_scene(SceneSpec(n_frames=600, seed=1, camera_seed=0), folder / "normal")
     scene = learn_scene([normal.video], objects=False, progress=progress)
@@ -322,7 +322,8 @@ def synthetic_videos(folder: Path, progress: bool = True) -> Iterator[Video]:
         spec = SceneSpec(n_frames=SYNTHETIC_FRAMES, seed=10 + k, camera_seed=0,
                          anomalies=(Anomaly(kind, ANOMALY_START),))  # fmt: skip
         files = write_scene(spec, folder / kind)
-        index = index_video(screen_video(scene.open(files.video), scene, progress=False), scene, every_frame=True)
+        screening = screen_video(scene.open(files.video), scene, progress=False)
+        index = VideoIndex.from_screening(screening, scene.rulebook, every_frame=True)
         labels = build_scene(spec).labels.astype(bool)
         anomaly = _runs(labels, True)[0]
         width = round(WINDOW_S * index.fps)
@@ -361,7 +362,7 @@ def ped2_videos(data: Path, progress: bool = True) -> Iterator[Video]:
     captions, and their questions."""
     from anomalens.eval.ped2 import PED2_FPS, _videos
     from anomalens.pipelines import learn_scene
-    from anomalens.pipelines.audit import index_video, screen_video
+    from anomalens.pipelines.audit import screen_video
 
     ped2, caption_dir = data / "ucsd_ped2", data / "vlm_captions" / "ped2" / "captions"
     labels = json.loads((ped2 / "labels.json").read_text())
@@ -369,7 +370,7 @@ def ped2_videos(data: Path, progress: bool = True) -> Iterator[Video]:
     for video in _videos(ped2 / "test"):
         caption_file = caption_dir / f"test_{video.name}.txt"
         screened = screen_video(scene.open(video), scene, progress=False)
-        index = index_video(screened, scene, captions=caption_file, every_frame=True)
+        index = VideoIndex.from_screening(screened, scene.rulebook, captions=caption_file, every_frame=True)
         truth = np.asarray(labels[video.name], dtype=bool)
         lines = caption_file.read_text().splitlines()
         width = round(WINDOW_S * index.fps)

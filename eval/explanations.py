@@ -184,7 +184,8 @@ def run_explanations(
     from anomalens.agents.graph import explain_events
     from anomalens.eval.ped2 import _videos
     from anomalens.pipelines import learn_scene
-    from anomalens.pipelines.audit import index_video, screen_video
+    from anomalens.agents.index import VideoIndex
+    from anomalens.pipelines.audit import screen_video
     from anomalens.pipelines.captions import caption_cue, caption_rulebook, sentence_embedder
     from anomalens.tools.caption_scoring import CaptionScorer
     from anomalens.tools.captions import ReplayedCaptions
@@ -216,8 +217,8 @@ def run_explanations(
             cues.append(caption_cue(replay, caption_scorer, llm, progress=False))
             screening_llm_calls += cues[0].llm_calls
         screened = screen_video(scene.open(video), scene, cues=cues, progress=False)
-        result = screened.result
-        index = index_video(screened, scene, captions=captions_file)
+        result = screened
+        index = VideoIndex.from_screening(screened, scene.rulebook, captions=captions_file)
         event_ids = [e.id for e in result.events][:remaining]
         if remaining is not None:
             remaining -= len(event_ids)

@@ -22,13 +22,14 @@ from anomalens.eval.metrics import (
     rbdc_tbdc,
     roc_auc,
 )
-from anomalens.events import smooth
+from anomalens.events import smooth, smoothing_width
 from anomalens.geometry import box_iou
 from anomalens.pipelines import learn_scene
 from anomalens.pipelines.audit import screen_video
 from anomalens.pipelines.scene import self_referenced_scene
 from anomalens.progress import track
 from anomalens.tools.perception import object_tools
+from anomalens.tools.screening import SMOOTH_SECONDS
 from anomalens.video import natural_key
 
 PED2_FPS = 10.0
@@ -102,13 +103,13 @@ def run_ped2(data: str | Path, *, objects: bool | None = None, progress: bool = 
                 video_cues[name].append(value)
 
         source = scene.open(video)
-        result = screen_video(source, scene, observe=observe, tools=tools, progress=False).result
+        result = screen_video(source, scene, observe=observe, tools=tools, progress=False)
         pipeline_seconds += result.seconds
         truth = np.asarray(labels[video.name])
         if len(truth) != len(result.scores):
             raise AnomalensError(f"{video}: {len(result.scores)} frames but {len(truth)} labels")
         per_video[video.name] = (truth, result.scores)
-        width = max(1, round(source.effective_fps)) | 1  # the same 1 s smoothing as the fused score
+        width = smoothing_width(SMOOTH_SECONDS, source.effective_fps)  # the fused score's smoothing
         for name, values in video_cues.items():
             cues[name].append(smooth(np.asarray(values), width))
         masks = [
@@ -163,7 +164,7 @@ def run_ped2_zero_shot(data: str | Path, *, progress: bool = True) -> dict:
     per_video, events = {}, {}
     for video in track(_videos(data / "test"), "explaining Ped2 test videos zero-shot", enabled=progress):
         scene = self_referenced_scene(video, fps=PED2_FPS, progress=False)
-        result = screen_video(scene.open(video), scene, self_referenced=True, progress=False).result
+        result = screen_video(scene.open(video), scene, self_referenced=True, progress=False)
         per_video[video.name] = (np.asarray(labels[video.name]), result.scores)
         events[video.name] = [
             {"frames": [e.start_frame, e.end_frame], "rules": e.rule_ids, "summary": e.summary} for e in result.events

@@ -11,9 +11,10 @@ from pathlib import Path
 import cv2
 import yaml
 
+from anomalens.agents.index import VideoIndex
 from anomalens.errors import MediaError
 from anomalens.pipelines import learn_scene
-from anomalens.pipelines.audit import index_video, screen_video
+from anomalens.pipelines.audit import screen_video
 from anomalens.progress import say
 
 COUNTS = Path(__file__).with_name("street_counts.yaml")
@@ -30,8 +31,8 @@ def run_street(video: str | Path, *, progress: bool = True) -> dict:
         say(f"learning the scene from the first {counted['learn_seconds']} s", progress)
         scene = learn_scene([learned], progress=progress)
         screened = screen_video(scene.open(video), scene, progress=progress)
-        index = index_video(screened, scene, every_frame=True)
-        unseen = screen_video(scene.open(rest), scene, progress=progress).result.events
+        index = VideoIndex.from_screening(screened, scene.rulebook, every_frame=True)
+        unseen = screen_video(scene.open(rest), scene, progress=progress).events
     offset = round(counted["learn_seconds"] * fps)
     counts = {
         frame: {"by_eye": by_eye, "tracked": sum(t.class_name == "person" for t in index.in_view(frame))}

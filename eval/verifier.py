@@ -327,12 +327,13 @@ def synthetic_cases(folder: Path) -> list[Case]:
     from anomalens.eval.demo import DEMO_ANOMALIES, DEMO_FRAMES, NORMAL_FRAMES
     from anomalens.eval.synthetic import SceneSpec, write_scene
     from anomalens.pipelines import learn_scene
-    from anomalens.pipelines.audit import index_video, screen_video
+    from anomalens.pipelines.audit import screen_video
 
     normal = write_scene(SceneSpec(n_frames=NORMAL_FRAMES, seed=1), folder / "normal")
     test = write_scene(SceneSpec(n_frames=DEMO_FRAMES, seed=2, anomalies=DEMO_ANOMALIES), folder / "test")
     scene = learn_scene([normal.video], objects=False, progress=False)
-    index = index_video(screen_video(scene.open(test.video), scene, progress=False), scene, every_frame=True)
+    screening = screen_video(scene.open(test.video), scene, progress=False)
+    index = VideoIndex.from_screening(screening, scene.rulebook, every_frame=True)
     labels = np.asarray(json.loads(test.labels.read_text())["labels"], dtype=bool)
     return [Case(index, event, labels, []) for event in index.events]
 
@@ -344,7 +345,7 @@ def run_verifier_benchmark(data: str | Path, llm=None, progress: bool = True) ->
     from anomalens.agents.verify import grounders
     from anomalens.eval.ped2 import PED2_FPS, _videos
     from anomalens.pipelines import learn_scene
-    from anomalens.pipelines.audit import foundation_tools, index_video, screen_video
+    from anomalens.pipelines.audit import foundation_tools, screen_video
     from anomalens.progress import track
     from anomalens.video import FrameReader
 
@@ -365,7 +366,7 @@ def run_verifier_benchmark(data: str | Path, llm=None, progress: bool = True) ->
         for video in track(_videos(ped2 / "test"), "screening and planting", enabled=progress):
             captions = caption_dir / f"test_{video.name}.txt"
             screened = screen_video(scene.open(video), scene, progress=False)
-            index = index_video(screened, scene, captions=captions, every_frame=True)
+            index = VideoIndex.from_screening(screened, scene.rulebook, captions=captions, every_frame=True)
             truth = np.asarray(labels[video.name], dtype=bool)
             lines = captions.read_text().splitlines()
             yield from (Case(index, event, truth, lines) for event in index.events)

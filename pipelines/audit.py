@@ -7,7 +7,7 @@ the agent on each event, and the report. Also the video's index for the agent, a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -21,45 +21,28 @@ from anomalens.config import Settings, load_settings
 from anomalens.draw import overlay
 from anomalens.errors import AnomalensError, LLMError, MissingExtra
 from anomalens.files import writable_folder
-from anomalens.pipelines.audit_state import AuditState, fingerprint
+from anomalens.pipelines.audit_state import AuditState
 from anomalens.pipelines.describe import Describer
+from anomalens.pipelines.fingerprint import fingerprint
 from anomalens.pipelines.history import record
 from anomalens.progress import say, track
 from anomalens.report import SEPARATOR_PX, GroundTruth, Report, clip_file, compact_map, write_report
-from anomalens.rules.captions import EVERYDAY
 from anomalens.store import EventStore
 from anomalens.tools.captions import ReplayedCaptions
-from anomalens.tools.motion import VIEW_MOVED
 from anomalens.tools.perception import AGENT_KINDS, Perception, object_tools
 from anomalens.tools.protocols import Cue
 from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
 from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.tools.screening import ScreeningResult, screen
-from anomalens.types import Event, Evidence, Explanation, Track
+from anomalens.types import Event, Evidence, Explanation, Rulebook
 from anomalens.video import Frame, FrameSource
-
-
-@dataclass(frozen=True)
-class Screened:
-    """One video screened against a scene: the screening result and every track followed."""
-
-    result: ScreeningResult
-    tracks: list[Track]
-
-    @cached_property
-    def view_moves(self) -> list[float]:
-        """When (s) the view began to move or the shot changed: each run of frames where most of it changed at
-        once, which is said once, not followed as objects moving at thousands of px/s."""
-        moved = [ev.time_s or 0.0 for ev in self.result.frames
-                 if any(m.name == "view_motion" and m.value > VIEW_MOVED for m in ev.measurements)]  # fmt: skip
-        return [t for k, t in enumerate(moved) if k == 0 or t - moved[k - 1] > 1.0]
 
 
 @dataclass(frozen=True)
 class Audit:
     """An audited video: what screening found, the agent's explanations, and the report (with its pictures)."""
 
-    screened: Screened
+    screening: ScreeningResult
     explanations: list[Explanation]
     report: Report
     keyframes: dict[str, np.ndarray]
@@ -67,7 +50,7 @@ class Audit:
 
     @property
     def events(self) -> list[Event]:
-        return self.screened.result.events
+        return self.screening.events
 
 
 def screen_video(
@@ -79,52 +62,25 @@ def screen_video(
     observe: Callable[[Frame, Evidence], None] | None = None,
     tools: Perception | None = None,
     progress: bool = True,
-) -> Screened:
+) -> ScreeningResult:
     """Screen ``source`` (opened with ``scene.open``) against ``scene``: every frame scored by the scene's motion,
     objects and rules, ``cues`` fused, events described by the deterministic explainer. ``tools``: the scene's
     object tools when already loaded (default: loaded here, when the scene names its objects)."""
     if scene.objects and tools is None:
         tools = object_tools(scene.objects)
-    scorer = SceneScorer(scene, source.fps, tools)
-    result = screen(
-        source, scorer, self_referenced=self_referenced, cues=cues, describe=Describer(scene.rulebook),
-        observe=observe, progress=progress,
-    )
-    screened = Screened(result, scorer.tracks())
-    if moves := screened.view_moves:
+    priors = {rule.id for rule in scene.rulebook.rules if rule.origin == "everyday"}
+    screening = screen(
+        source, SceneScorer(scene, source.fps, tools), self_referenced=self_referenced, priors=priors, cues=cues,
+        describe=Describer(scene.rulebook), observe=observe, progress=progress,
+    )  # fmt: skip
+    if moves := screening.view_moves:
         say(f"{source.name}: {_moved(moves)}", progress)
-    return screened
+    return screening
 
 
 def _moved(moves: list[float]) -> str:
     at = ", ".join(f"{t:.1f} s" for t in moves[:5]) + (", ..." if len(moves) > 5 else "")
     return f"the view moved or the shot changed {len(moves)} time(s) (at {at}): nothing is followed while it does"
-
-
-def index_video(
-    screened: Screened, scene: Scene, *, captions: str | Path | None = None, every_frame: bool = False
-) -> VideoIndex:
-    """The agent's index of one screened video: its events and cited evidence, and with ``every_frame`` the
-    compact evidence and tracks of every frame (for questions about any moment of the video)."""
-    result = screened.result
-    compact = {ev.id: ev for ev in result.frames} if every_frame else {}
-    compact.update(
-        {ev.id: ev.model_copy(update={"anomaly_map": None, "masks": None}) for ev in result.evidence.values()}
-    )
-    cited = {t for event in result.events for t in event.track_ids}
-    return VideoIndex(
-        video=result.source_name,
-        fps=result.fps,
-        source_size=result.source_size,
-        frames=int(result.frame_indices[-1]) + 1 if len(result.frame_indices) else 0,  # a part's times stay the video's
-        threshold=result.threshold,
-        events=result.events,
-        evidence=sorted(compact.values(), key=lambda ev: ev.frame_index or 0),
-        tracks=list(screened.tracks) if every_frame else [t for t in screened.tracks if t.id in cited],
-        every_track=every_frame,
-        rulebook=scene.rulebook,
-        captions_file=str(captions) if captions else None,
-    )
 
 
 def keyframe_picture(frame: Frame, evidence: Evidence) -> np.ndarray:
@@ -134,7 +90,7 @@ def keyframe_picture(frame: Frame, evidence: Evidence) -> np.ndarray:
 
 
 def build_report(
-    screened: Screened,
+    screening: ScreeningResult,
     scene: Scene,
     *,
     title: str,
@@ -149,30 +105,29 @@ def build_report(
     """The report of a screened video and its keyframe pictures (raw frame | frame with overlays); ``cited``:
     evidence the explanations cite beyond screening's (captions, what live tools found); ``fps_note``: the frame
     rate was assumed, not read from the input."""
-    result = screened.result
-    keyframes = {event_id: keyframe_picture(*shown) for event_id, shown in result.keyframes.items()}
-    evidence = result.evidence | (cited or {})
+    keyframes = {event_id: keyframe_picture(*shown) for event_id, shown in screening.keyframes.items()}
+    evidence = screening.evidence | (cited or {})
     report = Report(
         title=title,
-        input=result.source_name,
-        fps=result.fps,
+        input=screening.source_name,
+        fps=screening.fps,
         fps_note=fps_note,
-        source_size=result.source_size,
+        source_size=screening.source_size,
         scorer=scorer,
         explainer=explainer,
         explanations=list(explanations),
-        threshold=result.threshold,
-        frame_indices=result.frame_indices.tolist(),
-        scores=[round(float(s), 4) for s in result.scores],
-        events=result.events,
+        threshold=screening.threshold,
+        frame_indices=screening.frame_indices.tolist(),
+        scores=[round(float(s), 4) for s in screening.scores],
+        events=screening.events,
         evidence=[compact_map(ev) for ev in evidence.values()],
-        tracks=[t for t in screened.tracks if any(t.id in e.track_ids for e in result.events)],
+        tracks=[t for t in screening.tracks if any(t.id in e.track_ids for e in screening.events)],
         rulebook=scene.rulebook,
         scene=str(scene.folder.resolve()) if scene.folder is not None else None,
         zone_grid=(scene.model.geometry.rows, scene.model.geometry.cols),
         ground_truth=ground_truth,
         metrics=metrics or {},
-        seconds=result.seconds,
+        seconds=screening.seconds,
     )
     return report, keyframes
 
@@ -211,120 +166,205 @@ def audit(
     explanations already verified, unless ``fresh``. A written report lands in the event ``store`` (default: the
     settings' one).
     """
-    if caption_rules is not None and captions is None:
-        raise AnomalensError("caption rules screen the video's captions: give them with --captions FILE")
     scene = scene if isinstance(scene, Scene) else Scene.load(scene)
-    # Opened and read before the LLM loads and screening starts: bad input fails fast.
-    source = video if isinstance(video, FrameSource) else scene.open(video, fps=fps)
-    if source.fps_note:
-        say(f"{source.name}: {source.fps_note}")
-    replayed = ReplayedCaptions.load(captions, source.fps) if captions is not None else None
-    if replayed is not None and (problem := replayed.mismatch(source.declared_frames)):
-        say(f"warning: {problem}")
-    if caption_rules is not None:
-        from anomalens.pipelines.captions import caption_rulebook, open_caption_cue
-
-        read_caption_rules = caption_rulebook(caption_rules)
-    state = None
-    if out is not None:
-        writable_folder(out)
-        state = AuditState(Path(out), fingerprint(source.identity(), scene.digest(), captions, caption_rules))
-    who = f"agent ({llm.backend}:{llm.model})" if llm is not None else None
-    # An LLM failure is an error when the agent was asked for: by name, or by giving the LLM without a choice.
-    insists = (explainer or ("agent" if llm is not None else load_settings().explainer)) == "agent"
-    if llm is None:
-        llm, who = open_explainer(explainer)
-    say(f"explanations: {who}", progress)
+    inputs = _open_inputs(video, scene, fps, captions, caption_rules)
+    key = fingerprint(inputs.source, scene, captions=captions, caption_rules=caption_rules)
+    state = _kept_work(out, key)
+    llm, who, insists = _explainer(llm, explainer, progress)
     if llm is not None and perception is None:
         perception = foundation_tools(progress)
-    kept = state.screening() if state is not None and not fresh else None
-    if kept is not None:
-        screened = Screened(*kept)
-        say(f"{out}: reusing the screening of an earlier run of this audit (--fresh screens again)", progress)
-    else:
-        cues = [] if caption_rules is None else [open_caption_cue(replayed, read_caption_rules, llm, progress=progress)]
-        screened = screen_video(source, scene, cues=cues, self_referenced=self_referenced, progress=progress)
-        if state is not None:
-            state.keep_screening(screened.result, screened.tracks)
-    clips = write_clips(source, screened.result, out, progress) if out is not None else []
-    scorer = "scene rules + motion" + (" + objects" if scene.objects else "")
-    scorer += " (trained on " + ", ".join(scene.sources) + ")"
-    scorer += f" + caption rules on {replayed.origin}" if caption_rules is not None else ""
-    if self_referenced:
-        scorer += "; normality assumed: " + normality(scene)
-    if moves := screened.view_moves:
-        scorer += "; " + _moved(moves)
-    explanations: list[Explanation] = []
-    cited: dict[str, Evidence] = {}
-
-    def reported(explainer_said: str) -> tuple[Report, dict[str, np.ndarray]]:
-        report, keyframes = build_report(
-            screened,
-            scene,
-            title=title or f"anomalens audit: {source.name}",
-            scorer=scorer,
-            explainer=explainer_said,
-            explanations=explanations,
-            cited=cited,
-            ground_truth=ground_truth,
-            metrics=metrics(screened.result) if metrics else None,
-            fps_note=source.fps_note,
-        )
-        return report.model_copy(update={"clips": clips}), keyframes
-
-    def cite(explanation: Explanation) -> None:
-        """What the agent cited goes into the report with the rest."""
-        extra = {ev.id: ev for ev in explanation.evidence}
-        for claim in explanation.claims:
-            for evidence_id in claim.evidence_ids:
-                if (found := extra.get(evidence_id) or index.get(evidence_id)) is not None:
-                    cited[evidence_id] = found
-
-    failure = None
-    events = screened.result.events
-    index = index_video(screened, scene, captions=captions) if events else None
-    if llm is not None and events:
-        if state is not None:
-            explanations.extend(e for e in state.explanations(who) if index.event(e.event_id) is not None)
-            if explanations:
-                say(f"{len(explanations)} of {len(events)} event(s) explained by an earlier run: kept", progress)
-        for explanation in explanations:
-            cite(explanation)
-        done = {e.event_id for e in explanations}
-
-        def so_far() -> str:
-            return f"{who} for {len(explanations)} of {len(events)} event(s) so far, deterministic for the rest"
-
-        if out is not None:  # screening is kept whatever happens to the explanations (a failure, a kill)
-            write_report(*reported(so_far()), out)
-        try:
-            todo = [e.id for e in events if e.id not in done]
-            for explanation in explain_events(llm, index, event_ids=todo, perception=perception, progress=progress):
-                explanations.append(explanation)
-                cite(explanation)
-                if state is not None:
-                    state.keep_explanations(who, explanations)
-                if out is not None:
-                    write_report(*reported(so_far()), out)
-        except LLMError as error:
-            failure = error
-            who = f"{who} for {len(explanations)} of {len(events)} event(s), deterministic for the rest"
-            who += " (the LLM failed)"
-            say(f"explanations: the LLM failed ({error}); the deterministic explainer explains the events left")
-    if index is not None:  # what the agent did not explain gets a plain explanation: a headline, its facts, verified
-        explained = {e.event_id for e in explanations if e.supported}
-        plain = [plain_explanation(index, e) for e in events if e.id not in explained]
-        explanations = [e for e in explanations if e.supported] + plain
-        for explanation in plain:
-            cite(explanation)
-    report, keyframes = reported(who)
+    screening = _screening(inputs, scene, state, llm, fresh=fresh, self_referenced=self_referenced, progress=progress)
+    draft = _Draft(
+        screening, scene, captions, title=title or f"anomalens audit: {inputs.source.name}",
+        scorer=_scorer_said(scene, inputs, screening, self_referenced), fps_note=inputs.source.fps_note,
+        clips=write_clips(inputs.source, screening, out, progress) if out is not None else [],
+        ground_truth=ground_truth, metrics=metrics(screening) if metrics else None, fingerprint=key,
+        recorded=inputs.source.recorded(),
+    )  # fmt: skip
+    failure, who = _agent_explains(draft, llm, who, perception, state, out, progress)
+    draft.explain_the_rest()
+    report, keyframes = draft.report(who)
     files = write_report(report, keyframes, out) if out is not None else None
     if files is not None:
         record(report, files[0], store, progress=progress)
     if failure is not None and insists:
         written = f"; the report is written: {files[1]}" if files else ""
         raise LLMError(f"{failure}{written}") from None
-    return Audit(screened, explanations, report, keyframes, files)
+    return Audit(screening, draft.explanations, report, keyframes, files)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What an audit reads besides the scene, opened and checked before anything slow starts."""
+
+    source: FrameSource
+    captions: str | Path | None
+    replayed: ReplayedCaptions | None
+    caption_rules: str | Path | None
+    caption_rulebook: Rulebook | None
+
+
+def _open_inputs(video, scene: Scene, fps, captions, caption_rules) -> _Inputs:
+    """The video (a path, or a ``FrameSource``), captions and caption rules, read now: bad input fails fast."""
+    if caption_rules is not None and captions is None:
+        raise AnomalensError("caption rules screen the video's captions: give them with --captions FILE")
+    source = video if isinstance(video, FrameSource) else scene.open(video, fps=fps)
+    if source.fps_note:
+        say(f"{source.name}: {source.fps_note}")
+    replayed = ReplayedCaptions.load(captions, source.fps) if captions is not None else None
+    if replayed is not None and (problem := replayed.mismatch(source.declared_frames)):
+        say(f"warning: {problem}")
+    rulebook = None
+    if caption_rules is not None:
+        from anomalens.pipelines.captions import caption_rulebook
+
+        rulebook = caption_rulebook(caption_rules)
+    return _Inputs(source, captions, replayed, caption_rules, rulebook)
+
+
+def _kept_work(out: str | Path | None, key: str) -> AuditState | None:
+    """Where the audit with fingerprint ``key`` keeps its work as it finishes (``audit_state``), when it writes to
+    ``out``."""
+    if out is None:
+        return None
+    writable_folder(out)
+    return AuditState(Path(out), key)
+
+
+def _explainer(llm: LLM | None, explainer: str | None, progress: bool) -> tuple[LLM | None, str, bool]:
+    """The LLM that explains the events (None: the deterministic explainer), who that is in words, and whether
+    an LLM failure is an error: the agent was asked for by name, or by giving the LLM without a choice."""
+    insists = (explainer or ("agent" if llm is not None else load_settings().explainer)) == "agent"
+    if llm is None:
+        llm, who = open_explainer(explainer)
+    else:
+        who = f"agent ({llm.backend}:{llm.model})"
+    say(f"explanations: {who}", progress)
+    return llm, who, insists
+
+
+def _screening(
+    inputs: _Inputs, scene: Scene, state: AuditState | None, llm: LLM | None, *, fresh: bool,
+    self_referenced: bool, progress: bool,
+) -> ScreeningResult:
+    """The screening an earlier run of this audit kept (unless ``fresh``), else a new one, kept at once."""
+    kept = state.screening() if state is not None and not fresh else None
+    if kept is not None:
+        say(f"{state.out}: reusing the screening of an earlier run of this audit (--fresh screens again)", progress)
+        return kept
+    cues = []
+    if inputs.caption_rulebook is not None:
+        from anomalens.pipelines.captions import open_caption_cue
+
+        cues.append(open_caption_cue(inputs.replayed, inputs.caption_rulebook, llm, progress=progress))
+    screening = screen_video(inputs.source, scene, cues=cues, self_referenced=self_referenced, progress=progress)
+    if state is not None:
+        state.keep_screening(screening)
+    return screening
+
+
+def _scorer_said(scene: Scene, inputs: _Inputs, screening: ScreeningResult, self_referenced: bool) -> str:
+    """What screened the video, in words for the report."""
+    said = scorer_of(scene) + " (trained on " + ", ".join(scene.sources) + ")"
+    said += f" + caption rules on {inputs.replayed.origin}" if inputs.caption_rulebook is not None else ""
+    if self_referenced:
+        said += "; normality assumed: " + normality(scene)
+    if moves := screening.view_moves:
+        said += "; " + _moved(moves)
+    return said
+
+
+def scorer_of(scene: Scene) -> str:
+    """What screens footage against ``scene``, in words."""
+    return "scene rules + motion" + (" + objects" if scene.objects else "")
+
+
+@dataclass
+class _Draft:
+    """An audit's report as its explanations come in: the explanations so far and the evidence they cite."""
+
+    screening: ScreeningResult
+    scene: Scene
+    captions: str | Path | None  # the agent reads them
+    title: str
+    scorer: str
+    fps_note: str | None
+    clips: list[str]
+    ground_truth: GroundTruth | None
+    metrics: dict[str, float] | None
+    fingerprint: str
+    recorded: str | None
+    explanations: list[Explanation] = field(default_factory=list)
+    cited: dict[str, Evidence] = field(default_factory=dict)  # evidence they cite beyond screening's
+
+    @cached_property
+    def index(self) -> VideoIndex:
+        return VideoIndex.from_screening(self.screening, self.scene.rulebook, captions=self.captions)
+
+    def add(self, explanation: Explanation) -> None:
+        """An explanation, and what it cites, into the report."""
+        self.explanations.append(explanation)
+        extra = {ev.id: ev for ev in explanation.evidence}
+        for claim in explanation.claims:
+            for evidence_id in claim.evidence_ids:
+                if (found := extra.get(evidence_id) or self.index.get(evidence_id)) is not None:
+                    self.cited[evidence_id] = found
+
+    def explain_the_rest(self) -> None:
+        """Each event the agent did not explain, or verified nothing of, gets a plain explanation: a headline and
+        its facts, verified."""
+        supported = [e for e in self.explanations if e.supported]
+        explained = {e.event_id for e in supported}
+        self.explanations = supported
+        for event in self.screening.events:
+            if event.id not in explained:
+                self.add(plain_explanation(self.index, event))
+
+    def report(self, explainer: str) -> tuple[Report, dict[str, np.ndarray]]:
+        report, keyframes = build_report(
+            self.screening, self.scene, title=self.title, scorer=self.scorer, explainer=explainer,
+            explanations=self.explanations, cited=self.cited, ground_truth=self.ground_truth, metrics=self.metrics,
+            fps_note=self.fps_note,
+        )  # fmt: skip
+        said = {"clips": self.clips, "fingerprint": self.fingerprint, "recorded": self.recorded}
+        return report.model_copy(update=said), keyframes
+
+
+def _agent_explains(
+    draft: _Draft, llm: LLM | None, who: str, perception: Perception | None, state: AuditState | None,
+    out: str | Path | None, progress: bool,
+) -> tuple[LLMError | None, str]:
+    """The agent explains the events an earlier run did not (the report rewritten after each one): the LLM's
+    failure, if it failed, and who explained the events, in words."""
+    events = draft.screening.events
+    if llm is None or not events:
+        return None, who
+    if state is not None:
+        for explanation in state.explanations(who):
+            if draft.index.event(explanation.event_id) is not None:
+                draft.add(explanation)
+        if draft.explanations:
+            say(f"{len(draft.explanations)} of {len(events)} event(s) explained by an earlier run: kept", progress)
+    done = {e.event_id for e in draft.explanations}
+
+    def so_far() -> str:
+        return f"{who} for {len(draft.explanations)} of {len(events)} event(s) so far, deterministic for the rest"
+
+    if out is not None:  # screening is kept whatever happens to the explanations (a failure, a kill)
+        write_report(*draft.report(so_far()), out)
+    todo = [e.id for e in events if e.id not in done]
+    try:
+        for explanation in explain_events(llm, draft.index, event_ids=todo, perception=perception, progress=progress):
+            draft.add(explanation)
+            if state is not None:
+                state.keep_explanations(who, draft.explanations)
+            if out is not None:
+                write_report(*draft.report(so_far()), out)
+    except LLMError as error:
+        said = f"{who} for {len(draft.explanations)} of {len(events)} event(s), deterministic for the rest"
+        say(f"explanations: the LLM failed ({error}); the deterministic explainer explains the events left")
+        return error, said + " (the LLM failed)"
+    return None, who
 
 
 def write_clips(source: FrameSource, result: ScreeningResult, out: str | Path, progress: bool = True) -> list[str]:
@@ -345,7 +385,7 @@ def write_clips(source: FrameSource, result: ScreeningResult, out: str | Path, p
 def normality(scene: Scene) -> str:
     """What a scene learned from the audited video itself assumes is normal, in words for the report."""
     said = f"the video's own dominant behaviour (up to {SELF_REFERENCED_CONTAMINATION:.0%} of its objects may not be)"
-    priors = [rule.sentence.rstrip(".") for rule in scene.rulebook.rules if rule.id.startswith(EVERYDAY)]
+    priors = [rule.sentence.rstrip(".") for rule in scene.rulebook.rules if rule.origin == "everyday"]
     return "; ".join([said, *priors])
 
 

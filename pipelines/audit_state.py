@@ -1,24 +1,20 @@
 """What an audit keeps in its output folder so that a failure or a kill loses no work and a re-run resumes.
 
 ``OUT/.anomalens/screening.npz`` is written once screening ends; ``OUT/.anomalens/explanations.json`` after
-each verified explanation. Both carry a fingerprint of the audit's inputs (the video's files, how they are
-read, the scene's learned state and rulebook, captions, caption rules, anomalens' version): a re-run whose
-fingerprint matches reuses them, anything else screens again. Each file is replaced atomically, so a kill
+each verified explanation. Both carry the fingerprint of the audit's inputs (``pipelines.fingerprint``): a
+re-run whose fingerprint matches reuses them, anything else screens again. Each file is replaced atomically, so a kill
 leaves either the previous version or the new one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from anomalens import __version__
 from anomalens.files import atomic_write
 from anomalens.progress import say
 from anomalens.tools.screening import ScreeningResult
@@ -26,7 +22,7 @@ from anomalens.types import Event, Evidence, Explanation, Track
 from anomalens.video import Frame
 
 FOLDER = ".anomalens"
-FORMAT = 2
+FORMAT = 3  # 3: every frame's compact evidence too, for chat
 
 
 class _Keyframe(BaseModel):
@@ -51,6 +47,7 @@ class _Screening(BaseModel):
     source_size: tuple[int, int]
     events: list[Event]
     evidence: list[Evidence]
+    frames: list[Evidence]  # every frame's compact evidence: chat answers about any moment from it
     keyframes: dict[str, _Keyframe]
     tracks: list[Track]
     seconds: float
@@ -64,29 +61,17 @@ class _Explanations(BaseModel):
     explanations: list[Explanation]
 
 
-def fingerprint(source_identity: str, scene_digest: str, *inputs: str | Path | None) -> str:
-    """The hash of what an audit's result rests on; ``inputs``: caption files or rule text (None: not given)."""
-    hashed = hashlib.sha256(json.dumps([__version__, source_identity, scene_digest]).encode())
-    for given in inputs:
-        if given is None:
-            hashed.update(b"\0none")
-        elif isinstance(given, Path) or Path(given).is_file():
-            hashed.update(b"\0file" + Path(given).read_bytes())
-        else:
-            hashed.update(b"\0text" + str(given).encode())
-    return hashed.hexdigest()
-
-
 class AuditState:
     """The kept work of the audit with ``fingerprint`` in the output folder ``out``."""
 
     def __init__(self, out: Path, fingerprint: str):
-        self.folder = Path(out) / FOLDER
+        self.out = Path(out)
+        self.folder = self.out / FOLDER
         self.fingerprint = fingerprint
         self.screening_file = self.folder / "screening.npz"
         self.explanations_file = self.folder / "explanations.json"
 
-    def screening(self) -> tuple[ScreeningResult, list[Track]] | None:
+    def screening(self) -> ScreeningResult | None:
         """The screening kept by an earlier run of this audit, or None (none kept, or of other inputs)."""
         if not self.screening_file.is_file():
             return None
@@ -106,7 +91,7 @@ class AuditState:
             )
             for event_id, k in record.keyframes.items()
         }
-        result = ScreeningResult(
+        return ScreeningResult(
             frame_indices=arrays["frame_indices"],
             raw_scores=arrays["raw_scores"],
             scores=arrays["scores"],
@@ -117,11 +102,12 @@ class AuditState:
             events=record.events,
             evidence={ev.id: ev for ev in record.evidence},
             keyframes=keyframes,
+            frames=record.frames,
+            tracks=record.tracks,
             seconds=record.seconds,
         )
-        return result, record.tracks
 
-    def keep_screening(self, result: ScreeningResult, tracks: list[Track]) -> None:
+    def keep_screening(self, result: ScreeningResult) -> None:
         """Keep a finished screening; explanations kept for an earlier screening no longer apply."""
         self.explanations_file.unlink(missing_ok=True)
         keyframes = {
@@ -144,8 +130,9 @@ class AuditState:
             source_size=result.source_size,
             events=result.events,
             evidence=list(result.evidence.values()),
+            frames=result.frames,
             keyframes=keyframes,
-            tracks=tracks,
+            tracks=result.tracks,
             seconds=result.seconds,
         )
         buffer = io.BytesIO()

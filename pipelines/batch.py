@@ -2,9 +2,10 @@
 
 The scene goes into Ray's object store once and every worker reads it from there; each worker (a Ray actor)
 loads the explaining LLM once and audits video after video. Results are written as each video finishes: its
-report in ``OUT/<name>/`` and a line in ``OUT/batch.jsonl``. A rerun skips the videos that line says are done,
-redoes the ones that failed, and finishes the rest (each audit resumes from the work it kept). One video that
-fails is reported and the others go on.
+report in ``OUT/<name>/`` and a line in ``OUT/batch.jsonl``. A rerun skips the videos that line says are done
+and whose fingerprint (``pipelines.fingerprint``: the footage, the scene, the version) is what it was then,
+redoes the ones that failed or changed, and finishes the rest (each audit resumes from the work it kept). One
+video that fails is reported and the others go on.
 
 Ray is an optional extra (``pip install 'anomalens[ray]'``). Without ``address`` a local Ray instance with
 ``workers`` CPUs is started for the batch; with it, the batch runs on that cluster.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from anomalens.errors import AnomalensError, MediaError, MissingExtra
 from anomalens.files import append_line, read_text, writable_folder
+from anomalens.pipelines.fingerprint import fingerprint
 from anomalens.progress import say, track
 from anomalens.tools.scene import Scene
 from anomalens.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, split_part
@@ -121,6 +123,17 @@ def _read_ledger(path: Path) -> dict[str, dict]:
     return records
 
 
+def _audited_as_now(record: dict | None, video: Path, scene: Scene) -> bool:
+    """Whether the ledger's ``record`` says ``video`` was audited, with the fingerprint it has now (the same
+    footage, scene and version)."""
+    if record is None or record.get("status") != "done" or "fingerprint" not in record:
+        return False
+    try:
+        return record["fingerprint"] == fingerprint(scene.open(str(video)), scene)
+    except AnomalensError:  # gone or unreadable now: the audit says why
+        return False
+
+
 class Auditor:
     """One Ray worker: the scene from the object store, the explaining LLM loaded once, ``audit`` per video."""
 
@@ -150,6 +163,7 @@ class Auditor:
             return record | {"status": "failed", "error": failure}
         return record | {
             "status": "done",
+            "fingerprint": result.report.fingerprint,
             "events": len(result.events),
             "explained_by_agent": len(result.explanations),
             "explainer": result.report.explainer,
@@ -198,11 +212,12 @@ def audit_batch(
     ledger = out / LEDGER
     earlier = {} if fresh else _read_ledger(ledger)
     names = report_names(videos)
-    skipped = [earlier[str(v)] for v in videos if earlier.get(str(v), {}).get("status") == "done"]
-    todo = [v for v in videos if earlier.get(str(v), {}).get("status") != "done"]
+    unchanged = {v for v in videos if _audited_as_now(earlier.get(str(v)), v, scene)}
+    skipped = [earlier[str(v)] for v in videos if v in unchanged]
+    todo = [v for v in videos if v not in unchanged]
     if skipped:
-        say(f"{len(skipped)} of {len(videos)} video(s) audited by an earlier run: skipped (--fresh audits them again)",
-            progress)  # fmt: skip
+        say(f"{len(skipped)} of {len(videos)} video(s) audited by an earlier run and unchanged since: skipped "
+            "(--fresh audits them again)", progress)  # fmt: skip
     done, failed, start_seconds = [], [], 0.0
     if todo:
         started = time.perf_counter()

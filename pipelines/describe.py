@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from anomalens.agents.claims import said_speed
+from anomalens.events import worst_breaches
 from anomalens.prompts import load as load_prompts
 from anomalens.facts import FACTS, OBJECT_MEASURED, named
-from anomalens.types import Breach, Event, Evidence, Rulebook
+from anomalens.types import Event, Evidence, Rulebook
 
 MAX_RULES = 3  # the explanation names the worst few; the report's rule table lists every broken rule
 
@@ -29,13 +30,9 @@ class Describer:
         """The worst breach of the event's worst-broken rules (who, where, when, with numbers), unusual motion at
         its keyframe, and the rule its cues (captions) say is broken."""
         text = load_prompts("explain")
-        worst: dict[str, tuple[Breach, Evidence]] = {}
-        for evidence in cited:
-            for breach in evidence.breaches():
-                if breach.rule_id not in worst or breach.severity > worst[breach.rule_id][0].severity:
-                    worst[breach.rule_id] = (breach, evidence)
+        worst = worst_breaches(cited)
         sentences = [text["event"].format(**event.model_dump(), n_rules=len(worst))]
-        for breach, evidence in sorted(worst.values(), key=lambda item: -item[0].severity)[:MAX_RULES]:
+        for breach, evidence in worst[:MAX_RULES]:
             rule = self.rulebook.find(breach.rule_id) if self.rulebook is not None else None
             said = {
                 "rule_id": breach.rule_id,

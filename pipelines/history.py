@@ -12,7 +12,6 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -28,7 +27,6 @@ from anomalens.store import STORE_FILE, EventStore, StoredClaim, StoredEvent, St
 from anomalens.tools.scene import Scene
 from anomalens.types import Predicate, Rule, Rulebook, Zone
 
-ZONE_RULE = "keep-out-"  # the id of a drawn zone's "nothing enters" rule: keep-out-<name>
 
 
 def open_store(settings: Settings | None = None) -> EventStore:
@@ -36,14 +34,9 @@ def open_store(settings: Settings | None = None) -> EventStore:
 
 
 def started_at(report: Report) -> str:
-    """When the video began, as well as can be told: a video file's modification time (when recording ended)
-    less its length, else the time the report was written."""
-    path = Path(report.input)
-    if path.is_file():
-        ended = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
-        length = (report.frame_indices[-1] + 1) / report.fps if report.frame_indices else 0.0
-        return (ended - timedelta(seconds=length)).isoformat(timespec="seconds")
-    return report.created
+    """When the video began: when it was recorded, where its container says, else when it was audited (a file's
+    modification time says when it was copied as often as when it was recorded)."""
+    return report.recorded or report.created
 
 
 SILENCED_SINCE = "the scene's rulebook changed: none of the rules this event broke is broken under it now"
@@ -90,11 +83,11 @@ def stored_video(report: Report, report_path: Path, started: str | None = None) 
             )
         )
     return StoredVideo(
-        report=str(report_path.resolve()), input=report.input, title=report.title, scene=report.scene,
-        fps=report.fps, width=report.source_size[0], height=report.source_size[1],
-        started=started or started_at(report),
-        threshold=report.threshold, scores=list(zip(report.frame_indices, report.scores)), events=events,
-    )
+        report=str(report_path.resolve()), fingerprint=report.fingerprint, input=report.input, title=report.title,
+        scene=report.scene, fps=report.fps, width=report.source_size[0], height=report.source_size[1],
+        started=started or started_at(report), threshold=report.threshold,
+        scores=list(zip(report.frame_indices, report.scores)), events=events,
+    )  # fmt: skip
 
 
 def record(
@@ -347,10 +340,10 @@ def save_zones(
     unknown = forbidden - {z.name for z in zones}
     if unknown:
         raise ConfigError(f"no zone named {', '.join(sorted(unknown))} was drawn")
-    kept = [r for r in where.rulebook.rules if not r.id.startswith(ZONE_RULE)]  # made again from ``forbidden``
+    kept = [r for r in where.rulebook.rules if r.origin != "zone"]  # made again from ``forbidden``
     drawn_rules = [
-        Rule(id=ZONE_RULE + re.sub(r"[^A-Za-z0-9_.-]", "_", name), sentence=f"Nothing enters the {name}.",
-             predicate=Predicate(fact="zone", op="!=", value=name))
+        Rule(id="keep-out-" + re.sub(r"[^A-Za-z0-9_.-]", "_", name), origin="zone",
+             sentence=f"Nothing enters the {name}.", predicate=Predicate(fact="zone", op="!=", value=name))
         for name in sorted(forbidden)
     ]
     rulebook = where.rulebook.model_copy(

@@ -30,16 +30,16 @@ from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import LLM
 from anomalens.errors import AnomalensError, LLMError, MediaError
 from anomalens.files import append_line, slug, writable_folder
-from anomalens.pipelines.audit import keyframe_picture, open_explainer
+from anomalens.pipelines.audit import build_report, open_explainer, scorer_of
 from anomalens.pipelines.describe import Describer
 from anomalens.pipelines.history import record
 from anomalens.progress import say
 from anomalens.records import event_record, explanation_record, now, skipped_record
-from anomalens.report import Report, compact_map, write_report
+from anomalens.report import Report, write_report
 from anomalens.store import EventStore
 from anomalens.tools.perception import object_tools
 from anomalens.tools.scene import Scene, SceneScorer
-from anomalens.tools.screening import LiveEvent, LiveScreening, StartedEvent
+from anomalens.tools.screening import LiveEvent, LiveScreening, ScreeningResult, StartedEvent
 from anomalens.types import Explanation
 from anomalens.video import Stream, live_source, patiently
 
@@ -145,18 +145,15 @@ class _Archive:
 
     def keep(self, live: LiveEvent, index: VideoIndex, started: str, plain: Explanation, pending: bool) -> None:
         event = live.event
-        evidence = sorted(live.evidence, key=lambda ev: ev.frame_index or 0)
-        report = Report(
-            title=f"watch: {index.video}", input=index.video, fps=index.fps, source_size=index.source_size,
-            scorer="scene rules + motion, live", threshold=index.threshold,
-            frame_indices=[ev.frame_index for ev in evidence], scores=[ev.frame_score or 0.0 for ev in evidence],
-            events=[event], evidence=[compact_map(ev) for ev in evidence], tracks=index.tracks,
-            rulebook=self.scene.rulebook, scene=str(self.scene.folder.resolve()) if self.scene.folder else None,
-            zone_grid=(self.scene.model.geometry.rows, self.scene.model.geometry.cols), explanations=[plain],
-            explainer=plain.generator,
+        screening = ScreeningResult.from_live(
+            live, threshold=index.threshold, fps=index.fps, source_name=index.video, source_size=index.source_size,
+            tracks=index.tracks,
+        )  # fmt: skip
+        report, keyframes = build_report(
+            screening, self.scene, title=f"watch: {index.video}", scorer=scorer_of(self.scene) + ", live",
+            explainer=plain.generator, explanations=[plain],
         )  # fmt: skip
         folder = self.out / f"{slug(index.video)}-{event.id}"
-        keyframes = {event.id: keyframe_picture(*live.keyframe)}
         with self.lock:
             if pending:
                 self.kept[(index.video, event.id)] = (report, keyframes, folder, started)
@@ -228,22 +225,6 @@ class _Explainer:
             self.thread.join()
 
 
-def _index_of(live: LiveEvent, stream: Stream, screening: LiveScreening, scorer: SceneScorer, scene: Scene):
-    """What the agent reads about one closed event: its evidence, the tracks it cites, the rulebook."""
-    event = live.event
-    return VideoIndex(
-        video=stream.name,
-        fps=stream.fps,
-        source_size=stream.source_size,
-        frames=event.end_frame + 1,
-        threshold=screening.threshold,
-        events=[event],
-        evidence=sorted({ev.id: ev for ev in live.evidence}.values(), key=lambda ev: ev.frame_index or 0),
-        tracks=[t for t in scorer.tracks() if t.id in event.track_ids],
-        rulebook=scene.rulebook,
-    )
-
-
 def _screen(
     stream: Stream, scene: Scene, watched: Watched, outlet: _Outlet, explainer: _Explainer | None, tools,
     archive: _Archive | None,
@@ -265,7 +246,10 @@ def _screen(
             latency = emitted - arrived.get(live.event.end_frame, emitted)
             watched.events += 1
             watched.latencies.append(latency)
-            index = _index_of(live, stream, screening, scorer, scene)
+            index = VideoIndex.from_live(
+                live, video=stream.name, fps=stream.fps, source_size=stream.source_size,
+                threshold=screening.threshold, tracks=scorer.tracks(), rulebook=scene.rulebook,
+            )  # fmt: skip
             plain = plain_explanation(index, live.event)
             outlet(event_record(stream.name, live.event, "closed", headline=plain.headline,
                                 latency_s=round(latency, 3)))  # fmt: skip

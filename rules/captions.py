@@ -73,6 +73,7 @@ def parse_rule_text(text: str, source: str = "rules") -> Rulebook:
             Rule(
                 id=f"{kind}-{counts[kind]}",
                 kind=kind,
+                origin="written",
                 sentence=sentence,
                 predicate=Predicate(
                     fact="caption", op="not_in" if kind == "anomaly" else "in", value=phrases_of(sentence)
@@ -87,9 +88,6 @@ def parse_rule_text(text: str, source: str = "rules") -> Rulebook:
 def load_rule_text(path: str | Path) -> Rulebook:
     path = Path(path)
     return parse_rule_text(read_text(path, "rule text"), str(path))
-
-
-EVERYDAY = "everyday-"  # the id prefix of the priors the everyday anomalies give a scene with no normal footage
 
 
 def everyday_anomalies() -> Rulebook:

@@ -42,12 +42,20 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def walkway(tmp_path_factory):
+def walkway_normal(tmp_path_factory):
+    """The walkway's normal clip (240 frames), written once for every scene learned from it."""
+    from anomalens.eval.synthetic import SceneSpec, write_scene
+
+    return write_scene(SceneSpec(n_frames=240, seed=11, camera_seed=5), tmp_path_factory.mktemp("walkway") / "normal")
+
+
+@pytest.fixture(scope="session")
+def walkway(walkway_normal, tmp_path_factory):
     """A normal clip and a test clip with one of every anomaly kind, of the same place."""
     from anomalens.eval.synthetic import Anomaly, SceneSpec, write_scene
 
     root = tmp_path_factory.mktemp("walkway")
-    normal = write_scene(SceneSpec(n_frames=240, seed=11, camera_seed=5), root / "normal")
+    normal = walkway_normal
     anomalies = (
         Anomaly("cyclist", 10),
         Anomaly("lawn_crossing", 70),
@@ -105,13 +113,13 @@ def smollm2() -> Path:
 
 
 @pytest.fixture(scope="session")
-def scene_and_video(tmp_path_factory):
+def scene_and_video(walkway_normal, tmp_path_factory):
     """A walkway learned from a normal clip; a clip with a cyclist and a lawn crossing, with replayed captions."""
     from anomalens.eval.synthetic import Anomaly, SceneSpec, write_scene
     from anomalens.pipelines import learn_scene
 
     root = tmp_path_factory.mktemp("agent")
-    normal = write_scene(SceneSpec(n_frames=240, seed=11, camera_seed=5), root / "normal")
+    normal = walkway_normal
     test = write_scene(
         SceneSpec(
             n_frames=300, seed=12, camera_seed=5, anomalies=(Anomaly("cyclist", 10), Anomaly("lawn_crossing", 150))
@@ -134,12 +142,30 @@ def scene_and_video(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def audited_walkway(scene_and_video, tmp_path_factory):
+    """The walkway clip audited once by the (scripted) agent: a folder holding its scene (``scene/``) and report
+    (``out/``), and the audit. Tests that change them take a copy (``tests.helpers.store.stored_copy``)."""
+    from anomalens.agents.llm.scripted import ScriptedLLM
+    from anomalens.pipelines import audit
+    from anomalens.store import EventStore
+    from tests.helpers.agent import by_handle
+
+    scene, test, _ = scene_and_video
+    root = tmp_path_factory.mktemp("audited")
+    folder = scene.save(root / "scene")
+    result = audit(test.video, folder, out=root / "out", llm=ScriptedLLM([by_handle] * 10),
+                   store=EventStore(root / "store"), progress=False)  # fmt: skip
+    return root, result
+
+
+@pytest.fixture(scope="session")
 def index(scene_and_video):
     """The chat index of that clip (every frame's evidence, its captions)."""
-    from anomalens.pipelines.audit import index_video, screen_video
+    from anomalens.agents.index import VideoIndex
+    from anomalens.pipelines.audit import screen_video
 
     scene, test, captions = scene_and_video
     screened = screen_video(scene.open(test.video), scene, progress=False)
-    built = index_video(screened, scene, captions=captions, every_frame=True)
+    built = VideoIndex.from_screening(screened, scene.rulebook, captions=captions, every_frame=True)
     assert len(built.events) >= 2, "the scene should give a cyclist event and a lawn event"
     return built

@@ -23,7 +23,7 @@ from anomalens.agents.verify import Verifier
 from anomalens.config import load_settings
 from anomalens.errors import AnomalensError
 from anomalens.pipelines import audit
-from anomalens.pipelines.audit import index_video, open_explainer, screen_video
+from anomalens.pipelines.audit import open_explainer, screen_video
 from anomalens.report import render_html
 from anomalens.tools.perception import Perception
 from anomalens.types import Claim, Explanation
@@ -83,7 +83,7 @@ def test_the_caption_rule_an_event_breaks_is_offered_as_a_fact_and_verified(scen
         progress=False,
     )
     screened = screen_video(scene.open(test.video), scene, cues=[cue], progress=False)
-    built = index_video(screened, scene, captions=captions)
+    built = VideoIndex.from_screening(screened, scene.rulebook, captions=captions)
     (event,) = [e for e in built.events if e.reasons]
     (said,) = event.reasons
     assert (said.phrase, said.rule_id) == ("riding a bicycle", "anomaly-2") and said.last_frame < 70
@@ -611,7 +611,7 @@ def test_chat_command_answers_and_resumes_a_session(scene_and_video, tmp_path):
 def test_chat_index_refuses_missing_inputs_by_name(tmp_path):
     from anomalens.pipelines.chat import video_index
 
-    with pytest.raises(AnomalensError, match="nowhere.avi: not found"):
+    with pytest.raises(AnomalensError, match="nowhere.avi: no such file or folder"):
         video_index(tmp_path / "nowhere.avi", cache_dir=tmp_path)
 
 

@@ -19,13 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from anomalens.agents.llm.scripted import ScriptedLLM
 from anomalens.pipelines import audit
-from anomalens.pipelines.history import index_reports
 from anomalens.rules.io import load_rulebook
 from anomalens.store import EventStore, StoredClaim, StoredEvent, StoredVideo
-from tests.helpers.agent import by_handle
 from tests.helpers.environment import absent
+from tests.helpers.store import stored_copy
 from tests.helpers.network import free_port
 
 INJECTED = '<script>window.injected = 1</script><img src=x onerror="window.injected = 2">'
@@ -75,13 +73,9 @@ def browser():
 
 
 @pytest.fixture
-def audited_store(scene_and_video, tmp_path):
-    scene, test, _ = scene_and_video
-    folder = scene.save(tmp_path / "scene")
-    audit(test.video, folder, out=tmp_path / "out", llm=ScriptedLLM([by_handle] * 10), progress=False)
-    store = EventStore(tmp_path / "store")
-    index_reports([tmp_path / "out"], store, progress=False)
-    return store, folder
+def audited_store(audited_walkway, tmp_path):
+    """A copy of the walkway's one audit in a store of its own: the app's reviews change its rulebook."""
+    return stored_copy(audited_walkway[0], tmp_path)
 
 
 def shot(page, name: str) -> None:

@@ -208,7 +208,9 @@ CORPUS = {
         "a-file: exists and is not a folder; give a folder for chat sessions",
         {"CHAT_DIR": str(w.file("a-file", "x"))},
     ),
-    "chat about a missing video": lambda w: (["chat", w.folder / "nope.avi", "--ask", "hi"], "nope.avi: not found"),
+    "chat about a missing video": lambda w: (
+        ["chat", w.folder / "nope.avi", "--ask", "hi"], "nope.avi: no such file or folder"
+    ),
     # settings
     "LLM timeout not a number": lambda w: (w.audit, "settings: llm_timeout", {"LLM_TIMEOUT": "soon"}),
     "analysis size too small": lambda w: (

@@ -105,7 +105,7 @@ audit_batch(sys.argv[1:-2], sys.argv[-2], out=sys.argv[-1], workers=1, explainer
 
 def test_a_killed_batch_keeps_what_finished_and_resumes(videos, tmp_path):
     scene, folder = videos
-    clips = [folder / "cyclist.avi", folder / "crowd.avi", folder / "quiet.avi"]
+    clips = [Path(shutil.copy(folder / name, tmp_path / name)) for name in ("cyclist.avi", "crowd.avi", "quiet.avi")]
     out = tmp_path / "out"
     script = tmp_path / "batch.py"
     script.write_text(KILLED_BATCH)
@@ -125,3 +125,6 @@ def test_a_killed_batch_keeps_what_finished_and_resumes(videos, tmp_path):
     assert len(resumed.skipped) + len(resumed.done) == len(clips) and resumed.failed == []
     for record in resumed.skipped + resumed.done:
         Report.model_validate_json((Path(record["report"]) / "report.json").read_text())  # whole
+    shutil.copyfile(clips[0], clips[2])  # other footage under a name the ledger says is done: audited again
+    again = audit_batch(clips, scene, out=out, workers=1, explainer="deterministic", progress=False)
+    assert [r["video"] for r in again.done] == [str(clips[2])] and len(again.skipped) == 2

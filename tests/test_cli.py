@@ -150,12 +150,21 @@ def test_audit_screens_captions_with_caption_rules(walkway, tmp_path):
 
 @pytest.mark.data
 def test_eval_ped2_writes_every_metric(shared_data, tmp_path):
-    result = run("eval", "ped2", "--data", shared_data / "ucsd_ped2", "--json", tmp_path / "ped2.json", timeout=600)
+    """On a part of Ped2 laid out as Ped2 (four training videos, two test videos): the whole benchmark is what the
+    command measures, not what a test needs to run."""
+    ped2, part = shared_data / "ucsd_ped2", tmp_path / "ped2"
+    for folder, videos in (("train", ("01", "02", "03", "04")), ("test", ("01", "02")), ("test_masks", ("01", "02"))):
+        (part / folder).mkdir(parents=True)
+        for video in videos:
+            (part / folder / video).symlink_to(ped2 / folder / video)
+    labels = json.loads((ped2 / "labels.json").read_text())
+    (part / "labels.json").write_text(json.dumps({video: labels[video] for video in ("01", "02")}))
+    result = run("eval", "ped2", "--data", part, "--json", tmp_path / "ped2.json", timeout=600)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "ped2.json").read_text())
     for key in ("frame_auc", "frame_aupr", "frame_f1", "pixel_auroc", "rbdc", "tbdc", "pipeline_fps", "decode_fps", "seconds"):
         assert key in metrics
-    assert metrics["frames"] == 2010
+    assert metrics["frames"] == len(labels["01"]) + len(labels["02"])
     for key in ("frame_auc", "frame_aupr", "frame_f1", "pixel_auroc", "rbdc", "tbdc"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["frame_auc"] > 0.7 and metrics["pixel_auroc"] > 0.8  # far better than chance

@@ -4,6 +4,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomalens.eval.metrics import roc_auc
 from anomalens.events import group_events, outlier_level, smooth
+from tests.helpers.screening import ScriptedScorer
 
 
 def test_smooth_is_a_centred_mean_that_uses_only_existing_edge_frames():
@@ -40,7 +41,6 @@ def test_self_referenced_screening_calls_only_the_footages_own_outliers_events(t
     import cv2
 
     from anomalens.tools.screening import screen
-    from anomalens.types import Evidence, EvidenceKind, Source
     from anomalens.video import FrameSource
 
     for k in range(120):
@@ -48,14 +48,8 @@ def test_self_referenced_screening_calls_only_the_footages_own_outliers_events(t
     busy = 1.5 + 0.1 * np.sin(np.arange(120))  # a busy scene: over the rules' limit all the time
     busy[60:75] = 6.0  # and one stretch far beyond its own typical level
 
-    class Scripted:
-        def score(self, frame):
-            return Evidence(kind=EvidenceKind.FRAME, source=Source(tool="scripted"), frame_index=frame.index,
-                            frame_size=(32, 24),
-                            frame_score=float(busy[frame.index]))  # fmt: skip
-
     def run(**options):
-        return screen(FrameSource(tmp_path, fps=10.0), Scripted(), progress=False, **options)
+        return screen(FrameSource(tmp_path, fps=10.0), ScriptedScorer(busy), progress=False, **options)
 
     plain, own = run(), run(self_referenced=True)
     assert [(e.start_frame, e.end_frame) for e in plain.events] == [(0, 119)] and plain.threshold == 1.0
@@ -70,7 +64,6 @@ def test_what_breaks_an_everyday_prior_stays_an_event_above_a_self_referenced_th
     import cv2
 
     from anomalens.tools.screening import screen
-    from anomalens.types import Evidence, EvidenceKind, Measurement, MeasurementKind, Source
     from anomalens.video import FrameSource
 
     for k in range(120):
@@ -78,15 +71,8 @@ def test_what_breaks_an_everyday_prior_stays_an_event_above_a_self_referenced_th
     busy = 1.5 + 0.1 * np.sin(np.arange(120))  # a cart in most frames: its breaches are the footage's own level
     rule = {k: "everyday-classes" for k in range(90, 105)} | {k: "speed-any" for k in range(20, 35)}
 
-    class Scripted:
-        def score(self, frame):
-            broken = [rule[frame.index]] if frame.index in rule else []
-            return Evidence(kind=EvidenceKind.FRAME, source=Source(tool="scripted"), frame_index=frame.index,
-                            frame_size=(32, 24), frame_score=float(busy[frame.index]),
-                            measurements=[Measurement(kind=MeasurementKind.RULE_SEVERITY, name=name, value=2.0,
-                                                      unit="ratio") for name in broken])  # fmt: skip
-
-    result = screen(FrameSource(tmp_path, fps=10.0), Scripted(), progress=False, self_referenced=True)
+    result = screen(FrameSource(tmp_path, fps=10.0), ScriptedScorer(busy, rule), progress=False, self_referenced=True,
+                    priors={"everyday-classes"})  # fmt: skip
     assert result.threshold > 1.5  # raised to the footage's own level...
     # ...yet the frames breaking a prior are an event; those breaking a learned rule as often as the rest are not
     assert [(e.start_frame, e.end_frame, e.rule_ids) for e in result.events] == [(90, 104, ["everyday-classes"])]
@@ -169,17 +155,12 @@ def test_an_event_a_cue_alone_raises_keeps_its_keyframe_from_the_one_decoding_pa
     import cv2
 
     from anomalens.tools.screening import screen
-    from anomalens.types import CueReason, Evidence, EvidenceKind, Source
+    from anomalens.types import CueReason
     from anomalens.video import FrameSource
 
     for k in range(100):
         cv2.imwrite(str(tmp_path / f"{k:03d}.png"), np.full((24, 32, 3), k, np.uint8))
     own = 0.2 + 0.1 * np.sin(np.arange(100))  # motion never reaches the threshold
-
-    class Scripted:
-        def score(self, frame):
-            return Evidence(kind=EvidenceKind.FRAME, source=Source(tool="scripted"), frame_index=frame.index,
-                            frame_size=(32, 24), frame_score=float(own[frame.index]))  # fmt: skip
 
     class Captions:  # says frames 40-60 are anomalous
         origin = "captions.txt"
@@ -193,7 +174,8 @@ def test_an_event_a_cue_alone_raises_keeps_its_keyframe_from_the_one_decoding_pa
 
     source = FrameSource(tmp_path, fps=10.0)
     source.read = lambda index: pytest.fail(f"frame {index} was decoded twice")
-    result = screen(source, Scripted(), cues=[Captions()], describe=lambda e, cited, key: "why", progress=False)
+    described = lambda event, cited, key: "why"  # noqa: E731
+    result = screen(source, ScriptedScorer(own), cues=[Captions()], describe=described, progress=False)
     (event,) = result.events
     assert 35 <= event.start_frame <= 40 and 60 <= event.end_frame <= 65
     assert event.reasons[0].phrase == "riding a bicycle"

@@ -18,18 +18,16 @@ from anomalens.rules.io import load_rulebook
 from anomalens.rules.review import propose, still_broken
 from anomalens.store import SCHEMA_VERSION, EventFilter, EventStore, StoredEvent, StoredVideo
 from anomalens.types import Predicate, Rule, Rulebook
-from tests.helpers.agent import by_handle
+from tests.helpers.store import stored_copy
 
 
 
 @pytest.fixture
-def audited(scene_and_video, tmp_path):
-    """A walkway scene saved to a folder, a clip audited against it by the (scripted) agent, in a fresh store."""
-    scene, test, _ = scene_and_video
-    folder = scene.save(tmp_path / "scene")
-    store = EventStore(tmp_path / "store")
-    result = audit(test.video, folder, out=tmp_path / "out", llm=ScriptedLLM([by_handle] * 10), progress=False)
-    index_reports([tmp_path / "out"], store, progress=False)
+def audited(audited_walkway, tmp_path):
+    """A walkway scene in a folder, a clip audited against it by the (scripted) agent, in a fresh store: a copy of
+    the one audit, which the test may change."""
+    root, result = audited_walkway
+    store, folder = stored_copy(root, tmp_path)
     return store, folder, result
 
 
@@ -47,6 +45,37 @@ def test_an_audit_lands_in_the_store_with_its_claims_and_keyframes(audited, tmp_
     index_reports([tmp_path / "out" / "report.json"], store, progress=False)
     again = store.events()
     assert len(again) == len(events) and again[0]["verdict"] == "confirmed" and again[0]["review_note"] == "seen it"
+
+
+def test_the_same_footage_audited_again_elsewhere_replaces_its_earlier_video(scene_and_video, tmp_path):
+    """Its date is when the camera recorded it (the container's creation time), not when the file was copied."""
+    import cv2
+
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="pip install 'anomalens[clips]'")
+    scene, test, _ = scene_and_video
+    folder = scene.save(tmp_path / "scene")
+    capture, frames = cv2.VideoCapture(str(test.video)), []
+    while (read := capture.read())[0]:
+        frames.append(cv2.cvtColor(read[1], cv2.COLOR_BGR2RGB))
+    camera = tmp_path / "camera.mp4"
+    height, width = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(str(camera), (width, height), fps=scene.fps, macro_block_size=1,
+                                         output_params=["-metadata", "creation_time=2024-05-01T10:20:30Z"])  # fmt: skip
+    writer.send(None)
+    for frame in frames:
+        writer.send(frame.tobytes())
+    writer.close()
+    copied = tmp_path / "copied" / "monday.mp4"
+    copied.parent.mkdir()
+    copied.write_bytes(camera.read_bytes())
+    store = EventStore(tmp_path / "store")
+    first = audit(camera, folder, out=tmp_path / "first", explainer="deterministic", store=store, progress=False)
+    audit(copied, folder, out=tmp_path / "again", explainer="deterministic", store=store, progress=False)
+    (video,) = store.videos()
+    assert video["report"] == str((tmp_path / "again" / "report.json").resolve()) and video["input"] == str(copied)
+    assert video["started"] == "2024-05-01T10:20:30+00:00" and first.events
+    assert len(store.events()) == len(first.events)
+    assert all(e["at"].startswith("2024-05-01T10:2") for e in store.events())
 
 
 def test_filters_combine(audited):

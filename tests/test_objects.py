@@ -371,5 +371,5 @@ def test_on_ped2_the_scene_names_people_and_scores_a_cyclists_video_above_its_no
     assert scene.perspective == learned.perspective and scene.density.classes == learned.density.classes
     screened = screen_video(scene.open(ped2 / "test" / "02"), scene, progress=False)
     labels = np.asarray(json.loads((ped2 / "labels.json").read_text())["02"])
-    assert roc_auc(labels, screened.result.scores) > 0.95
+    assert roc_auc(labels, screened.scores) > 0.95
     assert any(t.class_name == "bicycle" for t in screened.tracks)

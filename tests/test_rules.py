@@ -42,6 +42,21 @@ def test_yaml_round_trip_is_readable_and_exact(tmp_path):
     assert load_rulebook(path) == book()
 
 
+def test_a_rule_says_where_it_came_from_and_its_id_decides_nothing(tmp_path):
+    prior = Rule(id="no-carts", origin="everyday", sentence="No cart moves here.",
+                 predicate=Predicate(fact="class", op="not_in", value=["cart"]))  # fmt: skip
+    named_so = Rule(id="everyday-walkers", origin="induced", sentence="People walk.",
+                    predicate=Predicate(fact="speed", op="<=", value=3.0))  # fmt: skip
+    path = save_rulebook(Rulebook(scene="unit", rules=[prior, named_so]), tmp_path / "rules.yaml")
+    assert [r.origin for r in load_rulebook(path).rules] == ["everyday", "induced"]
+    # A rulebook written before rules had an origin said it in the id: read so.
+    older = yaml.safe_load(path.read_text())
+    older["rules"] = [{k: v for k, v in rule.items() if k != "origin"} | {"id": rule_id}
+                      for rule, rule_id in zip(older["rules"], ("everyday-classes", "keep-out-lawn"))]  # fmt: skip
+    path.write_text(yaml.safe_dump(older))
+    assert [r.origin for r in load_rulebook(path).rules] == ["everyday", "zone"]
+
+
 def test_malformed_yaml_names_file_and_line(tmp_path):
     path = tmp_path / "rules.yaml"
     path.write_text("rules:\n  - id: a\n    sentence: [unclosed\n")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import yaml
 
+from anomalens.agents.index import INDEX_FORMAT
 from anomalens.errors import AnomalensError, ConfigError
 from anomalens.eval.synthetic import load_masks
 from anomalens.pipelines import audit, learn_scene
 from anomalens.pipelines.audit import screen_video
-from anomalens.agents.index import INDEX_FORMAT
 from anomalens.report import REPORT_FORMAT, Report, load_report
 from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.video import FrameSource
@@ -44,7 +44,7 @@ def audited(walkway, learned):
     def observe(frame, evidence):
         seen[frame.index] = evidence
 
-    result = screen_video(scene.open(test.video), scene, observe=observe, progress=False).result
+    result = screen_video(scene.open(test.video), scene, observe=observe, progress=False)
     return scene, result, seen, json.loads(test.events.read_text()), load_masks(test.masks)
 
 
@@ -88,7 +88,7 @@ def test_normal_footage_raises_few_alarms(walkway):
     half = len(frames) // 2
     scene = learn_scene([normal.video], progress=False)
     held_out = FrameSource(normal.video, start=half)
-    result = screen_video(held_out, scene, progress=False).result
+    result = screen_video(held_out, scene, progress=False)
     assert np.mean(result.scores > 1.0) < 0.1
 
 
@@ -126,7 +126,7 @@ def test_audit_report_has_rule_table_keyframes_and_tracks(walkway, learned, tmp_
     assert cited and {t.id for t in back.tracks} == cited
     assert all(len(t.frames) == len(t.boxes) >= 1 for t in back.tracks)
     for event in result.events:
-        frame, evidence = result.screened.result.keyframes[event.id]
+        frame, evidence = result.screening.keyframes[event.id]
         assert evidence.masks is not None and len(evidence.masks) == len(evidence.boxes)
 
 
@@ -148,12 +148,11 @@ def test_scene_rejects_other_frame_sizes_and_too_little_footage(walkway, learned
 
 def test_reports_and_indexes_of_another_format_are_refused_by_name(walkway, learned, tmp_path):
     from anomalens.agents.index import VideoIndex
-    from anomalens.pipelines.audit import index_video
 
     _, test = walkway
     scene = Scene.load(learned)
     result = audit(test.video, scene, out=tmp_path, explainer="deterministic", progress=False)
-    saved = index_video(result.screened, scene).save(tmp_path / "index.json")
+    saved = VideoIndex.from_screening(result.screening, scene.rulebook).save(tmp_path / "index.json")
     assert VideoIndex.load(saved).events == result.events
     for path, what in ((tmp_path / "report.json", "report"), (saved, "video index")):
         data = json.loads(path.read_text())
@@ -214,6 +213,30 @@ def test_an_audit_of_part_of_a_video_keeps_the_videos_own_times(walkway, learned
     assert part.events and all(first <= e.start_frame and e.end_frame <= event.end_frame for e in part.events)
     last = part.events[-1]
     assert last.start_s == pytest.approx(last.start_frame / fps) and last.peak_frame >= event.start_frame
+
+
+def test_chat_reuses_the_screening_an_audit_of_the_same_footage_kept(walkway, learned, tmp_path, monkeypatch):
+    import sys
+
+    from anomalens.store import EventStore
+
+    chat = sys.modules["anomalens.pipelines.chat"]  # the module (the package's ``chat`` is the function)
+
+    _, test = walkway
+    store = EventStore(tmp_path / "store")
+    audited = audit(test.video, learned, out=tmp_path / "report", explainer="deterministic", store=store,
+                    progress=False)  # fmt: skip
+
+    def screened_again(*args, **kwargs):
+        raise AssertionError("the video was screened again")
+
+    monkeypatch.setattr(chat, "screen_video", screened_again)
+    index = chat.video_index(test.video, scene_dir=learned, cache_dir=tmp_path / "chat", store=store, progress=False)
+    assert index.events == audited.events and index.every_track
+    assert {ev.frame_index for ev in index.evidence} == set(audited.report.frame_indices)  # every frame, as chat needs
+    with pytest.raises(AssertionError, match="screened again"):  # other footage: nothing to reuse
+        chat.video_index(f"{test.video}@1-3", scene_dir=learned, cache_dir=tmp_path / "chat", store=store,
+                         progress=False)  # fmt: skip
 
 
 def test_chat_indexes_a_part_of_a_video_on_its_own(walkway, learned, tmp_path):

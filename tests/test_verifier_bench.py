@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from anomalens.agents.claims import as_draft
+from anomalens.agents.index import VideoIndex
 from anomalens.agents.llm import ToolCall
 from anomalens.agents.llm.scripted import ScriptedLLM
 from anomalens.agents.verify import Verifier
@@ -21,7 +22,7 @@ from anomalens.eval.verifier import (
     true_claims,
 )
 from anomalens.pipelines import learn_scene
-from anomalens.pipelines.audit import index_video, screen_video
+from anomalens.pipelines.audit import screen_video
 from anomalens.types import Claim
 
 
@@ -35,8 +36,8 @@ def cases(tmp_path_factory) -> list[Case]:
     captions = root / "captions.txt"  # what a VLM would say: a bicycle while the cyclist rides
     lines = ["A person riding a bicycle along the walkway." if k < 80 else "People walking on a path." for k in range(330)]
     captions.write_text("\n".join(lines) + "\n")
-    index = index_video(screen_video(scene.open(test.video), scene, progress=False), scene, captions=captions,
-                        every_frame=True)  # fmt: skip
+    screening = screen_video(scene.open(test.video), scene, progress=False)
+    index = VideoIndex.from_screening(screening, scene.rulebook, captions=captions, every_frame=True)
     labels = np.asarray(json.loads(test.labels.read_text())["labels"], dtype=bool)
     assert len(index.events) >= 2
     return [Case(index, event, labels, lines) for event in index.events]

@@ -203,6 +203,14 @@ def test_a_part_of_a_video_is_read_from_its_start_with_the_videos_own_times(tmp_
         assert frames[0].time_s == pytest.approx(first / 10) and source.name == spec
         assert decoded.count("read") == len(frames) + 1 and "grab" not in decoded  # 1: the probe reads the first frame
     assert FrameSource(f"{path}@1-2").identity() != FrameSource(f"{path}@1-2.5").identity()  # resume tells them apart
+    copy = tmp_path / "elsewhere" / "copy.avi"  # the same footage under another name is the same source...
+    copy.parent.mkdir()
+    copy.write_bytes(path.read_bytes())
+    assert FrameSource(copy).identity() == FrameSource(path).identity()
+    edited = bytearray(copy.read_bytes())  # ...and one byte changed is another
+    edited[len(edited) // 2] ^= 1
+    copy.write_bytes(bytes(edited))
+    assert FrameSource(copy).identity() != FrameSource(path).identity()
     odd = tmp_path / "odd@1-2.avi"  # a file named so is that file
     write_video(odd)
     assert len(FrameSource(odd)) == N

@@ -26,7 +26,7 @@ from tests.helpers.network import Handler, serve
 
 def test_live_screening_gives_the_events_screen_gives(scene_and_video):
     scene, test, _ = scene_and_video
-    batch = screen_video(scene.open(test.video), scene, progress=False).result
+    batch = screen_video(scene.open(test.video), scene, progress=False)
     source = scene.open(test.video)
     live = LiveScreening(SceneScorer(scene, source.fps), source.fps, describe=Describer(scene.rulebook))
     changed, held = [], []
@@ -196,7 +196,7 @@ def test_explanations_wait_in_a_bounded_backlog_and_never_hold_screening(scene_a
     from tests.helpers.agent import by_handle
 
     scene, test, _ = scene_and_video
-    closing = 2 * len(screen_video(scene.open(test.video), scene, progress=False).result.events)  # both sources'
+    closing = 2 * len(screen_video(scene.open(test.video), scene, progress=False).events)  # both sources'
     assert closing >= 4
     busy, released = threading.Event(), threading.Event()
 

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from anomalens.types import CueReason, Evidence
+from anomalens.types import CueReason, Evidence, Track
 from anomalens.video import Frame
 
 
@@ -81,6 +81,9 @@ class Embedder(Protocol):
 class FrameScorer(Protocol):
     def score(self, frame: Frame) -> Evidence:
         """``FRAME`` evidence of one frame, with ``frame_score`` (1.0: the edge of normal)."""
+
+    def tracks(self) -> list[Track]:
+        """Every object followed so far (none, for a scorer that follows no objects)."""
 
 
 class Cue(Protocol):

@@ -13,7 +13,6 @@ from collections import Counter, defaultdict
 import numpy as np
 
 from anomalens.facts import named, unit
-from anomalens.rules.captions import EVERYDAY
 from anomalens.rules.engine import CATEGORICAL_OPS, RuleIndex, check
 from anomalens.tools.coco import coco_class
 from anomalens.types import SECTORS, STILL, Predicate, Rule, Rulebook
@@ -308,7 +307,7 @@ def everyday_priors(anomalies: Rulebook, walking: float | None = None) -> list[R
     classes = sorted({name for p in phrases if (name := coco_class(p)) not in (None, "person")})
     if classes:
         priors.append(Rule(
-            id=f"{EVERYDAY}classes",
+            id="everyday-classes", origin="everyday",
             sentence=f"No {', '.join(classes[:-1])}{' or ' if len(classes) > 1 else ''}{classes[-1]} moves here "
             f"{ASSUMED}.",
             predicate=Predicate(fact="class", op="not_in", value=classes),
@@ -316,7 +315,7 @@ def everyday_priors(anomalies: Rulebook, walking: float | None = None) -> list[R
     if walking and any("running" in p.lower() for p in phrases):
         limit = round(RUN_OVER_WALK * walking, 3)
         priors.append(Rule(
-            id=f"{EVERYDAY}speed",
+            id="everyday-speed", origin="everyday",
             sentence=f"No one runs: a person moves at most {limit:.2f} body heights per second, {RUN_OVER_WALK:g} "
             f"times a brisk walker here {ASSUMED}.",
             predicate=Predicate(fact="relative_speed", op="<=", value=limit, unit="heights/s",

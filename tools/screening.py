@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
-from anomalens.events import group_events, outlier_level, smooth
+from anomalens.events import group_events, outlier_level, smooth, smoothing_width
 from anomalens.progress import track
-from anomalens.rules.captions import EVERYDAY
+from anomalens.tools.motion import VIEW_MOVED
 from anomalens.tools.protocols import Cue, FrameScorer
-from anomalens.types import Event, Evidence
+from anomalens.types import Event, Evidence, Track
 from anomalens.video import Frame, FrameSource
 
 # How scores become events, the same for a video (``screen``) and a stream (``LiveScreening``): the threshold,
@@ -41,7 +42,30 @@ class ScreeningResult:
     evidence: dict[str, Evidence]  # evidence cited by events (keyframe evidence keeps its anomaly map)
     keyframes: dict[str, tuple[Frame, Evidence]] = field(default_factory=dict)  # event id -> peak frame
     frames: list[Evidence] = field(default_factory=list)  # every analysed frame's compact evidence (no map/masks)
+    tracks: list[Track] = field(default_factory=list)  # every object the scorer followed
     seconds: float = 0.0
+
+    @classmethod
+    def from_live(
+        cls, live: LiveEvent, *, threshold: float, fps: float, source_name: str, source_size: tuple[int, int],
+        tracks: Sequence[Track] = (),
+    ) -> ScreeningResult:
+        """One closed event of a stream as the screening of the frames it cites (its report is an audit's)."""
+        evidence = sorted(live.evidence, key=lambda ev: ev.frame_index or 0)
+        scores = np.array([ev.frame_score or 0.0 for ev in evidence])
+        return cls(
+            frame_indices=np.array([ev.frame_index for ev in evidence]), raw_scores=scores, scores=scores,
+            threshold=threshold, fps=fps, source_name=source_name, source_size=source_size, events=[live.event],
+            evidence={ev.id: ev for ev in evidence}, keyframes={live.event.id: live.keyframe}, tracks=list(tracks),
+        )  # fmt: skip
+
+    @cached_property
+    def view_moves(self) -> list[float]:
+        """When (s) the view began to move or the shot changed: each run of frames where most of it changed at
+        once, which is said once, not followed as objects moving at thousands of px/s."""
+        moved = [ev.time_s or 0.0 for ev in self.frames
+                 if any(m.name == "view_motion" and m.value > VIEW_MOVED for m in ev.measurements)]  # fmt: skip
+        return [t for k, t in enumerate(moved) if k == 0 or t - moved[k - 1] > 1.0]
 
 
 def screen(
@@ -54,6 +78,7 @@ def screen(
     max_gap: int = MAX_GAP,
     max_keyframes: int = 50,
     self_referenced: bool = False,
+    priors: Collection[str] = (),
     cues: Sequence[Cue] = (),
     describe: Describe | None = None,
     observe: Callable[[Frame, Evidence], None] | None = None,
@@ -64,7 +89,8 @@ def screen(
     ``self_referenced``: the scene was learned from this footage itself, whose typical frames are normal, so the
     threshold rises to where a smoothed score stands out from the footage's own (``events.outlier_level``) when
     that is higher: a busy scene breaks one of its rules in most frames, and only its outliers are events. The
-    everyday priors (``rule_induction.everyday_priors``) keep their level relative to the raised threshold.
+    rules named in ``priors`` (the everyday priors, ``rule_induction.everyday_priors``: not learned from this
+    footage) keep their level relative to the raised threshold.
 
     ``cues`` (e.g. what captions say, ``pipelines.captions.CaptionCue``) are fused by maximum (a cue's level 1.0
     meets the threshold), so an anomaly a cue names is an event even where motion looks normal.
@@ -90,13 +116,13 @@ def screen(
 
     frame_indices = np.asarray(indices, dtype=np.int64)
     raw_scores = np.asarray(raw)
-    width = max(1, round(smooth_seconds * source.effective_fps)) | 1  # odd
+    width = smoothing_width(smooth_seconds, source.effective_fps)
     scores = smooth(raw_scores, width)
     if self_referenced and len(scores):
         threshold = max(threshold, outlier_level(scores))
         # The everyday priors were not learned from this footage: what breaks them stands above the raised
         # threshold too (a cart in most frames is still a cart on a walkway).
-        assumed = [max((b.severity for b in ev.breaches() if b.rule_id.startswith(EVERYDAY)), default=0.0)
+        assumed = [max((b.severity for b in ev.breaches() if b.rule_id in priors), default=0.0)
                    for ev in compact]  # fmt: skip
         scores = np.maximum(scores, smooth(np.asarray(assumed), width) * threshold)
     for cue in cues:
@@ -121,10 +147,11 @@ def screen(
         frame_indices, scores, threshold, source.fps, min_frames=min_event_frames, max_gap=max_gap, details=details
     )
     return ScreeningResult(
-        frame_indices, raw_scores, scores, threshold, source.fps, source.name, source.source_size, events,
-        evidence, {event.id: chosen[(event.start_frame, event.end_frame)] for event in events}, compact,
-        seconds=time.perf_counter() - started,
-    )
+        frame_indices=frame_indices, raw_scores=raw_scores, scores=scores, threshold=threshold, fps=source.fps,
+        source_name=source.name, source_size=source.source_size, events=events, evidence=evidence,
+        keyframes={event.id: chosen[(event.start_frame, event.end_frame)] for event in events}, frames=compact,
+        tracks=scorer.tracks(), seconds=time.perf_counter() - started,
+    )  # fmt: skip
 
 
 def _event_fields(
@@ -195,7 +222,7 @@ class LiveScreening:
         describe: Describe | None = None,
     ):
         self.scorer, self.fps, self.threshold = scorer, fps, threshold
-        self.half = max(1, round(smooth_seconds * fps)) // 2
+        self.half = smoothing_width(smooth_seconds, fps) // 2  # the same window as ``screen``'s
         self.min_event_frames, self.max_gap, self.describe = min_event_frames, max_gap, describe
         self.frames: list[Evidence] = []  # compact evidence of the frames kept, in order
         self.raw: list[float] = []

@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from anomalens.agents.history import HistoryChat
 from anomalens.agents.llm import LLM
 from anomalens.errors import AnomalensError, MediaError
-from anomalens.pipelines.history import ZONE_RULE, accept, finish_changes, review, save_zones, scene_zones
+from anomalens.pipelines.history import accept, finish_changes, review, save_zones, scene_zones
 from anomalens.progress import observed
 from anomalens.report import clip_file, keyframe_file, raw_frame
 from anomalens.store import MAX_ID, EventFilter, EventStore, plain_text
@@ -207,7 +207,7 @@ def create_app(
     @app.get("/videos/{video_id}/zones", response_class=HTMLResponse)
     def zones_page(request: Request, video_id: StoreId):
         zones = scene_zones(store, video_id)
-        forbidden = [r.predicate.value for r in zones.rulebook.rules if r.id.startswith(ZONE_RULE) and r.enabled]
+        forbidden = [r.predicate.value for r in zones.rulebook.rules if r.origin == "zone" and r.enabled]
         drawn = [z.model_dump() for z in zones.rulebook.zones]
         return page(request, "zones.html", video=store.video(video_id), zones=zones, drawn=drawn, forbidden=forbidden)
 
