@@ -65,7 +65,7 @@ def pull(checkpoint: Checkpoint, *, root: Path | None = None, progress: bool = T
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)
     (partial / ".commit").write_text(commit)
-    total = sum(files[n].size or 0 for n in names)
+    total, sha256s = sum(files[n].size or 0 for n in names), {}
     with byte_bar(f"{checkpoint.name}: {len(names)} files from {hub}", total, enabled=progress) as advance:
         for name in names:
             path = partial / name
@@ -75,10 +75,9 @@ def pull(checkpoint: Checkpoint, *, root: Path | None = None, progress: bool = T
                 path.parent.mkdir(parents=True, exist_ok=True)
                 url = hf_hub_url(checkpoint.repo, name, revision=commit, endpoint=hub)
                 _download(checkpoint, url, name, path, files[name].size, advance)
-            _check(checkpoint, name, path, files[name])
+            sha256s[name] = _checked(checkpoint, name, path, files[name])
     (partial / ".commit").unlink()
-    record = {"repo": checkpoint.repo, "revision": commit, "endpoint": hub,
-              "files": {n: _digests(partial / n)[0] for n in names}}  # fmt: skip
+    record = {"repo": checkpoint.repo, "revision": commit, "endpoint": hub, "files": sha256s}
     atomic_write(partial / RECORD, json.dumps(record, indent=2))
     if target.exists():  # an incomplete copy (a complete one is never pulled again)
         shutil.rmtree(target)
@@ -177,8 +176,9 @@ def _digests(path: Path) -> tuple[str, str]:
     return sha256.hexdigest(), blob.hexdigest()
 
 
-def _check(checkpoint: Checkpoint, name: str, path: Path, sibling) -> None:
-    """``path`` against the Hub's listing; deleted when it differs, so the next pull fetches it again whole."""
+def _checked(checkpoint: Checkpoint, name: str, path: Path, sibling) -> str:
+    """``path``'s sha256, once it matches the Hub's listing; a file that differs is deleted, so the next pull
+    fetches it again whole."""
     sha256, blob = _digests(path)
     expected, got = (sibling.lfs.sha256, sha256) if sibling.lfs else (sibling.blob_id, blob)
     if expected is None or got != expected:
@@ -188,3 +188,4 @@ def _check(checkpoint: Checkpoint, name: str, path: Path, sibling) -> None:
             f"{checkpoint.name}: {name} has {kind} {got}, not the {expected} the Hub lists for {checkpoint.repo} "
             f"at that commit; it was deleted"
         )
+    return sha256

@@ -216,10 +216,9 @@ def run_explanations(
             replay = ReplayedCaptions.load(captions_file, PED2_FPS)
             cues.append(caption_cue(replay, caption_scorer, llm, progress=False))
             screening_llm_calls += cues[0].llm_calls
-        screened = screen_video(scene.open(video), scene, cues=cues, progress=False)
-        result = screened
-        index = VideoIndex.from_screening(screened, scene.rulebook, captions=captions_file)
-        event_ids = [e.id for e in result.events][:remaining]
+        screening = screen_video(scene.open(video), scene, cues=cues, progress=False)
+        index = VideoIndex.from_screening(screening, scene.rulebook, captions=captions_file)
+        event_ids = [e.id for e in screening.events][:remaining]
         if remaining is not None:
             remaining -= len(event_ids)
         found = list(explain_events(llm, index, event_ids=event_ids, progress=progress))
@@ -233,7 +232,7 @@ def run_explanations(
                         records[ev.id] = ev
         predicted = np.zeros(len(truth), dtype=bool)  # frames of events with a verified claim
         detected = np.zeros(len(truth), dtype=bool)  # frames of every event screening found
-        for event in result.events:
+        for event in screening.events:
             detected[event.start_frame : event.end_frame + 1] = True
         truth_runs = true_runs(truth)
         for explanation in found:

@@ -2,8 +2,8 @@
 
 ``OUT/.anomalens/screening.npz`` is written once screening ends; ``OUT/.anomalens/explanations.json`` after
 each verified explanation. Both carry the fingerprint of the audit's inputs (``pipelines.fingerprint``): a
-re-run whose fingerprint matches reuses them, anything else screens again. Each file is replaced atomically, so a kill
-leaves either the previous version or the new one.
+re-run whose fingerprint matches reuses them, anything else screens again. Each file is replaced atomically, so a
+kill leaves either the previous version or the new one.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ from anomalens.tools.scene import Scene
 from anomalens.types import Predicate, Rule, Rulebook, Zone
 
 
-
 def open_store(settings: Settings | None = None) -> EventStore:
     return EventStore((settings or load_settings()).store_dir)
 
