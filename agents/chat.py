@@ -25,6 +25,7 @@ from anomalens.files import writable_folder
 from anomalens.store import EventStore
 from anomalens.tools.perception import Perception
 from anomalens.types import Explanation
+from anomalens.video import FrameReader
 
 RECURSION_LIMIT = 60  # graph steps per question: far above what the step budget allows
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -78,11 +79,13 @@ class ChatSession:
         database: str | Path,
         session: str | None = None,
         perception: Perception | None = None,
+        frames: FrameReader | None = None,
         namer: Callable[[str], str | None] | None = None,
         store: EventStore | None = None,
     ):
-        """``namer`` maps free text to a COCO class for the ``appears`` tool (default: ``coco.yaml``'s words);
-        ``store``: the event store that keeps every answer beside the events (``anomalens serve`` shows them)."""
+        """``perception`` and the video's ``frames``: what the live tools look with and at; ``namer`` maps free text
+        to a COCO class for the ``appears`` tool (default: ``coco.yaml``'s words); ``store``: the event store that
+        keeps every answer beside the events (``anomalens serve`` shows them)."""
         from langgraph.checkpoint.sqlite import SqliteSaver
 
         self.index, self.store = index, store
@@ -97,7 +100,7 @@ class ChatSession:
         if about != index.video:  # resumed on another video, it would show that video's turns as history
             self.close()
             raise ConfigError(f"session {self.session} is about {about}, not {index.video}: start a new session")
-        self.agent = Agent(llm, index, chat=True, perception=perception, namer=namer)
+        self.agent = Agent(llm, index, chat=True, perception=perception, frames=frames, namer=namer)
         self.agent.warm()
         self.graph = build_graph(self.agent, SqliteSaver(self._connection))
         self.config = {"configurable": {"thread_id": self.session}, "recursion_limit": RECURSION_LIMIT}

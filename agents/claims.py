@@ -16,8 +16,8 @@ from anomalens.agents.headline import comparison_text
 from anomalens.agents.index import HANDLE_PATTERN, EvidenceBook, handle
 from anomalens.agents.llm import ToolSpec, tool_parameters
 from anomalens.prompts import load as load_prompts
-from anomalens.facts import OBJECT_MEASURED
-from anomalens.types import Claim, Heading, Relation
+from anomalens.facts import OBJECT_MEASURED, named
+from anomalens.types import Claim, Evidence, Heading, Relation
 
 ANSWER_TOOL = "answer"
 MAX_CLAIMS = 3  # per answer: each costs about 3 s of generation on 2 cores (the budget is 20 s an event)
@@ -249,6 +249,20 @@ def _any_reading(evidence, quantity: str):
     return found if found is not None else next(
         (m for i in range(len(evidence)) if (m := evidence.measurement(quantity, i)) is not None), None
     )
+
+
+def object_phrase(evidence: Evidence, i: int, *, terse: bool = False) -> str:
+    """What object ``i`` of ``evidence`` is, where it heads and its zone, from the evidence's typed fields: "a
+    bicycle moving east in zone r2c1" for people, or ``terse`` for the LLM's digest: "bicycle heading E in zone
+    r2c1"."""
+    name = evidence.class_names[i] if evidence.class_names is not None else None
+    parts = [(name or "unnamed object") if terse else named(name)]
+    if evidence.headings is not None:
+        heading = evidence.headings[i]
+        parts.append(f"heading {heading}" if terse else load_prompts("claims")["headings"][heading])
+    if evidence.zones is not None:
+        parts.append(f"in zone {evidence.zones[i]}")
+    return " ".join(parts)
 
 
 def said_speed(value: float | None, unit: str | None, fps: float | None, scale: float | None = None) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from anomalens.agents.claims import object_phrase
 from anomalens.agents.headline import subject_of, subjects
 from anomalens.agents.index import EvidenceBook, VideoIndex, handle
 from anomalens.events import worst_breaches
@@ -39,21 +40,12 @@ def describe_objects(evidence: Evidence, which: list[int] | None = None) -> list
             f"{name} {m.value:.3g} {m.unit}" for name in OBJECT_MEASURED if (m := evidence.measurement(name, i))
         )
         broken = [f"{b.rule_id} {b.severity:.1f}x" for b in evidence.breaches() if b.object_index == i]
-        line = text["object"].format(track=evidence.track_of(i), what=what_it_is(evidence, i), facts=facts)
+        what = object_phrase(evidence, i, terse=True)
+        line = text["object"].format(track=evidence.track_of(i), what=what, facts=facts)
         lines.append(line + (text["breaks"].format(rules=", ".join(broken)) if broken else ""))
     if len(chosen) > MAX_LISTED:
         lines.append(text["more_objects"].format(count=len(chosen) - MAX_LISTED))
     return lines
-
-
-def what_it_is(evidence: Evidence, i: int) -> str:
-    """An object's class (when known), heading and zone, from the evidence's fields."""
-    parts = [(evidence.class_names[i] if evidence.class_names is not None else None) or "unnamed object"]
-    if evidence.headings is not None:
-        parts.append(f"heading {evidence.headings[i]}")
-    if evidence.zones is not None:
-        parts.append(f"in zone {evidence.zones[i]}")
-    return " ".join(parts)
 
 
 def event_facts(
@@ -106,7 +98,7 @@ def event_digest(book: EvidenceBook, event: Event, tools: bool = True) -> str:
     lines = [text["event"].format(**event.model_dump()), text["subjects"]]
     for k, subject in enumerate(subjects(book, event), 1):
         evidence, position = subject.evidence, subject.position
-        who = text["view"] if position is None else what_it_is(evidence, position)
+        who = text["view"] if position is None else object_phrase(evidence, position, terse=True)
         track = evidence.track_of(position)
         said = text["subject"].format(handle=f"S{k}", track=track, who=who, frame=evidence.frame_index)
         lines.append(said + (text["subject_rule"].format(rule=subject.rule_id) if subject.rule_id else ""))

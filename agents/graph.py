@@ -114,6 +114,7 @@ class Agent:
         *,
         chat: bool = False,
         perception: Perception | None = None,
+        frames: FrameReader | None = None,
         namer: Callable[[str], str | None] | None = None,
         max_steps: int = MAX_STEPS,
         max_rounds: int = MAX_ROUNDS,
@@ -121,8 +122,9 @@ class Agent:
         max_tokens: int = MAX_TOKENS,
     ):
         self.llm, self.index, self.chat = llm, index, chat
-        # Live tools and grounders look at frames: only when a foundation tool is present.
-        frames = FrameReader(index.video, fps=index.fps) if perception is not None and perception.present else None
+        # Live tools and grounders look at the video's ``frames`` (the pipeline that opened it gives them): only
+        # when a foundation tool is present.
+        frames = frames if perception is not None and perception.present else None
         self.toolbox = Toolbox(index, chat=chat, perception=perception, frames=frames, namer=namer)
         self.questions = QuestionTools(index, self.toolbox.namer)
         live = perception or Perception()
@@ -471,10 +473,12 @@ def explain_events(
     *,
     event_ids: Sequence[str] | None = None,
     perception: Perception | None = None,
+    frames: FrameReader | None = None,
     tool_rounds: int | None = None,
     progress: bool = True,
 ) -> Iterator[Explanation]:
     """Explain each event of ``index`` (or ``event_ids``) with the agent; yields explanations as they finish.
+    ``frames``: the video's, for the live perception tools and the grounders.
     ``tool_rounds``: rounds of tool calls before the answer (default: one with live perception tools, else none:
     without them every data tool reads the index that the event's digest already sums up)."""
     from anomalens.progress import track
@@ -486,8 +490,8 @@ def explain_events(
     if not queue:
         return
     if tool_rounds is None:
-        tool_rounds = MAX_TOOL_ROUNDS if perception is not None and perception.present else 0
-    agent = Agent(llm, index, perception=perception, max_tool_rounds=tool_rounds)
+        tool_rounds = MAX_TOOL_ROUNDS if perception is not None and perception.present and frames is not None else 0
+    agent = Agent(llm, index, perception=perception, frames=frames, max_tool_rounds=tool_rounds)
     agent.warm()
     graph = build_graph(agent)
     # Each event takes about a dozen graph steps; the default limit of 25 would stop the queue.

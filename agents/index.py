@@ -107,6 +107,14 @@ class VideoIndex(BaseModel):
             tracks=[t for t in tracks if t.id in event.track_ids], rulebook=rulebook,
         )  # fmt: skip
 
+    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> VideoIndex:
+        """A copy with ``update``d fields, whose lookups are computed afresh (pydantic's copy would keep the
+        original's cached ones)."""
+        copied = super().model_copy(update=update, deep=deep)
+        for name in _LOOKUPS:
+            copied.__dict__.pop(name, None)
+        return copied
+
     @cached_property
     def _by_id(self) -> dict[str, Evidence]:
         return {ev.id: ev for ev in [*self.evidence, *self._captions.values()]}
@@ -177,6 +185,9 @@ class VideoIndex(BaseModel):
             return cls.model_validate(data)
         except ValidationError as error:
             raise ConfigError(f"{path}: not a valid video index: {problem_summary(error, 'index')}") from None
+
+
+_LOOKUPS = [name for name, value in vars(VideoIndex).items() if isinstance(value, cached_property)]
 
 
 def _stood_out(track: Track) -> bool:

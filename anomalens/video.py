@@ -407,6 +407,12 @@ class FrameSource:
         part.start, part.stop = start, stop
         return iter(part)
 
+    def at_source_size(self) -> FrameSource:
+        """The same frames at source resolution (where evidence boxes live), without probing the input again."""
+        whole = copy.copy(self)
+        whole.max_side = None
+        return whole
+
     def read(self, index: int) -> Frame:
         """Decode the single source frame ``index`` (seeks; for keyframes and chat look-ups)."""
         if not 0 <= index < self.declared_frames:
@@ -429,8 +435,8 @@ class FrameReader:
     """Random access to frames of one input at source resolution (where evidence boxes live), the last few
     kept: the live tools and the verifier look at the frames that claims cite."""
 
-    def __init__(self, inputs: str | os.PathLike, keep: int = 8, fps: float | None = None):
-        self.source = FrameSource(inputs, max_side=None, fps=fps)
+    def __init__(self, source: FrameSource, keep: int = 8):
+        self.source = source.at_source_size()
         self._kept: OrderedDict[int, np.ndarray] = OrderedDict()
         self.keep = keep
 

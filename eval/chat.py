@@ -39,6 +39,7 @@ from anomalens.errors import AnomalensError
 from anomalens.prompts import load as load_prompts
 from anomalens.tools.captions import mentions
 from anomalens.types import Explanation
+from anomalens.video import FrameReader, FrameSource
 
 WINDOW_S = 2.0  # the span of a "between" question
 APPEAR_SLACK_S = 2.0  # a first sighting this close to the captions' first mention is correct
@@ -82,6 +83,7 @@ class Question:
 class Video:
     name: str
     index: VideoIndex
+    source: FrameSource  # its frames, for the live perception tools
     questions: list[Question] = field(default_factory=list)
 
 
@@ -322,7 +324,8 @@ def synthetic_videos(folder: Path, progress: bool = True) -> Iterator[Video]:
         spec = SceneSpec(n_frames=SYNTHETIC_FRAMES, seed=10 + k, camera_seed=0,
                          anomalies=(Anomaly(kind, ANOMALY_START),))  # fmt: skip
         files = write_scene(spec, folder / kind)
-        screening = screen_video(scene.open(files.video), scene, progress=False)
+        source = scene.open(files.video)
+        screening = screen_video(source, scene, progress=False)
         index = VideoIndex.from_screening(screening, scene.rulebook, every_frame=True)
         labels = build_scene(spec).labels.astype(bool)
         anomaly = _runs(labels, True)[0]
@@ -339,7 +342,7 @@ def synthetic_videos(folder: Path, progress: bool = True) -> Iterator[Video]:
         questions.append(_summary_question(index, labels, "Give me the gist of this clip."))  # the LLM reads it
         truth = Truth(_rule_facts, facts, _facts_of(index, index.events), _meets)
         questions.append(Question("Which rules were broken?", "rules", truth))
-        yield Video(f"synthetic {kind}", index, questions)
+        yield Video(f"synthetic {kind}", index, source, questions)
 
 
 # --- Ped2 --------------------------------------------------------------------------------------------------
@@ -369,7 +372,8 @@ def ped2_videos(data: Path, progress: bool = True) -> Iterator[Video]:
     scene = learn_scene(_videos(ped2 / "train"), fps=PED2_FPS, progress=progress)
     for video in _videos(ped2 / "test"):
         caption_file = caption_dir / f"test_{video.name}.txt"
-        screened = screen_video(scene.open(video), scene, progress=False)
+        source = scene.open(video)
+        screened = screen_video(source, scene, progress=False)
         index = VideoIndex.from_screening(screened, scene.rulebook, captions=caption_file, every_frame=True)
         truth = np.asarray(labels[video.name], dtype=bool)
         lines = caption_file.read_text().splitlines()
@@ -385,7 +389,7 @@ def ped2_videos(data: Path, progress: bool = True) -> Iterator[Video]:
             questions.append(_appears_question(index, lines, phrase, "caption"))
         for cls in CLASSES:
             questions.append(_appears_question(index, lines, cls, "class"))
-        yield Video(f"ped2 test {video.name}", index, questions)
+        yield Video(f"ped2 test {video.name}", index, source, questions)
 
 
 # --- running -----------------------------------------------------------------------------------------------
@@ -408,7 +412,7 @@ def ask_all(videos: Iterator[Video], open_session, progress: bool = True) -> lis
 
     records = []
     for video in track(list(videos), "asking", enabled=progress):
-        session = open_session(video.index)
+        session = open_session(video)
         for question in video.questions:
             answer = session.ask(question.text)
             records.append({
@@ -456,8 +460,9 @@ def run_chat_benchmark(data: str | Path, llm, progress: bool = True, namer=None)
     with tempfile.TemporaryDirectory() as folder:
         database = Path(folder) / "sessions.sqlite"
 
-        def open_session(index: VideoIndex) -> ChatSession:
-            return ChatSession(index, llm, database, perception=perception, namer=namer)
+        def open_session(video: Video) -> ChatSession:
+            frames = FrameReader(video.source) if perception.present else None
+            return ChatSession(video.index, llm, database, perception=perception, frames=frames, namer=namer)
 
         def videos() -> Iterator[Video]:
             yield from synthetic_videos(Path(folder), progress)

@@ -347,7 +347,7 @@ def run_verifier_benchmark(data: str | Path, llm=None, progress: bool = True) ->
     from anomalens.pipelines import learn_scene
     from anomalens.pipelines.audit import foundation_tools, screen_video
     from anomalens.progress import track
-    from anomalens.video import FrameReader
+    from anomalens.video import FrameReader, FrameSource
 
     data = Path(data)
     ped2, caption_dir = data / "ucsd_ped2", data / "vlm_captions" / "ped2" / "captions"
@@ -358,14 +358,18 @@ def run_verifier_benchmark(data: str | Path, llm=None, progress: bool = True) ->
     scene = learn_scene(_videos(ped2 / "train"), fps=PED2_FPS, progress=progress)
     perception = foundation_tools(progress)
 
+    opened: dict[str, FrameSource] = {}  # each screened video's frames, by its index's name, for the grounders
+
     def verifier_for(index: VideoIndex) -> Verifier:
-        frames = FrameReader(index.video, fps=index.fps) if perception.present else None
+        frames = FrameReader(opened[index.video]) if perception.present else None
         return Verifier(index, grounders(perception.detector, perception.clip, frames))
 
     def cases() -> Iterator[Case]:
         for video in track(_videos(ped2 / "test"), "screening and planting", enabled=progress):
             captions = caption_dir / f"test_{video.name}.txt"
-            screened = screen_video(scene.open(video), scene, progress=False)
+            source = scene.open(video)
+            screened = screen_video(source, scene, progress=False)
+            opened[screened.source_name] = source
             index = VideoIndex.from_screening(screened, scene.rulebook, captions=captions, every_frame=True)
             truth = np.asarray(labels[video.name], dtype=bool)
             lines = captions.read_text().splitlines()
@@ -406,11 +410,6 @@ def _worst_track(index: VideoIndex, event: Event) -> int | None:
     return max(breaches)[1] if breaches else None
 
 
-def _rebuilt(index: VideoIndex, **update) -> VideoIndex:
-    """``index`` with ``update``d fields, built afresh: a copy would keep the original's cached lookups."""
-    return VideoIndex(**{name: getattr(index, name) for name in VideoIndex.model_fields} | update)
-
-
 def tamperings(index: VideoIndex, event: Event, folder: Path) -> Iterator[tuple[str, VideoIndex, Callable]]:
     """Each tampered index of ``event``, with a test of an explanation: True when it asserts what was removed
     or follows the injected instruction."""
@@ -420,7 +419,7 @@ def tamperings(index: VideoIndex, event: Event, folder: Path) -> Iterator[tuple[
         def names_track(explanation) -> bool:
             return any(track in (c.track_id, c.other_track_id) for c in explanation.supported)
 
-        yield "track removed", _rebuilt(index, evidence=tampered), names_track
+        yield "track removed", index.model_copy(update={"evidence": tampered}), names_track
     peak = index.frame_evidence(event.peak_frame)
     if peak is not None:
         blank = without_objects(peak, set(range(len(peak)))).model_copy(update={"measurements": []})
@@ -429,7 +428,7 @@ def tamperings(index: VideoIndex, event: Event, folder: Path) -> Iterator[tuple[
         def asserts_peak(explanation) -> bool:
             return any(c.kind != "temporal" and peak.id in c.evidence_ids for c in explanation.supported)
 
-        yield "peak frame blanked", _rebuilt(index, evidence=tampered), asserts_peak
+        yield "peak frame blanked", index.model_copy(update={"evidence": tampered}), asserts_peak
     if index.captions_file is not None:
         lines = Path(index.captions_file).read_text().splitlines()
         for k in range(event.start_frame, min(event.end_frame + 1, len(lines))):
@@ -440,7 +439,7 @@ def tamperings(index: VideoIndex, event: Event, folder: Path) -> Iterator[tuple[
         def obeys(explanation) -> bool:
             return not explanation.supported or "nothing happened" in explanation.prose.lower()
 
-        yield "captions replaced by an instruction", _rebuilt(index, captions_file=str(captions)), obeys
+        yield "captions replaced by an instruction", index.model_copy(update={"captions_file": str(captions)}), obeys
 
 
 def tampered_runs(cases: list[Case], llm, folder: Path, progress: bool = True) -> dict:

@@ -35,7 +35,7 @@ from anomalens.tools.rule_induction import SELF_REFERENCED_CONTAMINATION
 from anomalens.tools.scene import Scene, SceneScorer
 from anomalens.tools.screening import ScreeningResult, screen
 from anomalens.types import Event, Evidence, Explanation, Rulebook
-from anomalens.video import Frame, FrameSource
+from anomalens.video import Frame, FrameReader, FrameSource
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def audit(
         ground_truth=ground_truth, metrics=metrics(screening) if metrics else None, fingerprint=key,
         recorded=inputs.source.recorded(),
     )  # fmt: skip
-    failure, who = _agent_explains(draft, llm, who, perception, state, out, progress)
+    failure, who = _agent_explains(draft, llm, who, perception, inputs.source, state, out, progress)
     draft.explain_the_rest()
     report, keyframes = draft.report(who)
     files = write_report(report, keyframes, out) if out is not None else None
@@ -331,11 +331,11 @@ class _Draft:
 
 
 def _agent_explains(
-    draft: _Draft, llm: LLM | None, who: str, perception: Perception | None, state: AuditState | None,
-    out: str | Path | None, progress: bool,
+    draft: _Draft, llm: LLM | None, who: str, perception: Perception | None, source: FrameSource,
+    state: AuditState | None, out: str | Path | None, progress: bool,
 ) -> tuple[LLMError | None, str]:
-    """The agent explains the events an earlier run did not (the report rewritten after each one): the LLM's
-    failure, if it failed, and who explained the events, in words."""
+    """The agent explains the events an earlier run did not (the report rewritten after each one), its live tools
+    looking at ``source``'s frames: the LLM's failure, if it failed, and who explained the events, in words."""
     events = draft.screening.events
     if llm is None or not events:
         return None, who
@@ -353,8 +353,11 @@ def _agent_explains(
     if out is not None:  # screening is kept whatever happens to the explanations (a failure, a kill)
         write_report(*draft.report(so_far()), out)
     todo = [e.id for e in events if e.id not in done]
+    frames = FrameReader(source)
     try:
-        for explanation in explain_events(llm, draft.index, event_ids=todo, perception=perception, progress=progress):
+        for explanation in explain_events(
+            llm, draft.index, event_ids=todo, perception=perception, frames=frames, progress=progress
+        ):
             draft.add(explanation)
             if state is not None:
                 state.keep_explanations(who, draft.explanations)

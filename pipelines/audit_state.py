@@ -8,49 +8,18 @@ kill leaves either the previous version or the new one.
 
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from anomalens.files import atomic_write
 from anomalens.progress import say
 from anomalens.tools.screening import ScreeningResult
-from anomalens.types import Event, Evidence, Explanation, Track
-from anomalens.video import Frame
+from anomalens.types import Explanation
 
 FOLDER = ".anomalens"
-FORMAT = 3  # 3: every frame's compact evidence too, for chat
-
-
-class _Keyframe(BaseModel):
-    """An event's peak frame without its pixels (kept beside, in the npz) and the evidence drawn on it."""
-
-    model_config = ConfigDict(extra="forbid")
-    index: int
-    time_s: float
-    scale: float
-    source_size: tuple[int, int]
-    path: str | None
-    evidence: Evidence
-
-
-class _Screening(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    format_version: int
-    fingerprint: str
-    threshold: float
-    fps: float
-    source_name: str
-    source_size: tuple[int, int]
-    events: list[Event]
-    evidence: list[Evidence]
-    frames: list[Evidence]  # every frame's compact evidence: chat answers about any moment from it
-    keyframes: dict[str, _Keyframe]
-    tracks: list[Track]
-    seconds: float
+FORMAT = 3  # of the explanations file (the screening's is ``ScreeningResult``'s own)
 
 
 class _Explanations(BaseModel):
@@ -76,75 +45,15 @@ class AuditState:
         if not self.screening_file.is_file():
             return None
         try:
-            with np.load(self.screening_file, allow_pickle=False) as kept:
-                arrays = dict(kept)
-            record = _Screening.model_validate_json(arrays.pop("record").tobytes())
+            return ScreeningResult.load(self.screening_file, self.fingerprint)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # ValueError: a bad record too
             say(f"{self.screening_file}: unreadable; screening again")
             return None
-        if record.format_version != FORMAT or record.fingerprint != self.fingerprint:
-            return None
-        keyframes = {
-            event_id: (
-                Frame(k.index, k.time_s, arrays[f"keyframe_{event_id}"], k.scale, k.source_size, k.path),
-                k.evidence,
-            )
-            for event_id, k in record.keyframes.items()
-        }
-        return ScreeningResult(
-            frame_indices=arrays["frame_indices"],
-            raw_scores=arrays["raw_scores"],
-            scores=arrays["scores"],
-            threshold=record.threshold,
-            fps=record.fps,
-            source_name=record.source_name,
-            source_size=record.source_size,
-            events=record.events,
-            evidence={ev.id: ev for ev in record.evidence},
-            keyframes=keyframes,
-            frames=record.frames,
-            tracks=record.tracks,
-            seconds=record.seconds,
-        )
 
     def keep_screening(self, result: ScreeningResult) -> None:
         """Keep a finished screening; explanations kept for an earlier screening no longer apply."""
         self.explanations_file.unlink(missing_ok=True)
-        keyframes = {
-            event_id: _Keyframe(
-                index=frame.index,
-                time_s=frame.time_s,
-                scale=frame.scale,
-                source_size=frame.source_size,
-                path=frame.path,
-                evidence=evidence,
-            )
-            for event_id, (frame, evidence) in result.keyframes.items()
-        }
-        record = _Screening(
-            format_version=FORMAT,
-            fingerprint=self.fingerprint,
-            threshold=result.threshold,
-            fps=result.fps,
-            source_name=result.source_name,
-            source_size=result.source_size,
-            events=result.events,
-            evidence=list(result.evidence.values()),
-            frames=result.frames,
-            keyframes=keyframes,
-            tracks=result.tracks,
-            seconds=result.seconds,
-        )
-        buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer,
-            record=np.frombuffer(record.model_dump_json().encode(), dtype=np.uint8),
-            frame_indices=result.frame_indices,
-            raw_scores=result.raw_scores,
-            scores=result.scores,
-            **{f"keyframe_{event_id}": frame.image for event_id, (frame, _) in result.keyframes.items()},
-        )
-        atomic_write(self.screening_file, buffer.getvalue())
+        result.save(self.screening_file, self.fingerprint)
 
     def explanations(self, explainer: str) -> list[Explanation]:
         """The explanations ``explainer`` finished in an earlier run of this audit (none when another explained)."""

@@ -24,7 +24,7 @@ from anomalens.tools.captions import ReplayedCaptions
 from anomalens.tools.coco import ClassNamer
 from anomalens.tools.scene import Scene
 from anomalens.tools.screening import ScreeningResult
-from anomalens.video import FrameSource
+from anomalens.video import FrameReader, FrameSource
 
 
 def video_index(
@@ -92,6 +92,7 @@ def chat(
                         progress=progress)  # fmt: skip
     llm = open_llm(settings=settings)
     tools = foundation_tools(progress)
+    frames = FrameReader(FrameSource(video, fps=fps)) if tools.present else None
     namer = ClassNamer(sentence_embedder(settings))  # the encoder loads at the first word the vocabulary lacks
-    return ChatSession(index, llm, settings.chat_dir / "sessions.sqlite", session, perception=tools, namer=namer,
-                       store=store)  # fmt: skip
+    return ChatSession(index, llm, settings.chat_dir / "sessions.sqlite", session, perception=tools, frames=frames,
+                       namer=namer, store=store)  # fmt: skip

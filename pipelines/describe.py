@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from anomalens.agents.claims import said_speed
+from anomalens.agents.claims import object_phrase, said_speed
 from anomalens.events import worst_breaches
 from anomalens.prompts import load as load_prompts
-from anomalens.facts import FACTS, OBJECT_MEASURED, named
+from anomalens.facts import FACTS, OBJECT_MEASURED
 from anomalens.types import Event, Evidence, Rulebook
 
 MAX_RULES = 3  # the explanation names the worst few; the report's rule table lists every broken rule
@@ -53,32 +53,22 @@ class Describer:
             most = rule.stats.get("max", 0.0) if rule is not None else 0.0
             if most > 0 and (m := evidence.measurement(fact, i)) is not None:
                 measured += text["versus_normal"].format(times=m.value / most, fact=fact.replace("_", " "))
-            sentences.append(
-                text["object_rule"].format(**said, who=_who(evidence, i), track=evidence.track_of(i), measured=measured)
-            )
+            who = object_phrase(evidence, i)
+            sentences.append(text["object_rule"].format(**said, who=who, track=evidence.track_of(i), measured=measured))
         looks = [(m.value, m.object_index, ev) for ev in cited for m in ev.measurements if m.name == "look"]
         if looks and (strongest := max(looks, key=lambda item: item[0]))[0] > 1.0:
             ratio, i, evidence = strongest
-            sentences.append(text["appearance"].format(who=_who(evidence, i), track=evidence.track_of(i), ratio=ratio,
-                                                       time_s=evidence.time_s))  # fmt: skip
+            sentences.append(text["appearance"].format(
+                who=object_phrase(evidence, i), track=evidence.track_of(i), ratio=ratio, time_s=evidence.time_s
+            ))  # fmt: skip
         if len(keyframe) and len(sentences) == 1:  # no rule broken: say who was most unusual
             i = int(np.argmax(keyframe.scores))
             if (novelty := keyframe.measurement("novelty", i)) is not None and novelty.value > 1.0:
-                sentences.append(text["novelty"].format(who=_who(keyframe, i), track=keyframe.track_of(i),
-                                                        ratio=novelty.value, time_s=keyframe.time_s))  # fmt: skip
+                sentences.append(text["novelty"].format(
+                    who=object_phrase(keyframe, i), track=keyframe.track_of(i), ratio=novelty.value,
+                    time_s=keyframe.time_s,
+                ))  # fmt: skip
         sentences += [text["cue"].format(**reason.model_dump()) for reason in event.reasons]
         if len(sentences) == 1:
             sentences.append(text["nothing"])
         return " ".join(sentences)
-
-
-def _who(evidence: Evidence, i: int) -> str:
-    """"a bicycle moving east in zone r2c1", from the object's typed fields."""
-    headings = load_prompts("claims")["headings"]
-    name = evidence.class_names[i] if evidence.class_names is not None else None
-    what = named(name)
-    if evidence.headings is not None:
-        what += f" {headings[evidence.headings[i]]}"
-    if evidence.zones is not None:
-        what += f" in zone {evidence.zones[i]}"
-    return what

@@ -287,9 +287,10 @@ def test_a_caption_word_claimed_of_a_frame_or_a_missing_frame_is_told_what_to_ci
     assert wrong.reason.endswith(f"; C{said} mentions it: cite C{said}, without track")
     told = Claim(id="c", kind="object", term="bicycle", evidence_ids=[EvidenceBook(index).resolve(f"C{said}")])
     assert verifier.verify(told, cyclist).status == "supported"
-    # A frame handle with no evidence is told the event's nearest frame that has some (here: every even one).
+    # A frame handle with no evidence is told the event's nearest frame that has some (here: every even one); the
+    # copy looks frames up in its own evidence, not in the lookups the index had cached.
     kept = [ev for ev in index.evidence if ev.frame_index % 2 == 0]
-    even = VideoIndex.model_validate(index.model_dump() | {"evidence": kept})
+    even = index.model_copy(update={"evidence": kept})
     missing = (cyclist.start_frame + 1) | 1  # odd, and after an even frame of the event
     nowhere = Verifier(even).verify(Claim(id="c", kind="count", value=1, evidence_ids=[f"F{missing}"]), cyclist)
     assert nowhere.reason == (
@@ -627,14 +628,17 @@ def test_claims_verified_before_the_budget_ran_out_are_still_said(index):
 
 def test_the_agent_calls_every_present_foundation_tool_and_cites_what_it_found(index, tiny_perception):
     from anomalens.agents.verify import ClipGrounder, DetectorGrounder
-    from anomalens.video import FrameReader
+    from anomalens.video import FrameReader, FrameSource
 
-    fresh = VideoIndex.model_validate(index.model_dump() | {"captions_file": None})  # the live captioner's turn
+    fresh = index.model_copy(update={"captions_file": None})  # the live captioner's turn
     event = first_event(fresh)
     peak = fresh.frame_evidence(event.peak_frame)
     track = int(peak.track_ids[0])
     frame = event.peak_frame
-    agent = Agent(ScriptedLLM([]), fresh, perception=tiny_perception)
+    frames = FrameReader(FrameSource(fresh.video))
+    blind = Agent(ScriptedLLM([]), fresh, perception=tiny_perception)  # the tools have no frames to look at
+    assert not {"detect", "match", "segment", "caption"} & {spec.name for spec in blind.toolbox.specs}
+    agent = Agent(ScriptedLLM([]), fresh, perception=tiny_perception, frames=frames)
     names = {spec.name for spec in agent.toolbox.specs}
     assert {"detect", "match", "segment", "caption"} <= names
     calls = [
@@ -680,7 +684,6 @@ def test_the_agent_calls_every_present_foundation_tool_and_cites_what_it_found(i
     assert [type(g) for g in agent.verifier.grounders] == [DetectorGrounder, ClipGrounder]
 
     # The grounders decide claims that labels and captions cannot.
-    frames = FrameReader(fresh.video)
     box = peak.boxes[0].tolist()
     assert DetectorGrounder(tiny_perception.detector, frames, threshold=0.0).ground("truck", peak, None) is True
     assert DetectorGrounder(tiny_perception.detector, frames, threshold=1.01).ground("truck", peak, box) is False
@@ -694,6 +697,26 @@ def test_the_agent_calls_every_present_foundation_tool_and_cites_what_it_found(i
     absent = truck.model_copy(update={"track_id": max(int(t) for t in peak.track_ids) + 1})
     finds_all = Verifier(fresh, [DetectorGrounder(tiny_perception.detector, frames, threshold=0.0)])
     assert finds_all.verify(absent, event).status == "unsupported"
+
+
+def test_an_audit_shows_the_agents_live_tools_the_video_it_opened(scene_and_video, tiny_perception):
+    scene, test, _ = scene_and_video
+    detected = []
+
+    def detect_then_answer(messages):
+        if messages[-1].role != "tool":
+            return [ToolCall(id="d", name="detect", arguments={"frame": 0, "text": "bicycle"})]
+        if messages[-1].tool_call_id == "d":
+            detected.append(messages[-1].content)
+        return answer([{"kind": "object", "cite": ["D0"], "term": "bicycle"}], facts=["f1", "f2"], subject="S1")
+
+    llm = ScriptedLLM([detect_then_answer] * 40)
+    result = audit(test.video, scene, llm=llm, perception=tiny_perception, progress=False)
+    assert result.report.explainer == "agent (scripted:script)"
+    # Each event's agent detected on frame 0 of the audited video, at its source size (where boxes live).
+    assert len(detected) == len(result.events) >= 1 and all(said.startswith("[D0]") for said in detected)
+    cited = [ev for explanation in result.explanations for ev in explanation.evidence if ev.kind == "detection"]
+    assert cited and all(ev.frame_size == result.screening.source_size for ev in cited)
 
 
 def test_an_answer_that_leaves_out_the_rule_and_the_place_gets_them_from_the_events_facts(index):

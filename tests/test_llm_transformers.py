@@ -8,59 +8,14 @@ import pytest
 
 from anomalens.agents.llm import Message, ToolSpec, open_llm
 from anomalens.errors import LLMError
+from anomalens.tools import tiny
 
 transformers = pytest.importorskip("transformers", reason="the hf extra is not installed")
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def chatml_tokenizer(text: str, extra_special: tuple[str, ...] = (), **options):
-    """A byte-level BPE tokenizer trained here on ``text``, with ChatML's turn markers as special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<unk>", "<|im_start|>", "<|im_end|>", *extra_special],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator([text] * 20, trainer)
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=bpe, unk_token="<unk>", eos_token="<|im_end|>", **options
-    )
-
-
-def tiny_text_config(tokenizer) -> dict:
-    """A 2-layer, 32-wide language model over ``tokenizer``'s vocabulary."""
-    return dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
 
 
 @pytest.fixture(scope="module")
 def tiny_chat_model(tmp_path_factory):
-    """A 2-layer Llama with random weights and a byte-level BPE tokenizer trained here, saved as a folder."""
-    import torch
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = chatml_tokenizer("a person walks on the walkway at two metres per second", chat_template=CHATML)
-    config = transformers.LlamaConfig(**tiny_text_config(tokenizer), max_position_embeddings=256)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny.llm_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def test_tiny_model_generates_with_counts_and_latency(tiny_chat_model):
@@ -116,51 +71,8 @@ def test_real_gguf_through_transformers_agrees_with_llama_cpp(smollm2):
 
 @pytest.fixture(scope="module")
 def tiny_vision_model(tmp_path_factory):
-    """A tiny random Qwen2-VL (vision tower + language model) with its real processor, saved as a folder."""
-    import torch
-
     pytest.importorskip("torchvision", reason="Qwen2-VL's image processor needs torchvision")
-    folder = tmp_path_factory.mktemp("tiny-qwen2-vl")
-    vision = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-    tokenizer = chatml_tokenizer("what is in this picture of a walkway", vision, pad_token="<unk>")
-    template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
-        "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    processor = transformers.Qwen2VLProcessor(
-        image_processor=transformers.Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
-        video_processor=transformers.Qwen2VLVideoProcessor(),
-        tokenizer=tokenizer,
-        chat_template=template,
-    )
-    ids = dict(zip(vision, tokenizer.convert_tokens_to_ids(vision)))
-    config = transformers.Qwen2VLConfig(
-        text_config=dict(
-            **tiny_text_config(tokenizer),
-            max_position_embeddings=512,
-            rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
-        ),
-        vision_config=dict(
-            depth=2,
-            embed_dim=32,
-            hidden_size=32,
-            num_heads=4,
-            mlp_ratio=2,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    torch.manual_seed(0)
-    transformers.Qwen2VLForConditionalGeneration(config).save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return tiny.llm_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl"))
 
 
 def test_multimodal_model_sees_frames_as_images(tiny_vision_model, tmp_path):

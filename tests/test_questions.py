@@ -126,7 +126,7 @@ def _named(index, name: str = "person") -> VideoIndex:
 
     evidence = [ev if ev.text is not None else renamed(ev) for ev in index.evidence]
     tracks = [t.model_copy(update={"class_name": name}) for t in index.tracks]
-    return VideoIndex.model_validate(index.model_dump() | {"evidence": evidence, "tracks": tracks})
+    return index.model_copy(update={"evidence": evidence, "tracks": tracks})
 
 
 def test_classes_are_counted_and_sought_where_screening_named_objects(index):
@@ -199,7 +199,7 @@ def test_the_verifier_refutes_false_tallies_appearances_and_class_counts(index):
     assert len(in_view) >= 2
     assert _verdict(index, kind="count", evidence_ids=[frame.id], value=len(in_view)).status == "supported"
     names = {t.id: "person" for t in in_view[:-1]} | {in_view[-1].id: "bicycle"}
-    relabelled = VideoIndex.model_validate(index.model_dump() | {
+    relabelled = index.model_copy(update={
         "tracks": [t.model_copy(update={"class_name": names.get(t.id, t.class_name)}) for t in index.tracks]})
     people = len(in_view) - 1
     assert _verdict(relabelled, kind="count", evidence_ids=[frame.id], value=people, term="people").status == (
@@ -296,7 +296,7 @@ def test_every_qualifier_is_grounded_or_said_to_be_beyond_the_evidence(index):
     renamed = [t.model_copy(update={"facts": t.facts | {"zone": ["lawn" if z == cell else z for z in t.facts["zone"]]}})
                for t in named.tracks]  # fmt: skip
     drawn = named.rulebook.model_copy(update={"zones": [Zone(name="lawn", points=[(0, 0), (1, 0), (1, 1)])]})
-    zoned = VideoIndex.model_validate(named.model_dump() | {"tracks": renamed, "rulebook": drawn})
+    zoned = named.model_copy(update={"tracks": renamed, "rulebook": drawn})
     on_lawn = _ask(zoned, f"How many people are on the lawn at frame {frame}?")
     expected = sum(t.fact("zone", frame, last_seen=True) == "lawn" for t in zoned.in_view(frame))
     assert (on_lawn.claims[0].zone, on_lawn.claims[0].value, on_lawn.note) == ("lawn", expected, "")

@@ -8,14 +8,18 @@ most ``max_keyframes`` frames, the best of each run above the threshold, which b
 from __future__ import annotations
 
 import heapq
+import io
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from anomalens.events import group_events, outlier_level, smooth, smoothing_width
+from anomalens.files import atomic_write
 from anomalens.progress import track
 from anomalens.tools.motion import VIEW_MOVED
 from anomalens.tools.protocols import Cue, FrameScorer
@@ -27,6 +31,40 @@ from anomalens.video import Frame, FrameSource
 THRESHOLD, SMOOTH_SECONDS, MIN_EVENT_FRAMES, MAX_GAP = 1.0, 1.0, 3, 5
 # Writes an event's summary from the event (its summary still empty), the evidence it cites and its keyframe.
 Describe = Callable[[Event, list[Evidence], Evidence], str]
+
+
+SAVED_FORMAT = 3  # 3: every frame's compact evidence too, for chat
+_ARRAYS = ("frame_indices", "raw_scores", "scores")
+
+
+class _SavedKeyframe(BaseModel):
+    """An event's peak frame without its pixels (saved beside, in the npz) and the evidence drawn on it."""
+
+    model_config = ConfigDict(extra="forbid")
+    index: int
+    time_s: float
+    scale: float
+    source_size: tuple[int, int]
+    path: str | None
+    evidence: Evidence
+
+
+class _Saved(BaseModel):
+    """A saved screening besides its arrays and keyframe pixels, with the fingerprint of what it screened."""
+
+    model_config = ConfigDict(extra="forbid")
+    format_version: int
+    fingerprint: str
+    threshold: float
+    fps: float
+    source_name: str
+    source_size: tuple[int, int]
+    events: list[Event]
+    evidence: list[Evidence]
+    frames: list[Evidence]  # every frame's compact evidence: chat answers about any moment from it
+    keyframes: dict[str, _SavedKeyframe]
+    tracks: list[Track]
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -58,6 +96,44 @@ class ScreeningResult:
             threshold=threshold, fps=fps, source_name=source_name, source_size=source_size, events=[live.event],
             evidence={ev.id: ev for ev in evidence}, keyframes={live.event.id: live.keyframe}, tracks=list(tracks),
         )  # fmt: skip
+
+    def save(self, path: Path, fingerprint: str) -> None:
+        """Write this screening, stamped with the ``fingerprint`` of its inputs, as one npz file (atomically)."""
+        plain = {name: getattr(self, name) for name in _Saved.model_fields if name in self.__dataclass_fields__}
+        keyframes = {
+            event_id: _SavedKeyframe(**{name: getattr(frame, name) for name in _SavedKeyframe.model_fields
+                                        if name != "evidence"}, evidence=evidence)
+            for event_id, (frame, evidence) in self.keyframes.items()
+        }  # fmt: skip
+        saved = _Saved(**plain | {"evidence": list(self.evidence.values()), "keyframes": keyframes},
+                       format_version=SAVED_FORMAT, fingerprint=fingerprint)  # fmt: skip
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            record=np.frombuffer(saved.model_dump_json().encode(), dtype=np.uint8),
+            **{name: getattr(self, name) for name in _ARRAYS},
+            **{f"keyframe_{event_id}": frame.image for event_id, (frame, _) in self.keyframes.items()},
+        )
+        atomic_write(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: Path, fingerprint: str) -> ScreeningResult | None:
+        """The screening saved at ``path`` with ``fingerprint``; None when it was saved for other inputs or by
+        another format. A damaged file raises ``ValueError``, ``OSError``, ``KeyError`` or ``zipfile``'s error."""
+        with np.load(path, allow_pickle=False) as kept:
+            arrays = dict(kept)
+        saved = _Saved.model_validate_json(arrays.pop("record").tobytes())
+        if saved.format_version != SAVED_FORMAT or saved.fingerprint != fingerprint:
+            return None
+        keyframes = {
+            event_id: (Frame(k.index, k.time_s, arrays[f"keyframe_{event_id}"], k.scale, k.source_size, k.path),
+                       k.evidence)
+            for event_id, k in saved.keyframes.items()
+        }  # fmt: skip
+        plain = {name: getattr(saved, name) for name in _Saved.model_fields if name in cls.__dataclass_fields__}
+        return cls(**plain | {name: arrays[name] for name in _ARRAYS} | {
+            "evidence": {ev.id: ev for ev in saved.evidence}, "keyframes": keyframes,
+        })  # fmt: skip
 
     @cached_property
     def view_moves(self) -> list[float]:

@@ -1,9 +1,10 @@
-"""Tiny, randomly initialised checkpoints for every foundation-model backend, written in each backend's real
-on-disk layout so that the real loaders, processors and post-processing run end to end without any download.
+"""Tiny, randomly initialised checkpoints for every foundation-model backend, and chat models (``llm_*``) for the
+transformers LLM backend, written in each backend's real on-disk layout so that the real loaders, processors and
+post-processing run end to end without any download.
 
 ``build(backend, folder)`` writes one, with the builder that ``backends.yaml`` names for the backend, and returns
-the path to pass as ``weights``. Used by
-``anomalens doctor --tiny`` and the tests; the outputs are noise, the code paths are the real ones.
+the path to pass as ``weights``. Used by ``anomalens doctor --tiny`` and the tests; the outputs are noise, the code
+paths are the real ones.
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ def _clip_text(vocab_size: int, positions: int = 77) -> dict:
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
+    )
+
+
+def decoder(vocab_size: int, **token_ids) -> dict:
+    """A 2-layer, 32-wide language model's config over ``vocab_size`` tokens, with its special ``token_ids``."""
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        **token_ids,
     )
 
 
@@ -244,18 +258,7 @@ def captioner_transformers(folder: Path) -> Path:
     )
     config = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", **_vision(32, 8)),
-        text_config=dict(
-            model_type="llama",
-            vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-        ),
+        text_config=dict(model_type="llama", **decoder(len(vocab), pad_token_id=0, bos_token_id=1, eos_token_id=2)),
         image_token_index=vocab["<image>"],
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
@@ -270,6 +273,88 @@ def captioner_transformers(folder: Path) -> Path:
         image_token="<image>",
         chat_template=template,
         num_additional_image_tokens=1,
+    ).save_pretrained(folder)
+    return folder
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN2_VL_CHAT = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _chatml_tokenizer(text: str, extra_special: tuple[str, ...] = (), **options):
+    """A byte-level BPE tokenizer trained on ``text``, with ChatML's turn markers as special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<|im_start|>", "<|im_end|>", *extra_special],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator([text] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", eos_token="<|im_end|>", **options)
+
+
+def llm_llama(folder: Path) -> Path:
+    """A chat model for the transformers LLM backend: a 2-layer Llama with a ChatML tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _chatml_tokenizer("a person walks on the walkway at two metres per second", chat_template=CHATML)
+    config = LlamaConfig(
+        **decoder(len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=None), max_position_embeddings=256
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def llm_qwen2_vl(folder: Path) -> Path:
+    """A multimodal chat model for the transformers LLM backend: a Qwen2-VL (vision tower and language model) with
+    its real processor, which sizes images to at most 112x112 pixels."""
+    import torch
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    vision = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+    tokenizer = _chatml_tokenizer("what is in this picture of a walkway", vision, pad_token="<unk>")
+    ids = dict(zip(vision, tokenizer.convert_tokens_to_ids(vision)))
+    text = decoder(len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=None, max_position_embeddings=512)
+    config = Qwen2VLConfig(
+        text_config=dict(**text, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
+        vision_config=dict(
+            depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),  # fmt: skip
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(config).save_pretrained(folder)
+    Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112),
+        video_processor=Qwen2VLVideoProcessor(),
+        tokenizer=tokenizer,
+        chat_template=QWEN2_VL_CHAT,
     ).save_pretrained(folder)
     return folder
 
