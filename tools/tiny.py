@@ -59,7 +59,7 @@ def _clip_text(vocab_size: int, positions: int = 77) -> dict:
     )
 
 
-def decoder(vocab_size: int, **token_ids) -> dict:
+def _decoder(vocab_size: int, **token_ids) -> dict:
     """A 2-layer, 32-wide language model's config over ``vocab_size`` tokens, with its special ``token_ids``."""
     return dict(
         vocab_size=vocab_size,
@@ -258,7 +258,7 @@ def captioner_transformers(folder: Path) -> Path:
     )
     config = LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", **_vision(32, 8)),
-        text_config=dict(model_type="llama", **decoder(len(vocab), pad_token_id=0, bos_token_id=1, eos_token_id=2)),
+        text_config=dict(model_type="llama", **_decoder(len(vocab), pad_token_id=0, bos_token_id=1, eos_token_id=2)),
         image_token_index=vocab["<image>"],
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
@@ -313,7 +313,7 @@ def llm_llama(folder: Path) -> Path:
 
     tokenizer = _chatml_tokenizer("a person walks on the walkway at two metres per second", chat_template=CHATML)
     config = LlamaConfig(
-        **decoder(len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=None), max_position_embeddings=256
+        **_decoder(len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=None), max_position_embeddings=256
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
@@ -336,7 +336,7 @@ def llm_qwen2_vl(folder: Path) -> Path:
     vision = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
     tokenizer = _chatml_tokenizer("what is in this picture of a walkway", vision, pad_token="<unk>")
     ids = dict(zip(vision, tokenizer.convert_tokens_to_ids(vision)))
-    text = decoder(len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=None, max_position_embeddings=512)
+    text = _decoder(len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=None, max_position_embeddings=512)
     config = Qwen2VLConfig(
         text_config=dict(**text, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}),
         vision_config=dict(
