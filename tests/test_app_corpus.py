@@ -3,7 +3,6 @@ request gets its status and one-line reason, never a 500, and every answer carri
 Tried against the app in this process (FastAPI's test client on the loopback address), no browser needed."""
 
 import json
-import os
 import re
 import socket
 import sqlite3
@@ -123,9 +122,9 @@ def test_a_report_whose_event_id_is_a_path_is_not_indexed(audited, tmp_path):
         assert store.events() == []
 
 
-def test_a_short_token_is_refused():
+def test_a_short_token_is_refused(tmp_path):
     with pytest.raises(AnomalensError, match="at least 16"):
-        create_app(EventStore(Path(os.environ.get("TMPDIR", "/tmp")) / "anomalens-short-token"), token="a")
+        create_app(EventStore(tmp_path / "store"), token="a")
 
 
 def test_a_second_server_leaves_the_jobs_of_a_running_one_and_ends_those_of_a_dead_one(tmp_path):

@@ -50,7 +50,7 @@ class _SavedKeyframe(BaseModel):
 
 
 class _Saved(BaseModel):
-    """A saved screening besides its arrays and keyframe pixels, with the fingerprint of what it screened."""
+    """A saved screening but for its arrays and keyframe pixels, with the fingerprint of what it screened."""
 
     model_config = ConfigDict(extra="forbid")
     format_version: int
